@@ -1,0 +1,277 @@
+//! Routes of the deploy API.
+//!
+//! ```text
+//! POST /api/deployments            {"repo", "ref"?, "project"?} → 202 {id, url, status, logs_url}
+//! POST /deploy                     same (the original route)
+//! GET  /api/deployments            recent deployments, newest first
+//! GET  /api/deployments/{id}       one deployment
+//! GET  /api/deployments/{id}/logs  NDJSON log records so far (?since=N)
+//! GET  /api/deployments/{id}/logs/ws  WebSocket: backlog, live lines, final record, close
+//! GET  /api/health                 liveness
+//! ```
+
+use axum::body::{Body, Bytes};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gitdeploy_core::host::is_site_label;
+use gitdeploy_core::id::looks_like_deployment_id;
+use gitdeploy_core::job::validate_git_ref;
+use gitdeploy_core::repo::validate_repo_url;
+use gitdeploy_core::{BuildJob, DeploymentId, DeploymentStatus};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::store::Deployment;
+use crate::{now_ms, ControlPlane};
+
+/// Largest request body accepted by the API.
+const MAX_BODY: usize = 64 * 1024;
+/// Deployments returned by the listing.
+const LIST_LIMIT: usize = 100;
+
+pub(crate) fn router(cp: ControlPlane) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/api/health", get(|| async { Json(json!({"ok": true})) }))
+        .route(
+            "/api/deployments",
+            post(create_deployment).get(list_deployments),
+        )
+        .route("/deploy", post(create_deployment))
+        .route("/api/deployments/{id}", get(show_deployment))
+        .route("/api/deployments/{id}/logs", get(read_logs))
+        .route("/api/deployments/{id}/logs/ws", get(follow_logs_ws))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(cp)
+}
+
+async fn index(State(cp): State<ControlPlane>) -> Json<Value> {
+    Json(json!({
+        "service": "gitdeploy",
+        "deploy": cp.config.public.api("/api/deployments"),
+    }))
+}
+
+/// The body of a deploy request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployRequest {
+    repo: String,
+    #[serde(default, rename = "ref")]
+    git_ref: Option<String>,
+    #[serde(default)]
+    project: Option<String>,
+}
+
+fn parse_deploy_request(body: &[u8]) -> Result<DeployRequest, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "the request body must be a JSON object with a \"repo\" field",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let message = e.to_string();
+        let code = if message.starts_with("missing field") {
+            "missing_field"
+        } else {
+            "invalid_body"
+        };
+        ApiError::bad_request(code, format!("invalid deploy request: {message}"))
+    })
+}
+
+async fn create_deployment(
+    State(cp): State<ControlPlane>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req = parse_deploy_request(&body)?;
+    let repo = req.repo.trim().to_owned();
+    validate_repo_url(&repo, &cp.config.allowed_repo_schemes)
+        .map_err(|e| ApiError::bad_request("invalid_repo", e))?;
+    if let Some(r) = &req.git_ref {
+        validate_git_ref(r).map_err(|e| ApiError::bad_request("invalid_ref", e))?;
+    }
+    if let Some(p) = &req.project {
+        if !is_site_label(p) || looks_like_deployment_id(p) {
+            return Err(ApiError::bad_request(
+                "invalid_project",
+                format!(
+                    "{p:?} is not a valid project name: use 1-63 lowercase letters, digits and \
+                     hyphens, not 12 letters and digits (that shape is kept for deployment ids)"
+                ),
+            ));
+        }
+    }
+    let deployment = Deployment {
+        id: DeploymentId::random(),
+        project: req.project,
+        repo: repo.clone(),
+        git_ref: req.git_ref.clone(),
+        status: DeploymentStatus::Queued,
+        error: None,
+        commit: None,
+        created_unix_ms: now_ms(),
+        started_unix_ms: None,
+        finished_unix_ms: None,
+    };
+    let id = deployment.id.clone();
+    cp.store
+        .insert(deployment.clone())
+        .map_err(ApiError::internal)?;
+    cp.bus.create(&id).map_err(ApiError::internal)?;
+    cp.queue
+        .submit(BuildJob {
+            deployment: id.clone(),
+            repo,
+            git_ref: req.git_ref,
+        })
+        .map_err(ApiError::unavailable)?;
+    tracing::info!(%id, repo = %deployment.repo_display(), "deployment queued");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(deployment_json(&cp, &deployment)),
+    )
+        .into_response())
+}
+
+fn deployment_json(cp: &ControlPlane, d: &Deployment) -> Value {
+    let urls = &cp.config.public;
+    json!({
+        "id": d.id,
+        "url": urls.site(d.id.as_str()),
+        "status": d.status,
+        "project": d.project,
+        "repo": d.repo_display(),
+        "ref": d.git_ref,
+        "commit": d.commit,
+        "error": d.error,
+        "created_unix_ms": d.created_unix_ms,
+        "started_unix_ms": d.started_unix_ms,
+        "finished_unix_ms": d.finished_unix_ms,
+        "logs_url": urls.api(&format!("/api/deployments/{}/logs", d.id)),
+        "logs_ws_url": urls.api(&format!("/api/deployments/{}/logs/ws", d.id)).replacen("http", "ws", 1),
+    })
+}
+
+fn lookup(cp: &ControlPlane, raw: &str) -> Result<Deployment, ApiError> {
+    DeploymentId::parse(raw)
+        .and_then(|id| cp.store.get(&id))
+        .ok_or_else(|| ApiError::not_found(format!("no deployment {raw:?}")))
+}
+
+async fn list_deployments(State(cp): State<ControlPlane>) -> Json<Value> {
+    let list: Vec<Value> = cp
+        .store
+        .list(LIST_LIMIT)
+        .iter()
+        .map(|d| deployment_json(&cp, d))
+        .collect();
+    Json(json!({ "deployments": list }))
+}
+
+async fn show_deployment(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let d = lookup(&cp, &id)?;
+    Ok(Json(deployment_json(&cp, &d)))
+}
+
+#[derive(Deserialize)]
+struct SinceQuery {
+    #[serde(default)]
+    since: u64,
+}
+
+async fn read_logs(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+    Query(q): Query<SinceQuery>,
+) -> Result<Response, ApiError> {
+    let d = lookup(&cp, &id)?;
+    let records = cp.bus.read(&d.id, q.since).map_err(ApiError::internal)?;
+    let mut body = Vec::new();
+    for r in records {
+        serde_json::to_writer(&mut body, &r).map_err(ApiError::internal)?;
+        body.push(b'\n');
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from(body),
+    )
+        .into_response())
+}
+
+async fn follow_logs_ws(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+    Query(q): Query<SinceQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let d = lookup(&cp, &id)?;
+    let follower = cp.bus.follow(&d.id, q.since).map_err(ApiError::internal)?;
+    Ok(ws.on_upgrade(move |socket| stream_log(socket, follower)))
+}
+
+/// Sends records until the final one, then closes. Ends early when the client goes away.
+async fn stream_log(mut socket: WebSocket, mut follower: crate::logbus::Follower) {
+    loop {
+        tokio::select! {
+            next = follower.next() => match next {
+                Ok(Some(record)) => {
+                    let Ok(text) = serde_json::to_string(&record) else { break };
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!("log follower failed: {e}");
+                    break;
+                }
+            },
+            incoming = socket.recv() => match incoming {
+                // Clients have nothing to say; anything but a close is ignored.
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_request_errors_name_the_problem() {
+        for (body, code) in [
+            (&b""[..], "invalid_body"),
+            (b"{", "invalid_body"),
+            (b"[]", "invalid_body"),
+            (b"{}", "missing_field"),
+            (b"{\"repo\": 5}", "invalid_body"),
+            (b"{\"repo\": \"x\", \"extra\": 1}", "invalid_body"),
+        ] {
+            let err = parse_deploy_request(body).err().expect("must fail");
+            assert_eq!(
+                err.code_for_tests(),
+                code,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let ok = parse_deploy_request(br#"{"repo":"https://h/r","ref":"main"}"#)
+            .ok()
+            .unwrap();
+        assert_eq!(ok.git_ref.as_deref(), Some("main"));
+    }
+}

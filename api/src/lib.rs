@@ -1,0 +1,107 @@
+//! GitDeploy's control plane: the deploy API, build log streaming, the deployment store and the
+//! runners that turn a queued deployment into a published site.
+//!
+//! [`ControlPlane::router`] is a plain axum router; the edge hosts it behind the public port.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod error;
+mod http;
+pub mod logbus;
+pub mod runner;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gitdeploy_core::repo::RepoScheme;
+
+pub use error::ApiError;
+pub use logbus::LogBus;
+pub use runner::{JobQueue, LocalRunner, LocalRunnerConfig};
+pub use store::{Deployment, FileStore};
+
+/// How the outside world reaches sites and the API, for the URLs the API hands out.
+#[derive(Clone, Debug)]
+pub struct PublicUrls {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// The platform domain (`localhost`, `example.app`).
+    pub domain: String,
+    /// Public port when it is not the scheme's default.
+    pub port: Option<u16>,
+}
+
+impl PublicUrls {
+    fn port_suffix(&self) -> String {
+        self.port.map(|p| format!(":{p}")).unwrap_or_default()
+    }
+
+    /// `scheme://<label>.<domain>[:port]/`
+    pub fn site(&self, label: &str) -> String {
+        format!(
+            "{}://{label}.{}{}/",
+            self.scheme,
+            self.domain,
+            self.port_suffix()
+        )
+    }
+
+    /// `scheme://<domain>[:port]<path>`
+    pub fn api(&self, path: &str) -> String {
+        format!(
+            "{}://{}{}{path}",
+            self.scheme,
+            self.domain,
+            self.port_suffix()
+        )
+    }
+}
+
+/// Settings of the control plane.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// URLs handed out.
+    pub public: PublicUrls,
+    /// Repository transports users may deploy from.
+    pub allowed_repo_schemes: Vec<RepoScheme>,
+}
+
+/// The control plane's shared state: store, log bus, job queue and settings.
+#[derive(Clone)]
+pub struct ControlPlane {
+    config: Arc<ApiConfig>,
+    store: Arc<FileStore>,
+    bus: Arc<LogBus>,
+    queue: JobQueue,
+}
+
+impl ControlPlane {
+    /// Assembles the control plane from its parts.
+    pub fn new(
+        config: ApiConfig,
+        store: Arc<FileStore>,
+        bus: Arc<LogBus>,
+        queue: JobQueue,
+    ) -> Self {
+        ControlPlane {
+            config: Arc::new(config),
+            store,
+            bus,
+            queue,
+        }
+    }
+
+    /// The HTTP API as an axum router.
+    pub fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

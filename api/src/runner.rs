@@ -1,0 +1,360 @@
+//! The local runner: starts one `gitdeploy-builder` child process per deployment, with bounded
+//! concurrency and a queue beyond it, turns the builder's NDJSON events into log records, and
+//! records the outcome. The child runs in its own process group so a timeout or a shutdown kills
+//! everything the build started, not just the builder.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gitdeploy_core::job::env;
+use gitdeploy_core::{BuildJob, BuilderEvent, DeploymentId, DeploymentStatus, LogStream, Outcome};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::logbus::LogBus;
+use crate::now_ms;
+use crate::store::FileStore;
+
+/// How the local runner starts builders.
+#[derive(Clone, Debug)]
+pub struct LocalRunnerConfig {
+    /// Program and leading arguments that run one build (e.g. `[gitdeploy, builder]`).
+    pub command: Vec<OsString>,
+    /// Extra environment for the builder (storage endpoint, bucket, credentials).
+    pub env: Vec<(String, String)>,
+    /// Parent of each job's scratch directory.
+    pub work_root: PathBuf,
+    /// Package manager cache shared by builds.
+    pub cache_dir: PathBuf,
+    /// Builds running at once; further jobs wait in the queue.
+    pub concurrency: usize,
+    /// Wall-clock limit of one build.
+    pub timeout: Duration,
+}
+
+/// Hands jobs to the runner. Cheap to clone.
+#[derive(Clone)]
+pub struct JobQueue {
+    tx: mpsc::UnboundedSender<BuildJob>,
+}
+
+impl JobQueue {
+    /// Queues a job; fails only when the runner has stopped.
+    pub fn submit(&self, job: BuildJob) -> Result<(), String> {
+        self.tx
+            .send(job)
+            .map_err(|_| "the build runner has stopped".to_owned())
+    }
+}
+
+/// The local runner; [`LocalRunner::run`] is its loop.
+pub struct LocalRunner {
+    config: LocalRunnerConfig,
+    store: Arc<FileStore>,
+    bus: Arc<LogBus>,
+    rx: mpsc::UnboundedReceiver<BuildJob>,
+    queue: JobQueue,
+}
+
+impl LocalRunner {
+    /// A runner and the queue that feeds it.
+    pub fn new(
+        config: LocalRunnerConfig,
+        store: Arc<FileStore>,
+        bus: Arc<LogBus>,
+    ) -> (Self, JobQueue) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = JobQueue { tx };
+        (
+            LocalRunner {
+                config,
+                store,
+                bus,
+                rx,
+                queue: queue.clone(),
+            },
+            queue,
+        )
+    }
+
+    /// Settles what a previous run left behind: builds that were running are failed (their
+    /// builder died with the server) and queued ones are queued again.
+    fn recover(&self) {
+        for d in self.store.list(usize::MAX) {
+            match d.status {
+                DeploymentStatus::Building => {
+                    let job = Job::new(&self.store, &self.bus, d.id.clone());
+                    job.finish(
+                        DeploymentStatus::Failed,
+                        Some("the server restarted while this build was running".into()),
+                        None,
+                        None,
+                    );
+                }
+                DeploymentStatus::Queued => {
+                    if let Err(e) = self.bus.create(&d.id) {
+                        tracing::error!(id = %d.id, "cannot reopen log: {e}");
+                    }
+                    let _ = self.queue.submit(BuildJob {
+                        deployment: d.id.clone(),
+                        repo: d.repo.clone(),
+                        git_ref: d.git_ref.clone(),
+                    });
+                }
+                DeploymentStatus::Ready | DeploymentStatus::Failed => {}
+            }
+        }
+    }
+
+    /// Runs jobs until `shutdown` resolves. Builds still running then are killed.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        self.recover();
+        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let config = Arc::new(self.config.clone());
+        let mut running = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let job = tokio::select! {
+                _ = &mut shutdown => break,
+                job = self.rx.recv() => match job {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            let (store, bus, config) = (self.store.clone(), self.bus.clone(), config.clone());
+            running.spawn(async move {
+                run_job(&config, Job::new(&store, &bus, job.deployment.clone()), job).await;
+                drop(permit);
+            });
+            // Reap finished tasks so the set does not grow without bound.
+            while running.try_join_next().is_some() {}
+        }
+        // Dropping the tasks drops their process-group guards, which kill the builds.
+        running.shutdown().await;
+    }
+}
+
+/// One deployment's bookkeeping: log lines and the final status.
+struct Job<'a> {
+    store: &'a FileStore,
+    bus: &'a LogBus,
+    id: DeploymentId,
+}
+
+impl<'a> Job<'a> {
+    fn new(store: &'a Arc<FileStore>, bus: &'a Arc<LogBus>, id: DeploymentId) -> Self {
+        Job { store, bus, id }
+    }
+
+    fn log(&self, ts: u64, stream: LogStream, line: String) {
+        if let Err(e) = self.bus.append(&self.id, ts, stream, line) {
+            tracing::error!(id = %self.id, "cannot write log: {e}");
+        }
+    }
+
+    fn system(&self, line: String) {
+        self.log(now_ms(), LogStream::System, line);
+    }
+
+    /// Records the outcome: status first, then the final log record, so a client that sees the
+    /// final record and asks for the status sees the same outcome.
+    fn finish(
+        &self,
+        status: DeploymentStatus,
+        error: Option<String>,
+        exit_code: Option<i32>,
+        commit: Option<String>,
+    ) {
+        let updated = self.store.update(&self.id, |d| {
+            d.status = status;
+            d.error = error.clone();
+            d.finished_unix_ms = Some(now_ms());
+            if commit.is_some() {
+                d.commit = commit.clone();
+            }
+        });
+        if let Err(e) = updated {
+            tracing::error!(id = %self.id, "cannot record outcome: {e}");
+        }
+        let line = match (&status, &error) {
+            (DeploymentStatus::Ready, _) => "Deployment is ready".to_owned(),
+            (_, Some(e)) => format!("Deployment failed: {e}"),
+            _ => "Deployment failed".to_owned(),
+        };
+        let outcome = Outcome {
+            status,
+            error,
+            exit_code,
+        };
+        if let Err(e) = self.bus.finish(&self.id, now_ms(), line, outcome) {
+            tracing::error!(id = %self.id, "cannot finish log: {e}");
+        }
+    }
+}
+
+/// Kills a whole process group when dropped (timeout, shutdown, or the task being aborted).
+struct ProcessGroup(Option<Pid>);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+async fn run_job(config: &LocalRunnerConfig, job: Job<'_>, build: BuildJob) {
+    let started = job.store.update(&job.id, |d| {
+        d.status = DeploymentStatus::Building;
+        d.started_unix_ms = Some(now_ms());
+    });
+    match started {
+        Ok(Some(_)) => {}
+        Ok(None) => return, // deleted while queued
+        Err(e) => {
+            tracing::error!(id = %job.id, "cannot record build start: {e}");
+            return;
+        }
+    }
+    job.system("Build started on the local runner".into());
+    let work_dir = config.work_root.join(job.id.as_str());
+    let (status, error, exit_code, commit) =
+        match spawn_and_follow(config, &job, &build, &work_dir).await {
+            Ok(result) => result,
+            Err(e) => (DeploymentStatus::Failed, Some(e), None, None),
+        };
+    if let Err(e) = tokio::fs::remove_dir_all(&work_dir).await {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %work_dir.display(), "cannot remove work directory: {e}");
+        }
+    }
+    job.finish(status, error, exit_code, commit);
+}
+
+type JobResult = (
+    DeploymentStatus,
+    Option<String>,
+    Option<i32>,
+    Option<String>,
+);
+
+async fn spawn_and_follow(
+    config: &LocalRunnerConfig,
+    job: &Job<'_>,
+    build: &BuildJob,
+    work_dir: &std::path::Path,
+) -> Result<JobResult, String> {
+    let _ = tokio::fs::remove_dir_all(work_dir).await;
+    tokio::fs::create_dir_all(work_dir)
+        .await
+        .map_err(|e| format!("cannot create work directory: {e}"))?;
+    let (program, args) = config
+        .command
+        .split_first()
+        .ok_or("no builder command configured")?;
+    let job_json = serde_json::to_string(build).map_err(|e| e.to_string())?;
+    let mut child = Command::new(program)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(config.env.iter().map(|(k, v)| (k, v)))
+        .env(env::JOB, job_json)
+        .env(env::WORK_DIR, work_dir)
+        .env(env::CACHE_DIR, &config.cache_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the builder: {e}"))?;
+    let group = ProcessGroup(child.id().map(|pid| Pid::from_raw(pid as i32)));
+
+    let stderr = child.stderr.take().map(|err| {
+        let lines = BufReader::new(err).lines();
+        tokio::spawn(async move {
+            let mut lines = lines;
+            let mut tail = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::warn!("builder: {line}");
+                tail.push(line);
+                if tail.len() > 20 {
+                    tail.remove(0);
+                }
+            }
+            tail
+        })
+    });
+    let mut result: Option<BuilderEvent> = None;
+    let follow = async {
+        if let Some(out) = child.stdout.take() {
+            let mut reader = BufReader::new(out);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => match serde_json::from_slice::<BuilderEvent>(&buf) {
+                        Ok(BuilderEvent::Log { ts, stream, line }) => job.log(ts, stream, line),
+                        Ok(event) => result = Some(event),
+                        Err(_) => job.system(String::from_utf8_lossy(&buf).trim_end().to_owned()),
+                    },
+                }
+            }
+        }
+        child.wait().await
+    };
+    let waited = tokio::time::timeout(config.timeout, follow).await;
+    drop(group); // kill anything the build left running, in every case
+    let status = match waited {
+        Err(_) => {
+            return Ok((
+                DeploymentStatus::Failed,
+                Some(format!(
+                    "the build timed out after {}s and was stopped",
+                    config.timeout.as_secs()
+                )),
+                None,
+                None,
+            ))
+        }
+        Ok(Err(e)) => return Err(format!("lost the builder process: {e}")),
+        Ok(Ok(status)) => status,
+    };
+    let stderr_tail = match stderr {
+        Some(task) => task.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    Ok(match (status.code(), result) {
+        (Some(0), Some(BuilderEvent::Published { commit, .. })) => {
+            (DeploymentStatus::Ready, None, Some(0), Some(commit))
+        }
+        (_, Some(BuilderEvent::Failed { error, exit_code })) => {
+            (DeploymentStatus::Failed, Some(error), exit_code, None)
+        }
+        (code, _) => {
+            let mut error = match code {
+                Some(c) => format!("the builder exited with code {c} without reporting a result"),
+                None => "the builder was killed".to_owned(),
+            };
+            if let Some(last) = stderr_tail.last() {
+                error.push_str(": ");
+                error.push_str(last);
+            }
+            (DeploymentStatus::Failed, Some(error), code, None)
+        }
+    })
+}

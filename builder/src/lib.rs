@@ -1,0 +1,43 @@
+//! One GitDeploy build job: clone → detect → install → build → collect → upload → manifest.
+//!
+//! The builder reads its job from the environment (the same variables for the local runner and an
+//! ECS container override), reports progress as NDJSON [`BuilderEvent`]s on stdout and exits with
+//! an [`ExitCode`]-style status. The user's commands run with a scrubbed environment: the storage
+//! credentials the builder holds never reach them.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod config;
+mod detect;
+mod events;
+mod exec;
+mod publish;
+mod steps;
+
+pub use config::BuilderConfig;
+
+/// Exit status: the site was published.
+pub const EXIT_READY: i32 = 0;
+/// Exit status: the build failed for a reason in the repository (clone, install, build, output).
+pub const EXIT_BUILD_FAILED: i32 = 1;
+/// Exit status: the builder could not do its job (bad job description, storage unreachable).
+pub const EXIT_INTERNAL: i32 = 2;
+
+use gitdeploy_core::BuilderEvent;
+
+/// Runs the job described by the environment and returns the process exit status.
+pub async fn run_from_env() -> i32 {
+    let emitter = events::Emitter::stdout();
+    let config = match BuilderConfig::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            emitter.system(&format!("builder misconfigured: {e}"));
+            emitter.event(&BuilderEvent::Failed {
+                error: format!("builder misconfigured: {e}"),
+                exit_code: None,
+            });
+            return EXIT_INTERNAL;
+        }
+    };
+    steps::run(&config, &emitter).await
+}

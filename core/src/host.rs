@@ -1,0 +1,157 @@
+//! Host header → what the edge serves. Host headers are hostile input: anything that is not a
+//! well-formed name under one of our domains routes to [`HostRoute::Unknown`], so the edge is
+//! never an open proxy.
+
+/// Where a request goes, decided from its host alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostRoute {
+    /// The control plane: API, log streams, dashboard.
+    ControlPlane,
+    /// A site; the label is a deployment id or a project name (not yet checked which).
+    Site(String),
+    /// Not ours: answered with 404.
+    Unknown,
+}
+
+/// Normalizes an authority (`Host` header or HTTP/2 `:authority`): strips the port and a trailing
+/// dot, lowercases, keeps IPv6 literals in brackets. Returns `None` for malformed input.
+pub fn normalize_host(authority: &str) -> Option<String> {
+    let authority = authority.trim();
+    if authority.is_empty() || authority.len() > 255 || authority.contains('@') {
+        return None;
+    }
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let (literal, after) = (&rest[..end], &rest[end + 1..]);
+        if !valid_port_suffix(after) || literal.is_empty() {
+            return None;
+        }
+        if !literal
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return None;
+        }
+        format!("[{}]", literal.to_ascii_lowercase())
+    } else {
+        let (name, port) = match authority.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (authority, None),
+        };
+        if let Some(port) = port {
+            if !valid_port_suffix(&format!(":{port}")) {
+                return None;
+            }
+        }
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            || name.split('.').any(str::is_empty)
+        {
+            return None;
+        }
+        name.to_ascii_lowercase()
+    };
+    Some(host)
+}
+
+fn valid_port_suffix(s: &str) -> bool {
+    match s.strip_prefix(':') {
+        None => s.is_empty(),
+        Some(port) => {
+            !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
+        }
+    }
+}
+
+/// True for a DNS label we accept as a site name: 1–63 chars of `[a-z0-9-]`, no leading or
+/// trailing hyphen.
+pub fn is_site_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Routes a normalized host. `domain` is the platform's domain (`localhost`, `example.app`);
+/// the apex, `api.<domain>` and any `extra_control_hosts` (e.g. the loopback address `up` listens
+/// on) reach the control plane; `<label>.<domain>` reaches a site.
+pub fn route_host(host: &str, domain: &str, extra_control_hosts: &[String]) -> HostRoute {
+    if host == domain || extra_control_hosts.iter().any(|h| h == host) {
+        return HostRoute::ControlPlane;
+    }
+    let Some(label) = host
+        .strip_suffix(domain)
+        .and_then(|rest| rest.strip_suffix('.'))
+    else {
+        return HostRoute::Unknown;
+    };
+    if label == "api" {
+        HostRoute::ControlPlane
+    } else if is_site_label(label) {
+        HostRoute::Site(label.to_owned())
+    } else {
+        HostRoute::Unknown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_table() {
+        for (input, want) in [
+            ("example.app", Some("example.app")),
+            ("Example.APP:8080", Some("example.app")),
+            ("abc.localhost:8080", Some("abc.localhost")),
+            ("abc.localhost.", Some("abc.localhost")),
+            ("127.0.0.1:8080", Some("127.0.0.1")),
+            ("[::1]:8080", Some("[::1]")),
+            ("[::1]", Some("[::1]")),
+            ("[::1", None),
+            ("[::1]x", None),
+            ("[]:80", None),
+            ("", None),
+            ("a..b", None),
+            (".a", None),
+            ("a b", None),
+            ("user@host", None),
+            ("host:", None),
+            ("host:123456", None),
+            ("host:80:80", None),
+            ("h_st", None),
+            ("évil.com", None),
+        ] {
+            assert_eq!(normalize_host(input).as_deref(), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn route_table() {
+        let extra = vec!["127.0.0.1".to_owned()];
+        for (host, want) in [
+            ("localhost", HostRoute::ControlPlane),
+            ("api.localhost", HostRoute::ControlPlane),
+            ("127.0.0.1", HostRoute::ControlPlane),
+            (
+                "k3f9q2m8x1ab.localhost",
+                HostRoute::Site("k3f9q2m8x1ab".into()),
+            ),
+            ("my-site.localhost", HostRoute::Site("my-site".into())),
+            ("a.b.localhost", HostRoute::Unknown),
+            ("-bad.localhost", HostRoute::Unknown),
+            ("evil.com", HostRoute::Unknown),
+            ("xlocalhost", HostRoute::Unknown),
+            (".localhost", HostRoute::Unknown),
+            ("[::1]", HostRoute::Unknown),
+        ] {
+            assert_eq!(route_host(host, "localhost", &extra), want, "{host}");
+        }
+    }
+}

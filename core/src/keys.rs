@@ -1,0 +1,60 @@
+//! Where things live in the bucket. Files under `sites/<id>/`, the manifest at
+//! `manifests/<id>.json` (written last: its presence is what publishes a deployment) and the
+//! archived log at `logs/<id>.ndjson`, all under an optional prefix.
+
+use crate::id::DeploymentId;
+
+/// The bucket layout, with an optional key prefix shared by every object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectLayout {
+    prefix: String,
+}
+
+impl ObjectLayout {
+    /// A layout under `prefix` (`""` for the bucket root; slashes at either end are trimmed).
+    pub fn new(prefix: &str) -> Self {
+        let p = prefix.trim_matches('/');
+        ObjectLayout {
+            prefix: if p.is_empty() {
+                String::new()
+            } else {
+                format!("{p}/")
+            },
+        }
+    }
+
+    /// Key of one site file; `relative` is a manifest path such as `docs/index.html`.
+    pub fn site_file(&self, id: &DeploymentId, relative: &str) -> String {
+        format!("{}sites/{id}/{relative}", self.prefix)
+    }
+
+    /// Key of a deployment's manifest.
+    pub fn manifest(&self, id: &DeploymentId) -> String {
+        format!("{}manifests/{id}.json", self.prefix)
+    }
+
+    /// Key of a deployment's archived build log.
+    pub fn log_archive(&self, id: &DeploymentId) -> String {
+        format!("{}logs/{id}.ndjson", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_table() {
+        let id = DeploymentId::parse("k3f9q2m8x1ab").unwrap();
+        for (prefix, want) in [
+            ("", "sites/k3f9q2m8x1ab/a/b.html"),
+            ("gd", "gd/sites/k3f9q2m8x1ab/a/b.html"),
+            ("/gd/x/", "gd/x/sites/k3f9q2m8x1ab/a/b.html"),
+        ] {
+            assert_eq!(ObjectLayout::new(prefix).site_file(&id, "a/b.html"), want);
+        }
+        let l = ObjectLayout::new("");
+        assert_eq!(l.manifest(&id), "manifests/k3f9q2m8x1ab.json");
+        assert_eq!(l.log_archive(&id), "logs/k3f9q2m8x1ab.ndjson");
+    }
+}

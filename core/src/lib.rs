@@ -1,0 +1,23 @@
+//! GitDeploy's shared vocabulary: deployment ids, host → site and URL path → object rules, the
+//! manifest and log record formats, the object key layout and the build job description.
+//!
+//! Everything here is pure: no I/O, no clocks, no network. The edge, the control plane and the
+//! builder all speak through these types, so a rule lives in exactly one place.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod host;
+pub mod id;
+pub mod job;
+pub mod keys;
+pub mod log;
+pub mod manifest;
+pub mod path;
+pub mod repo;
+
+pub use id::DeploymentId;
+pub use job::{BuildJob, BuilderEvent, DeploymentStatus};
+pub use keys::ObjectLayout;
+pub use log::{LogRecord, LogStream, Outcome};
+pub use manifest::{FileEntry, Manifest, Resolution};
+pub use path::{PathError, SitePath};

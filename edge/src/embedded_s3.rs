@@ -1,0 +1,83 @@
+//! The embedded S3 server of `gitdeploy up`: s3s over s3s-fs, on loopback, with SigV4
+//! authentication by a key generated at start-up. Builders upload to it and the sites proxy
+//! streams from it exactly as they would with real S3; an unsigned request is refused.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use s3s::auth::SimpleAuth;
+use s3s::service::{S3Service, S3ServiceBuilder};
+
+/// The embedded S3 server, run as a Pingora background service.
+pub struct EmbeddedS3 {
+    listener: Mutex<Option<std::net::TcpListener>>,
+    service: S3Service,
+}
+
+impl EmbeddedS3 {
+    /// Binds `127.0.0.1:0` and prepares a server over `root` with `bucket` created. Returns the
+    /// server and the address it will answer on.
+    pub fn bind(
+        root: &Path,
+        bucket: &str,
+        access_key: &str,
+        secret_key: &str,
+    ) -> anyhow::Result<(Self, SocketAddr)> {
+        std::fs::create_dir_all(root.join(bucket))?;
+        let fs = s3s_fs::FileSystem::new(root)
+            .map_err(|e| anyhow::anyhow!("embedded S3 storage: {e:?}"))?;
+        let mut builder = S3ServiceBuilder::new(fs);
+        builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        Ok((
+            EmbeddedS3 {
+                listener: Mutex::new(Some(listener)),
+                service: builder.build(),
+            },
+            addr,
+        ))
+    }
+}
+
+#[async_trait]
+impl BackgroundService for EmbeddedS3 {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
+            return;
+        };
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("embedded S3 cannot listen: {e}");
+                return;
+            }
+        };
+        let http = ConnBuilder::new(TokioExecutor::new());
+        loop {
+            let socket = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, _)) => socket,
+                    Err(e) => {
+                        tracing::warn!("embedded S3 accept failed: {e}");
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => break,
+            };
+            let conn = http
+                .serve_connection(TokioIo::new(socket), self.service.clone())
+                .into_owned();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+    }
+}

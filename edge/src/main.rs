@@ -1,0 +1,73 @@
+//! `gitdeploy`: the GitDeploy server and its command-line client.
+//!
+//! ```text
+//! gitdeploy up                                   # everything on one machine, no cloud needed
+//! gitdeploy deploy https://github.com/o/site --follow
+//! curl -H 'Host: <id>.localhost' http://127.0.0.1:8080/
+//! ```
+//!
+//! `up` builds one Pingora server: the sites proxy on the public port, the API behind it on a
+//! private socket, the embedded S3 server and the local build runner as background services.
+
+mod cache;
+mod cli;
+mod control;
+mod embedded_s3;
+mod origin;
+mod runner_service;
+mod sites;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "gitdeploy", version, about = "Git repository to live website")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole platform on this machine: edge, API, embedded S3 and local builders.
+    Up(up::UpOptions),
+    /// Deploy a repository through a running GitDeploy.
+    Deploy(cli::DeployOptions),
+    /// Run one build job described by GITDEPLOY_* variables (used by the local runner).
+    #[command(hide = true)]
+    Builder,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Up(opts) => {
+            init_tracing();
+            match up::run(opts) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("gitdeploy up: {e:#}");
+                    1
+                }
+            }
+        }
+        Command::Deploy(opts) => cli::deploy(opts),
+        Command::Builder => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(gitdeploy_builder::run_from_env()),
+            Err(e) => {
+                eprintln!("cannot start the builder runtime: {e}");
+                gitdeploy_builder::EXIT_INTERNAL
+            }
+        },
+    };
+    std::process::exit(code);
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,289 @@
+//! The S3 origin: where objects live and how requests to them are signed. The sites proxy
+//! streams objects through Pingora with headers from [`S3Origin::sign`]; small reads (manifests)
+//! go through [`S3Origin::get`]. Both paths sign the same way, with SigV4, single percent-encoding
+//! and no path normalization, as S3 requires.
+
+use std::time::{Duration, SystemTime};
+
+use aws_sigv4::http_request::{
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+    UriPathNormalizationMode,
+};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use bytes::Bytes;
+use gitdeploy_core::path::encode_path;
+use gitdeploy_core::ObjectLayout;
+use pingora_core::upstreams::peer::HttpPeer;
+
+/// SHA-256 of the empty body: every request the edge sends to S3 has no body.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// Where the bucket is and who we are to it.
+#[derive(Clone, Debug)]
+pub struct OriginSettings {
+    /// Endpoint URL (`http://127.0.0.1:9000`), or `None` for AWS's regional endpoint.
+    pub endpoint: Option<String>,
+    /// Bucket.
+    pub bucket: String,
+    /// Region.
+    pub region: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Access key id and secret.
+    pub access_key: String,
+    /// Secret access key.
+    pub secret_key: String,
+}
+
+/// The S3 origin.
+pub struct S3Origin {
+    tls: bool,
+    /// Address to connect to.
+    connect: String,
+    /// `Host` header and SNI.
+    host: String,
+    /// Path prefix of every object: `/<bucket>` (path style) or empty (virtual-hosted).
+    bucket_path: String,
+    region: String,
+    identity: Identity,
+    layout: ObjectLayout,
+    http: reqwest::Client,
+}
+
+/// A failed origin read.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    /// The origin answered with an unexpected status.
+    #[error("S3 answered {0}")]
+    Status(u16),
+    /// The origin could not be reached or the read broke.
+    #[error("S3 request failed: {0}")]
+    Transport(String),
+    /// The request could not be signed.
+    #[error("signing failed: {0}")]
+    Signing(String),
+}
+
+impl S3Origin {
+    /// Builds the origin from settings; fails on a malformed endpoint.
+    pub fn new(s: &OriginSettings) -> Result<Self, String> {
+        let (tls, host, port, path_style) = match &s.endpoint {
+            Some(url) => {
+                let (scheme, rest) = url
+                    .split_once("://")
+                    .ok_or_else(|| format!("S3 endpoint {url:?} has no scheme"))?;
+                let tls = match scheme {
+                    "https" => true,
+                    "http" => false,
+                    other => {
+                        return Err(format!("S3 endpoint scheme {other:?} is not http or https"))
+                    }
+                };
+                let authority = rest.trim_end_matches('/');
+                if authority.is_empty() || authority.contains('/') {
+                    return Err(format!("S3 endpoint {url:?} must be scheme://host[:port]"));
+                }
+                let (host, port) = match authority.rsplit_once(':') {
+                    Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                        h.to_owned(),
+                        p.parse::<u16>()
+                            .map_err(|_| format!("bad port in S3 endpoint {url:?}"))?,
+                    ),
+                    _ => (authority.to_owned(), if tls { 443 } else { 80 }),
+                };
+                (tls, host, port, true)
+            }
+            None => (
+                true,
+                format!("{}.s3.{}.amazonaws.com", s.bucket, s.region),
+                443,
+                false,
+            ),
+        };
+        let default_port = if tls { 443 } else { 80 };
+        let host_header = if port == default_port {
+            host.clone()
+        } else {
+            format!("{host}:{port}")
+        };
+        let identity: Identity = aws_credential_types::Credentials::new(
+            &s.access_key,
+            &s.secret_key,
+            None,
+            None,
+            "gitdeploy-edge",
+        )
+        .into();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        Ok(S3Origin {
+            tls,
+            connect: format!("{host}:{port}"),
+            host: host_header,
+            bucket_path: if path_style {
+                format!("/{}", s.bucket)
+            } else {
+                String::new()
+            },
+            region: s.region.clone(),
+            identity,
+            layout: ObjectLayout::new(&s.prefix),
+            http,
+        })
+    }
+
+    /// The bucket layout.
+    pub fn layout(&self) -> &ObjectLayout {
+        &self.layout
+    }
+
+    /// The request path of an object key, percent-encoded once.
+    pub fn object_path(&self, key: &str) -> String {
+        format!("{}/{}", self.bucket_path, encode_path(key))
+    }
+
+    /// Pingora peer for the origin, with timeouts and keep-alive.
+    pub fn peer(&self) -> HttpPeer {
+        let sni = self.host.split(':').next().unwrap_or_default().to_owned();
+        let mut peer = HttpPeer::new(self.connect.as_str(), self.tls, sni);
+        peer.options.connection_timeout = Some(Duration::from_secs(3));
+        peer.options.total_connection_timeout = Some(Duration::from_secs(5));
+        peer.options.read_timeout = Some(Duration::from_secs(30));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        peer
+    }
+
+    /// SigV4 headers for a bodiless request (`host`, `x-amz-date`, `x-amz-content-sha256`,
+    /// `authorization`).
+    pub fn sign(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> Result<Vec<(&'static str, String)>, OriginError> {
+        let mut settings = SigningSettings::default();
+        settings.percent_encoding_mode = PercentEncodingMode::Single;
+        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        let params = v4::SigningParams::builder()
+            .identity(&self.identity)
+            .region(&self.region)
+            .name("s3")
+            .time(SystemTime::now())
+            .settings(settings)
+            .build()
+            .map_err(|e| OriginError::Signing(e.to_string()))?
+            .into();
+        let scheme = if self.tls { "https" } else { "http" };
+        let url = format!("{scheme}://{}{path}", self.host);
+        let request = SignableRequest::new(
+            method,
+            url,
+            [("host", self.host.as_str())].into_iter(),
+            SignableBody::Precomputed(EMPTY_SHA256.into()),
+        )
+        .map_err(|e| OriginError::Signing(e.to_string()))?;
+        let (instructions, _) = sign(request, &params)
+            .map_err(|e| OriginError::Signing(e.to_string()))?
+            .into_parts();
+        let (headers, _) = instructions.into_parts();
+        let mut out = vec![("host", self.host.clone())];
+        out.extend(
+            headers
+                .into_iter()
+                .map(|h| (h.name(), h.value().to_owned())),
+        );
+        Ok(out)
+    }
+
+    /// Reads a whole object; `Ok(None)` when it does not exist.
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, OriginError> {
+        let path = self.object_path(key);
+        let scheme = if self.tls { "https" } else { "http" };
+        let mut req = self.http.get(format!("{scheme}://{}{path}", self.connect));
+        for (name, value) in self.sign("GET", &path)? {
+            req = req.header(name, value);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| OriginError::Transport(e.to_string()))?;
+        match resp.status().as_u16() {
+            200 => Ok(Some(
+                resp.bytes()
+                    .await
+                    .map_err(|e| OriginError::Transport(e.to_string()))?,
+            )),
+            404 => Ok(None),
+            other => Err(OriginError::Status(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(endpoint: Option<&str>) -> OriginSettings {
+        OriginSettings {
+            endpoint: endpoint.map(str::to_owned),
+            bucket: "site-bucket".into(),
+            region: "eu-west-1".into(),
+            prefix: "".into(),
+            access_key: "AK".into(),
+            secret_key: "SK".into(),
+        }
+    }
+
+    #[test]
+    fn endpoint_table() {
+        let o = S3Origin::new(&settings(Some("http://127.0.0.1:9000"))).unwrap();
+        assert_eq!(
+            (o.tls, o.connect.as_str(), o.host.as_str()),
+            (false, "127.0.0.1:9000", "127.0.0.1:9000")
+        );
+        assert_eq!(
+            o.object_path("sites/x/a b.html"),
+            "/site-bucket/sites/x/a%20b.html"
+        );
+        let o = S3Origin::new(&settings(Some("https://minio.internal/"))).unwrap();
+        assert_eq!(
+            (o.tls, o.connect.as_str(), o.host.as_str()),
+            (true, "minio.internal:443", "minio.internal")
+        );
+        let o = S3Origin::new(&settings(None)).unwrap();
+        assert_eq!(o.host.as_str(), "site-bucket.s3.eu-west-1.amazonaws.com");
+        assert_eq!(o.object_path("k"), "/k");
+        for bad in ["127.0.0.1:9000", "ftp://h", "http://h/path", "http://h:x"] {
+            assert!(S3Origin::new(&settings(Some(bad))).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn signed_headers_are_complete() {
+        let o = S3Origin::new(&settings(Some("http://127.0.0.1:9000"))).unwrap();
+        let headers = o.sign("GET", "/site-bucket/k").unwrap();
+        let names: Vec<_> = headers.iter().map(|(n, _)| *n).collect();
+        for want in [
+            "host",
+            "x-amz-date",
+            "x-amz-content-sha256",
+            "authorization",
+        ] {
+            assert!(names.contains(&want), "{names:?}");
+        }
+        let auth = &headers
+            .iter()
+            .find(|(n, _)| *n == "authorization")
+            .unwrap()
+            .1;
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=AK/"),
+            "{auth}"
+        );
+        assert!(auth.contains("/eu-west-1/s3/aws4_request"), "{auth}");
+    }
+}

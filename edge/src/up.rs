@@ -1,0 +1,222 @@
+//! `gitdeploy up`: the embedded default. One process, no cloud, no Redis: the sites proxy and
+//! the API on one public port, S3 (s3s-fs) on loopback, state and logs on disk, builds as
+//! sandboxed child processes.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use gitdeploy_api::{
+    ApiConfig, ControlPlane, FileStore, LocalRunner, LocalRunnerConfig, LogBus, PublicUrls,
+};
+use gitdeploy_core::job::env;
+use gitdeploy_core::repo::RepoScheme;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server};
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use pingora_core::upstreams::peer::HttpPeer;
+use rand::distr::{Alphanumeric, SampleString};
+
+use crate::cache::{ManifestCache, ObjectCache};
+use crate::control::ApiApp;
+use crate::embedded_s3::EmbeddedS3;
+use crate::origin::{OriginSettings, S3Origin};
+use crate::runner_service::RunnerService;
+use crate::sites::{HostRules, SitesProxy};
+
+/// Bucket of the embedded S3 server.
+const BUCKET: &str = "gitdeploy";
+const REGION: &str = "us-east-1";
+
+/// Options of `gitdeploy up`.
+#[derive(clap::Args, Debug)]
+pub struct UpOptions {
+    /// Public address (sites and API).
+    #[arg(long, default_value = "127.0.0.1:8080", env = "GITDEPLOY_LISTEN")]
+    listen: SocketAddr,
+    /// Where deployments, logs and the embedded S3 data are kept.
+    #[arg(long, default_value = ".gitdeploy", env = "GITDEPLOY_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Sites are served at <name>.<domain>.
+    #[arg(long, default_value = "localhost", env = "GITDEPLOY_DOMAIN")]
+    domain: String,
+    /// Builds that run at once; more wait in a queue.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// Wall-clock limit of one build, in seconds.
+    #[arg(long, default_value_t = 900)]
+    build_timeout: u64,
+    /// Worker threads of each service.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+fn random_secret(len: usize) -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), len)
+}
+
+/// Runs until SIGINT/SIGTERM.
+pub fn run(opts: UpOptions) -> anyhow::Result<()> {
+    let domain = opts.domain.trim_end_matches('.').to_ascii_lowercase();
+    anyhow::ensure!(
+        gitdeploy_core::host::normalize_host(&domain).as_deref() == Some(domain.as_str()),
+        "--domain {domain:?} is not a valid host name"
+    );
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
+    let data = opts.data_dir.canonicalize()?;
+    let dir = |name: &str| -> anyhow::Result<PathBuf> {
+        let d = data.join(name);
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        Ok(d)
+    };
+
+    // Embedded S3 with a key that lives as long as this process.
+    let (access_key, secret_key) = (random_secret(20), random_secret(40));
+    let (s3, s3_addr) = EmbeddedS3::bind(&dir("s3")?, BUCKET, &access_key, &secret_key)?;
+    let s3_endpoint = format!("http://{s3_addr}");
+    let origin = Arc::new(
+        S3Origin::new(&OriginSettings {
+            endpoint: Some(s3_endpoint.clone()),
+            bucket: BUCKET.into(),
+            region: REGION.into(),
+            prefix: String::new(),
+            access_key: access_key.clone(),
+            secret_key: secret_key.clone(),
+        })
+        .map_err(anyhow::Error::msg)?,
+    );
+
+    // Control plane: store, log bus, local runner.
+    let store = Arc::new(FileStore::open(&dir("state/deployments")?)?);
+    let bus = Arc::new(LogBus::open(&dir("logs")?)?);
+    let exe = std::env::current_exe().context("cannot find the gitdeploy executable")?;
+    let (runner, queue) = LocalRunner::new(
+        LocalRunnerConfig {
+            command: vec![exe.into_os_string(), "builder".into()],
+            env: vec![
+                (env::S3_ENDPOINT.into(), s3_endpoint.clone()),
+                (env::S3_BUCKET.into(), BUCKET.into()),
+                (env::S3_REGION.into(), REGION.into()),
+                ("AWS_ACCESS_KEY_ID".into(), access_key),
+                ("AWS_SECRET_ACCESS_KEY".into(), secret_key),
+            ],
+            work_root: dir("work")?,
+            cache_dir: dir("cache")?,
+            concurrency: opts.concurrency,
+            timeout: Duration::from_secs(opts.build_timeout),
+        },
+        store.clone(),
+        bus.clone(),
+    );
+    let port = opts.listen.port();
+    let public = PublicUrls {
+        scheme: "http".into(),
+        domain: domain.clone(),
+        port: (port != 80).then_some(port),
+    };
+    let control_plane = ControlPlane::new(
+        ApiConfig {
+            public: public.clone(),
+            allowed_repo_schemes: vec![
+                RepoScheme::Https,
+                RepoScheme::Http,
+                RepoScheme::Git,
+                RepoScheme::Local,
+            ],
+        },
+        store,
+        bus,
+        queue,
+    );
+
+    // One Pingora server for all of it.
+    let run_dir = dir("run")?;
+    let api_socket = api_socket_path(&run_dir)?;
+    let conf = ServerConf {
+        threads: opts.threads.max(1),
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(5),
+        pid_file: run_dir.join("gitdeploy.pid").display().to_string(),
+        upgrade_sock: run_dir.join("upgrade.sock").display().to_string(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut api = Service::new("control plane".into(), ApiApp::new(control_plane.router()));
+    api.add_uds(
+        &api_socket.display().to_string(),
+        Some(std::fs::Permissions::from_mode(0o600)),
+    );
+    let control_peer = HttpPeer::new_uds(&api_socket.display().to_string(), false, String::new())
+        .map_err(|e| anyhow::anyhow!("control plane socket: {e}"))?;
+
+    let manifests = Arc::new(ManifestCache::new(origin.clone(), 64 << 20));
+    let objects = Arc::new(ObjectCache::new(1 << 20, 256 << 20));
+    let mut control_hosts = vec![];
+    if !opts.listen.ip().is_unspecified() {
+        control_hosts.push(match opts.listen {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        });
+    }
+    let proxy = SitesProxy::new(
+        HostRules {
+            domain: domain.clone(),
+            control_hosts,
+        },
+        origin,
+        manifests,
+        objects,
+        control_peer,
+    );
+    let mut sites =
+        pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "sites proxy");
+    sites.add_tcp(&opts.listen.to_string());
+
+    server.add_service(background_service("embedded S3", s3));
+    server.add_service(background_service(
+        "local runner",
+        RunnerService::new(runner),
+    ));
+    server.add_service(api);
+    server.add_service(sites);
+
+    println!("GitDeploy is running (embedded mode: no cloud, no Redis).");
+    println!("  API and dashboard   {}", public.api("/"));
+    println!("  sites               {}", public.site("<deployment-id>"));
+    println!("  data directory      {}", data.display());
+    println!("  embedded S3         {s3_endpoint} (loopback, SigV4)");
+    println!("Deploy a repository:");
+    println!(
+        "  curl -X POST {} -H 'content-type: application/json' -d '{{\"repo\":\"https://github.com/owner/site\"}}'",
+        public.api("/api/deployments")
+    );
+    println!(
+        "  gitdeploy deploy https://github.com/owner/site --api {} --follow",
+        public.api("")
+    );
+    server.run(RunArgs::default());
+    Ok(())
+}
+
+/// The API's socket; Unix socket paths are limited to about 100 bytes, so a deep data
+/// directory falls back to the temporary directory.
+fn api_socket_path(run_dir: &Path) -> anyhow::Result<PathBuf> {
+    let preferred = run_dir.join("api.sock");
+    if preferred.as_os_str().len() < 100 {
+        return Ok(preferred);
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "gitdeploy-{}",
+        random_secret(10).to_ascii_lowercase()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir.join("api.sock"))
+}

@@ -1,0 +1,292 @@
+//! Test harness: real components on ephemeral loopback ports. A `git daemon` serving fixture
+//! repositories, and the real `gitdeploy up` binary with its own data directory.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use gitdeploy_core::LogRecord;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `addr` accepts connections (bounded): readiness, not a fixed sleep.
+pub fn wait_for_port(addr: SocketAddr, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut backoff = Duration::from_millis(5);
+    while TcpStream::connect(addr).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early with {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening on {addr}"
+        );
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Runs `git` in `dir`, panicking with its output on failure.
+pub fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.email=test@example.com",
+            "-c",
+            "user.name=test",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A directory of fixture repositories served by `git daemon` on loopback.
+pub struct GitServer {
+    pub root: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl GitServer {
+    pub fn new() -> Self {
+        GitServer {
+            root: tempfile::tempdir().unwrap(),
+            port: 0,
+            child: None,
+        }
+    }
+
+    /// Creates repository `name` with `files` committed on `main`.
+    pub fn add_repo(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        git(&dir, &["init", "-q"]);
+        for (path, content) in files {
+            let file = dir.join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, content).unwrap();
+        }
+        git(&dir, &["add", "-A"]);
+        git(&dir, &["commit", "-q", "-m", "fixture"]);
+        dir
+    }
+
+    /// Starts the daemon (after the repos are added).
+    pub fn start(&mut self) {
+        self.port = free_port();
+        let mut child = Command::new("git")
+            .arg("daemon")
+            .arg("--reuseaddr")
+            .arg("--export-all")
+            .arg("--listen=127.0.0.1")
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--base-path={}", self.root.path().display()))
+            .arg(self.root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon");
+        wait_for_port(([127, 0, 0, 1], self.port).into(), &mut child, "git daemon");
+        self.child = Some(child);
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("git://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A running `gitdeploy up`.
+pub struct Gitdeploy {
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub s3_endpoint: String,
+    child: Child,
+    http: reqwest::Client,
+}
+
+impl Gitdeploy {
+    /// Starts `gitdeploy up` on a free port with `data_dir`, and waits until the API answers.
+    pub async fn start(data_dir: &Path) -> Self {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+            .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start gitdeploy");
+        // The banner names the embedded S3 endpoint; read it, then keep draining stdout.
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut s3_endpoint = String::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.trim().strip_prefix("embedded S3") {
+                s3_endpoint = rest.split_whitespace().next().unwrap().to_owned();
+                break;
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        assert!(
+            s3_endpoint.starts_with("http://127.0.0.1:"),
+            "no S3 endpoint in the banner"
+        );
+        wait_for_port(([127, 0, 0, 1], port).into(), &mut child, "gitdeploy up");
+        Gitdeploy {
+            port,
+            data_dir: data_dir.to_owned(),
+            s3_endpoint,
+            child,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// POSTs a deploy request; returns status and JSON body.
+    pub async fn deploy(&self, body: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.api("/api/deployments"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
+    /// Deploys a repo and returns its id, asserting 202.
+    pub async fn deploy_repo(&self, repo: &str) -> String {
+        let (status, body) = self.deploy(serde_json::json!({ "repo": repo })).await;
+        assert_eq!(status, 202, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Follows the log over the WebSocket (from `since`) until the server closes it.
+    pub async fn follow(&self, id: &str, since: u64) -> Vec<LogRecord> {
+        let url = format!(
+            "ws://127.0.0.1:{}/api/deployments/{id}/logs/ws?since={since}",
+            self.port
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut records = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let msg = tokio::time::timeout_at(deadline, ws.next())
+                .await
+                .expect("log follow timed out");
+            match msg {
+                Some(Ok(Message::Text(t))) => records.push(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("websocket error: {e}"),
+            }
+        }
+        records
+    }
+
+    /// GETs a deployment's status JSON.
+    pub async fn status(&self, id: &str) -> Value {
+        self.http
+            .get(self.api(&format!("/api/deployments/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A request to a site: `Host: <label>.localhost`.
+    pub fn site(
+        &self,
+        method: reqwest::Method,
+        label: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("http://127.0.0.1:{}{path}", self.port))
+            .header("host", format!("{label}.localhost:{}", self.port))
+    }
+
+    /// Sends `GET <path>` exactly as written (no client-side normalization) and returns the status.
+    pub fn raw_get_status(&self, host: &str, path: &str) -> u16 {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Stops the server abruptly (as a crash would).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Gitdeploy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts `records` are numbered 0.. without gaps and only the last is final.
+pub fn assert_complete_log(records: &[LogRecord]) {
+    assert!(!records.is_empty(), "empty log");
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.seq, i as u64, "gap or duplicate at {i}");
+        assert_eq!(
+            r.is_final(),
+            i == records.len() - 1,
+            "final record misplaced at {i}"
+        );
+    }
+}
