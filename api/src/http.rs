@@ -1,7 +1,7 @@
 //! Routes of the deploy API.
 //!
 //! ```text
-//! POST /api/deployments            {"repo", "ref"?, "project"?} → 202 {id, url, status, logs_url}
+//! POST /api/deployments            {"repo", "ref"?, "project"?, "serving"?: {"spa", "clean_urls"}} → 202 {id, url, status, logs_url}
 //! POST /deploy                     same (the original route)
 //! GET  /api/deployments            recent deployments, newest first
 //! GET  /api/deployments/{id}       one deployment
@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use gitdeploy_core::host::is_site_label;
 use gitdeploy_core::id::looks_like_deployment_id;
-use gitdeploy_core::job::validate_git_ref;
+use gitdeploy_core::job::{validate_git_ref, ServingOptions};
 use gitdeploy_core::repo::validate_repo_url;
 use gitdeploy_core::{BuildJob, DeploymentId, DeploymentStatus};
 use serde::Deserialize;
@@ -67,6 +67,8 @@ struct DeployRequest {
     git_ref: Option<String>,
     #[serde(default)]
     project: Option<String>,
+    #[serde(default)]
+    serving: ServingOptions,
 }
 
 fn parse_deploy_request(body: &[u8]) -> Result<DeployRequest, ApiError> {
@@ -114,6 +116,7 @@ async fn create_deployment(
         project: req.project,
         repo: repo.clone(),
         git_ref: req.git_ref.clone(),
+        serving: req.serving.clone(),
         status: DeploymentStatus::Queued,
         error: None,
         commit: None,
@@ -131,6 +134,7 @@ async fn create_deployment(
             deployment: id.clone(),
             repo,
             git_ref: req.git_ref,
+            serving: req.serving,
         })
         .map_err(ApiError::unavailable)?;
     tracing::info!(%id, repo = %deployment.repo_display(), "deployment queued");
@@ -150,6 +154,7 @@ fn deployment_json(cp: &ControlPlane, d: &Deployment) -> Value {
         "project": d.project,
         "repo": d.repo_display(),
         "ref": d.git_ref,
+        "serving": d.serving,
         "commit": d.commit,
         "error": d.error,
         "created_unix_ms": d.created_unix_ms,
@@ -244,7 +249,18 @@ async fn stream_log(mut socket: WebSocket, mut follower: crate::logbus::Follower
             },
         }
     }
-    let _ = socket.send(Message::Close(None)).await;
+    // Close politely: wait (briefly) for the client's close frame, so the connection is not torn
+    // down under a reply that is still in flight.
+    if socket.send(Message::Close(None)).await.is_ok() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while let Some(Ok(msg)) = socket.recv().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
 }
 
 #[cfg(test)]

@@ -105,6 +105,7 @@ impl LocalRunner {
                         deployment: d.id.clone(),
                         repo: d.repo.clone(),
                         git_ref: d.git_ref.clone(),
+                        serving: d.serving.clone(),
                     });
                 }
                 DeploymentStatus::Ready | DeploymentStatus::Failed => {}

@@ -7,6 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
+use gitdeploy_core::job::ServingOptions;
 use gitdeploy_core::repo::redact_repo_url;
 use gitdeploy_core::{DeploymentId, DeploymentStatus};
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,9 @@ pub struct Deployment {
     /// Requested branch, tag or commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_ref: Option<String>,
+    /// Serving options recorded in its manifest.
+    #[serde(default)]
+    pub serving: ServingOptions,
     /// Where it is in its life.
     pub status: DeploymentStatus,
     /// Why it failed.
@@ -151,6 +155,7 @@ mod tests {
             project: None,
             repo: "https://u:secret@example.com/r".into(),
             git_ref: None,
+            serving: ServingOptions::default(),
             status: DeploymentStatus::Queued,
             error: None,
             commit: None,

@@ -1,19 +1,27 @@
 //! Collects the output directory into a file list, uploads every file in parallel and writes the
 //! manifest last, so a deployment that fails half-way is never served.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aws_sdk_s3::primitives::ByteStream;
+use gitdeploy_core::job::ServingOptions;
 use gitdeploy_core::manifest::MANIFEST_VERSION;
-use gitdeploy_core::{DeploymentId, FileEntry, Manifest, ObjectLayout};
+use gitdeploy_core::rules::{parse_headers, parse_redirects};
+use gitdeploy_core::{DeploymentId, FileEntry, Manifest, ObjectLayout, SiteRules, Variant};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::BuilderConfig;
-use crate::detect;
+use crate::events::Emitter;
+use crate::{compress, detect};
+
+/// Rule files read from the output root into the manifest; never published as files.
+pub const RULE_FILES: [&str; 2] = ["_redirects", "_headers"];
+/// Largest rule file read.
+const MAX_RULE_FILE: u64 = 1 << 20;
 
 /// Uploads in flight at once.
 const PARALLEL_UPLOADS: usize = 16;
@@ -50,7 +58,10 @@ pub fn collect(root: &Path, from_repo_root: bool) -> Result<Vec<OutputFile>, Str
             } else {
                 format!("{prefix}/{name}")
             };
-            if name == ".git" || (from_repo_root && !detect::publish_from_root(&relative)) {
+            if name == ".git"
+                || (from_repo_root && !detect::publish_from_root(&relative))
+                || (prefix.is_empty() && RULE_FILES.contains(&name.as_str()))
+            {
                 continue;
             }
             let path = entry.path();
@@ -88,6 +99,50 @@ pub fn collect(root: &Path, from_repo_root: bool) -> Result<Vec<OutputFile>, Str
     Ok(files)
 }
 
+/// Reads `_redirects` and `_headers` from the output root into the site's rules, logging every
+/// malformed line with its number (the line is skipped, the build goes on).
+pub fn site_rules(
+    root: &Path,
+    options: &ServingOptions,
+    emitter: &Emitter,
+) -> Result<SiteRules, String> {
+    let read = |name: &str| -> Result<Option<String>, String> {
+        let path = root.join(name);
+        match std::fs::symlink_metadata(&path) {
+            Err(_) => Ok(None),
+            Ok(meta) if !meta.is_file() => Err(format!("{name} must be a regular file")),
+            Ok(meta) if meta.len() > MAX_RULE_FILE => {
+                Err(format!("{name} is larger than {MAX_RULE_FILE} bytes"))
+            }
+            Ok(_) => std::fs::read_to_string(&path)
+                .map(Some)
+                .map_err(|e| format!("cannot read {name}: {e}")),
+        }
+    };
+    let mut rules = SiteRules {
+        spa: options.spa,
+        clean_urls: options.clean_urls,
+        ..SiteRules::default()
+    };
+    if let Some(text) = read("_redirects")? {
+        let (parsed, errors) = parse_redirects(&text);
+        for e in &errors {
+            emitter.system(&format!("_redirects {e} (skipped)"));
+        }
+        emitter.system(&format!("_redirects: {} rules", parsed.len()));
+        rules.redirects = parsed;
+    }
+    if let Some(text) = read("_headers")? {
+        let (parsed, errors) = parse_headers(&text);
+        for e in &errors {
+            emitter.system(&format!("_headers {e} (skipped)"));
+        }
+        emitter.system(&format!("_headers: {} rules", parsed.len()));
+        rules.headers = parsed;
+    }
+    Ok(rules)
+}
+
 /// An S3 client for the builder's configuration.
 pub fn s3_client(config: &BuilderConfig) -> aws_sdk_s3::Client {
     let mut b = aws_sdk_s3::Config::builder()
@@ -112,8 +167,10 @@ pub fn s3_client(config: &BuilderConfig) -> aws_sdk_s3::Client {
 pub struct Published {
     /// Files uploaded.
     pub files: u64,
-    /// Bytes uploaded.
+    /// Bytes uploaded (files as built, without their compressed variants).
     pub bytes: u64,
+    /// Precompressed variants uploaded.
+    pub variants: u64,
 }
 
 /// Uploads `files` for `id` and then the manifest. Any failure leaves no manifest behind.
@@ -124,33 +181,75 @@ pub async fn publish(
     id: &DeploymentId,
     commit: &str,
     files: Vec<OutputFile>,
+    rules: SiteRules,
 ) -> Result<Published, String> {
     let permits = Arc::new(Semaphore::new(PARALLEL_UPLOADS));
+    let site_files: Arc<BTreeSet<String>> =
+        Arc::new(files.iter().map(|f| f.relative.clone()).collect());
     let mut tasks = JoinSet::new();
     for file in files {
         let client = client.clone();
         let bucket = bucket.to_owned();
-        let key = layout.site_file(id, &file.relative);
+        let layout = layout.clone();
+        let id = id.clone();
         let permits = permits.clone();
+        let site_files = site_files.clone();
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
             let bytes = tokio::fs::read(&file.source)
                 .await
                 .map_err(|e| format!("cannot read {}: {e}", file.relative))?;
-            let entry = FileEntry {
-                size: bytes.len() as u64,
-                etag: format!("\"{}\"", &hex::encode(Sha256::digest(&bytes))[..32]),
-                content_type: detect::content_type(&file.relative),
+            let hash = hex::encode(Sha256::digest(&bytes));
+            let content_type = detect::content_type(&file.relative);
+            let (bytes, compressed) = {
+                let (relative, content_type) = (file.relative.clone(), content_type.clone());
+                tokio::task::spawn_blocking(move || {
+                    let v = compress::variants(&relative, &bytes, &content_type, &site_files);
+                    (bytes, v)
+                })
+                .await
+                .map_err(|e| format!("compressing {} failed: {e}", file.relative))?
             };
-            client
-                .put_object()
-                .bucket(&bucket)
-                .key(&key)
-                .content_type(&entry.content_type)
-                .body(ByteStream::from(bytes))
-                .send()
+            let mut entry = FileEntry {
+                size: bytes.len() as u64,
+                etag: format!("\"{}\"", &hash[..32]),
+                content_type,
+                encodings: BTreeMap::new(),
+            };
+            let put = |key: String, body: Vec<u8>, encoding: Option<&'static str>| {
+                let req = client
+                    .put_object()
+                    .bucket(&bucket)
+                    .key(key)
+                    .content_type(&entry.content_type)
+                    .set_content_encoding(encoding.map(str::to_owned))
+                    .body(ByteStream::from(body));
+                async move { req.send().await.map(|_| ()) }
+            };
+            put(layout.site_file(&id, &file.relative), bytes, None)
                 .await
                 .map_err(|e| format!("upload of {} failed: {}", file.relative, error_chain(&e)))?;
+            for (encoding, body) in compressed {
+                let variant = Variant {
+                    size: body.len() as u64,
+                    etag: format!("\"{}-{}\"", &hash[..32], encoding.token()),
+                };
+                put(
+                    layout.site_variant(&id, &file.relative, encoding),
+                    body,
+                    Some(encoding.token()),
+                )
+                .await
+                .map_err(|e| {
+                    format!(
+                        "upload of {}{} failed: {}",
+                        file.relative,
+                        encoding.suffix(),
+                        error_chain(&e)
+                    )
+                })?;
+                entry.encodings.insert(encoding, variant);
+            }
             Ok::<_, String>((file.relative, entry))
         });
     }
@@ -162,6 +261,7 @@ pub async fn publish(
     let totals = Published {
         files: entries.len() as u64,
         bytes: entries.values().map(|e| e.size).sum(),
+        variants: entries.values().map(|e| e.encodings.len() as u64).sum(),
     };
     let manifest = Manifest {
         version: MANIFEST_VERSION,
@@ -169,6 +269,7 @@ pub async fn publish(
         commit: Some(commit.to_owned()),
         created_unix_ms: crate::events::now_ms(),
         files: entries,
+        rules,
     };
     let body = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
     client
@@ -207,13 +308,20 @@ mod tests {
         std::fs::write(root.join("index.html"), "x").unwrap();
         std::fs::write(root.join("a/b/deep file.txt"), "y").unwrap();
         std::fs::write(root.join(".env"), "SECRET=1").unwrap();
+        std::fs::write(root.join("_redirects"), "/a /b").unwrap();
+        std::fs::write(root.join("a/_headers"), "not at the root: a plain file").unwrap();
         std::os::unix::fs::symlink(root.join("index.html"), root.join("alias.html")).unwrap();
 
         let names =
             |files: Vec<OutputFile>| files.into_iter().map(|f| f.relative).collect::<Vec<_>>();
         assert_eq!(
             names(collect(root, true).unwrap()),
-            ["a/b/deep file.txt", "alias.html", "index.html"]
+            [
+                "a/_headers",
+                "a/b/deep file.txt",
+                "alias.html",
+                "index.html"
+            ]
         );
         assert!(names(collect(root, false).unwrap()).contains(&".env".to_owned()));
 

@@ -156,11 +156,13 @@ async fn steps(
         output
     };
     emitter.system(&format!("Publishing {shown}"));
-    let files =
-        publish::collect(&src.join(output), output.is_empty()).map_err(|error| Failure::Build {
-            error,
-            exit_code: None,
-        })?;
+    let output_dir = src.join(output);
+    let build_failure = |error| Failure::Build {
+        error,
+        exit_code: None,
+    };
+    let files = publish::collect(&output_dir, output.is_empty()).map_err(build_failure)?;
+    let rules = publish::site_rules(&output_dir, &job.serving, emitter).map_err(build_failure)?;
     if files.is_empty() {
         return Err(Failure::Build {
             error: format!("{shown} has no files to publish"),
@@ -178,13 +180,15 @@ async fn steps(
         &job.deployment,
         &commit,
         files,
+        rules,
     )
     .await
     .map_err(Failure::Internal)?;
     emitter.system(&format!(
-        "Uploaded {} files ({} bytes) in {}",
+        "Uploaded {} files ({} bytes) and {} precompressed variants in {}",
         published.files,
         published.bytes,
+        published.variants,
         secs(step)
     ));
     Ok((commit, published))

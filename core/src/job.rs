@@ -56,6 +56,21 @@ pub struct BuildJob {
     /// Branch, tag or commit; the default branch when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_ref: Option<String>,
+    /// How the site is served (written into the manifest).
+    #[serde(default)]
+    pub serving: ServingOptions,
+}
+
+/// Serving options of a deployment, chosen at deploy time and recorded in its manifest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServingOptions {
+    /// SPA fallback: `true` always, `false` never, absent: when the site has no `404.html`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spa: Option<bool>,
+    /// Serve `/about.html` at `/about` and redirect the `.html` form there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clean_urls: bool,
 }
 
 /// One line of the builder's machine-readable output (NDJSON on its stdout).

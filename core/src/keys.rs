@@ -28,6 +28,16 @@ impl ObjectLayout {
         format!("{}sites/{id}/{relative}", self.prefix)
     }
 
+    /// Key of a precompressed variant of a site file, stored beside it.
+    pub fn site_variant(
+        &self,
+        id: &DeploymentId,
+        relative: &str,
+        encoding: crate::Encoding,
+    ) -> String {
+        format!("{}{}", self.site_file(id, relative), encoding.suffix())
+    }
+
     /// Key of a deployment's manifest.
     pub fn manifest(&self, id: &DeploymentId) -> String {
         format!("{}manifests/{id}.json", self.prefix)

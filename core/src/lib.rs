@@ -14,10 +14,11 @@ pub mod log;
 pub mod manifest;
 pub mod path;
 pub mod repo;
+pub mod rules;
 
 pub use id::DeploymentId;
 pub use job::{BuildJob, BuilderEvent, DeploymentStatus};
 pub use keys::ObjectLayout;
 pub use log::{LogRecord, LogStream, Outcome};
-pub use manifest::{FileEntry, Manifest, Resolution};
+pub use manifest::{Encoding, FileEntry, Manifest, Resolution, SiteRules, Variant};
 pub use path::{PathError, SitePath};

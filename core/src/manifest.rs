@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::path::{encode_path, SitePath};
+use crate::rules::{HeaderRule, RedirectRule};
 
 /// Current manifest format version.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -25,6 +26,64 @@ pub struct Manifest {
     pub created_unix_ms: u64,
     /// Files by site-relative path (`index.html`, `docs/a.html`).
     pub files: BTreeMap<String, FileEntry>,
+    /// Serving rules: SPA fallback, clean URLs, redirects, header rules.
+    #[serde(default)]
+    pub rules: SiteRules,
+}
+
+/// How a site is served beyond its files.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteRules {
+    /// SPA fallback: `Some(true)` always, `Some(false)` never, `None` automatically when the site
+    /// has no top-level `404.html`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spa: Option<bool>,
+    /// Redirect `/about.html` to `/about` (and `/x/index.html` to `/x/`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clean_urls: bool,
+    /// `_redirects` rules, in file order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redirects: Vec<RedirectRule>,
+    /// `_headers` rules, in file order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderRule>,
+}
+
+/// A precompressed representation stored beside a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// Brotli (`.br`).
+    Br,
+    /// Gzip (`.gz`).
+    Gzip,
+}
+
+impl Encoding {
+    /// The `Content-Encoding` token.
+    pub fn token(self) -> &'static str {
+        match self {
+            Encoding::Br => "br",
+            Encoding::Gzip => "gzip",
+        }
+    }
+
+    /// Suffix of the variant's object key.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Encoding::Br => ".br",
+            Encoding::Gzip => ".gz",
+        }
+    }
+}
+
+/// Size and validator of one precompressed variant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Variant {
+    /// Compressed size in bytes.
+    pub size: u64,
+    /// ETag of this representation (differs from the identity ETag).
+    pub etag: String,
 }
 
 /// One served file.
@@ -36,6 +95,9 @@ pub struct FileEntry {
     pub etag: String,
     /// `Content-Type` to serve.
     pub content_type: String,
+    /// Precompressed variants, when smaller than the file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub encodings: BTreeMap<Encoding, Variant>,
 }
 
 /// What the edge should do with a request path, decided from the manifest alone.
@@ -75,10 +137,41 @@ impl Manifest {
         self.files.get_key_value(path).map(|(k, v)| (k.as_str(), v))
     }
 
-    /// Resolves a request path: `/` and `dir/` → `index.html`; `/dir` with `dir/index.html` →
-    /// 308 to `/dir/`; `/about` → `about.html` when only that exists; otherwise the nearest
-    /// `404.html` walking up from the request with status 404, else [`Resolution::NotFound`].
-    pub fn resolve(&self, path: &SitePath) -> Resolution<'_> {
+    /// Resolves a request, in this order: forced redirect rules; clean-URL redirects; the file
+    /// itself (`/` and `dir/` → `index.html`, `/about` → `about.html`, `/dir` → 308 to `/dir/`);
+    /// other redirect rules; then the 404 handling: the nearest `404.html` with status 404, or the
+    /// SPA fallback (`index.html` with 200) for paths that do not look like files.
+    /// `query` is passed on to redirect targets.
+    pub fn resolve(&self, path: &SitePath, query: Option<&str>) -> Resolution<'_> {
+        if let Some(r) = self.redirect_rules(path, query, true) {
+            return r;
+        }
+        let rel = path.relative();
+        if self.rules.clean_urls && !path.is_directory() && self.files.contains_key(&rel) {
+            if let Some(stem) = rel.strip_suffix(".html") {
+                let location = match stem.strip_suffix("index") {
+                    Some(dir) if dir.is_empty() || dir.ends_with('/') => {
+                        format!("/{}", encode_path(dir))
+                    }
+                    _ => format!("/{}", encode_path(stem)),
+                };
+                return redirect(location, 308, query);
+            }
+        }
+        if let Some(found) = self.file_for(path) {
+            return found;
+        }
+        if !path.is_directory() && self.files.contains_key(&join(&rel, "index.html")) {
+            return redirect(format!("/{}/", encode_path(&rel)), 308, query);
+        }
+        if let Some(r) = self.redirect_rules(path, query, false) {
+            return r;
+        }
+        self.not_found(path)
+    }
+
+    /// The file a path names directly (no rules, no 404 handling).
+    fn file_for(&self, path: &SitePath) -> Option<Resolution<'_>> {
         let rel = path.relative();
         let found = if path.is_directory() {
             self.file(&join(&rel, "index.html"))
@@ -91,23 +184,79 @@ impl Manifest {
                 }
             })
         };
-        if let Some((path, entry)) = found {
-            return Resolution::File {
-                path,
-                entry,
-                status: 200,
-            };
-        }
-        if !path.is_directory() && self.files.contains_key(&join(&rel, "index.html")) {
-            return Resolution::Redirect {
-                location: format!("/{}/", encode_path(&rel)),
-                status: 308,
-            };
-        }
-        self.not_found_page(path)
+        found.map(|(path, entry)| Resolution::File {
+            path,
+            entry,
+            status: 200,
+        })
     }
 
-    fn not_found_page(&self, path: &SitePath) -> Resolution<'_> {
+    fn redirect_rules(
+        &self,
+        path: &SitePath,
+        query: Option<&str>,
+        forced: bool,
+    ) -> Option<Resolution<'_>> {
+        for rule in self.rules.redirects.iter().filter(|r| r.force == forced) {
+            let Some(captures) = rule.from.matches(path.segments()) else {
+                continue;
+            };
+            let target = rule.target(&captures, query);
+            if rule.status != 200 {
+                return Some(Resolution::Redirect {
+                    location: target,
+                    status: rule.status,
+                });
+            }
+            // A rewrite serves another file of the site under this URL.
+            let target_path = target.split('?').next().unwrap_or_default();
+            return Some(
+                match SitePath::parse(target_path)
+                    .ok()
+                    .and_then(|p| self.file_for(&p))
+                {
+                    Some(found) => found,
+                    None => self.not_found(path),
+                },
+            );
+        }
+        None
+    }
+
+    fn not_found(&self, path: &SitePath) -> Resolution<'_> {
+        let spa_fallback = || {
+            let looks_like_file = path
+                .segments()
+                .last()
+                .is_some_and(|s| s.get(1..).is_some_and(|rest| rest.contains('.')));
+            (!path.is_directory() || !path.segments().is_empty())
+                .then_some(())
+                .filter(|_| !looks_like_file)
+                .and_then(|_| self.file("index.html"))
+                .map(|(path, entry)| Resolution::File {
+                    path,
+                    entry,
+                    status: 200,
+                })
+        };
+        let auto_spa = self.rules.spa.is_none() && !self.files.contains_key("404.html");
+        if self.rules.spa == Some(true) {
+            if let Some(r) = spa_fallback() {
+                return r;
+            }
+        }
+        if let Some(page) = self.not_found_page(path) {
+            return page;
+        }
+        if auto_spa {
+            if let Some(r) = spa_fallback() {
+                return r;
+            }
+        }
+        Resolution::NotFound
+    }
+
+    fn not_found_page(&self, path: &SitePath) -> Option<Resolution<'_>> {
         let segments = path.segments();
         // Directories to search, deepest first: for `/a/b/c` that is `a/b`, `a`, root.
         let depth = if path.is_directory() {
@@ -115,18 +264,35 @@ impl Manifest {
         } else {
             segments.len().saturating_sub(1)
         };
-        for n in (0..=depth).rev() {
-            let candidate = join(&segments[..n].join("/"), "404.html");
-            if let Some((path, entry)) = self.file(&candidate) {
-                return Resolution::File {
+        (0..=depth).rev().find_map(|n| {
+            self.file(&join(&segments[..n].join("/"), "404.html"))
+                .map(|(path, entry)| Resolution::File {
                     path,
                     entry,
                     status: 404,
-                };
-            }
-        }
-        Resolution::NotFound
+                })
+        })
     }
+
+    /// Headers from `_headers` rules that match `path`, in file order (later ones win).
+    pub fn extra_headers<'a>(
+        &'a self,
+        path: &'a SitePath,
+    ) -> impl Iterator<Item = &'a (String, String)> + 'a {
+        self.rules
+            .headers
+            .iter()
+            .filter(|rule| rule.path.matches(path.segments()).is_some())
+            .flat_map(|rule| rule.headers.iter())
+    }
+}
+
+fn redirect(location: String, status: u16, query: Option<&str>) -> Resolution<'static> {
+    let location = match query {
+        Some(q) if !q.is_empty() => format!("{location}?{q}"),
+        _ => location,
+    };
+    Resolution::Redirect { location, status }
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -140,6 +306,7 @@ fn join(dir: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::{parse_headers, parse_redirects};
 
     fn manifest(paths: &[&str]) -> Manifest {
         Manifest {
@@ -156,23 +323,35 @@ mod tests {
                             size: 1,
                             etag: format!("\"{p}\""),
                             content_type: "text/html".into(),
+                            encodings: BTreeMap::new(),
                         },
                     )
                 })
                 .collect(),
+            rules: SiteRules::default(),
         }
     }
 
     fn outcome(m: &Manifest, raw: &str) -> String {
-        match m.resolve(&SitePath::parse(raw).unwrap()) {
+        let (path, query) = match raw.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (raw, None),
+        };
+        match m.resolve(&SitePath::parse(path).unwrap(), query) {
             Resolution::File { path, status, .. } => format!("{status} {path}"),
             Resolution::Redirect { location, status } => format!("{status} -> {location}"),
             Resolution::NotFound => "404".into(),
         }
     }
 
+    fn check(m: &Manifest, table: &[(&str, &str)]) {
+        for (raw, want) in table {
+            assert_eq!(outcome(m, raw), *want, "{raw}");
+        }
+    }
+
     #[test]
-    fn resolve_table() {
+    fn files_indexes_and_nearest_404() {
         let m = manifest(&[
             "index.html",
             "about.html",
@@ -183,30 +362,131 @@ mod tests {
             "app.js",
             "with space.html",
         ]);
-        for (raw, want) in [
-            ("/", "200 index.html"),
-            ("/index.html", "200 index.html"),
-            ("/about", "200 about.html"),
-            ("/about.html", "200 about.html"),
-            ("/docs/", "200 docs/index.html"),
-            ("/docs", "308 -> /docs/"),
-            ("/docs/guide/intro.html", "200 docs/guide/intro.html"),
-            ("/docs/guide/missing", "404 docs/404.html"),
-            ("/docs/missing/", "404 docs/404.html"),
-            ("/missing.js", "404 404.html"),
-            ("/app.js", "200 app.js"),
-            ("/with%20space.html", "200 with space.html"),
-        ] {
-            assert_eq!(outcome(&m, raw), want, "{raw}");
-        }
-        let bare = manifest(&["index.html", "My Dir/index.html"]);
-        assert_eq!(outcome(&bare, "/nope"), "404");
-        assert_eq!(outcome(&bare, "/My%20Dir"), "308 -> /My%20Dir/");
+        check(
+            &m,
+            &[
+                ("/", "200 index.html"),
+                ("/index.html", "200 index.html"),
+                ("/about", "200 about.html"),
+                ("/about.html", "200 about.html"),
+                ("/docs/", "200 docs/index.html"),
+                ("/docs", "308 -> /docs/"),
+                ("/docs?x=1", "308 -> /docs/?x=1"),
+                ("/docs/guide/intro.html", "200 docs/guide/intro.html"),
+                ("/docs/guide/missing", "404 docs/404.html"),
+                ("/docs/missing/", "404 docs/404.html"),
+                ("/missing.js", "404 404.html"),
+                // A top-level 404.html turns the automatic SPA fallback off.
+                ("/app/deep/link", "404 404.html"),
+                ("/app.js", "200 app.js"),
+                ("/with%20space.html", "200 with space.html"),
+            ],
+        );
+        let bare = manifest(&["index.html", "My Dir/index.html", "My Dir/x.css"]);
+        check(
+            &bare,
+            &[("/My%20Dir", "308 -> /My%20Dir/"), ("/nope.css", "404")],
+        );
+    }
+
+    #[test]
+    fn spa_fallback() {
+        // Automatic: no top-level 404.html.
+        let auto = manifest(&["index.html", "app.js", "nested/404.html"]);
+        check(
+            &auto,
+            &[
+                ("/dashboard/settings", "200 index.html"),
+                ("/dashboard/settings/", "200 index.html"),
+                ("/missing.js", "404"),
+                ("/nested/missing", "404 nested/404.html"),
+            ],
+        );
+        // Explicitly on: wins over 404 pages for extensionless paths.
+        let mut on = manifest(&["index.html", "404.html"]);
+        on.rules.spa = Some(true);
+        check(
+            &on,
+            &[("/deep/link", "200 index.html"), ("/x.png", "404 404.html")],
+        );
+        // Explicitly off.
+        let mut off = manifest(&["index.html"]);
+        off.rules.spa = Some(false);
+        check(&off, &[("/deep/link", "404")]);
+    }
+
+    #[test]
+    fn clean_urls() {
+        let mut m = manifest(&["index.html", "about.html", "docs/index.html"]);
+        m.rules.clean_urls = true;
+        check(
+            &m,
+            &[
+                ("/about.html", "308 -> /about"),
+                ("/about.html?a=b", "308 -> /about?a=b"),
+                ("/about", "200 about.html"),
+                ("/index.html", "308 -> /"),
+                ("/docs/index.html", "308 -> /docs/"),
+                ("/docs/", "200 docs/index.html"),
+            ],
+        );
+    }
+
+    #[test]
+    fn redirect_rules() {
+        let mut m = manifest(&[
+            "index.html",
+            "old.html",
+            "new.html",
+            "shell.html",
+            "404.html",
+        ]);
+        let (rules, errors) = parse_redirects(
+            "/old /new 301\n/forced/* /new 302!\n/old.html /elsewhere 301!\n/blog/:slug /posts/:slug\n\
+             /app/* /shell.html 200\n/gone/* /nothing.html 200\n/ext/* https://example.com/:splat 307\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        m.rules.redirects = rules;
+        check(
+            &m,
+            &[
+                // A file shadows a normal rule: /old resolves to old.html.
+                ("/old", "200 old.html"),
+                // A forced rule wins over the file.
+                ("/old.html", "301 -> /elsewhere"),
+                ("/forced/x", "302 -> /new"),
+                ("/blog/hello?ref=x", "301 -> /posts/hello?ref=x"),
+                ("/app/a/b", "200 shell.html"),
+                ("/gone/x", "404 404.html"),
+                ("/ext/a/b%20c", "307 -> https://example.com/a/b%20c"),
+            ],
+        );
+    }
+
+    #[test]
+    fn header_rules_accumulate() {
+        let mut m = manifest(&["index.html"]);
+        let (rules, _) = parse_headers("/*\n  X-A: 1\n  X-B: 1\n/assets/*\n  X-B: 2\n");
+        m.rules.headers = rules;
+        let got: Vec<_> = m
+            .extra_headers(&SitePath::parse("/assets/app.js").unwrap())
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(got, ["x-a=1", "x-b=1", "x-b=2"]);
+        assert_eq!(m.extra_headers(&SitePath::parse("/").unwrap()).count(), 2);
     }
 
     #[test]
     fn json_round_trip_and_version_check() {
-        let m = manifest(&["index.html"]);
+        let mut m = manifest(&["index.html"]);
+        m.rules.spa = Some(true);
+        m.files.get_mut("index.html").unwrap().encodings.insert(
+            Encoding::Br,
+            Variant {
+                size: 1,
+                etag: "\"x-br\"".into(),
+            },
+        );
         let json = serde_json::to_vec(&m).unwrap();
         assert_eq!(Manifest::from_json(&json).unwrap(), m);
         let mut future = m.clone();

@@ -206,3 +206,55 @@ mod tests {
         assert!(checked > 100);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::{DeploymentId, ObjectLayout};
+    use proptest::prelude::*;
+
+    fn confined(raw: &str) {
+        let Ok(p) = SitePath::parse(raw) else { return };
+        let id = DeploymentId::parse("k3f9q2m8x1ab").unwrap();
+        let key = ObjectLayout::new("pre").site_file(&id, &p.relative());
+        let rest = key
+            .strip_prefix("pre/sites/k3f9q2m8x1ab/")
+            .expect("key outside the site");
+        if !p.segments().is_empty() {
+            for seg in rest.split('/') {
+                assert!(
+                    !seg.is_empty() && seg != "." && seg != "..",
+                    "{raw:?} → {key:?}"
+                );
+                assert!(
+                    !seg.contains('\\') && !seg.contains('\0'),
+                    "{raw:?} → {key:?}"
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+        /// Any string at all.
+        #[test]
+        fn arbitrary_input_stays_in_the_site(raw in "\\PC*") {
+            confined(&raw);
+        }
+
+        /// Strings built from the pieces attacks are made of.
+        #[test]
+        fn hostile_pieces_stay_in_the_site(
+            pieces in proptest::collection::vec(
+                prop_oneof![
+                    Just("/"), Just("."), Just(".."), Just("%2e"), Just("%2E"), Just("%2f"),
+                    Just("%5c"), Just("\\"), Just("%00"), Just("%"), Just("%25"), Just("a"),
+                    Just("é"), Just("%c3%a9"), Just("~"), Just("%252e"),
+                ],
+                0..12,
+            )
+        ) {
+            confined(&format!("/{}", pieces.concat()));
+        }
+    }
+}

@@ -61,8 +61,8 @@ impl ManifestCache {
     }
 }
 
-/// Cache key of an object body: deployment and site-relative path.
-pub type ObjectKey = (DeploymentId, String);
+/// Cache key of an object body: deployment, site-relative path and encoding.
+pub type ObjectKey = (DeploymentId, String, Option<gitdeploy_core::Encoding>);
 
 /// Small object bodies (a sync cache: it is filled from Pingora's synchronous body filter).
 pub struct ObjectCache {

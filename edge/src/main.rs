@@ -14,7 +14,9 @@ mod cli;
 mod control;
 mod embedded_s3;
 mod origin;
+mod respond;
 mod runner_service;
+mod serving;
 mod sites;
 mod up;
 

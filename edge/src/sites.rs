@@ -1,20 +1,21 @@
 //! The sites proxy: Pingora's request phases mapped onto serving static sites from S3.
 //!
 //! * `request_filter` decides everything from the host and the manifest: control plane or site,
-//!   method, path → file (or redirect, or 404 page), conditional request, object cache hit. Only
-//!   a cache miss continues to S3.
+//!   method, path → file (or redirect, or 404 page), preconditions (304/412), range (206/416),
+//!   precompressed variant, object cache hit. Only a cache miss continues to S3.
 //! * `upstream_peer` / `upstream_request_filter`: the control plane's socket, or a SigV4-signed
-//!   GET of the object key with none of the client's headers but `Range`.
+//!   GET of the object key with none of the client's headers (a range is re-derived from ours).
 //! * `response_filter` / `response_body_filter`: our headers instead of S3's, S3 errors replaced
 //!   by a small page, small bodies copied into the object cache as they stream.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use gitdeploy_core::host::{normalize_host, route_host, HostRoute};
 use gitdeploy_core::id::looks_like_deployment_id;
-use gitdeploy_core::{DeploymentId, FileEntry, Resolution, SitePath};
+use gitdeploy_core::{DeploymentId, Resolution, SitePath};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -22,6 +23,13 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::cache::{ManifestCache, ManifestError, ObjectCache, ObjectKey};
 use crate::origin::S3Origin;
+use crate::respond::{error_page, html_response, send, send_error, FilePlan};
+use crate::serving::conditional::{self, Conditions, Precondition};
+use crate::serving::encoding;
+use crate::serving::range::{self, RangeOutcome};
+
+/// How long one write to a slow client may take before the connection is dropped.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Host rules of the proxy.
 #[derive(Clone, Debug)]
@@ -74,81 +82,18 @@ enum Target {
     /// Forwarded to the API.
     ControlPlane,
     /// Streamed from S3.
-    Object(ObjectRequest),
+    Object(Box<ObjectRequest>),
 }
 
 struct ObjectRequest {
     key: String,
     cache_key: ObjectKey,
-    entry: FileEntry,
-    status: u16,
+    plan: FilePlan,
     head: bool,
     /// Body copied for the object cache while it streams.
     fill: Option<BytesMut>,
     /// S3 failed: the body is replaced by this page.
     error_page: Option<Bytes>,
-}
-
-/// A small HTML page for errors, never S3's XML.
-fn error_page(status: u16, message: &str) -> Bytes {
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    Bytes::from(format!(
-        "<!doctype html><meta charset=utf-8><title>{status} {reason}</title>\
-         <h1>{status} {reason}</h1><p>{message}</p>\n"
-    ))
-}
-
-fn html_response(status: u16, len: usize) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header("content-type", "text/html; charset=utf-8")?;
-    resp.insert_header("cache-control", "no-store")?;
-    resp.insert_header("x-content-type-options", "nosniff")?;
-    resp.set_content_length(len)?;
-    Ok(resp)
-}
-
-async fn send(
-    session: &mut Session,
-    resp: ResponseHeader,
-    body: Bytes,
-    head: bool,
-) -> Result<bool> {
-    let no_body = head || body.is_empty();
-    session
-        .write_response_header(Box::new(resp), no_body)
-        .await?;
-    if !no_body {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(true)
-}
-
-async fn send_error(session: &mut Session, status: u16, message: &str, head: bool) -> Result<bool> {
-    let body = error_page(status, message);
-    let resp = html_response(status, body.len())?;
-    send(session, resp, body, head).await
-}
-
-/// Our headers for a file: type and validators from the manifest.
-fn file_headers(resp: &mut ResponseHeader, entry: &FileEntry) -> Result<()> {
-    resp.insert_header("content-type", entry.content_type.as_str())?;
-    resp.insert_header("etag", entry.etag.as_str())?;
-    resp.insert_header("cache-control", "public, max-age=0, must-revalidate")?;
-    resp.insert_header("x-content-type-options", "nosniff")?;
-    Ok(())
-}
-
-/// True when an `If-None-Match` value matches `etag` (weak comparison, `*` included).
-fn if_none_match(header: &[u8], etag: &str) -> bool {
-    let Ok(header) = std::str::from_utf8(header) else {
-        return false;
-    };
-    header.split(',').map(str::trim).any(|t| {
-        t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag.strip_prefix("W/").unwrap_or(etag)
-    })
 }
 
 impl SitesProxy {
@@ -182,6 +127,7 @@ impl SitesProxy {
             resp.insert_header("allow", "GET, HEAD")?;
             return send(session, resp, body, false).await;
         }
+        session.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
         // Aliases (<project>.<domain>) are not served yet: only deployment ids resolve.
         let Some(id) = looks_like_deployment_id(label)
             .then(|| DeploymentId::parse(label))
@@ -207,51 +153,101 @@ impl SitesProxy {
                 };
             }
         };
-        let (rel, entry, status) = match manifest.resolve(&path) {
+        let query = session.req_header().uri.query().map(str::to_owned);
+        let (rel, entry, status) = match manifest.resolve(&path, query.as_deref()) {
             Resolution::File {
                 path,
                 entry,
                 status,
             } => (path.to_owned(), entry.clone(), status),
             Resolution::Redirect { location, status } => {
-                let location = match session.req_header().uri.query() {
-                    Some(q) => format!("{location}?{q}"),
-                    None => location,
-                };
                 let mut resp = html_response(status, 0)?;
                 resp.insert_header("location", location)?;
                 return send(session, resp, Bytes::new(), head).await;
             }
             Resolution::NotFound => {
-                return send_error(session, 404, "This page could not be found.", head).await;
+                return send_error(session, 404, "This page could not be found.", head).await
             }
         };
+        let req = session.req_header();
+        let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
+        let mut plan = FilePlan {
+            path: rel.clone(),
+            entry,
+            status,
+            encoding: None,
+            range: None,
+            modified: conditional::last_modified(manifest.created_unix_ms),
+            extra: manifest.extra_headers(&path).cloned().collect(),
+        };
         if status == 200 {
-            if let Some(inm) = session.req_header().headers.get("if-none-match") {
-                if if_none_match(inm.as_bytes(), &entry.etag) {
-                    let mut resp = ResponseHeader::build(304, Some(4))?;
-                    file_headers(&mut resp, &entry)?;
+            // Validators are per representation: pick the variant first.
+            let range_requested = !head && header("range").is_some();
+            if !range_requested {
+                plan.encoding = encoding::choose(
+                    header("accept-encoding"),
+                    plan.entry.encodings.keys().copied(),
+                );
+            }
+            let conditions = Conditions {
+                if_match: header("if-match"),
+                if_none_match: header("if-none-match"),
+                if_modified_since: header("if-modified-since"),
+                if_unmodified_since: header("if-unmodified-since"),
+            };
+            match conditional::evaluate(&conditions, plan.etag(), plan.modified) {
+                Precondition::Proceed => {}
+                Precondition::NotModified => {
+                    let mut resp = ResponseHeader::build(304, Some(8))?;
+                    plan.write_common(&mut resp)?;
                     session.write_response_header(Box::new(resp), true).await?;
                     return Ok(true);
                 }
+                Precondition::Failed => {
+                    return send_error(session, 412, "The precondition failed.", head).await;
+                }
+            }
+            if range_requested {
+                let size = plan.representation_size();
+                match range::evaluate(
+                    header("range"),
+                    header("if-range"),
+                    plan.etag(),
+                    plan.modified,
+                    size,
+                ) {
+                    RangeOutcome::Full => {}
+                    RangeOutcome::Partial { start, end } => plan.range = Some((start, end)),
+                    RangeOutcome::Unsatisfiable => {
+                        let body = error_page(416, "The requested range is not available.");
+                        let mut resp = html_response(416, body.len())?;
+                        resp.insert_header("content-range", format!("bytes */{size}"))?;
+                        return send(session, resp, body, false).await;
+                    }
+                }
             }
         }
-        let cache_key = (id.clone(), rel.clone());
+        let cache_key = (id.clone(), rel.clone(), plan.encoding);
         if let Some(body) = self.objects.get(&cache_key) {
-            let mut resp = ResponseHeader::build(status, Some(6))?;
-            file_headers(&mut resp, &entry)?;
-            resp.set_content_length(body.len())?;
+            let body = match plan.range {
+                Some((start, end)) => body.slice(start as usize..=end as usize),
+                None => body,
+            };
+            let resp = plan.response()?;
             return send(session, resp, body, head).await;
         }
-        ctx.target = Target::Object(ObjectRequest {
-            key: self.origin.layout().site_file(&id, &rel),
+        let key = match plan.encoding {
+            Some(enc) => self.origin.layout().site_variant(&id, &rel, enc),
+            None => self.origin.layout().site_file(&id, &rel),
+        };
+        ctx.target = Target::Object(Box::new(ObjectRequest {
+            key,
             cache_key,
-            entry,
-            status,
+            plan,
             head,
             fill: None,
             error_page: None,
-        });
+        }));
         Ok(false)
     }
 }
@@ -299,7 +295,7 @@ impl ProxyHttp for SitesProxy {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -317,8 +313,8 @@ impl ProxyHttp for SitesProxy {
         for (name, value) in signed {
             req.insert_header(name, value)?;
         }
-        if let Some(range) = session.req_header().headers.get("range") {
-            req.insert_header("range", range.clone())?;
+        if let Some((start, end)) = obj.plan.range {
+            req.insert_header("range", format!("bytes={start}-{end}"))?;
         }
         *upstream = req;
         Ok(())
@@ -326,7 +322,7 @@ impl ProxyHttp for SitesProxy {
 
     async fn response_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -334,31 +330,23 @@ impl ProxyHttp for SitesProxy {
             return Ok(());
         };
         let s3_status = upstream.status.as_u16();
-        if s3_status != 200 && s3_status != 206 && s3_status != 416 {
-            tracing::warn!(key = %obj.key, status = s3_status, "S3 error");
+        let expected = if obj.plan.range.is_some() { 206 } else { 200 };
+        let s3_length = upstream
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if s3_status != expected || (!obj.head && s3_length != Some(obj.plan.body_len())) {
+            // A missing or different object than the manifest promises is an origin failure.
+            tracing::warn!(key = %obj.key, status = s3_status, ?s3_length, "unexpected S3 answer");
             let page = error_page(502, "The site is temporarily unavailable.");
             *upstream = html_response(502, page.len())?;
             obj.error_page = Some(page);
             return Ok(());
         }
-        let mut resp = ResponseHeader::build(
-            if s3_status == 200 {
-                obj.status
-            } else {
-                s3_status
-            },
-            Some(8),
-        )?;
-        for keep in ["content-length", "content-range"] {
-            if let Some(v) = upstream.headers.get(keep) {
-                resp.insert_header(keep, v.clone())?;
-            }
-        }
-        file_headers(&mut resp, &obj.entry)?;
-        *upstream = resp;
-        let whole = s3_status == 200 && session.req_header().headers.get("range").is_none();
-        if whole && !obj.head && self.objects.admits(obj.entry.size) {
-            obj.fill = Some(BytesMut::with_capacity(obj.entry.size as usize));
+        *upstream = obj.plan.response()?;
+        if !obj.head && obj.plan.range.is_none() && self.objects.admits(obj.plan.body_len()) {
+            obj.fill = Some(BytesMut::with_capacity(obj.plan.body_len() as usize));
         }
         Ok(())
     }
@@ -369,7 +357,7 @@ impl ProxyHttp for SitesProxy {
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
-    ) -> Result<Option<std::time::Duration>> {
+    ) -> Result<Option<Duration>> {
         let Target::Object(obj) = &mut ctx.target else {
             return Ok(None);
         };
@@ -383,7 +371,7 @@ impl ProxyHttp for SitesProxy {
         if end_of_stream {
             if let Some(fill) = obj.fill.take() {
                 // Only a complete body is cached.
-                if fill.len() as u64 == obj.entry.size {
+                if fill.len() as u64 == obj.plan.body_len() {
                     self.objects.insert(obj.cache_key.clone(), fill.freeze());
                 }
             }
@@ -397,16 +385,17 @@ impl ProxyHttp for SitesProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        let downstream_gone = matches!(e.esource(), pingora_error::ErrorSource::Downstream);
         let status = match ctx.target {
+            _ if downstream_gone => 0,
+            Target::Answered => 0,
             Target::Object(_) | Target::ControlPlane => match e.etype() {
                 ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                     504
                 }
                 ErrorType::HTTPStatus(code) => *code,
-                _ if matches!(e.esource(), pingora_error::ErrorSource::Downstream) => 0,
                 _ => 502,
             },
-            Target::Answered => 0,
         };
         if status > 0 {
             tracing::warn!("upstream failure ({status}): {e}");
@@ -422,35 +411,5 @@ impl ProxyHttp for SitesProxy {
             error_code: status,
             can_reuse_downstream: false,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn if_none_match_table() {
-        for (header, want) in [
-            ("\"abc\"", true),
-            ("W/\"abc\"", true),
-            ("\"x\", \"abc\"", true),
-            ("*", true),
-            ("\"abd\"", false),
-            ("", false),
-        ] {
-            assert_eq!(
-                if_none_match(header.as_bytes(), "\"abc\""),
-                want,
-                "{header}"
-            );
-        }
-    }
-
-    #[test]
-    fn error_pages_are_small_html() {
-        let page = error_page(404, "nope");
-        let text = std::str::from_utf8(&page).unwrap();
-        assert!(text.contains("404 Not Found") && text.contains("nope"));
     }
 }
