@@ -8,6 +8,7 @@
 mod error;
 mod http;
 pub mod logbus;
+pub mod metrics;
 pub mod runner;
 pub mod store;
 
@@ -18,6 +19,7 @@ use gitdeploy_core::repo::RepoScheme;
 
 pub use error::ApiError;
 pub use logbus::LogBus;
+pub use metrics::ApiMetrics;
 pub use runner::{JobQueue, LocalRunner, LocalRunnerConfig};
 pub use store::{Deployment, FileStore};
 

@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 use gitdeploy_core::{DeploymentId, LogRecord, LogStream, Outcome};
 use tokio::sync::broadcast;
 
+use crate::metrics::ApiMetrics;
+
 /// Live records buffered per deployment before a slow follower must catch up from the log.
 const LIVE_BUFFER: usize = 1024;
 
@@ -23,6 +25,7 @@ const LIVE_BUFFER: usize = 1024;
 pub struct LogBus {
     dir: PathBuf,
     open: Mutex<HashMap<DeploymentId, Arc<Mutex<Topic>>>>,
+    metrics: ApiMetrics,
 }
 
 /// A log that is still being written.
@@ -34,11 +37,12 @@ struct Topic {
 
 impl LogBus {
     /// A bus persisting logs under `dir`.
-    pub fn open(dir: &Path) -> io::Result<Self> {
+    pub fn open(dir: &Path, metrics: ApiMetrics) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         Ok(LogBus {
             dir: dir.to_owned(),
             open: Mutex::new(HashMap::new()),
+            metrics,
         })
     }
 
@@ -123,6 +127,7 @@ impl LogBus {
         json.push(b'\n');
         topic.file.write_all(&json)?;
         topic.records.push(record.clone());
+        self.metrics.log_lines.inc();
         // No receivers is fine: nobody is following.
         let _ = topic.live.send(record.clone());
         Ok(record)
@@ -149,6 +154,7 @@ impl LogBus {
 
     /// Follows a log from `since`: backlog first, then live records, ending after the final one.
     pub fn follow(self: &Arc<Self>, id: &DeploymentId, since: u64) -> io::Result<Follower> {
+        self.metrics.log_followers.inc();
         let mut follower = Follower {
             bus: self.clone(),
             id: id.clone(),
@@ -248,8 +254,10 @@ impl Follower {
             } else if let Some(live) = self.live.as_mut() {
                 match live.recv().await {
                     Ok(r) => r,
-                    Err(broadcast::error::RecvError::Lagged(_))
-                    | Err(broadcast::error::RecvError::Closed) => {
+                    Err(e) => {
+                        if matches!(e, broadcast::error::RecvError::Lagged(_)) {
+                            self.bus.metrics.log_lagged.inc();
+                        }
                         self.resync()?;
                         continue;
                     }
@@ -273,6 +281,12 @@ impl Follower {
     /// The seq the next record will have.
     pub fn position(&self) -> u64 {
         self.next
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.bus.metrics.log_followers.dec();
     }
 }
 
@@ -304,7 +318,7 @@ mod tests {
     #[tokio::test]
     async fn followers_get_every_line_once_wherever_they_join() {
         let dir = tempfile::tempdir().unwrap();
-        let bus = Arc::new(LogBus::open(dir.path()).unwrap());
+        let bus = Arc::new(LogBus::open(dir.path(), ApiMetrics::unregistered()).unwrap());
         bus.create(&id()).unwrap();
         let early = bus.follow(&id(), 0).unwrap();
         let early = tokio::spawn(drain(early));
@@ -327,7 +341,7 @@ mod tests {
         assert_eq!(drain(bus.follow(&id(), 0).unwrap()).await, all);
 
         // After a restart the log is read back from disk.
-        let reopened = Arc::new(LogBus::open(dir.path()).unwrap());
+        let reopened = Arc::new(LogBus::open(dir.path(), ApiMetrics::unregistered()).unwrap());
         assert_eq!(
             drain(reopened.follow(&id(), 5).unwrap()).await,
             all[5..].to_vec()
@@ -340,7 +354,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_log_ends_at_once_and_torn_lines_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let bus = Arc::new(LogBus::open(dir.path()).unwrap());
+        let bus = Arc::new(LogBus::open(dir.path(), ApiMetrics::unregistered()).unwrap());
         assert!(bus
             .follow(&id(), 0)
             .unwrap()
@@ -354,7 +368,7 @@ mod tests {
         let path = dir.path().join("k3f9q2m8x1ab.ndjson");
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"seq\":1,\"ts\"").unwrap();
-        let bus = LogBus::open(dir.path()).unwrap();
+        let bus = LogBus::open(dir.path(), ApiMetrics::unregistered()).unwrap();
         let r = bus
             .append(&id(), 0, LogStream::System, "two".into())
             .unwrap();

@@ -18,6 +18,7 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::logbus::LogBus;
+use crate::metrics::ApiMetrics;
 use crate::now_ms;
 use crate::store::FileStore;
 
@@ -42,6 +43,7 @@ pub struct LocalRunnerConfig {
 #[derive(Clone)]
 pub struct JobQueue {
     tx: mpsc::UnboundedSender<BuildJob>,
+    metrics: ApiMetrics,
 }
 
 impl JobQueue {
@@ -49,7 +51,9 @@ impl JobQueue {
     pub fn submit(&self, job: BuildJob) -> Result<(), String> {
         self.tx
             .send(job)
-            .map_err(|_| "the build runner has stopped".to_owned())
+            .map_err(|_| "the build runner has stopped".to_owned())?;
+        self.metrics.queue_depth.inc();
+        Ok(())
     }
 }
 
@@ -60,6 +64,7 @@ pub struct LocalRunner {
     bus: Arc<LogBus>,
     rx: mpsc::UnboundedReceiver<BuildJob>,
     queue: JobQueue,
+    metrics: ApiMetrics,
 }
 
 impl LocalRunner {
@@ -68,9 +73,13 @@ impl LocalRunner {
         config: LocalRunnerConfig,
         store: Arc<FileStore>,
         bus: Arc<LogBus>,
+        metrics: ApiMetrics,
     ) -> (Self, JobQueue) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let queue = JobQueue { tx };
+        let queue = JobQueue {
+            tx,
+            metrics: metrics.clone(),
+        };
         (
             LocalRunner {
                 config,
@@ -78,6 +87,7 @@ impl LocalRunner {
                 bus,
                 rx,
                 queue: queue.clone(),
+                metrics,
             },
             queue,
         )
@@ -89,7 +99,7 @@ impl LocalRunner {
         for d in self.store.list(usize::MAX) {
             match d.status {
                 DeploymentStatus::Building => {
-                    let job = Job::new(&self.store, &self.bus, d.id.clone());
+                    let job = Job::new(&self.store, &self.bus, &self.metrics, d.id.clone());
                     job.finish(
                         DeploymentStatus::Failed,
                         Some("the server restarted while this build was running".into()),
@@ -135,9 +145,20 @@ impl LocalRunner {
                     None => break,
                 },
             };
-            let (store, bus, config) = (self.store.clone(), self.bus.clone(), config.clone());
+            self.metrics.queue_depth.dec();
+            let (store, bus, config, metrics) = (
+                self.store.clone(),
+                self.bus.clone(),
+                config.clone(),
+                self.metrics.clone(),
+            );
             running.spawn(async move {
-                run_job(&config, Job::new(&store, &bus, job.deployment.clone()), job).await;
+                run_job(
+                    &config,
+                    Job::new(&store, &bus, &metrics, job.deployment.clone()),
+                    job,
+                )
+                .await;
                 drop(permit);
             });
             // Reap finished tasks so the set does not grow without bound.
@@ -152,12 +173,23 @@ impl LocalRunner {
 struct Job<'a> {
     store: &'a FileStore,
     bus: &'a LogBus,
+    metrics: &'a ApiMetrics,
     id: DeploymentId,
 }
 
 impl<'a> Job<'a> {
-    fn new(store: &'a Arc<FileStore>, bus: &'a Arc<LogBus>, id: DeploymentId) -> Self {
-        Job { store, bus, id }
+    fn new(
+        store: &'a Arc<FileStore>,
+        bus: &'a Arc<LogBus>,
+        metrics: &'a ApiMetrics,
+        id: DeploymentId,
+    ) -> Self {
+        Job {
+            store,
+            bus,
+            metrics,
+            id,
+        }
     }
 
     fn log(&self, ts: u64, stream: LogStream, line: String) {
@@ -231,6 +263,9 @@ async fn run_job(config: &LocalRunnerConfig, job: Job<'_>, build: BuildJob) {
         }
     }
     job.system("Build started on the local runner".into());
+    job.metrics.builds_started.inc();
+    job.metrics.running.inc();
+    let timer = job.metrics.build_duration.start_timer();
     let work_dir = config.work_root.join(job.id.as_str());
     let (status, error, exit_code, commit) =
         match spawn_and_follow(config, &job, &build, &work_dir).await {
@@ -242,6 +277,17 @@ async fn run_job(config: &LocalRunnerConfig, job: Job<'_>, build: BuildJob) {
             tracing::warn!(dir = %work_dir.display(), "cannot remove work directory: {e}");
         }
     }
+    timer.observe_duration();
+    job.metrics.running.dec();
+    let outcome = if status == DeploymentStatus::Ready {
+        "ready"
+    } else {
+        "failed"
+    };
+    job.metrics
+        .builds_finished
+        .with_label_values(&[outcome])
+        .inc();
     job.finish(status, error, exit_code, commit);
 }
 
@@ -310,6 +356,11 @@ async fn spawn_and_follow(
                     Ok(0) | Err(_) => break,
                     Ok(_) => match serde_json::from_slice::<BuilderEvent>(&buf) {
                         Ok(BuilderEvent::Log { ts, stream, line }) => job.log(ts, stream, line),
+                        Ok(BuilderEvent::Phase { phase, millis }) => job
+                            .metrics
+                            .phase_duration
+                            .with_label_values(&[phase.as_str()])
+                            .observe(millis as f64 / 1000.0),
                         Ok(event) => result = Some(event),
                         Err(_) => job.system(String::from_utf8_lossy(&buf).trim_end().to_owned()),
                     },

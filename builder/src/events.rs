@@ -47,6 +47,14 @@ impl Emitter {
         }
     }
 
+    /// Reports that a build phase ended.
+    pub fn phase(&self, phase: &str, started: std::time::Instant) {
+        self.event(&BuilderEvent::Phase {
+            phase: phase.to_owned(),
+            millis: started.elapsed().as_millis() as u64,
+        });
+    }
+
     /// Sends a GitDeploy system line.
     pub fn system(&self, line: &str) {
         self.line(LogStream::System, line);

@@ -118,6 +118,7 @@ async fn steps(
     }
     let commit = rev_parse_head(&src).await?;
     emitter.system(&format!("Cloned commit {commit} in {}", secs(step)));
+    emitter.phase("clone", step);
 
     // Detect.
     let package_json = read_optional(&src.join("package.json"))?;
@@ -138,6 +139,7 @@ async fn steps(
             emitter.system(&format!("{what}: {}", argv.join(" ")));
             run_step(emitter, &argv, &src, &env, &argv.join(" ")).await?;
             emitter.system(&format!("{what} finished in {}", secs(step)));
+            emitter.phase(&what.to_ascii_lowercase(), step);
         }
     }
 
@@ -191,6 +193,7 @@ async fn steps(
         published.variants,
         secs(step)
     ));
+    emitter.phase("upload", step);
     Ok((commit, published))
 }
 

@@ -86,6 +86,13 @@ pub enum BuilderEvent {
         /// The text.
         line: String,
     },
+    /// A build phase ended (for metrics; the log has its own line).
+    Phase {
+        /// `clone`, `install`, `build` or `upload`.
+        phase: String,
+        /// How long it took, in milliseconds.
+        millis: u64,
+    },
     /// The build succeeded and the manifest is written.
     Published {
         /// The commit that was built.

@@ -2,13 +2,16 @@
 //! manifests (immutable per deployment, loaded once with single-flight so a burst of requests
 //! to a new deployment costs one S3 read) and small object bodies.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use gitdeploy_core::{DeploymentId, Manifest};
 use moka::future::Cache;
 use moka::sync::Cache as SyncCache;
+use tokio::sync::watch;
 
+use crate::metrics::EdgeMetrics;
 use crate::origin::{OriginError, S3Origin};
 
 /// Why a manifest could not be had.
@@ -29,11 +32,12 @@ pub enum ManifestError {
 pub struct ManifestCache {
     cache: Cache<DeploymentId, Arc<Manifest>>,
     origin: Arc<S3Origin>,
+    metrics: EdgeMetrics,
 }
 
 impl ManifestCache {
     /// A cache holding up to `max_bytes` of manifests (estimated from their file lists).
-    pub fn new(origin: Arc<S3Origin>, max_bytes: u64) -> Self {
+    pub fn new(origin: Arc<S3Origin>, max_bytes: u64, metrics: EdgeMetrics) -> Self {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_, m: &Arc<Manifest>| {
@@ -45,19 +49,49 @@ impl ManifestCache {
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .build();
-        ManifestCache { cache, origin }
+        ManifestCache {
+            cache,
+            origin,
+            metrics,
+        }
     }
 
     /// The manifest of `id`, from memory or S3.
     pub async fn get(&self, id: &DeploymentId) -> Result<Arc<Manifest>, Arc<ManifestError>> {
-        self.cache
+        let loaded = std::sync::atomic::AtomicBool::new(false);
+        let result = self
+            .cache
             .try_get_with(id.clone(), async {
+                loaded.store(true, std::sync::atomic::Ordering::Relaxed);
                 let key = self.origin.layout().manifest(id);
-                let bytes = self.origin.get(&key).await?.ok_or(ManifestError::Missing)?;
+                let timer = self
+                    .metrics
+                    .s3_latency
+                    .with_label_values(&["manifest"])
+                    .start_timer();
+                let fetched = self.origin.get(&key).await;
+                timer.observe_duration();
+                let outcome = if fetched.is_ok() { "ok" } else { "error" };
+                self.metrics
+                    .s3_requests
+                    .with_label_values(&["manifest", outcome])
+                    .inc();
+                let bytes = fetched?.ok_or(ManifestError::Missing)?;
                 let manifest = Manifest::from_json(&bytes).map_err(ManifestError::Corrupt)?;
-                Ok(Arc::new(manifest))
+                Ok::<_, ManifestError>(Arc::new(manifest))
             })
-            .await
+            .await;
+        let label = match (&result, loaded.into_inner()) {
+            (Ok(_), false) => "hit",
+            (Ok(_), true) => "loaded",
+            (Err(e), _) if matches!(e.as_ref(), ManifestError::Missing) => "missing",
+            (Err(_), _) => "error",
+        };
+        self.metrics
+            .manifest_lookups
+            .with_label_values(&[label])
+            .inc();
+        result
     }
 }
 
@@ -65,24 +99,84 @@ impl ManifestCache {
 pub type ObjectKey = (DeploymentId, String, Option<gitdeploy_core::Encoding>);
 
 /// Small object bodies (a sync cache: it is filled from Pingora's synchronous body filter).
+///
+/// Filling is single-flight: the first request for a missing object [`claims`](Self::claim) it
+/// and streams it from S3, copying the body into the cache; requests for the same object that
+/// arrive meanwhile wait for that fill instead of each asking S3.
 pub struct ObjectCache {
     cache: SyncCache<ObjectKey, Bytes>,
     max_object: u64,
+    filling: Arc<Mutex<HashMap<ObjectKey, watch::Receiver<()>>>>,
+}
+
+/// The outcome of [`ObjectCache::claim`].
+pub enum Claim {
+    /// This request fetches the object; keep the guard until the body is cached or abandoned.
+    Leader(FillGuard),
+    /// Another request is fetching it: wait on this, then look in the cache again.
+    Follower(watch::Receiver<()>),
+}
+
+/// Held by the request that fills an object; dropping it releases the waiters.
+pub struct FillGuard {
+    key: ObjectKey,
+    filling: Arc<Mutex<HashMap<ObjectKey, watch::Receiver<()>>>>,
+    // Dropped with the guard, which wakes every receiver.
+    _done: watch::Sender<()>,
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        self.filling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 impl ObjectCache {
-    /// Holds objects up to `max_object` bytes each and `max_total` bytes in all.
-    pub fn new(max_object: u64, max_total: u64) -> Self {
+    /// Holds objects up to `max_object` bytes each and `max_total` bytes in all; evictions are
+    /// counted in `evictions`.
+    pub fn new(max_object: u64, max_total: u64, evictions: prometheus::IntCounter) -> Self {
         let cache = SyncCache::builder()
             .max_capacity(max_total)
             .weigher(|_, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+            .eviction_listener(move |_, _, cause| {
+                if cause.was_evicted() {
+                    evictions.inc();
+                }
+            })
             .build();
-        ObjectCache { cache, max_object }
+        ObjectCache {
+            cache,
+            max_object,
+            filling: Arc::default(),
+        }
+    }
+
+    /// Claims the fill of `key`: leader when nobody is filling it, follower otherwise.
+    pub fn claim(&self, key: &ObjectKey) -> Claim {
+        let mut filling = self.filling.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = filling.get(key) {
+            return Claim::Follower(rx.clone());
+        }
+        let (tx, rx) = watch::channel(());
+        filling.insert(key.clone(), rx);
+        Claim::Leader(FillGuard {
+            key: key.clone(),
+            filling: self.filling.clone(),
+            _done: tx,
+        })
     }
 
     /// Whether an object of `size` bytes may be cached.
     pub fn admits(&self, size: u64) -> bool {
         size <= self.max_object
+    }
+
+    /// Bytes held (approximate: moka settles its bookkeeping lazily).
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
     }
 
     /// A cached body.
@@ -93,5 +187,36 @@ impl ObjectCache {
     /// Stores a body (callers check [`ObjectCache::admits`] first).
     pub fn insert(&self, key: ObjectKey, body: Bytes) {
         self.cache.insert(key, body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ObjectKey {
+        (
+            DeploymentId::parse("k3f9q2m8x1ab").unwrap(),
+            "a.js".into(),
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn one_leader_and_followers_wake_when_it_is_done() {
+        let cache = ObjectCache::new(10, 100, prometheus::IntCounter::new("e", "e").unwrap());
+        let Claim::Leader(guard) = cache.claim(&key()) else {
+            panic!("first claim leads")
+        };
+        let Claim::Follower(mut rx) = cache.claim(&key()) else {
+            panic!("second claim follows")
+        };
+        cache.insert(key(), Bytes::from_static(b"body"));
+        drop(guard);
+        // The sender is gone: the follower wakes (with an error, which means "look again").
+        assert!(rx.changed().await.is_err());
+        assert_eq!(cache.get(&key()).unwrap(), Bytes::from_static(b"body"));
+        assert!(matches!(cache.claim(&key()), Claim::Leader(_)));
+        assert!(cache.admits(10) && !cache.admits(11));
     }
 }

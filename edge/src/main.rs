@@ -13,6 +13,7 @@ mod cache;
 mod cli;
 mod control;
 mod embedded_s3;
+mod metrics;
 mod origin;
 mod respond;
 mod runner_service;

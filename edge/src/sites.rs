@@ -21,7 +21,8 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::cache::{ManifestCache, ManifestError, ObjectCache, ObjectKey};
+use crate::cache::{Claim, FillGuard, ManifestCache, ManifestError, ObjectCache, ObjectKey};
+use crate::metrics::EdgeMetrics;
 use crate::origin::S3Origin;
 use crate::respond::{error_page, html_response, send, send_error, FilePlan};
 use crate::serving::conditional::{self, Conditions, Precondition};
@@ -30,6 +31,9 @@ use crate::serving::range::{self, RangeOutcome};
 
 /// How long one write to a slow client may take before the connection is dropped.
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request waits for another request's fill of the same object before going to S3
+/// itself.
+const FILL_WAIT: Duration = Duration::from_secs(10);
 
 /// Host rules of the proxy.
 #[derive(Clone, Debug)]
@@ -47,6 +51,7 @@ pub struct SitesProxy {
     manifests: Arc<ManifestCache>,
     objects: Arc<ObjectCache>,
     control_plane: HttpPeer,
+    metrics: EdgeMetrics,
 }
 
 impl SitesProxy {
@@ -57,6 +62,7 @@ impl SitesProxy {
         manifests: Arc<ManifestCache>,
         objects: Arc<ObjectCache>,
         control_plane: HttpPeer,
+        metrics: EdgeMetrics,
     ) -> Self {
         SitesProxy {
             hosts,
@@ -64,14 +70,19 @@ impl SitesProxy {
             manifests,
             objects,
             control_plane,
+            metrics,
         }
     }
 }
 
 /// Per-request state.
-#[derive(Default)]
 pub struct RequestCtx {
     target: Target,
+    started: std::time::Instant,
+    /// `hit`, `miss` or `none` (answered without an object, or not a site request).
+    cache: &'static str,
+    /// When the S3 request was sent.
+    s3_sent: Option<std::time::Instant>,
 }
 
 #[derive(Default)]
@@ -92,6 +103,8 @@ struct ObjectRequest {
     head: bool,
     /// Body copied for the object cache while it streams.
     fill: Option<BytesMut>,
+    /// This request's claim on filling the object (waiters are released when it is dropped).
+    fill_guard: Option<FillGuard>,
     /// S3 failed: the body is replaced by this page.
     error_page: Option<Bytes>,
 }
@@ -228,27 +241,55 @@ impl SitesProxy {
             }
         }
         let cache_key = (id.clone(), rel.clone(), plan.encoding);
-        if let Some(body) = self.objects.get(&cache_key) {
-            let body = match plan.range {
-                Some((start, end)) => body.slice(start as usize..=end as usize),
-                None => body,
-            };
-            let resp = plan.response()?;
-            return send(session, resp, body, head).await;
+        let mut fill_guard = None;
+        if self.objects.admits(plan.representation_size()) {
+            if self.objects.get(&cache_key).is_none() && !head && plan.range.is_none() {
+                match self.objects.claim(&cache_key) {
+                    Claim::Leader(guard) => fill_guard = Some(guard),
+                    Claim::Follower(mut done) => {
+                        // Either way, look again: on success the body is cached now.
+                        let _ = tokio::time::timeout(FILL_WAIT, done.changed()).await;
+                    }
+                }
+            }
+            if let Some(body) = self.objects.get(&cache_key) {
+                ctx.cache = "hit";
+                self.metrics.object_cache.with_label_values(&["hit"]).inc();
+                let body = match plan.range {
+                    Some((start, end)) => body.slice(start as usize..=end as usize),
+                    None => body,
+                };
+                let resp = plan.response()?;
+                return send(session, resp, body, head).await;
+            }
         }
         let key = match plan.encoding {
             Some(enc) => self.origin.layout().site_variant(&id, &rel, enc),
             None => self.origin.layout().site_file(&id, &rel),
         };
+        ctx.cache = "miss";
+        self.metrics.object_cache.with_label_values(&["miss"]).inc();
         ctx.target = Target::Object(Box::new(ObjectRequest {
             key,
             cache_key,
             plan,
             head,
             fill: None,
+            fill_guard,
             error_page: None,
         }));
         Ok(false)
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
     }
 }
 
@@ -257,7 +298,12 @@ impl ProxyHttp for SitesProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            target: Target::Answered,
+            started: std::time::Instant::now(),
+            cache: "none",
+            s3_sent: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -317,6 +363,7 @@ impl ProxyHttp for SitesProxy {
             req.insert_header("range", format!("bytes={start}-{end}"))?;
         }
         *upstream = req;
+        ctx.s3_sent = Some(std::time::Instant::now());
         Ok(())
     }
 
@@ -330,6 +377,12 @@ impl ProxyHttp for SitesProxy {
             return Ok(());
         };
         let s3_status = upstream.status.as_u16();
+        if let Some(sent) = ctx.s3_sent {
+            self.metrics
+                .s3_latency
+                .with_label_values(&["object"])
+                .observe(sent.elapsed().as_secs_f64());
+        }
         let expected = if obj.plan.range.is_some() { 206 } else { 200 };
         let s3_length = upstream
             .headers
@@ -339,13 +392,21 @@ impl ProxyHttp for SitesProxy {
         if s3_status != expected || (!obj.head && s3_length != Some(obj.plan.body_len())) {
             // A missing or different object than the manifest promises is an origin failure.
             tracing::warn!(key = %obj.key, status = s3_status, ?s3_length, "unexpected S3 answer");
+            self.metrics
+                .s3_requests
+                .with_label_values(&["object", "error"])
+                .inc();
             let page = error_page(502, "The site is temporarily unavailable.");
             *upstream = html_response(502, page.len())?;
             obj.error_page = Some(page);
             return Ok(());
         }
+        self.metrics
+            .s3_requests
+            .with_label_values(&["object", "ok"])
+            .inc();
         *upstream = obj.plan.response()?;
-        if !obj.head && obj.plan.range.is_none() && self.objects.admits(obj.plan.body_len()) {
+        if obj.fill_guard.is_some() {
             obj.fill = Some(BytesMut::with_capacity(obj.plan.body_len() as usize));
         }
         Ok(())
@@ -375,8 +436,35 @@ impl ProxyHttp for SitesProxy {
                     self.objects.insert(obj.cache_key.clone(), fill.freeze());
                 }
             }
+            obj.fill_guard = None;
         }
         Ok(None)
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let kind = if matches!(ctx.target, Target::ControlPlane) {
+            "control"
+        } else {
+            "site"
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[status_class(status), ctx.cache])
+            .inc();
+        self.metrics
+            .latency
+            .with_label_values(&[kind])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        self.metrics
+            .bytes_sent
+            .inc_by(session.body_bytes_sent() as u64);
+        self.metrics
+            .object_cache_bytes
+            .set(self.objects.weighted_size() as i64);
     }
 
     async fn fail_to_proxy(
@@ -397,6 +485,12 @@ impl ProxyHttp for SitesProxy {
                 _ => 502,
             },
         };
+        if matches!(ctx.target, Target::Object(_)) && !downstream_gone {
+            self.metrics
+                .s3_requests
+                .with_label_values(&["object", "error"])
+                .inc();
+        }
         if status > 0 {
             tracing::warn!("upstream failure ({status}): {e}");
             let head = session.req_header().method == http::Method::HEAD;

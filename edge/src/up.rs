@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use gitdeploy_api::{
-    ApiConfig, ControlPlane, FileStore, LocalRunner, LocalRunnerConfig, LogBus, PublicUrls,
+    ApiConfig, ApiMetrics, ControlPlane, FileStore, LocalRunner, LocalRunnerConfig, LogBus,
+    PublicUrls,
 };
 use gitdeploy_core::job::env;
 use gitdeploy_core::repo::RepoScheme;
@@ -24,6 +25,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use crate::cache::{ManifestCache, ObjectCache};
 use crate::control::ApiApp;
 use crate::embedded_s3::EmbeddedS3;
+use crate::metrics::{metrics_server, EdgeMetrics};
 use crate::origin::{OriginSettings, S3Origin};
 use crate::runner_service::RunnerService;
 use crate::sites::{HostRules, SitesProxy};
@@ -50,6 +52,13 @@ pub struct UpOptions {
     /// Wall-clock limit of one build, in seconds.
     #[arg(long, default_value_t = 900)]
     build_timeout: u64,
+    /// Prometheus metrics listener (`/metrics`).
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9464",
+        env = "GITDEPLOY_METRICS_LISTEN"
+    )]
+    metrics_listen: SocketAddr,
     /// Worker threads of each service.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -91,9 +100,13 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?,
     );
 
+    let registry = Arc::new(prometheus::Registry::new());
+    let api_metrics = ApiMetrics::new(&registry)?;
+    let edge_metrics = EdgeMetrics::new(&registry)?;
+
     // Control plane: store, log bus, local runner.
     let store = Arc::new(FileStore::open(&dir("state/deployments")?)?);
-    let bus = Arc::new(LogBus::open(&dir("logs")?)?);
+    let bus = Arc::new(LogBus::open(&dir("logs")?, api_metrics.clone())?);
     let exe = std::env::current_exe().context("cannot find the gitdeploy executable")?;
     let (runner, queue) = LocalRunner::new(
         LocalRunnerConfig {
@@ -112,6 +125,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         },
         store.clone(),
         bus.clone(),
+        api_metrics,
     );
     let port = opts.listen.port();
     let public = PublicUrls {
@@ -156,8 +170,16 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     let control_peer = HttpPeer::new_uds(&api_socket.display().to_string(), false, String::new())
         .map_err(|e| anyhow::anyhow!("control plane socket: {e}"))?;
 
-    let manifests = Arc::new(ManifestCache::new(origin.clone(), 64 << 20));
-    let objects = Arc::new(ObjectCache::new(1 << 20, 256 << 20));
+    let manifests = Arc::new(ManifestCache::new(
+        origin.clone(),
+        64 << 20,
+        edge_metrics.clone(),
+    ));
+    let objects = Arc::new(ObjectCache::new(
+        1 << 20,
+        256 << 20,
+        edge_metrics.object_cache_evictions.clone(),
+    ));
     let mut control_hosts = vec![];
     if !opts.listen.ip().is_unspecified() {
         control_hosts.push(match opts.listen {
@@ -174,6 +196,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         manifests,
         objects,
         control_peer,
+        edge_metrics,
     );
     let mut sites =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "sites proxy");
@@ -184,6 +207,9 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         "local runner",
         RunnerService::new(runner),
     ));
+    let mut metrics = Service::new("metrics".into(), metrics_server(registry));
+    metrics.add_tcp(&opts.metrics_listen.to_string());
+    server.add_service(metrics);
     server.add_service(api);
     server.add_service(sites);
 
@@ -191,6 +217,10 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     println!("  API and dashboard   {}", public.api("/"));
     println!("  sites               {}", public.site("<deployment-id>"));
     println!("  data directory      {}", data.display());
+    println!(
+        "  metrics             http://{}/metrics",
+        opts.metrics_listen
+    );
     println!("  embedded S3         {s3_endpoint} (loopback, SigV4)");
     println!("Deploy a repository:");
     println!(

@@ -553,3 +553,110 @@ async fn cli_deploy_follows_the_log_and_exits_with_the_outcome() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("transport helpers"));
 }
+
+#[tokio::test]
+async fn metrics_describe_builds_requests_and_logs() {
+    let mut git = GitServer::new();
+    git.add_repo("npm-site", &npm_site());
+    git.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start(data.path()).await;
+    let id = gd.deploy_repo(&git.url("npm-site")).await;
+    let log = gd.follow(&id, 0).await;
+    assert_eq!(
+        log.last().unwrap().outcome.as_ref().unwrap().status,
+        DeploymentStatus::Ready
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            gd.site(Method::GET, &id, "/")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    assert_eq!(
+        gd.site(Method::GET, &id, "/missing.css")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    assert_eq!(gd.metric("gitdeploy_builds_started_total").await, 1.0);
+    assert_eq!(
+        gd.metric(r#"gitdeploy_builds_finished_total{outcome="ready"}"#)
+            .await,
+        1.0
+    );
+    for phase in ["clone", "install", "build", "upload"] {
+        let series = format!(r#"gitdeploy_build_phase_duration_seconds_count{{phase="{phase}"}}"#);
+        assert_eq!(gd.metric(&series).await, 1.0, "{phase}");
+    }
+    assert_eq!(gd.metric("gitdeploy_build_queue_depth").await, 0.0);
+    assert_eq!(gd.metric("gitdeploy_builds_running").await, 0.0);
+    assert_eq!(
+        gd.metric("gitdeploy_log_lines_published_total").await,
+        log.len() as f64
+    );
+    assert_eq!(gd.metric("gitdeploy_log_followers").await, 0.0);
+    // index.html once from S3 then twice from the cache; the site's 404.html once from S3.
+    assert_eq!(
+        gd.metric(r#"gitdeploy_object_cache_requests_total{result="miss"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(
+        gd.metric(r#"gitdeploy_object_cache_requests_total{result="hit"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(
+        gd.metric(r#"gitdeploy_edge_requests_total{cache="hit",status_class="2xx"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(
+        gd.metric(r#"gitdeploy_edge_requests_total{cache="miss",status_class="2xx"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gd.metric(r#"gitdeploy_edge_requests_total{cache="miss",status_class="4xx"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gd.metric(r#"gitdeploy_manifest_lookups_total{result="loaded"}"#)
+            .await,
+        1.0
+    );
+    assert!(gd.metric("gitdeploy_edge_response_bytes_total").await > 0.0);
+
+    // The exposition passes Prometheus's own linter.
+    let text = gd.scrape().await;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is needed (apt-get install prometheus)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

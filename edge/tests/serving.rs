@@ -315,3 +315,35 @@ async fn s3_failures_become_small_502_pages_and_cached_copies_still_serve() {
     let (status, _, body) = get(&site, "/posts/hello.html", &[]).await;
     assert_eq!((status, body), (200, cached));
 }
+
+#[tokio::test]
+async fn a_burst_of_requests_for_a_cold_object_costs_one_s3_get() {
+    let site = deploy_fixture().await;
+    let gd = &site.gd;
+    let ok = r#"gitdeploy_s3_requests_total{kind="object",outcome="ok"}"#;
+    let before = gd.metric(ok).await;
+    let requests = (0..40).map(|_| {
+        let req = gd.site(Method::GET, &site.id, "/posts/hello.html");
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    });
+    let results = futures_util::future::join_all(requests).await;
+    assert!(
+        results
+            .iter()
+            .all(|(s, b)| *s == 200 && b == "<h1>hello post</h1>"),
+        "{results:?}"
+    );
+    assert_eq!(
+        gd.metric(ok).await - before,
+        1.0,
+        "one S3 GET for the whole burst"
+    );
+    assert!(
+        gd.metric(r#"gitdeploy_object_cache_requests_total{result="hit"}"#)
+            .await
+            >= 39.0
+    );
+}

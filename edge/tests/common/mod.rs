@@ -128,6 +128,7 @@ impl Drop for GitServer {
 /// A running `gitdeploy up`.
 pub struct Gitdeploy {
     pub port: u16,
+    pub metrics_port: u16,
     pub data_dir: PathBuf,
     pub s3_endpoint: String,
     child: Child,
@@ -137,9 +138,11 @@ pub struct Gitdeploy {
 impl Gitdeploy {
     /// Starts `gitdeploy up` on a free port with `data_dir`, and waits until the API answers.
     pub async fn start(data_dir: &Path) -> Self {
-        let port = free_port();
+        let (port, metrics_port) = (free_port(), free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
-            .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args(["up", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -164,6 +167,7 @@ impl Gitdeploy {
         wait_for_port(([127, 0, 0, 1], port).into(), &mut child, "gitdeploy up");
         Gitdeploy {
             port,
+            metrics_port,
             data_dir: data_dir.to_owned(),
             s3_endpoint,
             child,
@@ -262,6 +266,32 @@ impl Gitdeploy {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// The Prometheus text of the metrics endpoint.
+    pub async fn scrape(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// One sample's value from the metrics endpoint (`name{labels}` exactly as exported), 0 when
+    /// absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.scrape().await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
     }
 
     /// Stops the server abruptly (as a crash would).
