@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use gitdeploy_core::host::is_site_label;
 use gitdeploy_core::id::looks_like_deployment_id;
-use gitdeploy_core::job::{validate_git_ref, ServingOptions};
+use gitdeploy_core::job::{validate_git_ref, BuildSettings, ServingOptions};
 use gitdeploy_core::repo::validate_repo_url;
 use gitdeploy_core::{BuildJob, DeploymentId, DeploymentStatus};
 use serde::Deserialize;
@@ -69,6 +69,8 @@ struct DeployRequest {
     project: Option<String>,
     #[serde(default)]
     serving: ServingOptions,
+    #[serde(default)]
+    build: BuildSettings,
 }
 
 fn parse_deploy_request(body: &[u8]) -> Result<DeployRequest, ApiError> {
@@ -111,12 +113,16 @@ async fn create_deployment(
             ));
         }
     }
+    req.build
+        .validate(cp.config.limits.timeout_secs)
+        .map_err(|e| ApiError::bad_request("invalid_build", e))?;
     let deployment = Deployment {
         id: DeploymentId::random(),
         project: req.project,
         repo: repo.clone(),
         git_ref: req.git_ref.clone(),
         serving: req.serving.clone(),
+        build: req.build.without_secret_values(),
         status: DeploymentStatus::Queued,
         error: None,
         commit: None,
@@ -135,6 +141,9 @@ async fn create_deployment(
             repo,
             git_ref: req.git_ref,
             serving: req.serving,
+            build: req.build,
+            limits: cp.config.limits.clone(),
+            cache_key: Some(deployment_cache_key(&deployment)),
         })
         .map_err(ApiError::unavailable)?;
     tracing::info!(%id, repo = %deployment.repo_display(), "deployment queued");
@@ -143,6 +152,14 @@ async fn create_deployment(
         Json(deployment_json(&cp, &deployment)),
     )
         .into_response())
+}
+
+/// Builds of one project (or, without a project, of one repository) share a package cache.
+pub(crate) fn deployment_cache_key(d: &Deployment) -> String {
+    match &d.project {
+        Some(p) => format!("project-{p}"),
+        None => gitdeploy_core::repo::cache_key(&d.repo),
+    }
 }
 
 fn deployment_json(cp: &ControlPlane, d: &Deployment) -> Value {
@@ -155,6 +172,7 @@ fn deployment_json(cp: &ControlPlane, d: &Deployment) -> Value {
         "repo": d.repo_display(),
         "ref": d.git_ref,
         "serving": d.serving,
+        "build": d.build,
         "commit": d.commit,
         "error": d.error,
         "created_unix_ms": d.created_unix_ms,

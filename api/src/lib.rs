@@ -15,6 +15,7 @@ pub mod store;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::RepoScheme;
 
 pub use error::ApiError;
@@ -67,6 +68,8 @@ pub struct ApiConfig {
     pub public: PublicUrls,
     /// Repository transports users may deploy from.
     pub allowed_repo_schemes: Vec<RepoScheme>,
+    /// Limits every build runs under (build settings are checked against them).
+    pub limits: BuildLimits,
 }
 
 /// The control plane's shared state: store, log bus, job queue and settings.

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gitdeploy_core::job::env;
+use gitdeploy_core::job::{env, BuildLimits};
 use gitdeploy_core::{BuildJob, BuilderEvent, DeploymentId, DeploymentStatus, LogStream, Outcome};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -35,8 +35,9 @@ pub struct LocalRunnerConfig {
     pub cache_dir: PathBuf,
     /// Builds running at once; further jobs wait in the queue.
     pub concurrency: usize,
-    /// Wall-clock limit of one build.
-    pub timeout: Duration,
+    /// Limits of every build; the runner's own deadline is the build timeout plus a margin for
+    /// clone and upload.
+    pub limits: BuildLimits,
 }
 
 /// Hands jobs to the runner. Cheap to clone.
@@ -107,6 +108,16 @@ impl LocalRunner {
                         None,
                     );
                 }
+                DeploymentStatus::Queued if !d.build.secrets.is_empty() => {
+                    // Secret values are never stored, so this build cannot be started again.
+                    let job = Job::new(&self.store, &self.bus, &self.metrics, d.id.clone());
+                    job.finish(
+                        DeploymentStatus::Failed,
+                        Some("the server restarted before this build started, and its secrets are not stored: deploy again".into()),
+                        None,
+                        None,
+                    );
+                }
                 DeploymentStatus::Queued => {
                     if let Err(e) = self.bus.create(&d.id) {
                         tracing::error!(id = %d.id, "cannot reopen log: {e}");
@@ -116,6 +127,9 @@ impl LocalRunner {
                         repo: d.repo.clone(),
                         git_ref: d.git_ref.clone(),
                         serving: d.serving.clone(),
+                        build: d.build.clone(),
+                        limits: self.config.limits.clone(),
+                        cache_key: Some(crate::http::deployment_cache_key(&d)),
                     });
                 }
                 DeploymentStatus::Ready | DeploymentStatus::Failed => {}
@@ -369,7 +383,10 @@ async fn spawn_and_follow(
         }
         child.wait().await
     };
-    let waited = tokio::time::timeout(config.timeout, follow).await;
+    // The builder enforces the build timeout itself; this is the backstop for a builder that
+    // hangs in clone or upload.
+    let deadline = Duration::from_secs(config.limits.timeout_secs + 120);
+    let waited = tokio::time::timeout(deadline, follow).await;
     drop(group); // kill anything the build left running, in every case
     let status = match waited {
         Err(_) => {
@@ -377,7 +394,7 @@ async fn spawn_and_follow(
                 DeploymentStatus::Failed,
                 Some(format!(
                     "the build timed out after {}s and was stopped",
-                    config.timeout.as_secs()
+                    deadline.as_secs()
                 )),
                 None,
                 None,

@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use gitdeploy_core::job::ServingOptions;
+use gitdeploy_core::job::{BuildSettings, ServingOptions};
 use gitdeploy_core::repo::redact_repo_url;
 use gitdeploy_core::{DeploymentId, DeploymentStatus};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,9 @@ pub struct Deployment {
     /// Serving options recorded in its manifest.
     #[serde(default)]
     pub serving: ServingOptions,
+    /// Build settings, secret values removed.
+    #[serde(default)]
+    pub build: BuildSettings,
     /// Where it is in its life.
     pub status: DeploymentStatus,
     /// Why it failed.
@@ -156,6 +159,7 @@ mod tests {
             repo: "https://u:secret@example.com/r".into(),
             git_ref: None,
             serving: ServingOptions::default(),
+            build: BuildSettings::default(),
             status: DeploymentStatus::Queued,
             error: None,
             commit: None,

@@ -1,69 +1,367 @@
 //! What to run and what to publish, decided from the checkout's files. Pure functions over what
 //! the caller read from disk, so every rule has a table test.
 
+use gitdeploy_core::job::BuildSettings;
 use serde_json::Value;
+
+/// What the detection reads from the checkout (contents of the files that exist).
+#[derive(Clone, Debug, Default)]
+pub struct RepoFiles<'a> {
+    /// `package.json`.
+    pub package_json: Option<&'a str>,
+    /// `package-lock.json` or `npm-shrinkwrap.json` exists.
+    pub npm_lock: bool,
+    /// `yarn.lock`.
+    pub yarn_lock: Option<&'a str>,
+    /// `pnpm-lock.yaml`.
+    pub pnpm_lock: Option<&'a str>,
+}
+
+/// The package manager of a Node project.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PackageManager {
+    /// npm from the machine; `ci` when there is a lockfile.
+    Npm {
+        /// A lockfile exists.
+        lockfile: bool,
+    },
+    /// Yarn at this version, through corepack.
+    Yarn {
+        /// Version or range for corepack.
+        version: String,
+        /// `yarn.lock` exists.
+        lockfile: bool,
+    },
+    /// pnpm at this version, through corepack.
+    Pnpm {
+        /// Version or range for corepack.
+        version: String,
+        /// `pnpm-lock.yaml` exists.
+        lockfile: bool,
+    },
+}
+
+impl PackageManager {
+    fn install(&self) -> Vec<String> {
+        let words: Vec<String> = match self {
+            PackageManager::Npm { lockfile: true } => vec!["npm".into(), "ci".into()],
+            PackageManager::Npm { lockfile: false } => vec!["npm".into(), "install".into()],
+            PackageManager::Yarn { version, lockfile } => {
+                let frozen = if version.starts_with('1') {
+                    "--frozen-lockfile"
+                } else {
+                    "--immutable"
+                };
+                let mut v = vec![
+                    "corepack".into(),
+                    format!("yarn@{version}"),
+                    "install".into(),
+                ];
+                if *lockfile {
+                    v.push(frozen.into());
+                }
+                v
+            }
+            PackageManager::Pnpm { version, lockfile } => {
+                let mut v = vec![
+                    "corepack".into(),
+                    format!("pnpm@{version}"),
+                    "install".into(),
+                ];
+                if *lockfile {
+                    v.push("--frozen-lockfile".into());
+                }
+                v
+            }
+        };
+        words
+    }
+
+    fn run_build(&self) -> Vec<String> {
+        match self {
+            PackageManager::Npm { .. } => vec!["npm".into(), "run".into(), "build".into()],
+            PackageManager::Yarn { version, .. } => vec![
+                "corepack".into(),
+                format!("yarn@{version}"),
+                "run".into(),
+                "build".into(),
+            ],
+            PackageManager::Pnpm { version, .. } => vec![
+                "corepack".into(),
+                format!("pnpm@{version}"),
+                "run".into(),
+                "build".into(),
+            ],
+        }
+    }
+}
+
+/// Picks the package manager: the `packageManager` field first, then the lockfile (whose format
+/// also decides the version: a `lockfileVersion: '6.0'` pnpm lock needs pnpm 8).
+pub fn package_manager(
+    package_json: &Value,
+    files: &RepoFiles<'_>,
+) -> Result<(PackageManager, String), String> {
+    if let Some(field) = package_json.get("packageManager").and_then(Value::as_str) {
+        let (name, version) = field
+            .split_once('@')
+            .ok_or_else(|| format!("packageManager {field:?} must look like name@version"))?;
+        let version = version.split('+').next().unwrap_or(version).to_owned();
+        if version.is_empty()
+            || !version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            return Err(format!(
+                "packageManager version {version:?} is not a version"
+            ));
+        }
+        let reason = format!("packageManager field: {name}@{version}");
+        return match name {
+            "npm" => Ok((
+                PackageManager::Npm {
+                    lockfile: files.npm_lock,
+                },
+                reason,
+            )),
+            "yarn" => Ok((
+                PackageManager::Yarn {
+                    version,
+                    lockfile: files.yarn_lock.is_some(),
+                },
+                reason,
+            )),
+            "pnpm" => Ok((
+                PackageManager::Pnpm {
+                    version,
+                    lockfile: files.pnpm_lock.is_some(),
+                },
+                reason,
+            )),
+            other => Err(format!(
+                "packageManager {other:?} is not supported (npm, yarn or pnpm)"
+            )),
+        };
+    }
+    if let Some(lock) = files.pnpm_lock {
+        let version = pnpm_for_lockfile(lock);
+        return Ok((
+            PackageManager::Pnpm {
+                version: version.clone(),
+                lockfile: true,
+            },
+            format!("pnpm-lock.yaml found: pnpm {version}"),
+        ));
+    }
+    if let Some(lock) = files.yarn_lock {
+        let (version, what) = if lock.contains("__metadata:") {
+            ("4", "Yarn Berry")
+        } else {
+            ("1.22.22", "Yarn classic")
+        };
+        return Ok((
+            PackageManager::Yarn {
+                version: version.into(),
+                lockfile: true,
+            },
+            format!("yarn.lock found ({what}): yarn {version}"),
+        ));
+    }
+    if files.npm_lock {
+        return Ok((
+            PackageManager::Npm { lockfile: true },
+            "package-lock.json found: npm ci".into(),
+        ));
+    }
+    Ok((
+        PackageManager::Npm { lockfile: false },
+        "no lockfile: npm install".into(),
+    ))
+}
+
+/// The pnpm major version that reads a lockfile, from its `lockfileVersion`.
+fn pnpm_for_lockfile(lock: &str) -> String {
+    let version = lock
+        .lines()
+        .find_map(|l| l.strip_prefix("lockfileVersion:"))
+        .map(|v| v.trim().trim_matches(|c| c == '\'' || c == '"').to_owned())
+        .unwrap_or_default();
+    let major = version.split('.').next().unwrap_or("");
+    match major {
+        "5" => "7",
+        "6" => "8",
+        _ => "9",
+    }
+    .to_owned()
+}
+
+/// Output directories tried after a build when no framework is recognised, in order.
+pub const BUILD_OUTPUT_DIRS: &[&str] = &["dist", "build", "out", "public"];
+
+/// Where a framework writes its static output, from the project's dependencies.
+pub fn framework_output(package_json: &Value) -> Option<(String, &'static str)> {
+    let has = |dep: &str| {
+        ["dependencies", "devDependencies"]
+            .iter()
+            .any(|section| package_json.get(section).and_then(|d| d.get(dep)).is_some())
+    };
+    let build_script = package_json
+        .get("scripts")
+        .and_then(|s| s.get("build"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if has("vitepress") {
+        // `vitepress build docs` writes docs/.vitepress/dist.
+        let dir = build_script
+            .split("vitepress build")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .filter(|d| !d.starts_with('-') && !d.contains(".."));
+        return Some(match dir {
+            Some(d) => (
+                format!("{}/.vitepress/dist", d.trim_end_matches('/')),
+                "VitePress",
+            ),
+            None => (".vitepress/dist".into(), "VitePress"),
+        });
+    }
+    let table: &[(&str, &str, &'static str)] = &[
+        ("next", "out", "Next.js static export"),
+        ("react-scripts", "build", "Create React App"),
+        ("@docusaurus/core", "build", "Docusaurus"),
+        ("@11ty/eleventy", "_site", "Eleventy"),
+        ("@sveltejs/kit", "build", "SvelteKit (static adapter)"),
+        ("gatsby", "public", "Gatsby"),
+        ("astro", "dist", "Astro"),
+        ("vite", "dist", "Vite"),
+        ("svelte", "dist", "Svelte"),
+    ];
+    table
+        .iter()
+        .find(|(dep, _, _)| has(dep))
+        .map(|(_, dir, name)| (dir.to_string(), *name))
+}
 
 /// The commands to run and where to look for the output.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
-    /// Install command (argv), when the repo has a build.
+    /// Install command (argv), when there is one.
     pub install: Option<Vec<String>>,
-    /// Build command (argv), when the repo has a build.
+    /// Build command (argv), when there is one.
     pub build: Option<Vec<String>>,
-    /// Why this plan was chosen, for the log.
+    /// Why these commands, for the log.
     pub reason: String,
+    /// Output directories to try, in order (`""` is the root directory).
+    pub outputs: Vec<String>,
+    /// Why these directories, for the log.
+    pub output_reason: String,
+    /// The output directory was configured: it must exist.
+    pub output_required: bool,
 }
 
-/// Output directories tried after a build, in order.
-pub const BUILD_OUTPUT_DIRS: &[&str] = &["dist", "build", "out", "public"];
+fn shell(cmd: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), cmd.into()]
+}
 
-/// Chooses install and build commands. `package_json` is the file's text when present;
-/// `has_lockfile` is true when `package-lock.json` or `npm-shrinkwrap.json` exists.
-pub fn plan(package_json: Option<&str>, has_lockfile: bool) -> Result<Plan, String> {
-    let Some(text) = package_json else {
-        return Ok(Plan {
-            install: None,
-            build: None,
-            reason: "no package.json: publishing static files as they are".into(),
-        });
-    };
-    let json: Value =
-        serde_json::from_str(text).map_err(|e| format!("package.json is not valid JSON: {e}"))?;
-    let has_build = json
-        .get("scripts")
+/// Chooses install and build commands and output directories from the repository's files and
+/// the deployment's settings (settings win).
+pub fn plan(files: &RepoFiles<'_>, settings: &BuildSettings) -> Result<Plan, String> {
+    let json: Option<Value> = files
+        .package_json
+        .map(|text| {
+            serde_json::from_str(text).map_err(|e| format!("package.json is not valid JSON: {e}"))
+        })
+        .transpose()?;
+    let has_build_script = json
+        .as_ref()
+        .and_then(|j| j.get("scripts"))
         .and_then(|s| s.get("build"))
         .and_then(Value::as_str)
         .is_some_and(|s| !s.trim().is_empty());
-    if !has_build {
-        return Ok(Plan {
-            install: None,
-            build: None,
-            reason: "package.json has no build script: publishing static files as they are".into(),
-        });
-    }
-    let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let (install, reason) = if has_lockfile {
-        (argv(&["npm", "ci"]), "package-lock.json found: npm ci")
+    let builds = has_build_script || settings.build_command.is_some();
+    let (pm, pm_reason) = match &json {
+        Some(j) if builds || settings.install_command.is_some() => {
+            let (pm, why) = package_manager(j, files)?;
+            (Some(pm), why)
+        }
+        _ => (None, String::new()),
+    };
+    let install = match (&settings.install_command, &pm) {
+        (Some(cmd), _) => Some(shell(cmd)),
+        (None, Some(pm)) => Some(pm.install()),
+        (None, None) => None,
+    };
+    let build = match (&settings.build_command, &pm) {
+        (Some(cmd), _) => Some(shell(cmd)),
+        (None, Some(pm)) if has_build_script => Some(pm.run_build()),
+        _ => None,
+    };
+    let reason = match (&install, &build) {
+        (None, None) if json.is_none() => {
+            "no package.json: publishing static files as they are".to_owned()
+        }
+        (None, None) => {
+            "package.json has no build script: publishing static files as they are".to_owned()
+        }
+        _ => {
+            let mut parts = Vec::new();
+            if !pm_reason.is_empty() {
+                parts.push(pm_reason);
+            }
+            if settings.install_command.is_some() || settings.build_command.is_some() {
+                parts.push("commands from the build settings".into());
+            }
+            parts.join("; ")
+        }
+    };
+    let (outputs, output_reason, output_required) = if let Some(dir) = &settings.output_dir {
+        (
+            vec![dir.trim_end_matches('/').to_owned()],
+            "output_dir from the build settings".to_owned(),
+            true,
+        )
+    } else if build.is_some() {
+        match json.as_ref().and_then(framework_output) {
+            Some((dir, framework)) => (vec![dir], format!("{framework} detected"), true),
+            None => (
+                BUILD_OUTPUT_DIRS.iter().map(|d| d.to_string()).collect(),
+                "by convention".to_owned(),
+                false,
+            ),
+        }
     } else {
-        (argv(&["npm", "install"]), "no lockfile: npm install")
+        (
+            vec!["public".into(), String::new()],
+            "no build: public/ if present, else the root".into(),
+            false,
+        )
     };
     Ok(Plan {
-        install: Some(install),
-        build: Some(argv(&["npm", "run", "build"])),
-        reason: format!("{reason}, then npm run build"),
+        install,
+        build,
+        reason,
+        outputs,
+        output_reason,
+        output_required,
     })
 }
 
-/// Picks the directory to publish. `built` says whether a build ran; `exists` answers whether a
-/// directory exists in the checkout. `Some("")` means the repository root.
-pub fn choose_output(built: bool, exists: impl Fn(&str) -> bool) -> Option<&'static str> {
-    if built {
-        BUILD_OUTPUT_DIRS.iter().copied().find(|d| exists(d))
-    } else if exists("public") {
-        Some("public")
-    } else {
-        Some("")
+/// Picks the directory to publish from the plan; `exists` answers whether a directory exists.
+pub fn choose_output(plan: &Plan, exists: impl Fn(&str) -> bool) -> Result<String, String> {
+    if let Some(dir) = plan.outputs.iter().find(|d| d.is_empty() || exists(d)) {
+        return Ok(dir.clone());
     }
+    let listed = plan
+        .outputs
+        .iter()
+        .map(|d| format!("{d}/"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(if plan.output_required {
+        format!("the build produced no {listed} ({})", plan.output_reason)
+    } else {
+        format!("the build produced no output directory (looked for {listed})")
+    })
 }
 
 /// Whether a file under the repository root is published when the root itself is the site:
@@ -94,35 +392,244 @@ pub fn content_type(path: &str) -> String {
 mod tests {
     use super::*;
 
+    fn files<'a>(package_json: Option<&'a str>) -> RepoFiles<'a> {
+        RepoFiles {
+            package_json,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn plan_table() {
         let with_build = r#"{"scripts":{"build":"node build.js"}}"#;
-        let p = plan(Some(with_build), false).unwrap();
+        let none = BuildSettings::default();
+        let p = plan(&files(Some(with_build)), &none).unwrap();
         assert_eq!(p.install.unwrap(), ["npm", "install"]);
         assert_eq!(p.build.unwrap(), ["npm", "run", "build"]);
-        let p = plan(Some(with_build), true).unwrap();
-        assert_eq!(p.install.unwrap(), ["npm", "ci"]);
+        assert_eq!(p.outputs, BUILD_OUTPUT_DIRS);
+        let locked = RepoFiles {
+            npm_lock: true,
+            ..files(Some(with_build))
+        };
+        assert_eq!(
+            plan(&locked, &none).unwrap().install.unwrap(),
+            ["npm", "ci"]
+        );
 
         for no_build in [
             r#"{}"#,
             r#"{"scripts":{"test":"x"}}"#,
             r#"{"scripts":{"build":"  "}}"#,
         ] {
-            let p = plan(Some(no_build), true).unwrap();
+            let p = plan(&files(Some(no_build)), &none).unwrap();
             assert_eq!((p.install, p.build), (None, None), "{no_build}");
+            assert_eq!(p.outputs, ["public", ""]);
         }
-        assert_eq!(plan(None, false).unwrap().build, None);
-        assert!(plan(Some("{not json"), false).is_err());
+        assert_eq!(plan(&files(None), &none).unwrap().build, None);
+        assert!(plan(&files(Some("{not json")), &none).is_err());
+
+        // Settings win.
+        let settings = BuildSettings {
+            install_command: Some("make deps".into()),
+            build_command: Some("make site".into()),
+            output_dir: Some("site/".into()),
+            ..Default::default()
+        };
+        let p = plan(&files(None), &settings).unwrap();
+        assert_eq!(p.install.unwrap(), ["sh", "-c", "make deps"]);
+        assert_eq!(p.build.unwrap(), ["sh", "-c", "make site"]);
+        assert_eq!(
+            (p.outputs, p.output_required),
+            (vec!["site".to_owned()], true)
+        );
+    }
+
+    #[test]
+    fn package_manager_table() {
+        let pm = |pkg: &str, f: RepoFiles| {
+            package_manager(&serde_json::from_str(pkg).unwrap(), &f).map(|(pm, _)| pm)
+        };
+        let pnpm = |v: &str, lockfile| PackageManager::Pnpm {
+            version: v.into(),
+            lockfile,
+        };
+        let yarn = |v: &str, lockfile| PackageManager::Yarn {
+            version: v.into(),
+            lockfile,
+        };
+        assert_eq!(
+            pm("{}", RepoFiles::default()).unwrap(),
+            PackageManager::Npm { lockfile: false }
+        );
+        assert_eq!(
+            pm(
+                "{}",
+                RepoFiles {
+                    npm_lock: true,
+                    ..Default::default()
+                }
+            )
+            .unwrap(),
+            PackageManager::Npm { lockfile: true }
+        );
+        for (lock, want) in [
+            ("lockfileVersion: '6.0'\n", "8"),
+            ("lockfileVersion: 5.4\n", "7"),
+            ("lockfileVersion: '9.0'\n", "9"),
+        ] {
+            assert_eq!(
+                pm(
+                    "{}",
+                    RepoFiles {
+                        pnpm_lock: Some(lock),
+                        ..Default::default()
+                    }
+                )
+                .unwrap(),
+                pnpm(want, true)
+            );
+        }
+        assert_eq!(
+            pm(
+                "{}",
+                RepoFiles {
+                    yarn_lock: Some("# yarn lockfile v1\n"),
+                    ..Default::default()
+                }
+            )
+            .unwrap(),
+            yarn("1.22.22", true)
+        );
+        assert_eq!(
+            pm(
+                "{}",
+                RepoFiles {
+                    yarn_lock: Some("__metadata:\n  version: 8\n"),
+                    ..Default::default()
+                }
+            )
+            .unwrap(),
+            yarn("4", true)
+        );
+        // The packageManager field wins over lockfiles.
+        let f = RepoFiles {
+            pnpm_lock: Some("lockfileVersion: '6.0'"),
+            ..Default::default()
+        };
+        assert_eq!(
+            pm(r#"{"packageManager":"pnpm@8.15.4+sha512.abc"}"#, f.clone()).unwrap(),
+            pnpm("8.15.4", true)
+        );
+        assert_eq!(
+            pm(r#"{"packageManager":"yarn@3.6.0"}"#, RepoFiles::default()).unwrap(),
+            yarn("3.6.0", false)
+        );
+        assert!(pm(r#"{"packageManager":"bun@1.0.0"}"#, RepoFiles::default()).is_err());
+        assert!(pm(r#"{"packageManager":"pnpm"}"#, RepoFiles::default()).is_err());
+        assert!(pm(
+            r#"{"packageManager":"pnpm@8;rm -rf /"}"#,
+            RepoFiles::default()
+        )
+        .is_err());
+        // Commands.
+        assert_eq!(
+            pnpm("8", true).install(),
+            ["corepack", "pnpm@8", "install", "--frozen-lockfile"]
+        );
+        assert_eq!(
+            yarn("1.22.22", true).install(),
+            ["corepack", "yarn@1.22.22", "install", "--frozen-lockfile"]
+        );
+        assert_eq!(
+            yarn("4", true).install(),
+            ["corepack", "yarn@4", "install", "--immutable"]
+        );
+        assert_eq!(
+            yarn("4", true).run_build(),
+            ["corepack", "yarn@4", "run", "build"]
+        );
+    }
+
+    #[test]
+    fn framework_table() {
+        let fw = |pkg: &str| framework_output(&serde_json::from_str(pkg).unwrap());
+        for (pkg, want) in [
+            (
+                r#"{"devDependencies":{"vite":"^5"}}"#,
+                Some(("dist", "Vite")),
+            ),
+            (
+                r#"{"dependencies":{"astro":"^4"}}"#,
+                Some(("dist", "Astro")),
+            ),
+            (
+                r#"{"dependencies":{"react-scripts":"5"}}"#,
+                Some(("build", "Create React App")),
+            ),
+            (
+                r#"{"dependencies":{"next":"14","react":"18"}}"#,
+                Some(("out", "Next.js static export")),
+            ),
+            (
+                r#"{"dependencies":{"@docusaurus/core":"3"}}"#,
+                Some(("build", "Docusaurus")),
+            ),
+            (
+                r#"{"devDependencies":{"@11ty/eleventy":"2"}}"#,
+                Some(("_site", "Eleventy")),
+            ),
+            (
+                r#"{"devDependencies":{"vitepress":"1"},"scripts":{"build":"vitepress build docs"}}"#,
+                Some(("docs/.vitepress/dist", "VitePress")),
+            ),
+            (
+                r#"{"devDependencies":{"vitepress":"1"},"scripts":{"build":"vitepress build"}}"#,
+                Some((".vitepress/dist", "VitePress")),
+            ),
+            (
+                r#"{"devDependencies":{"@sveltejs/kit":"2","vite":"5"}}"#,
+                Some(("build", "SvelteKit (static adapter)")),
+            ),
+            (r#"{"dependencies":{"left-pad":"1"}}"#, None),
+        ] {
+            assert_eq!(
+                fw(pkg).map(|(d, n)| (d, n)),
+                want.map(|(d, n)| (d.to_owned(), n)),
+                "{pkg}"
+            );
+        }
     }
 
     #[test]
     fn output_table() {
+        let plan_with = |outputs: &[&str], required| Plan {
+            install: None,
+            build: None,
+            reason: String::new(),
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            output_reason: "Vite detected".into(),
+            output_required: required,
+        };
         let has = |dirs: &'static [&'static str]| move |d: &str| dirs.contains(&d);
-        assert_eq!(choose_output(true, has(&["dist", "public"])), Some("dist"));
-        assert_eq!(choose_output(true, has(&["out"])), Some("out"));
-        assert_eq!(choose_output(true, has(&["src"])), None);
-        assert_eq!(choose_output(false, has(&["public"])), Some("public"));
-        assert_eq!(choose_output(false, has(&["dist"])), Some(""));
+        assert_eq!(
+            choose_output(
+                &plan_with(BUILD_OUTPUT_DIRS, false),
+                has(&["out", "public"])
+            )
+            .unwrap(),
+            "out"
+        );
+        assert!(
+            choose_output(&plan_with(BUILD_OUTPUT_DIRS, false), has(&["src"]))
+                .unwrap_err()
+                .contains("looked for dist/")
+        );
+        assert_eq!(
+            choose_output(&plan_with(&["public", ""], false), has(&[])).unwrap(),
+            ""
+        );
+        let err = choose_output(&plan_with(&["dist"], true), has(&["build"])).unwrap_err();
+        assert!(err.contains("no dist/ (Vite detected)"), "{err}");
     }
 
     #[test]

@@ -1,48 +1,79 @@
-//! Runs one command of the build with a scrubbed environment and streams its stdout and stderr
-//! to the log line by line, as the lines appear.
+//! Runs one command of the build with a scrubbed environment and a deadline, and streams its
+//! stdout and stderr to the log line by line, as the lines appear.
 
 use std::path::Path;
 use std::process::Stdio;
+use std::time::Duration;
 
 use gitdeploy_core::LogStream;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
+use tokio::time::Instant;
 
-use crate::events::Emitter;
+use crate::events::{Emitter, MAX_LINE};
+use crate::lines::LineAssembler;
 
 /// Environment a build command starts from: nothing of the builder's own environment except
 /// `PATH`, so storage credentials and runner settings never reach repository code.
-pub fn scrubbed_env(home: &Path, cache_dir: Option<&Path>) -> Vec<(String, String)> {
-    let mut env = vec![
-        (
-            "PATH".to_owned(),
+pub fn scrubbed_env(home: &Path, cache_dir: &Path) -> Vec<(String, String)> {
+    let var = |k: &str, v: String| (k.to_owned(), v);
+    vec![
+        var(
+            "PATH",
             std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
         ),
-        ("HOME".to_owned(), home.display().to_string()),
-        ("LANG".to_owned(), "C.UTF-8".to_owned()),
-        ("CI".to_owned(), "true".to_owned()),
-        ("GIT_TERMINAL_PROMPT".to_owned(), "0".to_owned()),
-        ("npm_config_update_notifier".to_owned(), "false".to_owned()),
-        ("npm_config_fund".to_owned(), "false".to_owned()),
-        ("npm_config_audit".to_owned(), "false".to_owned()),
-    ];
-    if let Some(cache) = cache_dir {
-        env.push((
-            "npm_config_cache".to_owned(),
-            cache.join("npm").display().to_string(),
-        ));
-    }
-    env
+        var("HOME", home.display().to_string()),
+        var("LANG", "C.UTF-8".into()),
+        var("CI", "true".into()),
+        var("GIT_TERMINAL_PROMPT", "0".into()),
+        var("npm_config_update_notifier", "false".into()),
+        var("npm_config_fund", "false".into()),
+        var("npm_config_audit", "false".into()),
+        var(
+            "npm_config_cache",
+            cache_dir.join("npm").display().to_string(),
+        ),
+        var(
+            "YARN_CACHE_FOLDER",
+            cache_dir.join("yarn").display().to_string(),
+        ),
+        // pnpm keeps its store under XDG_DATA_HOME, other tools their caches under XDG_CACHE_HOME.
+        var(
+            "XDG_DATA_HOME",
+            cache_dir.join("data").display().to_string(),
+        ),
+        var(
+            "XDG_CACHE_HOME",
+            cache_dir.join("xdg").display().to_string(),
+        ),
+        var(
+            "COREPACK_HOME",
+            cache_dir.join("corepack").display().to_string(),
+        ),
+        var("COREPACK_ENABLE_DOWNLOAD_PROMPT", "0".into()),
+        var("COREPACK_INTEGRITY_KEYS", "0".into()),
+    ]
 }
 
-/// Runs `argv` in `cwd` with exactly `env`, logging every output line. Returns the exit code
-/// (`None` when killed by a signal) or a spawn error.
+/// How a command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal ended it.
+    Killed,
+    /// It ran past the deadline and was killed.
+    TimedOut,
+}
+
+/// Runs `argv` in `cwd` with exactly `env`, logging every output line, killing it at `deadline`.
 pub async fn run(
     emitter: &Emitter,
     argv: &[String],
     cwd: &Path,
     env: &[(String, String)],
-) -> std::io::Result<Option<i32>> {
+    deadline: Instant,
+) -> std::io::Result<Exit> {
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| std::io::Error::other("empty command"))?;
@@ -64,31 +95,52 @@ pub async fn run(
         .stderr
         .take()
         .map(|s| pump(emitter.clone(), s, LogStream::Stderr));
-    let status = child.wait().await?;
-    // The readers end when every holder of the pipes (grandchildren too) has exited or closed them.
+    let exit = match tokio::time::timeout_at(deadline, child.wait()).await {
+        Ok(status) => match status?.code() {
+            Some(code) => Exit::Code(code),
+            None => Exit::Killed,
+        },
+        Err(_) => {
+            // Killing the sandbox kills everything in it (it dies with its parent).
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            Exit::TimedOut
+        }
+    };
+    // The readers end when every holder of the pipes has exited; a process that escaped the
+    // sandbox and keeps them open must not hold the build up (its cgroup is killed after).
     for reader in [stdout, stderr].into_iter().flatten() {
-        let _ = reader.await;
+        let abort = reader.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
     }
-    Ok(status.code())
+    Ok(exit)
 }
 
 fn pump(
     emitter: Emitter,
-    source: impl AsyncRead + Unpin + Send + 'static,
+    mut source: impl AsyncRead + Unpin + Send + 'static,
     stream: LogStream,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut reader = BufReader::new(source);
-        let mut buf = Vec::new();
+        let mut lines = LineAssembler::new(MAX_LINE, emitter.redactor().clone());
+        let mut buf = vec![0u8; 16 * 1024];
         loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf).await {
+            match source.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&buf);
-                    emitter.line(stream, text.trim_end_matches(['\n', '\r']));
+                Ok(n) => {
+                    for line in lines.push(&buf[..n]) {
+                        emitter.line(stream, &line);
+                    }
                 }
             }
+        }
+        if let Some(line) = lines.finish() {
+            emitter.line(stream, &line);
         }
     })
 }

@@ -12,7 +12,9 @@ mod config;
 mod detect;
 mod events;
 mod exec;
+mod lines;
 mod publish;
+mod sandbox;
 mod steps;
 
 pub use config::BuilderConfig;

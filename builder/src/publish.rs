@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aws_sdk_s3::primitives::ByteStream;
-use gitdeploy_core::job::ServingOptions;
+use gitdeploy_core::job::{BuildLimits, ServingOptions};
 use gitdeploy_core::manifest::MANIFEST_VERSION;
 use gitdeploy_core::rules::{parse_headers, parse_redirects};
 use gitdeploy_core::{DeploymentId, FileEntry, Manifest, ObjectLayout, SiteRules, Variant};
@@ -38,11 +38,16 @@ pub struct OutputFile {
 /// Walks `root` and lists the files to publish. `from_repo_root` hides dotfiles (the repository
 /// itself is the site). Symlinks that resolve inside `root` are followed; any that point outside
 /// are refused, as are names that are not UTF-8.
-pub fn collect(root: &Path, from_repo_root: bool) -> Result<Vec<OutputFile>, String> {
+pub fn collect(
+    root: &Path,
+    from_repo_root: bool,
+    limits: &BuildLimits,
+) -> Result<Vec<OutputFile>, String> {
     let canonical_root = root
         .canonicalize()
         .map_err(|e| format!("cannot read output directory: {e}"))?;
     let mut files = Vec::new();
+    let mut total = 0u64;
     let mut dirs = vec![(canonical_root.clone(), String::new())];
     while let Some((dir, prefix)) = dirs.pop() {
         let entries =
@@ -88,6 +93,26 @@ pub fn collect(root: &Path, from_repo_root: bool) -> Result<Vec<OutputFile>, Str
             if meta.is_dir() {
                 dirs.push((path, relative));
             } else if meta.is_file() {
+                if meta.len() > limits.max_file_bytes {
+                    return Err(format!(
+                        "{relative} is {} bytes, over the limit of {} bytes per file",
+                        meta.len(),
+                        limits.max_file_bytes
+                    ));
+                }
+                total += meta.len();
+                if total > limits.max_output_bytes {
+                    return Err(format!(
+                        "the output is over the limit of {} bytes",
+                        limits.max_output_bytes
+                    ));
+                }
+                if files.len() as u64 >= limits.max_files {
+                    return Err(format!(
+                        "the output has more than {} files",
+                        limits.max_files
+                    ));
+                }
                 files.push(OutputFile {
                     source: path,
                     relative,
@@ -315,7 +340,7 @@ mod tests {
         let names =
             |files: Vec<OutputFile>| files.into_iter().map(|f| f.relative).collect::<Vec<_>>();
         assert_eq!(
-            names(collect(root, true).unwrap()),
+            names(collect(root, true, &BuildLimits::default()).unwrap()),
             [
                 "a/_headers",
                 "a/b/deep file.txt",
@@ -323,10 +348,27 @@ mod tests {
                 "index.html"
             ]
         );
-        assert!(names(collect(root, false).unwrap()).contains(&".env".to_owned()));
+        assert!(
+            names(collect(root, false, &BuildLimits::default()).unwrap())
+                .contains(&".env".to_owned())
+        );
+        let tight = BuildLimits {
+            max_files: 2,
+            ..BuildLimits::default()
+        };
+        assert!(collect(root, true, &tight)
+            .unwrap_err()
+            .contains("more than 2 files"));
+        let tight = BuildLimits {
+            max_output_bytes: 2,
+            ..BuildLimits::default()
+        };
+        assert!(collect(root, true, &tight)
+            .unwrap_err()
+            .contains("over the limit"));
 
         std::os::unix::fs::symlink("/etc/passwd", root.join("passwd")).unwrap();
-        let err = collect(root, true).unwrap_err();
+        let err = collect(root, true, &BuildLimits::default()).unwrap_err();
         assert!(err.contains("points outside"), "{err}");
     }
 }

@@ -1,6 +1,8 @@
 //! A build job as the runner hands it to `gitdeploy-builder`, the events the builder reports
 //! back, and the deployment status they lead to.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::id::DeploymentId;
@@ -59,6 +61,177 @@ pub struct BuildJob {
     /// How the site is served (written into the manifest).
     #[serde(default)]
     pub serving: ServingOptions,
+    /// The user's build settings.
+    #[serde(default)]
+    pub build: BuildSettings,
+    /// Limits set by the operator.
+    #[serde(default)]
+    pub limits: BuildLimits,
+    /// Package manager cache scope: builds with the same key share a cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
+}
+
+/// Per-deployment build settings; every field is optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSettings {
+    /// Replaces the detected install command (run with `sh -c`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_command: Option<String>,
+    /// Replaces the detected build command (run with `sh -c`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_command: Option<String>,
+    /// Directory to publish, relative to the root directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_dir: Option<String>,
+    /// Subfolder of the repository to build (monorepos).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_dir: Option<String>,
+    /// Wall-clock limit in seconds (at most the operator's limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// Network access for install and build (default on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<bool>,
+    /// Environment variables for install and build.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Like `env`, but their values are redacted from every log line and never stored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// Shortest secret value accepted: shorter ones would redact ordinary text from the log.
+pub const MIN_SECRET_LEN: usize = 4;
+
+/// Names the build environment keeps for itself.
+const RESERVED_ENV: &[&str] = &["PATH", "HOME", "PWD", "SHELL", "USER", "LOGNAME"];
+
+fn safe_relative_dir(what: &str, dir: &str) -> Result<(), String> {
+    let ok = !dir.is_empty()
+        && dir.len() <= 512
+        && !dir.starts_with('/')
+        && dir
+            .trim_end_matches('/')
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains(['\\', '\0']));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {dir:?} must be a relative path inside the repository"
+        ))
+    }
+}
+
+impl BuildSettings {
+    /// Checks every field; the message names the first problem.
+    pub fn validate(&self, max_timeout_secs: u64) -> Result<(), String> {
+        for (what, cmd) in [
+            ("install_command", &self.install_command),
+            ("build_command", &self.build_command),
+        ] {
+            if let Some(cmd) = cmd {
+                if cmd.trim().is_empty() || cmd.len() > 4096 || cmd.contains('\0') {
+                    return Err(format!("{what} must be 1-4096 characters without NUL"));
+                }
+            }
+        }
+        if let Some(dir) = &self.output_dir {
+            safe_relative_dir("output_dir", dir)?;
+        }
+        if let Some(dir) = &self.root_dir {
+            safe_relative_dir("root_dir", dir)?;
+        }
+        if let Some(t) = self.timeout_secs {
+            if t == 0 || t > max_timeout_secs {
+                return Err(format!(
+                    "timeout_secs must be between 1 and {max_timeout_secs}"
+                ));
+            }
+        }
+        if self.env.len() + self.secrets.len() > 200 {
+            return Err("at most 200 environment variables and secrets".into());
+        }
+        for (name, value) in self.env.iter().chain(&self.secrets) {
+            let valid_name = !name.is_empty()
+                && name.len() <= 128
+                && name
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid_name {
+                return Err(format!("{name:?} is not a valid environment variable name"));
+            }
+            if RESERVED_ENV.contains(&name.as_str()) || name.starts_with("GITDEPLOY_") {
+                return Err(format!(
+                    "{name} is set by GitDeploy and cannot be overridden"
+                ));
+            }
+            if value.len() > 32 * 1024 || value.contains('\0') {
+                return Err(format!(
+                    "the value of {name} must be at most 32 KiB without NUL"
+                ));
+            }
+        }
+        if let Some(name) = self.env.keys().find(|k| self.secrets.contains_key(*k)) {
+            return Err(format!("{name} is both an env var and a secret"));
+        }
+        if let Some((name, _)) = self.secrets.iter().find(|(_, v)| v.len() < MIN_SECRET_LEN) {
+            return Err(format!(
+                "the secret {name} must be at least {MIN_SECRET_LEN} characters"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The settings as stored and shown: secret values removed, names kept.
+    pub fn without_secret_values(&self) -> Self {
+        let mut copy = self.clone();
+        for value in copy.secrets.values_mut() {
+            value.clear();
+        }
+        copy
+    }
+}
+
+/// Limits the operator sets on every build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BuildLimits {
+    /// Wall-clock limit of a build, in seconds.
+    pub timeout_secs: u64,
+    /// Total bytes of the published output.
+    pub max_output_bytes: u64,
+    /// Files in the published output.
+    pub max_files: u64,
+    /// Bytes of one published file.
+    pub max_file_bytes: u64,
+    /// Bytes of build log.
+    pub max_log_bytes: u64,
+    /// Memory of the build's processes (where a cgroup is writable).
+    pub memory_bytes: u64,
+    /// Processes the build may run at once.
+    pub max_processes: u64,
+    /// CPU seconds per process.
+    pub cpu_secs: u64,
+}
+
+impl Default for BuildLimits {
+    fn default() -> Self {
+        BuildLimits {
+            timeout_secs: 900,
+            max_output_bytes: 1 << 30,
+            max_files: 20_000,
+            max_file_bytes: 256 << 20,
+            max_log_bytes: 16 << 20,
+            memory_bytes: 4 << 30,
+            max_processes: 512,
+            cpu_secs: 1800,
+        }
+    }
 }
 
 /// Serving options of a deployment, chosen at deploy time and recorded in its manifest.
@@ -163,6 +336,45 @@ mod tests {
         }
         assert!(is_commit_hash("0123456789abcdef0123456789abcdef01234567"));
         assert!(!is_commit_hash("main"));
+    }
+
+    #[test]
+    fn build_settings_table() {
+        let ok = |f: fn(&mut BuildSettings)| {
+            let mut s = BuildSettings::default();
+            f(&mut s);
+            s.validate(900)
+        };
+        assert!(ok(|_| {}).is_ok());
+        assert!(ok(|s| s.root_dir = Some("packages/web".into())).is_ok());
+        assert!(ok(|s| s.output_dir = Some("site/".into())).is_ok());
+        assert!(ok(|s| s.env = [("NODE_ENV".into(), "production".into())].into()).is_ok());
+        assert!(ok(|s| s.secrets = [("API_TOKEN".into(), "s3cr3t".into())].into()).is_ok());
+        for bad in [
+            ok(|s| s.root_dir = Some("../x".into())),
+            ok(|s| s.root_dir = Some("/etc".into())),
+            ok(|s| s.output_dir = Some("a/../../b".into())),
+            ok(|s| s.output_dir = Some("".into())),
+            ok(|s| s.timeout_secs = Some(0)),
+            ok(|s| s.timeout_secs = Some(901)),
+            ok(|s| s.build_command = Some(" ".into())),
+            ok(|s| s.env = [("PATH".into(), "/x".into())].into()),
+            ok(|s| s.env = [("GITDEPLOY_JOB".into(), "x".into())].into()),
+            ok(|s| s.env = [("1BAD".into(), "x".into())].into()),
+            ok(|s| s.env = [("A-B".into(), "x".into())].into()),
+            ok(|s| s.secrets = [("SHORT".into(), "abc".into())].into()),
+            ok(|s| {
+                s.env = [("X".into(), "1".into())].into();
+                s.secrets = [("X".into(), "1234".into())].into();
+            }),
+        ] {
+            assert!(bad.is_err());
+        }
+        let with_secret = BuildSettings {
+            secrets: [("T".into(), "value".into())].into(),
+            ..Default::default()
+        };
+        assert_eq!(with_secret.without_secret_values().secrets["T"], "");
     }
 
     #[test]

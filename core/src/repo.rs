@@ -113,6 +113,17 @@ pub fn redact_repo_url(url: &str) -> String {
     url.to_owned()
 }
 
+/// A stable, filesystem-safe key for a repository (FNV-1a of its URL without credentials), so
+/// builds of one repository share a package cache and other repositories never see it.
+pub fn cache_key(url: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in redact_repo_url(url).trim_end_matches(".git").bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("repo-{hash:016x}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +160,18 @@ mod tests {
         assert_eq!(validate_repo_url("git@github.com:o/r.git", &[Ssh]), Ok(Ssh));
         let long = format!("https://h/{}", "a".repeat(MAX_REPO_URL_LEN));
         assert!(validate_repo_url(&long, &up).is_err());
+    }
+
+    #[test]
+    fn cache_keys_are_stable_and_distinct() {
+        assert_eq!(cache_key("https://h/o/r"), cache_key("https://h/o/r.git"));
+        assert_eq!(cache_key("https://u:p@h/o/r"), cache_key("https://x@h/o/r"));
+        assert_ne!(cache_key("https://h/o/r"), cache_key("https://h/o/s"));
+        assert_eq!(
+            cache_key("https://h/o/r"),
+            "repo-".to_owned() + &cache_key("https://h/o/r")[5..]
+        );
+        assert_eq!(cache_key("x").len(), 21);
     }
 
     #[test]

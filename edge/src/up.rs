@@ -6,14 +6,13 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use gitdeploy_api::{
     ApiConfig, ApiMetrics, ControlPlane, FileStore, LocalRunner, LocalRunnerConfig, LogBus,
     PublicUrls,
 };
-use gitdeploy_core::job::env;
+use gitdeploy_core::job::{env, BuildLimits};
 use gitdeploy_core::repo::RepoScheme;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
@@ -78,9 +77,25 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
     let data = opts.data_dir.canonicalize()?;
+    // Builds run as another user: they may pass through the data directory to their own work
+    // and cache directories (0711) but read nothing else (0700).
+    let private = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set permissions of {}", path.display()))
+    };
+    private(&data, 0o711)?;
     let dir = |name: &str| -> anyhow::Result<PathBuf> {
         let d = data.join(name);
         std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        let top = data.join(name.split('/').next().unwrap_or(name));
+        private(
+            &top,
+            if matches!(name, "work" | "cache") {
+                0o711
+            } else {
+                0o700
+            },
+        )?;
         Ok(d)
     };
 
@@ -100,6 +115,10 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?,
     );
 
+    let limits = BuildLimits {
+        timeout_secs: opts.build_timeout,
+        ..BuildLimits::default()
+    };
     let registry = Arc::new(prometheus::Registry::new());
     let api_metrics = ApiMetrics::new(&registry)?;
     let edge_metrics = EdgeMetrics::new(&registry)?;
@@ -121,7 +140,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
             work_root: dir("work")?,
             cache_dir: dir("cache")?,
             concurrency: opts.concurrency,
-            timeout: Duration::from_secs(opts.build_timeout),
+            limits: limits.clone(),
         },
         store.clone(),
         bus.clone(),
@@ -142,6 +161,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
                 RepoScheme::Git,
                 RepoScheme::Local,
             ],
+            limits,
         },
         store,
         bus,
