@@ -69,7 +69,8 @@ pub struct LocalRunner {
 }
 
 impl LocalRunner {
-    /// A runner and the queue that feeds it.
+    /// A runner and the queue that feeds it. What a previous run left behind is settled here,
+    /// before anything can queue new work (see [`LocalRunner::recover`]).
     pub fn new(
         config: LocalRunnerConfig,
         store: Arc<FileStore>,
@@ -81,17 +82,16 @@ impl LocalRunner {
             tx,
             metrics: metrics.clone(),
         };
-        (
-            LocalRunner {
-                config,
-                store,
-                bus,
-                rx,
-                queue: queue.clone(),
-                metrics,
-            },
-            queue,
-        )
+        let runner = LocalRunner {
+            config,
+            store,
+            bus,
+            rx,
+            queue: queue.clone(),
+            metrics,
+        };
+        runner.recover();
+        (runner, queue)
     }
 
     /// Settles what a previous run left behind: builds that were running are failed (their
@@ -139,7 +139,6 @@ impl LocalRunner {
 
     /// Runs jobs until `shutdown` resolves. Builds still running then are killed.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
-        self.recover();
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let config = Arc::new(self.config.clone());
         let mut running = tokio::task::JoinSet::new();

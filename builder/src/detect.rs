@@ -592,11 +592,7 @@ mod tests {
             ),
             (r#"{"dependencies":{"left-pad":"1"}}"#, None),
         ] {
-            assert_eq!(
-                fw(pkg).map(|(d, n)| (d, n)),
-                want.map(|(d, n)| (d.to_owned(), n)),
-                "{pkg}"
-            );
+            assert_eq!(fw(pkg), want.map(|(d, n)| (d.to_owned(), n)), "{pkg}");
         }
     }
 

@@ -35,18 +35,31 @@ impl ServerApp for ApiApp {
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         tokio::pin!(conn);
-        let mut shutdown = shutdown.clone();
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!("control plane connection ended: {e}");
                 }
             }
-            _ = shutdown.changed() => {
+            _ = shutdown_requested(shutdown.clone()) => {
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }
         }
         None
+    }
+}
+
+/// Resolves once the server is shutting down. Waits for the watched flag to become `true`
+/// rather than for any change, so a receiver that has not seen an earlier value does not wake
+/// at once; never resolves if the server dropped the sender without shutting down.
+pub async fn shutdown_requested(mut watch: ShutdownWatch) {
+    loop {
+        if *watch.borrow_and_update() {
+            return;
+        }
+        if watch.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }

@@ -49,7 +49,7 @@ impl EmbeddedS3 {
 
 #[async_trait]
 impl BackgroundService for EmbeddedS3 {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, shutdown: ShutdownWatch) {
         let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
             return;
         };
@@ -61,6 +61,8 @@ impl BackgroundService for EmbeddedS3 {
             }
         };
         let http = ConnBuilder::new(TokioExecutor::new());
+        let stop = crate::control::shutdown_requested(shutdown);
+        tokio::pin!(stop);
         loop {
             let socket = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -70,7 +72,7 @@ impl BackgroundService for EmbeddedS3 {
                         continue;
                     }
                 },
-                _ = shutdown.changed() => break,
+                _ = &mut stop => break,
             };
             let conn = http
                 .serve_connection(TokioIo::new(socket), self.service.clone())

@@ -20,14 +20,12 @@ impl RunnerService {
 
 #[async_trait]
 impl BackgroundService for RunnerService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, shutdown: ShutdownWatch) {
         let Some(runner) = self.0.lock().ok().and_then(|mut r| r.take()) else {
             return;
         };
         runner
-            .run(async move {
-                let _ = shutdown.changed().await;
-            })
+            .run(crate::control::shutdown_requested(shutdown))
             .await;
     }
 }

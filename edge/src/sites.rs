@@ -282,6 +282,12 @@ impl SitesProxy {
     }
 }
 
+fn is_upgrade(req: &RequestHeader) -> bool {
+    req.headers
+        .get("upgrade")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
 fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
@@ -326,10 +332,18 @@ impl ProxyHttp for SitesProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         match ctx.target {
+            Target::ControlPlane if is_upgrade(session.req_header()) => {
+                // A WebSocket upgrade on a pooled keep-alive connection can see the upgraded
+                // stream end at once (observed with pingora 0.9), so upgrades always get a
+                // fresh connection: a peer of their own never finds a pooled one.
+                let mut peer = self.control_plane.clone();
+                peer.sni = "upgrade".into();
+                Ok(Box::new(peer))
+            }
             Target::ControlPlane => Ok(Box::new(self.control_plane.clone())),
             Target::Object(_) => Ok(Box::new(self.origin.peer())),
             Target::Answered => Error::e_explain(

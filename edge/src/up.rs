@@ -51,6 +51,12 @@ pub struct UpOptions {
     /// Wall-clock limit of one build, in seconds.
     #[arg(long, default_value_t = 900)]
     build_timeout: u64,
+    /// Processes one build may run at once.
+    #[arg(long, default_value_t = 512)]
+    build_max_processes: u64,
+    /// Bytes a build may publish.
+    #[arg(long, default_value_t = 1 << 30)]
+    build_max_output_bytes: u64,
     /// Prometheus metrics listener (`/metrics`).
     #[arg(
         long,
@@ -117,6 +123,8 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
 
     let limits = BuildLimits {
         timeout_secs: opts.build_timeout,
+        max_processes: opts.build_max_processes,
+        max_output_bytes: opts.build_max_output_bytes,
         ..BuildLimits::default()
     };
     let registry = Arc::new(prometheus::Registry::new());
@@ -222,16 +230,18 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "sites proxy");
     sites.add_tcp(&opts.listen.to_string());
 
-    server.add_service(background_service("embedded S3", s3));
-    server.add_service(background_service(
+    let s3 = server.add_service(background_service("embedded S3", s3));
+    let runner = server.add_service(background_service(
         "local runner",
         RunnerService::new(runner),
     ));
     let mut metrics = Service::new("metrics".into(), metrics_server(registry));
     metrics.add_tcp(&opts.metrics_listen.to_string());
     server.add_service(metrics);
-    server.add_service(api);
-    server.add_service(sites);
+    let api = server.add_service(api);
+    // The public port opens last, once everything behind it runs.
+    let sites = server.add_service(sites);
+    sites.add_dependencies([&api, &s3, &runner]);
 
     println!("GitDeploy is running (embedded mode: no cloud, no Redis).");
     println!("  API and dashboard   {}", public.api("/"));

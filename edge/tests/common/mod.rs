@@ -13,13 +13,21 @@ use gitdeploy_core::LogRecord;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, for a server the test starts.
+///
+/// Ports come from below the kernel's ephemeral range (which starts at 32768), so outgoing
+/// connections of the tests and builds never take them between this check and the server's
+/// bind; each test process walks its own stretch of ports so parallel tests never share one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 10_000 + (std::process::id() % 100) as u16 * 200;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 200;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Waits until `addr` accepts connections (bounded): readiness, not a fixed sleep.
@@ -138,13 +146,22 @@ pub struct Gitdeploy {
 impl Gitdeploy {
     /// Starts `gitdeploy up` on a free port with `data_dir`, and waits until the API answers.
     pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[]).await
+    }
+
+    /// Like [`Gitdeploy::start`], with extra `up` flags.
+    pub async fn start_with(data_dir: &Path, flags: &[&str]) -> Self {
         let (port, metrics_port) = (free_port(), free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
             .args(["up", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .arg("--data-dir")
             .arg(data_dir)
-            .env("RUST_LOG", "warn")
+            .args(flags)
+            .env(
+                "RUST_LOG",
+                std::env::var("GITDEPLOY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -165,13 +182,30 @@ impl Gitdeploy {
             "no S3 endpoint in the banner"
         );
         wait_for_port(([127, 0, 0, 1], port).into(), &mut child, "gitdeploy up");
+        // Listening is not serving: wait (bounded) until the API behind the port answers.
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let health = http
+                .get(format!("http://127.0.0.1:{port}/api/health"))
+                .send()
+                .await;
+            if health.is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the API did not come up"
+            );
+            tokio::task::yield_now().await;
+        }
         Gitdeploy {
             port,
             metrics_port,
             data_dir: data_dir.to_owned(),
             s3_endpoint,
             child,
-            http: reqwest::Client::new(),
+            http,
         }
     }
 
@@ -193,7 +227,12 @@ impl Gitdeploy {
             .await
             .unwrap();
         let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap())
+        let headers = format!("{:?}", resp.headers());
+        let text = resp.text().await.unwrap();
+        match serde_json::from_str(&text) {
+            Ok(json) => (status, json),
+            Err(e) => panic!("deploy answered {status} {headers} with non-JSON ({e}): {text:?}"),
+        }
     }
 
     /// Deploys a repo and returns its id, asserting 202.
@@ -220,7 +259,11 @@ impl Gitdeploy {
                 Some(Ok(Message::Text(t))) => records.push(serde_json::from_str(&t).unwrap()),
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Ok(_)) => {}
-                Some(Err(e)) => panic!("websocket error: {e}"),
+                Some(Err(e)) => panic!(
+                    "websocket error after {} records ({:?}): {e}",
+                    records.len(),
+                    records.last().map(|r: &LogRecord| &r.line)
+                ),
             }
         }
         records
