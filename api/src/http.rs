@@ -245,6 +245,9 @@ async fn follow_logs_ws(
 
 /// Sends records until the final one, then closes. Ends early when the client goes away.
 async fn stream_log(mut socket: WebSocket, mut follower: crate::logbus::Follower) {
+    // A client's read side can end (a half-closed connection, as a proxy may leave it) while it
+    // still receives: keep sending until a send fails or the client says close.
+    let mut client_reading = true;
     loop {
         tokio::select! {
             next = follower.next() => match next {
@@ -260,16 +263,20 @@ async fn stream_log(mut socket: WebSocket, mut follower: crate::logbus::Follower
                     break;
                 }
             },
-            incoming = socket.recv() => match incoming {
+            incoming = socket.recv(), if client_reading => match incoming {
                 // Clients have nothing to say; anything but a close is ignored.
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(Message::Close(_))) => return,
+                None | Some(Err(_)) => {
+                    tracing::debug!("log client stopped sending; still streaming to it");
+                    client_reading = false;
+                }
                 Some(Ok(_)) => {}
             },
         }
     }
     // Close politely: wait (briefly) for the client's close frame, so the connection is not torn
     // down under a reply that is still in flight.
-    if socket.send(Message::Close(None)).await.is_ok() {
+    if socket.send(Message::Close(None)).await.is_ok() && client_reading {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
             while let Some(Ok(msg)) = socket.recv().await {
                 if matches!(msg, Message::Close(_)) {

@@ -1,17 +1,25 @@
-//! The control plane hosted inside Pingora: a [`ServerApp`] that hands each connection to hyper
-//! with the API's axum router, upgrades (WebSocket) included. The sites proxy forwards
-//! control-plane hosts to its private socket, so the API shares the public port.
+//! The control plane hosted inside Pingora: hyper serving the API's axum router on a connection,
+//! upgrades (WebSocket) included. The public port hands it control-plane connections directly
+//! ([`crate::public`]); [`ApiApp`] also serves it on a private socket for control-plane requests
+//! that arrive on a connection the sites proxy holds.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use gitdeploy_core::host::{normalize_host, route_host, HostRoute};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-/// The API as a Pingora application.
+use crate::sites::HostRules;
+
+/// The API as a Pingora application on its private socket.
 pub struct ApiApp {
     router: axum::Router,
 }
@@ -30,24 +38,80 @@ impl ServerApp for ApiApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let service = TowerToHyperService::new(self.router.clone());
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!("control plane connection ended: {e}");
-                }
-            }
-            _ = shutdown_requested(shutdown.clone()) => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        }
+        serve_http(self.router.clone(), stream, shutdown).await;
         None
     }
+}
+
+/// Serves HTTP/1.1 on `io` with `router` until the connection ends, shutting down gracefully
+/// when the server does.
+pub async fn serve_http<IO>(router: axum::Router, io: IO, shutdown: &ShutdownWatch)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!("control plane connection ended: {e}");
+            }
+        }
+        _ = shutdown_requested(shutdown.clone()) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Adds the check that every request to the API names a control-plane host: a keep-alive
+/// connection the public port gave to the API answers 421 to a request for a site.
+pub fn only_control_plane_hosts(router: axum::Router, hosts: HostRules) -> axum::Router {
+    let hosts = Arc::new(hosts);
+    router.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let hosts = hosts.clone();
+            async move {
+                let host = req
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(normalize_host);
+                match host.map(|h| route_host(&h, &hosts.domain, &hosts.control_hosts)) {
+                    Some(HostRoute::ControlPlane) => next.run(req).await,
+                    _ => misdirected(),
+                }
+            }
+        },
+    ))
+}
+
+/// Ends each connection after one response (except a protocol switch, which keeps it for the
+/// WebSocket): the next request may be for a site, which the public port must route again.
+pub fn one_request_per_connection(router: axum::Router) -> axum::Router {
+    router.layer(axum::middleware::from_fn(
+        |req: Request, next: Next| async move {
+            let mut resp = next.run(req).await;
+            if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            resp
+        },
+    ))
+}
+
+fn misdirected() -> Response {
+    (
+        http::StatusCode::MISDIRECTED_REQUEST,
+        axum::Json(serde_json::json!({"error": {"code": "misdirected", "message": "open a new connection for this host"}})),
+    )
+        .into_response()
 }
 
 /// Resolves once the server is shutting down. Waits for the watched flag to become `true`

@@ -15,6 +15,7 @@ mod control;
 mod embedded_s3;
 mod metrics;
 mod origin;
+mod public;
 mod respond;
 mod runner_service;
 mod serving;

@@ -19,13 +19,15 @@ use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_core::upstreams::peer::HttpPeer;
+use pingora_proxy::HttpProxy;
 use rand::distr::{Alphanumeric, SampleString};
 
 use crate::cache::{ManifestCache, ObjectCache};
-use crate::control::ApiApp;
+use crate::control::{only_control_plane_hosts, ApiApp};
 use crate::embedded_s3::EmbeddedS3;
 use crate::metrics::{metrics_server, EdgeMetrics};
 use crate::origin::{OriginSettings, S3Origin};
+use crate::public::PublicApp;
 use crate::runner_service::RunnerService;
 use crate::sites::{HostRules, SitesProxy};
 
@@ -190,7 +192,19 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut api = Service::new("control plane".into(), ApiApp::new(control_plane.router()));
+    let mut control_hosts = vec![];
+    if !opts.listen.ip().is_unspecified() {
+        control_hosts.push(match opts.listen {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        });
+    }
+    let hosts = HostRules {
+        domain: domain.clone(),
+        control_hosts,
+    };
+    let api_router = only_control_plane_hosts(control_plane.router(), hosts.clone());
+    let mut api = Service::new("control plane".into(), ApiApp::new(api_router.clone()));
     api.add_uds(
         &api_socket.display().to_string(),
         Some(std::fs::Permissions::from_mode(0o600)),
@@ -208,26 +222,17 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         256 << 20,
         edge_metrics.object_cache_evictions.clone(),
     ));
-    let mut control_hosts = vec![];
-    if !opts.listen.ip().is_unspecified() {
-        control_hosts.push(match opts.listen {
-            SocketAddr::V4(a) => a.ip().to_string(),
-            SocketAddr::V6(a) => format!("[{}]", a.ip()),
-        });
-    }
     let proxy = SitesProxy::new(
-        HostRules {
-            domain: domain.clone(),
-            control_hosts,
-        },
+        hosts.clone(),
         origin,
         manifests,
         objects,
         control_peer,
         edge_metrics,
     );
-    let mut sites =
-        pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "sites proxy");
+    let mut proxy = HttpProxy::new(proxy, server.configuration.clone());
+    proxy.handle_init_modules();
+    let mut sites = Service::new("public".into(), PublicApp::new(proxy, api_router, hosts));
     sites.add_tcp(&opts.listen.to_string());
 
     let s3 = server.add_service(background_service("embedded S3", s3));
