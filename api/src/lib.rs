@@ -21,7 +21,7 @@ use gitdeploy_core::repo::RepoScheme;
 pub use error::ApiError;
 pub use logbus::LogBus;
 pub use metrics::ApiMetrics;
-pub use runner::{JobQueue, LocalRunner, LocalRunnerConfig};
+pub use runner::{JobQueue, LocalRunner, LocalRunnerConfig, LogArchive};
 pub use store::{Deployment, FileStore};
 
 /// How the outside world reaches sites and the API, for the URLs the API hands out.

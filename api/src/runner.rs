@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gitdeploy_core::job::{env, BuildLimits};
-use gitdeploy_core::{BuildJob, BuilderEvent, DeploymentId, DeploymentStatus, LogStream, Outcome};
+use gitdeploy_core::{
+    BuildJob, BuilderEvent, DeploymentId, DeploymentStatus, LogRecord, LogStream, Outcome,
+};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -23,7 +25,7 @@ use crate::now_ms;
 use crate::store::FileStore;
 
 /// How the local runner starts builders.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LocalRunnerConfig {
     /// Program and leading arguments that run one build (e.g. `[gitdeploy, builder]`).
     pub command: Vec<OsString>,
@@ -38,6 +40,18 @@ pub struct LocalRunnerConfig {
     /// Limits of every build; the runner's own deadline is the build timeout plus a margin for
     /// clone and upload.
     pub limits: BuildLimits,
+    /// Where finished logs are archived.
+    pub archive: Option<Arc<dyn LogArchive>>,
+}
+
+/// Where finished build logs are archived (`logs/<id>.ndjson` in the bucket).
+pub trait LogArchive: Send + Sync {
+    /// Stores the complete log of `id` as NDJSON.
+    fn archive(
+        &self,
+        id: &DeploymentId,
+        ndjson: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
 }
 
 /// Hands jobs to the runner. Cheap to clone.
@@ -224,6 +238,17 @@ impl<'a> Job<'a> {
         exit_code: Option<i32>,
         commit: Option<String>,
     ) {
+        self.finish_at(now_ms(), status, error, exit_code, commit);
+    }
+
+    fn finish_at(
+        &self,
+        ts: u64,
+        status: DeploymentStatus,
+        error: Option<String>,
+        exit_code: Option<i32>,
+        commit: Option<String>,
+    ) {
         let updated = self.store.update(&self.id, |d| {
             d.status = status;
             d.error = error.clone();
@@ -235,19 +260,65 @@ impl<'a> Job<'a> {
         if let Err(e) = updated {
             tracing::error!(id = %self.id, "cannot record outcome: {e}");
         }
-        let line = match (&status, &error) {
-            (DeploymentStatus::Ready, _) => "Deployment is ready".to_owned(),
-            (_, Some(e)) => format!("Deployment failed: {e}"),
-            _ => "Deployment failed".to_owned(),
-        };
+        let line = final_line(status, error.as_deref());
         let outcome = Outcome {
             status,
             error,
             exit_code,
         };
-        if let Err(e) = self.bus.finish(&self.id, now_ms(), line, outcome) {
+        if let Err(e) = self.bus.finish(&self.id, ts, line, outcome) {
             tracing::error!(id = %self.id, "cannot finish log: {e}");
         }
+    }
+
+    /// [`Job::finish`], archiving the complete log (final record included) first, so a client
+    /// that sees the final record can already read the archive.
+    async fn finish_and_archive(
+        &self,
+        archive: Option<&dyn LogArchive>,
+        status: DeploymentStatus,
+        error: Option<String>,
+        exit_code: Option<i32>,
+        commit: Option<String>,
+    ) {
+        let ts = now_ms();
+        if let Some(archive) = archive {
+            match self.bus.read(&self.id, 0) {
+                Ok(mut records) => {
+                    records.push(LogRecord {
+                        seq: records.len() as u64,
+                        ts,
+                        stream: LogStream::System,
+                        line: final_line(status, error.as_deref()),
+                        outcome: Some(Outcome {
+                            status,
+                            error: error.clone(),
+                            exit_code,
+                        }),
+                    });
+                    let mut ndjson = Vec::new();
+                    for r in &records {
+                        if serde_json::to_writer(&mut ndjson, r).is_ok() {
+                            ndjson.push(b'\n');
+                        }
+                    }
+                    if let Err(e) = archive.archive(&self.id, ndjson).await {
+                        tracing::warn!(id = %self.id, "cannot archive the log: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!(id = %self.id, "cannot read the log to archive it: {e}"),
+            }
+        }
+        self.finish_at(ts, status, error, exit_code, commit);
+    }
+}
+
+/// The text of a log's final record.
+fn final_line(status: DeploymentStatus, error: Option<&str>) -> String {
+    match (status, error) {
+        (DeploymentStatus::Ready, _) => "Deployment is ready".to_owned(),
+        (_, Some(e)) => format!("Deployment failed: {e}"),
+        _ => "Deployment failed".to_owned(),
     }
 }
 
@@ -301,7 +372,8 @@ async fn run_job(config: &LocalRunnerConfig, job: Job<'_>, build: BuildJob) {
         .builds_finished
         .with_label_values(&[outcome])
         .inc();
-    job.finish(status, error, exit_code, commit);
+    job.finish_and_archive(config.archive.as_deref(), status, error, exit_code, commit)
+        .await;
 }
 
 type JobResult = (
@@ -330,6 +402,11 @@ async fn spawn_and_follow(
         .args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(
+            env::INHERITED
+                .iter()
+                .filter_map(|k| std::env::var_os(k).map(|v| (k, v))),
+        )
         .envs(config.env.iter().map(|(k, v)| (k, v)))
         .env(env::JOB, job_json)
         .env(env::WORK_DIR, work_dir)

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use gitdeploy_core::job::env;
 use gitdeploy_core::LogStream;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
@@ -14,45 +15,51 @@ use crate::events::{Emitter, MAX_LINE};
 use crate::lines::LineAssembler;
 
 /// Environment a build command starts from: nothing of the builder's own environment except
-/// `PATH`, so storage credentials and runner settings never reach repository code.
+/// `PATH` and the machine's trust and proxy settings ([`env::INHERITED`]), so storage credentials and
+/// runner settings never reach repository code.
 pub fn scrubbed_env(home: &Path, cache_dir: &Path) -> Vec<(String, String)> {
     let var = |k: &str, v: String| (k.to_owned(), v);
-    vec![
-        var(
-            "PATH",
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-        ),
-        var("HOME", home.display().to_string()),
-        var("LANG", "C.UTF-8".into()),
-        var("CI", "true".into()),
-        var("GIT_TERMINAL_PROMPT", "0".into()),
-        var("npm_config_update_notifier", "false".into()),
-        var("npm_config_fund", "false".into()),
-        var("npm_config_audit", "false".into()),
-        var(
-            "npm_config_cache",
-            cache_dir.join("npm").display().to_string(),
-        ),
-        var(
-            "YARN_CACHE_FOLDER",
-            cache_dir.join("yarn").display().to_string(),
-        ),
-        // pnpm keeps its store under XDG_DATA_HOME, other tools their caches under XDG_CACHE_HOME.
-        var(
-            "XDG_DATA_HOME",
-            cache_dir.join("data").display().to_string(),
-        ),
-        var(
-            "XDG_CACHE_HOME",
-            cache_dir.join("xdg").display().to_string(),
-        ),
-        var(
-            "COREPACK_HOME",
-            cache_dir.join("corepack").display().to_string(),
-        ),
-        var("COREPACK_ENABLE_DOWNLOAD_PROMPT", "0".into()),
-        var("COREPACK_INTEGRITY_KEYS", "0".into()),
-    ]
+    let inherited = env::INHERITED
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| var(k, v)));
+    inherited
+        .chain([
+            var(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+            ),
+            var("HOME", home.display().to_string()),
+            var("LANG", "C.UTF-8".into()),
+            var("CI", "true".into()),
+            var("GIT_TERMINAL_PROMPT", "0".into()),
+            var("npm_config_update_notifier", "false".into()),
+            var("npm_config_fund", "false".into()),
+            var("npm_config_audit", "false".into()),
+            var(
+                "npm_config_cache",
+                cache_dir.join("npm").display().to_string(),
+            ),
+            var(
+                "YARN_CACHE_FOLDER",
+                cache_dir.join("yarn").display().to_string(),
+            ),
+            // pnpm keeps its store under XDG_DATA_HOME, other tools their caches under XDG_CACHE_HOME.
+            var(
+                "XDG_DATA_HOME",
+                cache_dir.join("data").display().to_string(),
+            ),
+            var(
+                "XDG_CACHE_HOME",
+                cache_dir.join("xdg").display().to_string(),
+            ),
+            var(
+                "COREPACK_HOME",
+                cache_dir.join("corepack").display().to_string(),
+            ),
+            var("COREPACK_ENABLE_DOWNLOAD_PROMPT", "0".into()),
+            var("COREPACK_INTEGRITY_KEYS", "0".into()),
+        ])
+        .collect()
 }
 
 /// How a command ended.

@@ -23,6 +23,120 @@ pub const RULE_FILES: [&str; 2] = ["_redirects", "_headers"];
 /// Largest rule file read.
 const MAX_RULE_FILE: u64 = 1 << 20;
 
+/// Files larger than this are uploaded in parts, never held in memory whole.
+const MULTIPART_THRESHOLD: u64 = 16 << 20;
+/// Size of one part of a multipart upload.
+const PART_SIZE: usize = 8 << 20;
+
+/// Uploads a large file in parts, hashing it as it goes; aborts the upload on any failure so no
+/// orphaned parts are left behind.
+async fn upload_multipart(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    file: &OutputFile,
+) -> Result<FileEntry, String> {
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    use tokio::io::AsyncReadExt;
+    let content_type = detect::content_type(&file.relative);
+    let fail = |what: &str, e: &dyn std::error::Error| {
+        format!(
+            "upload of {} failed ({what}): {}",
+            file.relative,
+            error_chain(e)
+        )
+    };
+    let created = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .content_type(&content_type)
+        .send()
+        .await
+        .map_err(|e| fail("start", &e))?;
+    let upload_id = created
+        .upload_id()
+        .ok_or("S3 returned no upload id")?
+        .to_owned();
+    let parts = async {
+        let mut source = tokio::fs::File::open(&file.source)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", file.relative))?;
+        let mut hasher = Sha256::new();
+        let mut parts = Vec::new();
+        let mut size = 0u64;
+        loop {
+            let mut chunk = Vec::with_capacity(PART_SIZE);
+            while chunk.len() < PART_SIZE {
+                let n = (&mut source)
+                    .take((PART_SIZE - chunk.len()) as u64)
+                    .read_to_end(&mut chunk)
+                    .await
+                    .map_err(|e| format!("cannot read {}: {e}", file.relative))?;
+                if n == 0 {
+                    break;
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            let number = parts.len() as i32 + 1;
+            let part = client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .part_number(number)
+                .body(ByteStream::from(chunk))
+                .send()
+                .await
+                .map_err(|e| fail("part", &e))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag)
+                    .build(),
+            );
+        }
+        Ok::<_, String>((parts, hex::encode(hasher.finalize()), size))
+    }
+    .await;
+    let (parts, hash, size) = match parts {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+            return Err(e);
+        }
+    };
+    client
+        .complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(&upload_id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| fail("complete", &e))?;
+    Ok(FileEntry {
+        size,
+        etag: format!("\"{}\"", &hash[..32]),
+        content_type,
+        encodings: BTreeMap::new(),
+    })
+}
+
 /// Uploads in flight at once.
 const PARALLEL_UPLOADS: usize = 16;
 
@@ -172,6 +286,8 @@ pub fn site_rules(
 pub fn s3_client(config: &BuilderConfig) -> aws_sdk_s3::Client {
     let mut b = aws_sdk_s3::Config::builder()
         .region(aws_sdk_s3::config::Region::new(config.region.clone()))
+        // Retried with exponential backoff; every request carries a checksum S3 verifies.
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(5))
         .force_path_style(config.s3_endpoint.is_some());
     if let Some(endpoint) = &config.s3_endpoint {
         b = b.endpoint_url(endpoint);
@@ -196,6 +312,8 @@ pub struct Published {
     pub bytes: u64,
     /// Precompressed variants uploaded.
     pub variants: u64,
+    /// Files uploaded in parts.
+    pub multipart: u64,
 }
 
 /// Uploads `files` for `id` and then the manifest. Any failure leaves no manifest behind.
@@ -221,6 +339,15 @@ pub async fn publish(
         let site_files = site_files.clone();
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
+            let size = tokio::fs::metadata(&file.source)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", file.relative))?
+                .len();
+            if size > MULTIPART_THRESHOLD {
+                let key = layout.site_file(&id, &file.relative);
+                let entry = upload_multipart(&client, &bucket, &key, &file).await?;
+                return Ok::<_, String>((file.relative, entry, true));
+            }
             let bytes = tokio::fs::read(&file.source)
                 .await
                 .map_err(|e| format!("cannot read {}: {e}", file.relative))?;
@@ -275,18 +402,22 @@ pub async fn publish(
                 })?;
                 entry.encodings.insert(encoding, variant);
             }
-            Ok::<_, String>((file.relative, entry))
+            Ok::<_, String>((file.relative, entry, false))
         });
     }
     let mut entries = BTreeMap::new();
+    let mut multipart = 0;
     while let Some(joined) = tasks.join_next().await {
-        let (relative, entry) = joined.map_err(|e| format!("upload task failed: {e}"))??;
+        let (relative, entry, in_parts) =
+            joined.map_err(|e| format!("upload task failed: {e}"))??;
+        multipart += u64::from(in_parts);
         entries.insert(relative, entry);
     }
     let totals = Published {
         files: entries.len() as u64,
         bytes: entries.values().map(|e| e.size).sum(),
         variants: entries.values().map(|e| e.encodings.len() as u64).sum(),
+        multipart,
     };
     let manifest = Manifest {
         version: MANIFEST_VERSION,

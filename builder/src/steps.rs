@@ -218,9 +218,10 @@ async fn steps(
     .await
     .map_err(Failure::Internal)?;
     emitter.system(&format!(
-        "Uploaded {} files ({} bytes) and {} precompressed variants in {}",
+        "Uploaded {} files ({} bytes, {} in parts) and {} precompressed variants in {}",
         published.files,
         published.bytes,
+        published.multipart,
         published.variants,
         secs(step)
     ));

@@ -25,6 +25,24 @@ pub mod env {
     pub const S3_REGION: &str = "GITDEPLOY_S3_REGION";
     /// Key prefix inside the bucket (optional).
     pub const S3_PREFIX: &str = "GITDEPLOY_S3_PREFIX";
+
+    /// Machine settings that reach the builder and the build: where the trusted CA certificates
+    /// are (a machine may trust a private CA for its registry mirror or proxy) and the outbound
+    /// proxy. Nothing else of the server's environment does.
+    pub const INHERITED: &[&str] = &[
+        "NODE_EXTRA_CA_CERTS",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "GIT_SSL_CAINFO",
+        "CURL_CA_BUNDLE",
+        "REQUESTS_CA_BUNDLE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    ];
 }
 
 /// Where a deployment is in its life.

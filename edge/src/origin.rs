@@ -164,6 +164,16 @@ impl S3Origin {
         method: &str,
         path: &str,
     ) -> Result<Vec<(&'static str, String)>, OriginError> {
+        self.sign_with_payload(method, path, EMPTY_SHA256)
+    }
+
+    /// SigV4 headers for a request whose body has SHA-256 `payload_sha256` (hex).
+    fn sign_with_payload(
+        &self,
+        method: &str,
+        path: &str,
+        payload_sha256: &str,
+    ) -> Result<Vec<(&'static str, String)>, OriginError> {
         let mut settings = SigningSettings::default();
         settings.percent_encoding_mode = PercentEncodingMode::Single;
         settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
@@ -183,7 +193,7 @@ impl S3Origin {
             method,
             url,
             [("host", self.host.as_str())].into_iter(),
-            SignableBody::Precomputed(EMPTY_SHA256.into()),
+            SignableBody::Precomputed(payload_sha256.into()),
         )
         .map_err(|e| OriginError::Signing(e.to_string()))?;
         let (instructions, _) = sign(request, &params)
@@ -197,6 +207,35 @@ impl S3Origin {
                 .map(|h| (h.name(), h.value().to_owned())),
         );
         Ok(out)
+    }
+
+    /// Writes a whole object.
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), OriginError> {
+        use sha2::Digest;
+        let path = self.object_path(key);
+        let scheme = if self.tls { "https" } else { "http" };
+        let hash = hex::encode(sha2::Sha256::digest(&body));
+        let mut req = self
+            .http
+            .put(format!("{scheme}://{}{path}", self.connect))
+            .header("content-type", content_type);
+        for (name, value) in self.sign_with_payload("PUT", &path, &hash)? {
+            req = req.header(name, value);
+        }
+        let resp = req
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| OriginError::Transport(e.to_string()))?;
+        match resp.status().as_u16() {
+            200 | 201 | 204 => Ok(()),
+            other => Err(OriginError::Status(other)),
+        }
     }
 
     /// Reads a whole object; `Ok(None)` when it does not exist.
@@ -220,6 +259,22 @@ impl S3Origin {
             404 => Ok(None),
             other => Err(OriginError::Status(other)),
         }
+    }
+}
+
+/// Build logs are archived next to the sites, at `logs/<id>.ndjson`.
+impl gitdeploy_api::LogArchive for S3Origin {
+    fn archive(
+        &self,
+        id: &gitdeploy_core::DeploymentId,
+        ndjson: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        let key = self.layout.log_archive(id);
+        Box::pin(async move {
+            self.put(&key, ndjson, "application/x-ndjson")
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

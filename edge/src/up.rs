@@ -151,6 +151,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
             cache_dir: dir("cache")?,
             concurrency: opts.concurrency,
             limits: limits.clone(),
+            archive: Some(origin.clone()),
         },
         store.clone(),
         bus.clone(),

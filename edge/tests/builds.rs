@@ -289,6 +289,7 @@ async fn hostile_or_oversized_output_is_refused() {
             "mkdir -p out && head -c 3000000 /dev/zero > out/big.bin && echo hi > out/index.html\n",
         )],
     );
+
     git.add_repo(
         "names",
         &[(
@@ -332,4 +333,103 @@ async fn hostile_or_oversized_output_is_refused() {
         assert_eq!(resp.status(), 200, "{path}");
         assert_eq!(resp.text().await.unwrap(), body);
     }
+}
+
+#[tokio::test]
+async fn large_files_are_uploaded_in_parts_and_served_whole() {
+    let mut git = GitServer::new();
+    git.add_repo(
+        "large",
+        &[("build.sh", "mkdir -p out && yes 0123456789abcde | head -c 20000000 > out/large.bin && echo hi > out/index.html\n")],
+    );
+    git.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start(data.path()).await;
+    let (id, log) = deploy(
+        &gd,
+        json!({"repo": git.url("large"), "build": {"build_command": "sh build.sh", "output_dir": "out"}}),
+    )
+    .await;
+    assert_eq!(outcome(&log).0, DeploymentStatus::Ready, "{}", text(&log));
+    assert!(
+        text(&log).contains("Uploaded 2 files (20000003 bytes, 1 in parts)"),
+        "{}",
+        text(&log)
+    );
+    let body = gd
+        .site(Method::GET, &id, "/large.bin")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body.len(), 20_000_000);
+    assert!(body
+        .chunks(16)
+        .all(|c| c == &b"0123456789abcde\n"[..c.len()]));
+    // No part was left behind.
+    let store = data.path().join("s3");
+    let names: Vec<String> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with(".upload_id-")),
+        "{names:?}"
+    );
+    let etag = gd
+        .site(Method::HEAD, &id, "/large.bin")
+        .send()
+        .await
+        .unwrap()
+        .headers()["etag"]
+        .clone();
+    assert_eq!(
+        etag.len(),
+        34,
+        "the manifest ETag is the content hash, not S3's multipart ETag"
+    );
+}
+
+#[tokio::test]
+async fn pnpm_lockfile_v6_builds_with_pnpm_8_through_corepack() {
+    let mut git = GitServer::new();
+    git.add_repo(
+        "pnpm-site",
+        &[
+            (
+                "package.json",
+                r#"{"name":"pnpm-site","version":"1.0.0","private":true,"scripts":{"build":"node build.js"}}"#,
+            ),
+            (
+                "pnpm-lock.yaml",
+                "lockfileVersion: '6.0'\n\nsettings:\n  autoInstallPeers: true\n  excludeLinksFromLockfile: false\n",
+            ),
+            (
+                "build.js",
+                "require('fs').mkdirSync('dist');\nrequire('fs').writeFileSync('dist/index.html', 'built by ' + process.env.npm_config_user_agent.split(' ')[0]);\n",
+            ),
+        ],
+    );
+    git.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start(data.path()).await;
+    let (id, log) = deploy(&gd, json!({"repo": git.url("pnpm-site")})).await;
+    let all = text(&log);
+    assert_eq!(outcome(&log).0, DeploymentStatus::Ready, "{all}");
+    assert!(all.contains("pnpm-lock.yaml found: pnpm 8"), "{all}");
+    assert!(
+        all.contains("corepack pnpm@8 install --frozen-lockfile"),
+        "{all}"
+    );
+    let body = gd
+        .site(Method::GET, &id, "/")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.starts_with("built by pnpm/8."), "{body}");
 }

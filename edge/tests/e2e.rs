@@ -234,6 +234,11 @@ async fn npm_site_builds_and_every_file_is_served() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines, log);
+    // The complete log is archived in the bucket, beside the site.
+    let archived =
+        std::fs::read_to_string(data.path().join(format!("s3/gitdeploy/logs/{id}.ndjson")))
+            .unwrap();
+    assert_eq!(archived, text);
     // A follower that arrives after the end gets the whole log, and can start mid-way.
     assert_eq!(gd.follow(&id, 0).await, log);
     assert_eq!(gd.follow(&id, 3).await, log[3..].to_vec());
