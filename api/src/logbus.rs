@@ -304,6 +304,9 @@ mod tests {
             status: DeploymentStatus::Ready,
             error: None,
             exit_code: Some(0),
+            duration_ms: None,
+            files: None,
+            bytes: None,
         }
     }
 

@@ -115,22 +115,18 @@ impl LocalRunner {
             match d.status {
                 DeploymentStatus::Building => {
                     let job = Job::new(&self.store, &self.bus, &self.metrics, d.id.clone());
-                    job.finish(
-                        DeploymentStatus::Failed,
-                        Some("the server restarted while this build was running".into()),
+                    job.finish(Finished::failed(
+                        "the server restarted while this build was running".into(),
                         None,
-                        None,
-                    );
+                    ));
                 }
                 DeploymentStatus::Queued if !d.build.secrets.is_empty() => {
                     // Secret values are never stored, so this build cannot be started again.
                     let job = Job::new(&self.store, &self.bus, &self.metrics, d.id.clone());
-                    job.finish(
-                        DeploymentStatus::Failed,
-                        Some("the server restarted before this build started, and its secrets are not stored: deploy again".into()),
+                    job.finish(Finished::failed(
+                        "the server restarted before this build started, and its secrets are not stored: deploy again".into(),
                         None,
-                        None,
-                    );
+                    ));
                 }
                 DeploymentStatus::Queued => {
                     if let Err(e) = self.bus.create(&d.id) {
@@ -231,56 +227,31 @@ impl<'a> Job<'a> {
 
     /// Records the outcome: status first, then the final log record, so a client that sees the
     /// final record and asks for the status sees the same outcome.
-    fn finish(
-        &self,
-        status: DeploymentStatus,
-        error: Option<String>,
-        exit_code: Option<i32>,
-        commit: Option<String>,
-    ) {
-        self.finish_at(now_ms(), status, error, exit_code, commit);
+    fn finish(&self, finished: Finished) {
+        self.finish_at(now_ms(), finished);
     }
 
-    fn finish_at(
-        &self,
-        ts: u64,
-        status: DeploymentStatus,
-        error: Option<String>,
-        exit_code: Option<i32>,
-        commit: Option<String>,
-    ) {
+    fn finish_at(&self, ts: u64, f: Finished) {
         let updated = self.store.update(&self.id, |d| {
-            d.status = status;
-            d.error = error.clone();
+            d.status = f.outcome.status;
+            d.error = f.outcome.error.clone();
             d.finished_unix_ms = Some(now_ms());
-            if commit.is_some() {
-                d.commit = commit.clone();
+            if f.commit.is_some() {
+                d.commit = f.commit.clone();
             }
         });
         if let Err(e) = updated {
             tracing::error!(id = %self.id, "cannot record outcome: {e}");
         }
-        let line = final_line(status, error.as_deref());
-        let outcome = Outcome {
-            status,
-            error,
-            exit_code,
-        };
-        if let Err(e) = self.bus.finish(&self.id, ts, line, outcome) {
+        let line = final_line(f.outcome.status, f.outcome.error.as_deref());
+        if let Err(e) = self.bus.finish(&self.id, ts, line, f.outcome) {
             tracing::error!(id = %self.id, "cannot finish log: {e}");
         }
     }
 
     /// [`Job::finish`], archiving the complete log (final record included) first, so a client
     /// that sees the final record can already read the archive.
-    async fn finish_and_archive(
-        &self,
-        archive: Option<&dyn LogArchive>,
-        status: DeploymentStatus,
-        error: Option<String>,
-        exit_code: Option<i32>,
-        commit: Option<String>,
-    ) {
+    async fn finish_and_archive(&self, archive: Option<&dyn LogArchive>, finished: Finished) {
         let ts = now_ms();
         if let Some(archive) = archive {
             match self.bus.read(&self.id, 0) {
@@ -289,12 +260,11 @@ impl<'a> Job<'a> {
                         seq: records.len() as u64,
                         ts,
                         stream: LogStream::System,
-                        line: final_line(status, error.as_deref()),
-                        outcome: Some(Outcome {
-                            status,
-                            error: error.clone(),
-                            exit_code,
-                        }),
+                        line: final_line(
+                            finished.outcome.status,
+                            finished.outcome.error.as_deref(),
+                        ),
+                        outcome: Some(finished.outcome.clone()),
                     });
                     let mut ndjson = Vec::new();
                     for r in &records {
@@ -309,7 +279,29 @@ impl<'a> Job<'a> {
                 Err(e) => tracing::warn!(id = %self.id, "cannot read the log to archive it: {e}"),
             }
         }
-        self.finish_at(ts, status, error, exit_code, commit);
+        self.finish_at(ts, finished);
+    }
+}
+
+/// How a build ended, as recorded in the store and the log's final record.
+struct Finished {
+    outcome: Outcome,
+    commit: Option<String>,
+}
+
+impl Finished {
+    fn failed(error: String, exit_code: Option<i32>) -> Self {
+        Finished {
+            outcome: Outcome {
+                status: DeploymentStatus::Failed,
+                error: Some(error),
+                exit_code,
+                duration_ms: None,
+                files: None,
+                bytes: None,
+            },
+            commit: None,
+        }
     }
 }
 
@@ -351,11 +343,12 @@ async fn run_job(config: &LocalRunnerConfig, job: Job<'_>, build: BuildJob) {
     job.metrics.running.inc();
     let timer = job.metrics.build_duration.start_timer();
     let work_dir = config.work_root.join(job.id.as_str());
-    let (status, error, exit_code, commit) =
-        match spawn_and_follow(config, &job, &build, &work_dir).await {
-            Ok(result) => result,
-            Err(e) => (DeploymentStatus::Failed, Some(e), None, None),
-        };
+    let started = std::time::Instant::now();
+    let mut finished = match spawn_and_follow(config, &job, &build, &work_dir).await {
+        Ok(result) => result,
+        Err(e) => Finished::failed(e, None),
+    };
+    finished.outcome.duration_ms = Some(started.elapsed().as_millis() as u64);
     if let Err(e) = tokio::fs::remove_dir_all(&work_dir).await {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(dir = %work_dir.display(), "cannot remove work directory: {e}");
@@ -363,7 +356,7 @@ async fn run_job(config: &LocalRunnerConfig, job: Job<'_>, build: BuildJob) {
     }
     timer.observe_duration();
     job.metrics.running.dec();
-    let outcome = if status == DeploymentStatus::Ready {
+    let outcome = if finished.outcome.status == DeploymentStatus::Ready {
         "ready"
     } else {
         "failed"
@@ -372,23 +365,16 @@ async fn run_job(config: &LocalRunnerConfig, job: Job<'_>, build: BuildJob) {
         .builds_finished
         .with_label_values(&[outcome])
         .inc();
-    job.finish_and_archive(config.archive.as_deref(), status, error, exit_code, commit)
+    job.finish_and_archive(config.archive.as_deref(), finished)
         .await;
 }
-
-type JobResult = (
-    DeploymentStatus,
-    Option<String>,
-    Option<i32>,
-    Option<String>,
-);
 
 async fn spawn_and_follow(
     config: &LocalRunnerConfig,
     job: &Job<'_>,
     build: &BuildJob,
     work_dir: &std::path::Path,
-) -> Result<JobResult, String> {
+) -> Result<Finished, String> {
     let _ = tokio::fs::remove_dir_all(work_dir).await;
     tokio::fs::create_dir_all(work_dir)
         .await
@@ -466,13 +452,11 @@ async fn spawn_and_follow(
     drop(group); // kill anything the build left running, in every case
     let status = match waited {
         Err(_) => {
-            return Ok((
-                DeploymentStatus::Failed,
-                Some(format!(
+            return Ok(Finished::failed(
+                format!(
                     "the build timed out after {}s and was stopped",
                     deadline.as_secs()
-                )),
-                None,
+                ),
                 None,
             ))
         }
@@ -484,12 +468,25 @@ async fn spawn_and_follow(
         None => Vec::new(),
     };
     Ok(match (status.code(), result) {
-        (Some(0), Some(BuilderEvent::Published { commit, .. })) => {
-            (DeploymentStatus::Ready, None, Some(0), Some(commit))
-        }
-        (_, Some(BuilderEvent::Failed { error, exit_code })) => {
-            (DeploymentStatus::Failed, Some(error), exit_code, None)
-        }
+        (
+            Some(0),
+            Some(BuilderEvent::Published {
+                commit,
+                files,
+                bytes,
+            }),
+        ) => Finished {
+            outcome: Outcome {
+                status: DeploymentStatus::Ready,
+                error: None,
+                exit_code: Some(0),
+                duration_ms: None,
+                files: Some(files),
+                bytes: Some(bytes),
+            },
+            commit: Some(commit),
+        },
+        (_, Some(BuilderEvent::Failed { error, exit_code })) => Finished::failed(error, exit_code),
         (code, _) => {
             let mut error = match code {
                 Some(c) => format!("the builder exited with code {c} without reporting a result"),
@@ -499,7 +496,7 @@ async fn spawn_and_follow(
                 error.push_str(": ");
                 error.push_str(last);
             }
-            (DeploymentStatus::Failed, Some(error), code, None)
+            Finished::failed(error, code)
         }
     })
 }

@@ -59,6 +59,12 @@ pub struct UpOptions {
     /// Bytes a build may publish.
     #[arg(long, default_value_t = 1 << 30)]
     build_max_output_bytes: u64,
+    /// Largest object kept in the in-memory object cache (0 turns the cache off).
+    #[arg(long, default_value_t = 1 << 20)]
+    object_cache_max_object_bytes: u64,
+    /// Bytes the object cache holds in all.
+    #[arg(long, default_value_t = 256 << 20)]
+    object_cache_bytes: u64,
     /// Prometheus metrics listener (`/metrics`).
     #[arg(
         long,
@@ -219,8 +225,8 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         edge_metrics.clone(),
     ));
     let objects = Arc::new(ObjectCache::new(
-        1 << 20,
-        256 << 20,
+        opts.object_cache_max_object_bytes,
+        opts.object_cache_bytes,
         edge_metrics.object_cache_evictions.clone(),
     ));
     let proxy = SitesProxy::new(
@@ -236,7 +242,9 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     let mut sites = Service::new("public".into(), PublicApp::new(proxy, api_router, hosts));
     sites.add_tcp(&opts.listen.to_string());
 
-    let s3 = server.add_service(background_service("embedded S3", s3));
+    let mut s3 = background_service("embedded S3", s3);
+    s3.threads = Some(opts.threads.max(1));
+    let s3 = server.add_service(s3);
     let runner = server.add_service(background_service(
         "local runner",
         RunnerService::new(runner),

@@ -56,6 +56,12 @@ async fn npm_site_builds_and_every_file_is_served() {
     assert_complete_log(&log);
     let outcome = log.last().unwrap().outcome.clone().unwrap();
     assert_eq!(outcome.status, DeploymentStatus::Ready, "{log:#?}");
+    // The final record carries the totals: 8 files, their bytes, and the build time.
+    assert_eq!(outcome.files, Some(8));
+    assert!(
+        outcome.bytes.unwrap() > 100 && outcome.duration_ms.unwrap() > 0,
+        "{outcome:?}"
+    );
     for i in 0..5 {
         assert!(log
             .iter()

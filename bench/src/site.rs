@@ -1,0 +1,89 @@
+//! The benchmark's site: 20 text assets from 1 KiB to 100 KiB plus one 50 MiB file, committed
+//! to a local git repository for the edge and laid out on disk for nginx.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+/// Path of the large file.
+pub const LARGE_PATH: &str = "/large.bin";
+
+/// The fixture on disk.
+pub struct Fixture {
+    /// The site's files (also a git repository).
+    pub root: PathBuf,
+    _dir: tempfile::TempDir,
+    small: Vec<String>,
+}
+
+impl Fixture {
+    /// Writes and commits the site.
+    pub fn create() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().join("site");
+        std::fs::create_dir_all(root.join("assets"))?;
+        let words = [
+            "static", "edge", "cache", "deploy", "build", "stream", "signed", "bucket", "route",
+            "brotli",
+        ];
+        let mut small = Vec::new();
+        for i in 0..20u64 {
+            let size = 1024 + i * (99 * 1024) / 19;
+            let ext = ["js", "css", "html", "svg", "json"][i as usize % 5];
+            let name = format!("assets/file{i:02}.{ext}");
+            let mut body = String::new();
+            let mut n = i;
+            while (body.len() as u64) < size {
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                body.push_str(words[(n >> 33) as usize % words.len()]);
+                body.push(if n % 7 == 0 { '\n' } else { ' ' });
+            }
+            body.truncate(size as usize);
+            std::fs::write(root.join(&name), body)?;
+            small.push(format!("/{name}"));
+        }
+        std::fs::write(root.join("index.html"), "<h1>bench</h1>")?;
+        let block: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
+        let mut large = Vec::with_capacity(50 << 20);
+        for _ in 0..50 {
+            large.extend_from_slice(&block);
+        }
+        std::fs::write(root.join(LARGE_PATH.trim_start_matches('/')), large)?;
+        for args in [
+            &["init", "-q"][..],
+            &["add", "-A"],
+            &[
+                "-c",
+                "user.email=bench@example.com",
+                "-c",
+                "user.name=bench",
+                "commit",
+                "-q",
+                "-m",
+                "bench site",
+            ],
+        ] {
+            let status = Command::new("git")
+                .args(args)
+                .current_dir(&root)
+                .status()
+                .context("git")?;
+            if !status.success() {
+                bail!("git {args:?} failed");
+            }
+        }
+        Ok(Fixture {
+            root,
+            _dir: dir,
+            small,
+        })
+    }
+
+    /// Paths of the small files.
+    pub fn small_paths(&self) -> Vec<String> {
+        self.small.clone()
+    }
+}
