@@ -7,6 +7,10 @@
 //! GET  /api/deployments/{id}       one deployment
 //! GET  /api/deployments/{id}/logs  NDJSON log records so far (?since=N)
 //! GET  /api/deployments/{id}/logs/ws  WebSocket: backlog, live lines, final record, close
+//! POST /api/projects               {"name", "repo", "production_branch"?} → 201
+//! GET  /api/projects               projects with their production URL and deployment
+//! GET  /api/projects/{name}        one project and its deployments
+//! POST /api/projects/{name}/promote {"deployment": id}: move production (promote or roll back)
 //! GET  /api/health                 liveness
 //! ```
 
@@ -26,6 +30,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::projects::{Project, ProjectError};
 use crate::store::Deployment;
 use crate::{now_ms, ControlPlane};
 
@@ -46,6 +51,9 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
         .route("/api/deployments/{id}", get(show_deployment))
         .route("/api/deployments/{id}/logs", get(read_logs))
         .route("/api/deployments/{id}/logs/ws", get(follow_logs_ws))
+        .route("/api/projects", post(create_project).get(list_projects))
+        .route("/api/projects/{name}", get(show_project))
+        .route("/api/projects/{name}/promote", post(promote))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(cp)
@@ -103,15 +111,7 @@ async fn create_deployment(
         validate_git_ref(r).map_err(|e| ApiError::bad_request("invalid_ref", e))?;
     }
     if let Some(p) = &req.project {
-        if !is_site_label(p) || looks_like_deployment_id(p) {
-            return Err(ApiError::bad_request(
-                "invalid_project",
-                format!(
-                    "{p:?} is not a valid project name: use 1-63 lowercase letters, digits and \
-                     hyphens, not 12 letters and digits (that shape is kept for deployment ids)"
-                ),
-            ));
-        }
+        validate_project_name(p)?;
     }
     req.build
         .validate(cp.config.limits.timeout_secs)
@@ -130,6 +130,11 @@ async fn create_deployment(
         started_unix_ms: None,
         finished_unix_ms: None,
     };
+    if let Some(name) = &deployment.project {
+        cp.projects
+            .ensure(name, &repo, deployment.git_ref.as_deref(), now_ms())
+            .map_err(project_error)?;
+    }
     let id = deployment.id.clone();
     cp.store
         .insert(deployment.clone())
@@ -169,6 +174,7 @@ fn deployment_json(cp: &ControlPlane, d: &Deployment) -> Value {
         "url": urls.site(d.id.as_str()),
         "status": d.status,
         "project": d.project,
+        "project_url": d.project.as_deref().map(|p| urls.site(p)),
         "repo": d.repo_display(),
         "ref": d.git_ref,
         "serving": d.serving,
@@ -205,6 +211,153 @@ async fn show_deployment(
 ) -> Result<Json<Value>, ApiError> {
     let d = lookup(&cp, &id)?;
     Ok(Json(deployment_json(&cp, &d)))
+}
+
+fn project_error(e: ProjectError) -> ApiError {
+    match e {
+        ProjectError::Exists(_) => ApiError::conflict("project_exists", e.to_string()),
+        ProjectError::OtherRepo { .. } => {
+            ApiError::conflict("project_repo_mismatch", e.to_string())
+        }
+        ProjectError::Io(e) => ApiError::internal(e),
+    }
+}
+
+fn validate_project_name(name: &str) -> Result<(), ApiError> {
+    if is_site_label(name) && !looks_like_deployment_id(name) && name != "api" {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(
+        "invalid_project",
+        format!(
+            "{name:?} is not a valid project name: use 1-63 lowercase letters, digits and \
+             hyphens, not 12 letters and digits (that shape is kept for deployment ids), not \"api\""
+        ),
+    ))
+}
+
+fn project_json(cp: &ControlPlane, p: &Project) -> Value {
+    json!({
+        "name": p.name,
+        "url": cp.config.public.site(&p.name),
+        "repo": p.repo_display(),
+        "production_branch": p.production_branch,
+        "production": p.production,
+        "created_unix_ms": p.created_unix_ms,
+    })
+}
+
+/// The body of a project creation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectRequest {
+    name: String,
+    repo: String,
+    #[serde(default)]
+    production_branch: Option<String>,
+}
+
+async fn create_project(State(cp): State<ControlPlane>, body: Bytes) -> Result<Response, ApiError> {
+    let req: ProjectRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid project: {e}")))?;
+    validate_project_name(&req.name)?;
+    let repo = req.repo.trim().to_owned();
+    validate_repo_url(&repo, &cp.config.allowed_repo_schemes)
+        .map_err(|e| ApiError::bad_request("invalid_repo", e))?;
+    if let Some(b) = &req.production_branch {
+        validate_git_ref(b).map_err(|e| ApiError::bad_request("invalid_ref", e))?;
+    }
+    let project = cp
+        .projects
+        .create(Project {
+            name: req.name,
+            repo,
+            production_branch: req.production_branch,
+            production: None,
+            created_unix_ms: now_ms(),
+        })
+        .map_err(project_error)?;
+    Ok((StatusCode::CREATED, Json(project_json(&cp, &project))).into_response())
+}
+
+async fn list_projects(State(cp): State<ControlPlane>) -> Json<Value> {
+    let list: Vec<Value> = cp
+        .projects
+        .list()
+        .iter()
+        .map(|p| project_json(&cp, p))
+        .collect();
+    Json(json!({ "projects": list }))
+}
+
+fn lookup_project(cp: &ControlPlane, name: &str) -> Result<Project, ApiError> {
+    cp.projects
+        .get(name)
+        .ok_or_else(|| ApiError::not_found(format!("no project {name:?}")))
+}
+
+async fn show_project(
+    State(cp): State<ControlPlane>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let project = lookup_project(&cp, &name)?;
+    let mut body = project_json(&cp, &project);
+    let deployments: Vec<Value> = cp
+        .store
+        .list(usize::MAX)
+        .iter()
+        .filter(|d| d.project.as_deref() == Some(name.as_str()))
+        .take(LIST_LIMIT)
+        .map(|d| deployment_json(&cp, d))
+        .collect();
+    body["deployments"] = json!(deployments);
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteRequest {
+    deployment: String,
+}
+
+/// Moves the project's alias to a ready deployment of the project: promote, or roll back to an
+/// earlier one. Nothing is rebuilt or copied.
+async fn promote(
+    State(cp): State<ControlPlane>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let project = lookup_project(&cp, &name)?;
+    let req: PromoteRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("invalid_body", format!("invalid promote request: {e}"))
+    })?;
+    let d = lookup(&cp, &req.deployment)?;
+    if d.project.as_deref() != Some(project.name.as_str()) {
+        return Err(ApiError::conflict(
+            "other_project",
+            format!(
+                "deployment {} does not belong to project {}",
+                d.id, project.name
+            ),
+        ));
+    }
+    if d.status != DeploymentStatus::Ready {
+        return Err(ApiError::conflict(
+            "not_ready",
+            format!(
+                "deployment {} is {:?}, only ready deployments can serve production",
+                d.id, d.status
+            )
+            .to_lowercase(),
+        ));
+    }
+    let project = cp
+        .projects
+        .set_production(&project.name, &d.id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no project {name:?}")))?;
+    tracing::info!(project = %project.name, id = %d.id, "production moved");
+    Ok(Json(project_json(&cp, &project)))
 }
 
 #[derive(Deserialize)]

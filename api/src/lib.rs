@@ -9,6 +9,7 @@ mod error;
 mod http;
 pub mod logbus;
 pub mod metrics;
+pub mod projects;
 pub mod runner;
 pub mod store;
 
@@ -21,6 +22,7 @@ use gitdeploy_core::repo::RepoScheme;
 pub use error::ApiError;
 pub use logbus::LogBus;
 pub use metrics::ApiMetrics;
+pub use projects::{AliasResolver, Project, ProjectStore};
 pub use runner::{JobQueue, LocalRunner, LocalRunnerConfig, LogArchive};
 pub use store::{Deployment, FileStore};
 
@@ -72,11 +74,12 @@ pub struct ApiConfig {
     pub limits: BuildLimits,
 }
 
-/// The control plane's shared state: store, log bus, job queue and settings.
+/// The control plane's shared state: stores, log bus, job queue and settings.
 #[derive(Clone)]
 pub struct ControlPlane {
     config: Arc<ApiConfig>,
     store: Arc<FileStore>,
+    projects: Arc<ProjectStore>,
     bus: Arc<LogBus>,
     queue: JobQueue,
 }
@@ -86,12 +89,14 @@ impl ControlPlane {
     pub fn new(
         config: ApiConfig,
         store: Arc<FileStore>,
+        projects: Arc<ProjectStore>,
         bus: Arc<LogBus>,
         queue: JobQueue,
     ) -> Self {
         ControlPlane {
             config: Arc::new(config),
             store,
+            projects,
             bus,
             queue,
         }

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::logbus::LogBus;
 use crate::metrics::ApiMetrics;
 use crate::now_ms;
+use crate::projects::ProjectStore;
 use crate::store::FileStore;
 
 /// How the local runner starts builders.
@@ -76,6 +77,7 @@ impl JobQueue {
 pub struct LocalRunner {
     config: LocalRunnerConfig,
     store: Arc<FileStore>,
+    projects: Arc<ProjectStore>,
     bus: Arc<LogBus>,
     rx: mpsc::UnboundedReceiver<BuildJob>,
     queue: JobQueue,
@@ -88,6 +90,7 @@ impl LocalRunner {
     pub fn new(
         config: LocalRunnerConfig,
         store: Arc<FileStore>,
+        projects: Arc<ProjectStore>,
         bus: Arc<LogBus>,
         metrics: ApiMetrics,
     ) -> (Self, JobQueue) {
@@ -99,6 +102,7 @@ impl LocalRunner {
         let runner = LocalRunner {
             config,
             store,
+            projects,
             bus,
             rx,
             queue: queue.clone(),
@@ -114,7 +118,13 @@ impl LocalRunner {
         for d in self.store.list(usize::MAX) {
             match d.status {
                 DeploymentStatus::Building => {
-                    let job = Job::new(&self.store, &self.bus, &self.metrics, d.id.clone());
+                    let job = Job::new(
+                        &self.store,
+                        &self.projects,
+                        &self.bus,
+                        &self.metrics,
+                        d.id.clone(),
+                    );
                     job.finish(Finished::failed(
                         "the server restarted while this build was running".into(),
                         None,
@@ -122,7 +132,13 @@ impl LocalRunner {
                 }
                 DeploymentStatus::Queued if !d.build.secrets.is_empty() => {
                     // Secret values are never stored, so this build cannot be started again.
-                    let job = Job::new(&self.store, &self.bus, &self.metrics, d.id.clone());
+                    let job = Job::new(
+                        &self.store,
+                        &self.projects,
+                        &self.bus,
+                        &self.metrics,
+                        d.id.clone(),
+                    );
                     job.finish(Finished::failed(
                         "the server restarted before this build started, and its secrets are not stored: deploy again".into(),
                         None,
@@ -169,19 +185,16 @@ impl LocalRunner {
                 },
             };
             self.metrics.queue_depth.dec();
-            let (store, bus, config, metrics) = (
+            let (store, projects, bus, config, metrics) = (
                 self.store.clone(),
+                self.projects.clone(),
                 self.bus.clone(),
                 config.clone(),
                 self.metrics.clone(),
             );
             running.spawn(async move {
-                run_job(
-                    &config,
-                    Job::new(&store, &bus, &metrics, job.deployment.clone()),
-                    job,
-                )
-                .await;
+                let record = Job::new(&store, &projects, &bus, &metrics, job.deployment.clone());
+                run_job(&config, record, job).await;
                 drop(permit);
             });
             // Reap finished tasks so the set does not grow without bound.
@@ -195,6 +208,7 @@ impl LocalRunner {
 /// One deployment's bookkeeping: log lines and the final status.
 struct Job<'a> {
     store: &'a FileStore,
+    projects: &'a ProjectStore,
     bus: &'a LogBus,
     metrics: &'a ApiMetrics,
     id: DeploymentId,
@@ -203,12 +217,14 @@ struct Job<'a> {
 impl<'a> Job<'a> {
     fn new(
         store: &'a Arc<FileStore>,
+        projects: &'a Arc<ProjectStore>,
         bus: &'a Arc<LogBus>,
         metrics: &'a ApiMetrics,
         id: DeploymentId,
     ) -> Self {
         Job {
             store,
+            projects,
             bus,
             metrics,
             id,
@@ -228,10 +244,12 @@ impl<'a> Job<'a> {
     /// Records the outcome: status first, then the final log record, so a client that sees the
     /// final record and asks for the status sees the same outcome.
     fn finish(&self, finished: Finished) {
-        self.finish_at(now_ms(), finished);
+        self.record_outcome(&finished);
+        self.publish_final(now_ms(), finished.outcome);
     }
 
-    fn finish_at(&self, ts: u64, f: Finished) {
+    /// The status change (and, for production builds, the alias move).
+    fn record_outcome(&self, f: &Finished) {
         let updated = self.store.update(&self.id, |d| {
             d.status = f.outcome.status;
             d.error = f.outcome.error.clone();
@@ -240,18 +258,47 @@ impl<'a> Job<'a> {
                 d.commit = f.commit.clone();
             }
         });
-        if let Err(e) = updated {
-            tracing::error!(id = %self.id, "cannot record outcome: {e}");
+        match updated {
+            Ok(Some(d)) if d.status == DeploymentStatus::Ready => self.promote_if_production(&d),
+            Ok(_) => {}
+            Err(e) => tracing::error!(id = %self.id, "cannot record outcome: {e}"),
         }
-        let line = final_line(f.outcome.status, f.outcome.error.as_deref());
-        if let Err(e) = self.bus.finish(&self.id, ts, line, f.outcome) {
+    }
+
+    /// The log's final record.
+    fn publish_final(&self, ts: u64, outcome: Outcome) {
+        let line = final_line(outcome.status, outcome.error.as_deref());
+        if let Err(e) = self.bus.finish(&self.id, ts, line, outcome) {
             tracing::error!(id = %self.id, "cannot finish log: {e}");
+        }
+    }
+
+    /// A ready build of a project's production branch becomes its production deployment, before
+    /// the final record is published (a client that sees "ready" finds the project URL serving it).
+    fn promote_if_production(&self, d: &crate::store::Deployment) {
+        let Some(project) = d.project.as_deref().and_then(|p| self.projects.get(p)) else {
+            return;
+        };
+        if !project.is_production_ref(d.git_ref.as_deref()) {
+            self.system(format!(
+                "Preview of project {}: production is unchanged",
+                project.name
+            ));
+            return;
+        }
+        match self.projects.set_production(&project.name, &d.id) {
+            Ok(_) => self.system(format!(
+                "Promoted to production of project {}",
+                project.name
+            )),
+            Err(e) => tracing::error!(id = %d.id, "cannot promote: {e}"),
         }
     }
 
     /// [`Job::finish`], archiving the complete log (final record included) first, so a client
     /// that sees the final record can already read the archive.
     async fn finish_and_archive(&self, archive: Option<&dyn LogArchive>, finished: Finished) {
+        self.record_outcome(&finished);
         let ts = now_ms();
         if let Some(archive) = archive {
             match self.bus.read(&self.id, 0) {
@@ -279,7 +326,7 @@ impl<'a> Job<'a> {
                 Err(e) => tracing::warn!(id = %self.id, "cannot read the log to archive it: {e}"),
             }
         }
-        self.finish_at(ts, finished);
+        self.publish_final(ts, finished.outcome);
     }
 }
 

@@ -56,6 +56,35 @@ impl Deployment {
     }
 }
 
+/// Every record in a directory of `<name>.json` files (created if missing). Unreadable files are
+/// skipped with a warning rather than stopping the server.
+pub(crate) fn load_json_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> io::Result<Vec<T>> {
+    std::fs::create_dir_all(dir)?;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<T>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(record) => out.push(record),
+            Err(e) => tracing::warn!(path = %path.display(), "skipping unreadable record: {e}"),
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `<dir>/<name>.json` through a temporary file and a rename, so a crash never leaves
+/// half a record.
+pub(crate) fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
+    let tmp = dir.join(format!(".{name}.json.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
+    std::fs::rename(tmp, dir.join(format!("{name}.json")))
+}
+
 /// The embedded deployment store.
 pub struct FileStore {
     dir: PathBuf,
@@ -66,25 +95,10 @@ impl FileStore {
     /// Opens (creating) the store in `dir` and loads every record. Unreadable files are skipped
     /// with a warning rather than stopping the server.
     pub fn open(dir: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let mut records = BTreeMap::new();
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Deployment>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(d) => {
-                    records.insert(d.id.clone(), d);
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), "skipping unreadable deployment record: {e}")
-                }
-            }
-        }
+        let records = load_json_dir::<Deployment>(dir)?
+            .into_iter()
+            .map(|d| (d.id.clone(), d))
+            .collect();
         Ok(FileStore {
             dir: dir.to_owned(),
             records: RwLock::new(records),
@@ -92,10 +106,7 @@ impl FileStore {
     }
 
     fn write(&self, d: &Deployment) -> io::Result<()> {
-        let path = self.dir.join(format!("{}.json", d.id));
-        let tmp = self.dir.join(format!(".{}.json.tmp", d.id));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(d)?)?;
-        std::fs::rename(tmp, path)
+        write_json(&self.dir, d.id.as_str(), d)
     }
 
     /// Adds a new deployment.

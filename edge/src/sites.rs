@@ -28,6 +28,7 @@ use crate::respond::{error_page, html_response, send, send_error, FilePlan};
 use crate::serving::conditional::{self, Conditions, Precondition};
 use crate::serving::encoding;
 use crate::serving::range::{self, RangeOutcome};
+use gitdeploy_api::AliasResolver;
 
 /// How long one write to a slow client may take before the connection is dropped.
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,6 +53,7 @@ pub struct SitesProxy {
     objects: Arc<ObjectCache>,
     control_plane: HttpPeer,
     metrics: EdgeMetrics,
+    aliases: Arc<dyn AliasResolver>,
 }
 
 impl SitesProxy {
@@ -63,6 +65,7 @@ impl SitesProxy {
         objects: Arc<ObjectCache>,
         control_plane: HttpPeer,
         metrics: EdgeMetrics,
+        aliases: Arc<dyn AliasResolver>,
     ) -> Self {
         SitesProxy {
             hosts,
@@ -71,6 +74,7 @@ impl SitesProxy {
             objects,
             control_plane,
             metrics,
+            aliases,
         }
     }
 }
@@ -141,11 +145,13 @@ impl SitesProxy {
             return send(session, resp, body, false).await;
         }
         session.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
-        // Aliases (<project>.<domain>) are not served yet: only deployment ids resolve.
-        let Some(id) = looks_like_deployment_id(label)
-            .then(|| DeploymentId::parse(label))
-            .flatten()
-        else {
+        // A deployment id serves that build; any other label is a project's production alias.
+        let id = match DeploymentId::parse(label) {
+            Some(id) => Some(id),
+            None if !looks_like_deployment_id(label) => self.aliases.production(label),
+            None => None,
+        };
+        let Some(id) = id else {
             return send_error(session, 404, "There is no site at this address.", head).await;
         };
         let path = match SitePath::parse(session.req_header().uri.path()) {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use gitdeploy_api::{
     ApiConfig, ApiMetrics, ControlPlane, FileStore, LocalRunner, LocalRunnerConfig, LogBus,
-    PublicUrls,
+    ProjectStore, PublicUrls,
 };
 use gitdeploy_core::job::{env, BuildLimits};
 use gitdeploy_core::repo::RepoScheme;
@@ -141,6 +141,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
 
     // Control plane: store, log bus, local runner.
     let store = Arc::new(FileStore::open(&dir("state/deployments")?)?);
+    let projects = Arc::new(ProjectStore::open(&dir("state/projects")?)?);
     let bus = Arc::new(LogBus::open(&dir("logs")?, api_metrics.clone())?);
     let exe = std::env::current_exe().context("cannot find the gitdeploy executable")?;
     let (runner, queue) = LocalRunner::new(
@@ -160,6 +161,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
             archive: Some(origin.clone()),
         },
         store.clone(),
+        projects.clone(),
         bus.clone(),
         api_metrics,
     );
@@ -181,6 +183,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
             limits,
         },
         store,
+        projects.clone(),
         bus,
         queue,
     );
@@ -236,6 +239,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         objects,
         control_peer,
         edge_metrics,
+        projects,
     );
     let mut proxy = HttpProxy::new(proxy, server.configuration.clone());
     proxy.handle_init_modules();
