@@ -29,6 +29,20 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, code, message)
     }
 
+    /// 401: no valid token.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this API needs a token: send Authorization: Bearer <token>",
+        )
+    }
+
+    /// 429: come back later.
+    pub fn too_many(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message)
+    }
+
     /// 500: our fault; the detail goes to the server log, not to the client.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!("internal error: {detail}");
@@ -56,7 +70,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        let extra = match self.status {
+            StatusCode::TOO_MANY_REQUESTS => Some(("retry-after", "30")),
+            StatusCode::UNAUTHORIZED => Some(("www-authenticate", "Bearer")),
+            _ => None,
+        };
+        if let Some((name, value)) = extra {
+            resp.headers_mut()
+                .insert(name, axum::http::HeaderValue::from_static(value));
+        }
+        resp
     }
 }
 

@@ -5,7 +5,8 @@
 //! POST /deploy                     same (the original route)
 //! GET  /api/deployments            recent deployments, newest first
 //! GET  /api/deployments/{id}       one deployment
-//! GET  /api/deployments/{id}/logs  NDJSON log records so far (?since=N)
+//! GET  /api/deployments/{id}/logs  NDJSON log records so far (?since=N); with ?follow=1,
+//!                                  Server-Sent Events to the end (resumes after Last-Event-ID)
 //! GET  /api/deployments/{id}/logs/ws  WebSocket: backlog, live lines, final record, close
 //! POST /api/projects               {"name", "repo", "production_branch"?} → 201
 //! GET  /api/projects               projects with their production URL and deployment
@@ -31,6 +32,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::projects::{Project, ProjectError};
+use crate::runner::SubmitError;
 use crate::store::Deployment;
 use crate::{now_ms, ControlPlane};
 
@@ -55,6 +57,10 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
         .route("/api/projects/{name}", get(show_project))
         .route("/api/projects/{name}/promote", post(promote))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            cp.clone(),
+            require_token,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(cp)
 }
@@ -64,6 +70,57 @@ async fn index(State(cp): State<ControlPlane>) -> Json<Value> {
         "service": "gitdeploy",
         "deploy": cp.config.public.api("/api/deployments"),
     }))
+}
+
+/// With a token configured, every request but the health check and the index needs it, as
+/// `Authorization: Bearer <token>` or (for EventSource and WebSocket clients, which cannot set
+/// headers) an `access_token` query parameter. Compared by SHA-256 in constant time.
+async fn require_token(
+    State(cp): State<ControlPlane>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(expected) = cp.config.token_sha256 else {
+        return next.run(req).await;
+    };
+    if matches!(req.uri().path(), "/" | "/api/health") {
+        return next.run(req).await;
+    }
+    let from_header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let from_query = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("access_token="))
+            .map(|v| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+    });
+    match from_header.or(from_query) {
+        Some(token) if token_matches(&token, &expected) => next.run(req).await,
+        _ => ApiError::unauthorized().into_response(),
+    }
+}
+
+/// SHA-256 of a token, as the configuration keeps it.
+pub fn token_sha256(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// Constant-time comparison of a presented token with the stored hash.
+fn token_matches(token: &str, expected: &[u8; 32]) -> bool {
+    let presented = token_sha256(token);
+    presented
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
 /// The body of a deploy request.
@@ -150,7 +207,10 @@ async fn create_deployment(
             limits: cp.config.limits.clone(),
             cache_key: Some(deployment_cache_key(&deployment)),
         })
-        .map_err(ApiError::unavailable)?;
+        .map_err(|e| match e {
+            SubmitError::Full(_) => ApiError::too_many(e.to_string()),
+            SubmitError::Stopped => ApiError::unavailable(e.to_string()),
+        })?;
     tracing::info!(%id, repo = %deployment.repo_display(), "deployment queued");
     Ok((
         StatusCode::ACCEPTED,
@@ -364,14 +424,29 @@ async fn promote(
 struct SinceQuery {
     #[serde(default)]
     since: u64,
+    /// Stream as Server-Sent Events until the final record.
+    #[serde(default)]
+    follow: Option<String>,
 }
 
 async fn read_logs(
     State(cp): State<ControlPlane>,
     Path(id): Path<String>,
     Query(q): Query<SinceQuery>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let d = lookup(&cp, &id)?;
+    if q.follow.as_deref().is_some_and(|f| f == "1" || f == "true") {
+        // A reconnecting EventSource sends the last id it saw: resume right after it.
+        let resume = headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|seq| seq + 1);
+        let since = resume.unwrap_or(0).max(q.since);
+        let follower = cp.bus.follow(&d.id, since).map_err(ApiError::internal)?;
+        return Ok(sse_log(follower).into_response());
+    }
     let records = cp.bus.read(&d.id, q.since).map_err(ApiError::internal)?;
     let mut body = Vec::new();
     for r in records {
@@ -394,6 +469,30 @@ async fn follow_logs_ws(
     let d = lookup(&cp, &id)?;
     let follower = cp.bus.follow(&d.id, q.since).map_err(ApiError::internal)?;
     Ok(ws.on_upgrade(move |socket| stream_log(socket, follower)))
+}
+
+/// The log as Server-Sent Events: one `log` event per record with `id: <seq>`, ending after the
+/// final record.
+fn sse_log(follower: crate::logbus::Follower) -> impl IntoResponse {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let stream = futures_util::stream::unfold(follower, |mut f| async move {
+        match f.next().await {
+            Ok(Some(record)) => {
+                let data = serde_json::to_string(&record).unwrap_or_default();
+                let event = Event::default()
+                    .id(record.seq.to_string())
+                    .event("log")
+                    .data(data);
+                Some((Ok::<_, std::convert::Infallible>(event), f))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!("log follower failed: {e}");
+                None
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 /// Sends records until the final one, then closes. Ends early when the client goes away.
@@ -444,6 +543,14 @@ async fn stream_log(mut socket: WebSocket, mut follower: crate::logbus::Follower
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_checks() {
+        let expected = token_sha256("s3cret-token");
+        assert!(token_matches("s3cret-token", &expected));
+        assert!(!token_matches("s3cret-toke", &expected));
+        assert!(!token_matches("", &expected));
+    }
 
     #[test]
     fn deploy_request_errors_name_the_problem() {

@@ -20,10 +20,11 @@ use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::RepoScheme;
 
 pub use error::ApiError;
+pub use http::token_sha256;
 pub use logbus::LogBus;
 pub use metrics::ApiMetrics;
 pub use projects::{AliasResolver, Project, ProjectStore};
-pub use runner::{JobQueue, LocalRunner, LocalRunnerConfig, LogArchive};
+pub use runner::{JobQueue, LocalRunner, LocalRunnerConfig, LogArchive, SubmitError};
 pub use store::{Deployment, FileStore};
 
 /// How the outside world reaches sites and the API, for the URLs the API hands out.
@@ -72,6 +73,8 @@ pub struct ApiConfig {
     pub allowed_repo_schemes: Vec<RepoScheme>,
     /// Limits every build runs under (build settings are checked against them).
     pub limits: BuildLimits,
+    /// SHA-256 of the API token; `None` runs the API open (every request allowed).
+    pub token_sha256: Option<[u8; 32]>,
 }
 
 /// The control plane's shared state: stores, log bus, job queue and settings.

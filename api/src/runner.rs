@@ -6,6 +6,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ pub struct LocalRunnerConfig {
     pub limits: BuildLimits,
     /// Where finished logs are archived.
     pub archive: Option<Arc<dyn LogArchive>>,
+    /// Builds that may wait for a slot; more are refused (HTTP 429).
+    pub max_queued: usize,
 }
 
 /// Where finished build logs are archived (`logs/<id>.ndjson` in the bucket).
@@ -59,17 +62,51 @@ pub trait LogArchive: Send + Sync {
 #[derive(Clone)]
 pub struct JobQueue {
     tx: mpsc::UnboundedSender<BuildJob>,
+    waiting: Arc<AtomicUsize>,
+    capacity: usize,
     metrics: ApiMetrics,
 }
 
+/// Why a job was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue holds its maximum of waiting builds.
+    #[error("the build queue is full ({0} builds waiting); try again later")]
+    Full(usize),
+    /// The runner is gone.
+    #[error("the build runner has stopped")]
+    Stopped,
+}
+
 impl JobQueue {
-    /// Queues a job; fails only when the runner has stopped.
-    pub fn submit(&self, job: BuildJob) -> Result<(), String> {
-        self.tx
-            .send(job)
-            .map_err(|_| "the build runner has stopped".to_owned())?;
+    /// Queues a job unless the queue is full.
+    pub fn submit(&self, job: BuildJob) -> Result<(), SubmitError> {
+        let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
+        if waiting >= self.capacity {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::Full(waiting));
+        }
+        self.enqueue(job)
+    }
+
+    /// Queues a job whatever the queue holds (jobs recovered at start-up).
+    fn force(&self, job: BuildJob) -> Result<(), SubmitError> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        self.enqueue(job)
+    }
+
+    fn enqueue(&self, job: BuildJob) -> Result<(), SubmitError> {
+        if self.tx.send(job).is_err() {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::Stopped);
+        }
         self.metrics.queue_depth.inc();
         Ok(())
+    }
+
+    fn taken(&self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.metrics.queue_depth.dec();
     }
 }
 
@@ -97,6 +134,8 @@ impl LocalRunner {
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = JobQueue {
             tx,
+            waiting: Arc::default(),
+            capacity: config.max_queued,
             metrics: metrics.clone(),
         };
         let runner = LocalRunner {
@@ -148,7 +187,7 @@ impl LocalRunner {
                     if let Err(e) = self.bus.create(&d.id) {
                         tracing::error!(id = %d.id, "cannot reopen log: {e}");
                     }
-                    let _ = self.queue.submit(BuildJob {
+                    let _ = self.queue.force(BuildJob {
                         deployment: d.id.clone(),
                         repo: d.repo.clone(),
                         git_ref: d.git_ref.clone(),
@@ -184,7 +223,7 @@ impl LocalRunner {
                     None => break,
                 },
             };
-            self.metrics.queue_depth.dec();
+            self.queue.taken();
             let (store, projects, bus, config, metrics) = (
                 self.store.clone(),
                 self.projects.clone(),

@@ -3,6 +3,7 @@
 use futures_util::StreamExt;
 use gitdeploy_core::{DeploymentStatus, LogRecord, LogStream};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Options of `gitdeploy deploy`.
@@ -22,6 +23,9 @@ pub struct DeployOptions {
     /// GitDeploy API address.
     #[arg(long, env = "GITDEPLOY_API", default_value = "http://localhost:8080")]
     api: String,
+    /// API token, when the server requires one.
+    #[arg(long, env = "GITDEPLOY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 /// Exit status: ready (or queued without --follow).
@@ -61,9 +65,13 @@ async fn deploy_async(opts: DeployOptions) -> Result<i32, String> {
     if let Some(p) = &opts.project {
         body["project"] = json!(p);
     }
-    let resp = reqwest::Client::new()
+    let mut req = reqwest::Client::new()
         .post(format!("{api}/api/deployments"))
-        .json(&body)
+        .json(&body);
+    if let Some(token) = &opts.token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req
         .send()
         .await
         .map_err(|e| format!("cannot reach GitDeploy at {api}: {e}"))?;
@@ -90,7 +98,17 @@ async fn deploy_async(opts: DeployOptions) -> Result<i32, String> {
         "{}/api/deployments/{id}/logs/ws",
         api.replacen("http", "ws", 1)
     );
-    let (mut socket, _) = tokio_tungstenite::connect_async(&ws_url)
+    let mut request = ws_url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("bad log address {ws_url}: {e}"))?;
+    if let Some(token) = &opts.token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the token is not a valid header value")?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
         .await
         .map_err(|e| format!("cannot follow the log: {e}"))?;
     while let Some(msg) = socket.next().await {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use gitdeploy_api::{
-    ApiConfig, ApiMetrics, ControlPlane, FileStore, LocalRunner, LocalRunnerConfig, LogBus,
-    ProjectStore, PublicUrls,
+    token_sha256, ApiConfig, ApiMetrics, ControlPlane, FileStore, LocalRunner, LocalRunnerConfig,
+    LogBus, ProjectStore, PublicUrls,
 };
 use gitdeploy_core::job::{env, BuildLimits};
 use gitdeploy_core::repo::RepoScheme;
@@ -59,6 +59,15 @@ pub struct UpOptions {
     /// Bytes a build may publish.
     #[arg(long, default_value_t = 1 << 30)]
     build_max_output_bytes: u64,
+    /// Token the API requires (`Authorization: Bearer <token>`); without one the API is open.
+    #[arg(long, env = "GITDEPLOY_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Allow an open API on an address other than loopback.
+    #[arg(long)]
+    insecure_open_api: bool,
+    /// Builds that may wait for a runner slot; more are refused with 429.
+    #[arg(long, default_value_t = 100)]
+    max_queued: usize,
     /// Largest object kept in the in-memory object cache (0 turns the cache off).
     #[arg(long, default_value_t = 1 << 20)]
     object_cache_max_object_bytes: u64,
@@ -88,6 +97,19 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         gitdeploy_core::host::normalize_host(&domain).as_deref() == Some(domain.as_str()),
         "--domain {domain:?} is not a valid host name"
     );
+    if opts.api_token.is_none() && !opts.listen.ip().is_loopback() && !opts.insecure_open_api {
+        anyhow::bail!(
+            "refusing to serve an open API on {}: pass --api-token (or GITDEPLOY_API_TOKEN), \
+             or --insecure-open-api if you really mean it",
+            opts.listen
+        );
+    }
+    if let Some(token) = &opts.api_token {
+        anyhow::ensure!(
+            token.len() >= 16,
+            "--api-token must be at least 16 characters"
+        );
+    }
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
     let data = opts.data_dir.canonicalize()?;
@@ -159,6 +181,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
             concurrency: opts.concurrency,
             limits: limits.clone(),
             archive: Some(origin.clone()),
+            max_queued: opts.max_queued,
         },
         store.clone(),
         projects.clone(),
@@ -181,6 +204,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
                 RepoScheme::Local,
             ],
             limits,
+            token_sha256: opts.api_token.as_deref().map(token_sha256),
         },
         store,
         projects.clone(),
@@ -262,6 +286,13 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     sites.add_dependencies([&api, &s3, &runner]);
 
     println!("GitDeploy is running (embedded mode: no cloud, no Redis).");
+    if opts.api_token.is_none() {
+        println!(
+            "  WARNING: the API is OPEN: anyone who can reach {} can deploy and read logs.",
+            opts.listen
+        );
+        println!("           Pass --api-token (or GITDEPLOY_API_TOKEN) to require a token.");
+    }
     println!("  API and dashboard   {}", public.api("/"));
     println!("  sites               {}", public.site("<deployment-id>"));
     println!("  data directory      {}", data.display());
