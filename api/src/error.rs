@@ -38,6 +38,11 @@ impl ApiError {
         )
     }
 
+    /// 401 with a specific reason.
+    pub fn unauthorized_with(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
     /// 429: come back later.
     pub fn too_many(message: impl Into<String>) -> Self {
         Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message)

@@ -34,6 +34,7 @@ use crate::error::ApiError;
 use crate::projects::{Project, ProjectError};
 use crate::runner::SubmitError;
 use crate::store::Deployment;
+use crate::webhooks;
 use crate::{now_ms, ControlPlane};
 
 /// Largest request body accepted by the API.
@@ -56,6 +57,7 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
         .route("/api/projects", post(create_project).get(list_projects))
         .route("/api/projects/{name}", get(show_project))
         .route("/api/projects/{name}/promote", post(promote))
+        .route("/api/hooks/github", post(github_hook))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
             cp.clone(),
@@ -83,7 +85,8 @@ async fn require_token(
     let Some(expected) = cp.config.token_sha256 else {
         return next.run(req).await;
     };
-    if matches!(req.uri().path(), "/" | "/api/health") {
+    // Webhooks carry their own authentication (a signature over the body).
+    if matches!(req.uri().path(), "/" | "/api/health" | "/api/hooks/github") {
         return next.run(req).await;
     }
     let from_header = req
@@ -173,13 +176,37 @@ async fn create_deployment(
     req.build
         .validate(cp.config.limits.timeout_secs)
         .map_err(|e| ApiError::bad_request("invalid_build", e))?;
+    if let Some(name) = &req.project {
+        cp.projects
+            .ensure(name, &repo, req.git_ref.as_deref(), now_ms())
+            .map_err(project_error)?;
+    }
+    let deployment = queue_deployment(&cp, repo, req.git_ref, req.project, req.serving, req.build)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(deployment_json(&cp, &deployment)),
+    )
+        .into_response())
+}
+
+/// Records a validated deployment and queues its build; nothing is recorded when the queue is
+/// full.
+fn queue_deployment(
+    cp: &ControlPlane,
+    repo: String,
+    git_ref: Option<String>,
+    project: Option<String>,
+    serving: ServingOptions,
+    build: BuildSettings,
+) -> Result<Deployment, ApiError> {
+    let place = cp.queue.reserve().map_err(submit_error)?;
     let deployment = Deployment {
         id: DeploymentId::random(),
-        project: req.project,
+        project,
         repo: repo.clone(),
-        git_ref: req.git_ref.clone(),
-        serving: req.serving.clone(),
-        build: req.build.without_secret_values(),
+        git_ref: git_ref.clone(),
+        serving: serving.clone(),
+        build: build.without_secret_values(),
         status: DeploymentStatus::Queued,
         error: None,
         commit: None,
@@ -187,36 +214,31 @@ async fn create_deployment(
         started_unix_ms: None,
         finished_unix_ms: None,
     };
-    if let Some(name) = &deployment.project {
-        cp.projects
-            .ensure(name, &repo, deployment.git_ref.as_deref(), now_ms())
-            .map_err(project_error)?;
-    }
     let id = deployment.id.clone();
     cp.store
         .insert(deployment.clone())
         .map_err(ApiError::internal)?;
     cp.bus.create(&id).map_err(ApiError::internal)?;
-    cp.queue
+    place
         .submit(BuildJob {
             deployment: id.clone(),
             repo,
-            git_ref: req.git_ref,
-            serving: req.serving,
-            build: req.build,
+            git_ref,
+            serving,
+            build,
             limits: cp.config.limits.clone(),
             cache_key: Some(deployment_cache_key(&deployment)),
         })
-        .map_err(|e| match e {
-            SubmitError::Full(_) => ApiError::too_many(e.to_string()),
-            SubmitError::Stopped => ApiError::unavailable(e.to_string()),
-        })?;
+        .map_err(submit_error)?;
     tracing::info!(%id, repo = %deployment.repo_display(), "deployment queued");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(deployment_json(&cp, &deployment)),
-    )
-        .into_response())
+    Ok(deployment)
+}
+
+fn submit_error(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::Full(_) => ApiError::too_many(e.to_string()),
+        SubmitError::Stopped => ApiError::unavailable(e.to_string()),
+    }
 }
 
 /// Builds of one project (or, without a project, of one repository) share a package cache.
@@ -303,6 +325,7 @@ fn project_json(cp: &ControlPlane, p: &Project) -> Value {
         "repo": p.repo_display(),
         "production_branch": p.production_branch,
         "production": p.production,
+        "webhook": p.webhook_secret.is_some(),
         "created_unix_ms": p.created_unix_ms,
     })
 }
@@ -315,6 +338,8 @@ struct ProjectRequest {
     repo: String,
     #[serde(default)]
     production_branch: Option<String>,
+    #[serde(default)]
+    webhook_secret: Option<String>,
 }
 
 async fn create_project(State(cp): State<ControlPlane>, body: Bytes) -> Result<Response, ApiError> {
@@ -327,6 +352,12 @@ async fn create_project(State(cp): State<ControlPlane>, body: Bytes) -> Result<R
     if let Some(b) = &req.production_branch {
         validate_git_ref(b).map_err(|e| ApiError::bad_request("invalid_ref", e))?;
     }
+    if req.webhook_secret.as_ref().is_some_and(|s| s.len() < 16) {
+        return Err(ApiError::bad_request(
+            "invalid_secret",
+            "webhook_secret must be at least 16 characters",
+        ));
+    }
     let project = cp
         .projects
         .create(Project {
@@ -334,6 +365,7 @@ async fn create_project(State(cp): State<ControlPlane>, body: Bytes) -> Result<R
             repo,
             production_branch: req.production_branch,
             production: None,
+            webhook_secret: req.webhook_secret,
             created_unix_ms: now_ms(),
         })
         .map_err(project_error)?;
@@ -418,6 +450,106 @@ async fn promote(
         .ok_or_else(|| ApiError::not_found(format!("no project {name:?}")))?;
     tracing::info!(project = %project.name, id = %d.id, "production moved");
     Ok(Json(project_json(&cp, &project)))
+}
+
+/// GitHub push webhook (see [`crate::webhooks`]).
+async fn github_hook(
+    State(cp): State<ControlPlane>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let signature = header("x-hub-signature-256");
+    if signature.is_empty() {
+        return Err(ApiError::unauthorized_with(
+            "the webhook is not signed (X-Hub-Signature-256)",
+        ));
+    }
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("invalid_body", format!("the event is not JSON: {e}"))
+    })?;
+    let repository: webhooks::Repository = serde_json::from_value(value["repository"].clone())
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("the event names no repository: {e}"),
+            )
+        })?;
+    let urls = repository.urls();
+    let candidates: Vec<Project> = cp
+        .projects
+        .list()
+        .into_iter()
+        .filter(|p| p.webhook_secret.is_some() && urls.contains(&webhooks::normalize_repo(&p.repo)))
+        .collect();
+    if candidates.is_empty() {
+        return Err(ApiError::not_found(
+            "no project with a webhook secret deploys this repository",
+        ));
+    }
+    let verified: Vec<Project> = candidates
+        .into_iter()
+        .filter(|p| {
+            p.webhook_secret
+                .as_deref()
+                .is_some_and(|s| webhooks::signature_valid(s, &body, signature))
+        })
+        .collect();
+    if verified.is_empty() {
+        return Err(ApiError::unauthorized_with(
+            "the webhook signature does not match",
+        ));
+    }
+    let names: Vec<&str> = verified.iter().map(|p| p.name.as_str()).collect();
+    match header("x-github-event") {
+        "ping" => return Ok(Json(json!({"ok": true, "projects": names})).into_response()),
+        "push" => {}
+        other => {
+            return Ok(
+                Json(json!({"ignored": format!("{other:?} events are not deployed")}))
+                    .into_response(),
+            )
+        }
+    }
+    let push: webhooks::PushEvent = serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("not a push event: {e}")))?;
+    let Some(branch) = push
+        .git_ref
+        .strip_prefix("refs/heads/")
+        .filter(|_| !push.deleted)
+    else {
+        return Ok(
+            Json(json!({"ignored": "only pushes to branches are deployed"})).into_response(),
+        );
+    };
+    validate_git_ref(branch).map_err(|e| ApiError::bad_request("invalid_ref", e))?;
+    let mut deployments = Vec::new();
+    for project in verified {
+        // A project without a production branch follows the repository's default branch, which
+        // is what a deploy without a ref builds.
+        let is_default = push.repository.default_branch.as_deref() == Some(branch);
+        let git_ref =
+            (project.production_branch.is_some() || !is_default).then(|| branch.to_owned());
+        let d = queue_deployment(
+            &cp,
+            project.repo.clone(),
+            git_ref,
+            Some(project.name.clone()),
+            ServingOptions::default(),
+            BuildSettings::default(),
+        )?;
+        deployments.push(deployment_json(&cp, &d));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "deployments": deployments })),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]

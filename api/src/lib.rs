@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod projects;
 pub mod runner;
 pub mod store;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -26,6 +26,9 @@ pub struct Project {
     /// The deployment `<name>.<domain>` serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub production: Option<DeploymentId>,
+    /// Secret GitHub signs push events with; never shown by the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
     /// Created at (Unix ms).
     pub created_unix_ms: u64,
 }
@@ -144,6 +147,7 @@ impl ProjectStore {
             repo: repo.to_owned(),
             production_branch: branch.map(str::to_owned),
             production: None,
+            webhook_secret: None,
             created_unix_ms: now,
         };
         write_json(&self.dir, name, &project)?;
@@ -216,6 +220,7 @@ mod tests {
             repo: "r".into(),
             production_branch: branch.map(str::to_owned),
             production: None,
+            webhook_secret: None,
             created_unix_ms: 0,
         };
         assert!(p(Some("main")).is_production_ref(Some("main")));

@@ -67,6 +67,34 @@ pub struct JobQueue {
     metrics: ApiMetrics,
 }
 
+/// A place in the build queue.
+pub struct Reservation {
+    queue: Option<JobQueue>,
+}
+
+impl Reservation {
+    /// Queues the job in the reserved place.
+    pub fn submit(mut self, job: BuildJob) -> Result<(), SubmitError> {
+        let Some(queue) = self.queue.take() else {
+            return Err(SubmitError::Stopped);
+        };
+        if queue.tx.send(job).is_err() {
+            queue.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::Stopped);
+        }
+        queue.metrics.queue_depth.inc();
+        Ok(())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(queue) = self.queue.take() {
+            queue.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Why a job was not queued.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -79,29 +107,26 @@ pub enum SubmitError {
 }
 
 impl JobQueue {
-    /// Queues a job unless the queue is full.
-    pub fn submit(&self, job: BuildJob) -> Result<(), SubmitError> {
+    /// Takes a place in the queue, unless it is full. Take the place before recording the
+    /// deployment, then [`Reservation::submit`] the job; a reservation dropped unused frees it.
+    pub fn reserve(&self) -> Result<Reservation, SubmitError> {
         let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
         if waiting >= self.capacity {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::Full(waiting));
         }
-        self.enqueue(job)
+        Ok(Reservation {
+            queue: Some(self.clone()),
+        })
     }
 
     /// Queues a job whatever the queue holds (jobs recovered at start-up).
     fn force(&self, job: BuildJob) -> Result<(), SubmitError> {
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        self.enqueue(job)
-    }
-
-    fn enqueue(&self, job: BuildJob) -> Result<(), SubmitError> {
-        if self.tx.send(job).is_err() {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::Stopped);
+        Reservation {
+            queue: Some(self.clone()),
         }
-        self.metrics.queue_depth.inc();
-        Ok(())
+        .submit(job)
     }
 
     fn taken(&self) {

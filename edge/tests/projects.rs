@@ -222,3 +222,153 @@ async fn project_requests_are_checked() {
     let (status, _) = post(&gd, "/api/projects/docs/promote", json!({"id": "x"})).await;
     assert_eq!(status, 400);
 }
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn github_push_webhooks_deploy_only_when_signed() {
+    let mut server = GitServer::new();
+    let repo = server.add_repo("hooked", &[("index.html", "from main")]);
+    git(&repo, &["branch", "feature"]);
+    server.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start_with(data.path(), &["--api-token", "a-long-enough-test-token"]).await;
+    let secret = "webhook-secret-0123456789";
+    let resp = gd
+        .http()
+        .post(gd.api("/api/projects"))
+        .bearer_auth("a-long-enough-test-token")
+        .json(&json!({"name": "hooked", "repo": server.url("hooked"), "webhook_secret": secret}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let created: Value = resp.json().await.unwrap();
+    assert_eq!(created["webhook"], true);
+    assert!(
+        !created.to_string().contains(secret),
+        "the secret is never shown"
+    );
+
+    let event = |git_ref: &str| {
+        serde_json::to_vec(&json!({
+            "ref": git_ref,
+            "deleted": false,
+            "repository": {"clone_url": server.url("hooked"), "default_branch": "main"},
+        }))
+        .unwrap()
+    };
+    let hook = |body: Vec<u8>, kind: &'static str, signature: Option<String>| {
+        let mut req = gd
+            .http()
+            .post(gd.api("/api/hooks/github"))
+            .header("x-github-event", kind)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(sig) = signature {
+            req = req.header("x-hub-signature-256", sig);
+        }
+        req.send()
+    };
+    let count = || async {
+        let list: Value = gd
+            .http()
+            .get(gd.api("/api/deployments"))
+            .bearer_auth("a-long-enough-test-token")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list["deployments"].as_array().unwrap().len()
+    };
+
+    // Unsigned, mis-signed, or signed with another secret: 401, nothing runs.
+    let body = event("refs/heads/main");
+    assert_eq!(
+        hook(body.clone(), "push", None).await.unwrap().status(),
+        401
+    );
+    assert_eq!(
+        hook(body.clone(), "push", Some("sha256=00".into()))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        hook(
+            body.clone(),
+            "push",
+            Some(sign("another-secret-xxxxxxx", &body))
+        )
+        .await
+        .unwrap()
+        .status(),
+        401
+    );
+    let tampered = event("refs/heads/feature");
+    assert_eq!(
+        hook(tampered, "push", Some(sign(secret, &body)))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(count().await, 0);
+
+    // A ping is answered.
+    let ping = serde_json::to_vec(
+        &json!({"zen": "hi", "repository": {"clone_url": server.url("hooked")}}),
+    )
+    .unwrap();
+    let resp = hook(ping.clone(), "ping", Some(sign(secret, &ping)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // A signed push to the default branch deploys production.
+    let resp = hook(body.clone(), "push", Some(sign(secret, &body)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let answer: Value = resp.json().await.unwrap();
+    let id = answer["deployments"][0]["id"].as_str().unwrap().to_owned();
+    let log = gd
+        .http()
+        .get(gd.api(&format!("/api/deployments/{id}/logs?follow=1")))
+        .bearer_auth("a-long-enough-test-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.contains("Promoted to production of project hooked"),
+        "{log}"
+    );
+    assert_eq!(project_page(&gd, "hooked").await, (200, "from main".into()));
+
+    // A push to another branch is a preview; a tag or a deleted branch deploys nothing.
+    let feature = event("refs/heads/feature");
+    let resp = hook(feature.clone(), "push", Some(sign(secret, &feature)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["deployments"][0]["ref"], "feature");
+    for ignored in [event("refs/tags/v1")] {
+        let resp = hook(ignored.clone(), "push", Some(sign(secret, &ignored)))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(count().await, 2);
+}

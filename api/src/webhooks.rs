@@ -1,0 +1,132 @@
+//! GitHub push webhooks: `POST /api/hooks/github`. The project is found by the repository's
+//! URL, the body is verified against the project's secret (`X-Hub-Signature-256`, HMAC-SHA256 of
+//! the raw body, compared in constant time), and a push to a branch deploys it: the production
+//! branch becomes production, other branches are previews. Anything unsigned or mis-signed is
+//! refused and runs nothing.
+
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+/// Whether `signature` (the header value, `sha256=<hex>`) signs `body` with `secret`.
+pub fn signature_valid(secret: &str, body: &[u8], signature: &str) -> bool {
+    let Some(hex_sig) = signature.trim().strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(expected) = hex::decode(hex_sig) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    mac.update(body);
+    // `verify_slice` compares in constant time.
+    mac.verify_slice(&expected).is_ok()
+}
+
+/// A repository URL reduced to `host/owner/name`, so https, git and ssh forms of one repository
+/// compare equal.
+pub fn normalize_repo(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    let url = url.strip_suffix(".git").unwrap_or(url);
+    let (rest, separator) = match url.split_once("://") {
+        Some((_, rest)) => (rest, '/'),
+        // scp-like git@host:owner/name
+        None => (url.split_once('@').map(|(_, r)| r).unwrap_or(url), ':'),
+    };
+    let (authority, path) = rest.split_once(separator).unwrap_or((rest, ""));
+    let host = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
+    let host = host.split(':').next().unwrap_or(host).to_ascii_lowercase();
+    format!("{host}/{}", path.trim_start_matches('/'))
+}
+
+/// The parts of a push event we use.
+#[derive(Debug, Deserialize)]
+pub struct PushEvent {
+    /// `refs/heads/<branch>` or `refs/tags/<tag>`.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The branch was deleted.
+    #[serde(default)]
+    pub deleted: bool,
+    /// The repository.
+    pub repository: Repository,
+}
+
+/// The repository of an event.
+#[derive(Debug, Deserialize)]
+pub struct Repository {
+    /// `https://github.com/owner/name.git`
+    #[serde(default)]
+    pub clone_url: Option<String>,
+    /// `git://github.com/owner/name.git`
+    #[serde(default)]
+    pub git_url: Option<String>,
+    /// `git@github.com:owner/name.git`
+    #[serde(default)]
+    pub ssh_url: Option<String>,
+    /// `https://github.com/owner/name`
+    #[serde(default)]
+    pub html_url: Option<String>,
+    /// The repository's default branch.
+    #[serde(default)]
+    pub default_branch: Option<String>,
+}
+
+impl Repository {
+    /// Every URL the event names, normalized.
+    pub fn urls(&self) -> Vec<String> {
+        [
+            &self.clone_url,
+            &self.git_url,
+            &self.ssh_url,
+            &self.html_url,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|u| normalize_repo(u))
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_table() {
+        // The example from GitHub's documentation.
+        let secret = "It's a Secret to Everybody";
+        let body = b"Hello, World!";
+        let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert!(signature_valid(secret, body, good));
+        assert!(!signature_valid("other", body, good));
+        assert!(!signature_valid(secret, b"Hello, World?", good));
+        assert!(!signature_valid(secret, body, "sha1=abc"));
+        assert!(!signature_valid(secret, body, "sha256=zz"));
+        assert!(!signature_valid(secret, body, ""));
+    }
+
+    #[test]
+    fn repo_forms_compare_equal() {
+        let want = "github.com/owner/site";
+        for url in [
+            "https://github.com/owner/site",
+            "https://github.com/owner/site.git",
+            "https://user:tok@GitHub.com/owner/site/",
+            "git://github.com/owner/site.git",
+            "ssh://git@github.com/owner/site.git",
+            "git@github.com:owner/site.git",
+        ] {
+            assert_eq!(normalize_repo(url), want, "{url}");
+        }
+        assert_ne!(normalize_repo("https://github.com/owner/other"), want);
+        assert_eq!(
+            normalize_repo("http://127.0.0.1:9418/site"),
+            "127.0.0.1/site"
+        );
+    }
+}
