@@ -8,6 +8,7 @@
 //! GET  /api/deployments/{id}/logs  NDJSON log records so far (?since=N); with ?follow=1,
 //!                                  Server-Sent Events to the end (resumes after Last-Event-ID)
 //! GET  /api/deployments/{id}/logs/ws  WebSocket: backlog, live lines, final record, close
+//! POST /api/deployments/{id}/cancel  stop a queued or running build
 //! POST /api/projects               {"name", "repo", "production_branch"?} → 201
 //! GET  /api/projects               projects with their production URL and deployment
 //! GET  /api/projects/{name}        one project and its deployments
@@ -53,6 +54,7 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
         .route("/deploy", post(create_deployment))
         .route("/api/deployments/{id}", get(show_deployment))
         .route("/api/deployments/{id}/logs", get(read_logs))
+        .route("/api/deployments/{id}/cancel", post(cancel_deployment))
         .route("/api/deployments/{id}/logs/ws", get(follow_logs_ws))
         .route("/api/projects", post(create_project).get(list_projects))
         .route("/api/projects/{name}", get(show_project))
@@ -550,6 +552,36 @@ async fn github_hook(
         Json(json!({ "deployments": deployments })),
     )
         .into_response())
+}
+
+/// Cancels a queued or running build.
+async fn cancel_deployment(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let d = lookup(&cp, &id)?;
+    if d.status.is_terminal() || !cp.queue.cancel(&d.id) {
+        return Err(ApiError::conflict(
+            "not_cancelable",
+            format!(
+                "deployment {} is {}; only queued or building deployments can be canceled",
+                d.id,
+                status_name(d.status)
+            ),
+        ));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": d.id, "canceling": true})),
+    )
+        .into_response())
+}
+
+fn status_name(s: DeploymentStatus) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 #[derive(Deserialize)]

@@ -3,6 +3,7 @@
 //! records the outcome. The child runs in its own process group so a timeout or a shutdown kills
 //! everything the build started, not just the builder.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -18,7 +19,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::logbus::LogBus;
 use crate::metrics::ApiMetrics;
@@ -61,7 +62,9 @@ pub trait LogArchive: Send + Sync {
 /// Hands jobs to the runner. Cheap to clone.
 #[derive(Clone)]
 pub struct JobQueue {
-    tx: mpsc::UnboundedSender<BuildJob>,
+    tx: mpsc::UnboundedSender<(BuildJob, watch::Receiver<bool>)>,
+    /// Cancel switches of queued and running jobs.
+    cancels: Arc<std::sync::Mutex<HashMap<DeploymentId, watch::Sender<bool>>>>,
     waiting: Arc<AtomicUsize>,
     capacity: usize,
     metrics: ApiMetrics,
@@ -78,7 +81,19 @@ impl Reservation {
         let Some(queue) = self.queue.take() else {
             return Err(SubmitError::Stopped);
         };
-        if queue.tx.send(job).is_err() {
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let id = job.deployment.clone();
+        queue
+            .cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), cancel_tx);
+        if queue.tx.send((job, cancel_rx)).is_err() {
+            queue
+                .cancels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
             queue.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::Stopped);
         }
@@ -129,6 +144,29 @@ impl JobQueue {
         .submit(job)
     }
 
+    /// Cancels a queued or running build; `false` when no such build is waiting or running.
+    pub fn cancel(&self, id: &DeploymentId) -> bool {
+        match self
+            .cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
+            Some(switch) => {
+                let _ = switch.send(true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn done(&self, id: &DeploymentId) {
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
     fn taken(&self) {
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         self.metrics.queue_depth.dec();
@@ -141,7 +179,7 @@ pub struct LocalRunner {
     store: Arc<FileStore>,
     projects: Arc<ProjectStore>,
     bus: Arc<LogBus>,
-    rx: mpsc::UnboundedReceiver<BuildJob>,
+    rx: mpsc::UnboundedReceiver<(BuildJob, watch::Receiver<bool>)>,
     queue: JobQueue,
     metrics: ApiMetrics,
 }
@@ -160,6 +198,7 @@ impl LocalRunner {
         let queue = JobQueue {
             tx,
             waiting: Arc::default(),
+            cancels: Arc::default(),
             capacity: config.max_queued,
             metrics: metrics.clone(),
         };
@@ -222,7 +261,8 @@ impl LocalRunner {
                         cache_key: Some(crate::http::deployment_cache_key(&d)),
                     });
                 }
-                DeploymentStatus::Ready | DeploymentStatus::Failed => {}
+                DeploymentStatus::Ready | DeploymentStatus::Failed | DeploymentStatus::Canceled => {
+                }
             }
         }
     }
@@ -241,7 +281,7 @@ impl LocalRunner {
                     Err(_) => break,
                 },
             };
-            let job = tokio::select! {
+            let (job, cancel) = tokio::select! {
                 _ = &mut shutdown => break,
                 job = self.rx.recv() => match job {
                     Some(job) => job,
@@ -249,16 +289,23 @@ impl LocalRunner {
                 },
             };
             self.queue.taken();
-            let (store, projects, bus, config, metrics) = (
+            let (store, projects, bus, config, metrics, queue) = (
                 self.store.clone(),
                 self.projects.clone(),
                 self.bus.clone(),
                 config.clone(),
                 self.metrics.clone(),
+                self.queue.clone(),
             );
             running.spawn(async move {
-                let record = Job::new(&store, &projects, &bus, &metrics, job.deployment.clone());
-                run_job(&config, record, job).await;
+                let id = job.deployment.clone();
+                let record = Job::new(&store, &projects, &bus, &metrics, id.clone());
+                if *cancel.borrow() {
+                    record.finish(Finished::canceled());
+                } else {
+                    run_job(&config, record, job, cancel).await;
+                }
+                queue.done(&id);
                 drop(permit);
             });
             // Reap finished tasks so the set does not grow without bound.
@@ -401,6 +448,12 @@ struct Finished {
 }
 
 impl Finished {
+    fn canceled() -> Self {
+        let mut f = Finished::failed("canceled".into(), None);
+        f.outcome.status = DeploymentStatus::Canceled;
+        f
+    }
+
     fn failed(error: String, exit_code: Option<i32>) -> Self {
         Finished {
             outcome: Outcome {
@@ -436,7 +489,12 @@ impl Drop for ProcessGroup {
     }
 }
 
-async fn run_job(config: &LocalRunnerConfig, job: Job<'_>, build: BuildJob) {
+async fn run_job(
+    config: &LocalRunnerConfig,
+    job: Job<'_>,
+    build: BuildJob,
+    mut cancel: watch::Receiver<bool>,
+) {
     let started = job.store.update(&job.id, |d| {
         d.status = DeploymentStatus::Building;
         d.started_unix_ms = Some(now_ms());
@@ -455,9 +513,14 @@ async fn run_job(config: &LocalRunnerConfig, job: Job<'_>, build: BuildJob) {
     let timer = job.metrics.build_duration.start_timer();
     let work_dir = config.work_root.join(job.id.as_str());
     let started = std::time::Instant::now();
-    let mut finished = match spawn_and_follow(config, &job, &build, &work_dir).await {
-        Ok(result) => result,
-        Err(e) => Finished::failed(e, None),
+    // Canceling drops the build future: its child and process-group guards kill the builder
+    // and everything it started.
+    let mut finished = tokio::select! {
+        result = spawn_and_follow(config, &job, &build, &work_dir) => match result {
+            Ok(result) => result,
+            Err(e) => Finished::failed(e, None),
+        },
+        _ = cancel.wait_for(|canceled| *canceled) => Finished::canceled(),
     };
     finished.outcome.duration_ms = Some(started.elapsed().as_millis() as u64);
     if let Err(e) = tokio::fs::remove_dir_all(&work_dir).await {
@@ -467,10 +530,10 @@ async fn run_job(config: &LocalRunnerConfig, job: Job<'_>, build: BuildJob) {
     }
     timer.observe_duration();
     job.metrics.running.dec();
-    let outcome = if finished.outcome.status == DeploymentStatus::Ready {
-        "ready"
-    } else {
-        "failed"
+    let outcome = match finished.outcome.status {
+        DeploymentStatus::Ready => "ready",
+        DeploymentStatus::Canceled => "canceled",
+        _ => "failed",
     };
     job.metrics
         .builds_finished

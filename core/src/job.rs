@@ -57,12 +57,17 @@ pub enum DeploymentStatus {
     Ready,
     /// The build failed; nothing is served.
     Failed,
+    /// Canceled before it finished; nothing is served.
+    Canceled,
 }
 
 impl DeploymentStatus {
     /// True once the deployment can no longer change.
     pub fn is_terminal(self) -> bool {
-        matches!(self, DeploymentStatus::Ready | DeploymentStatus::Failed)
+        matches!(
+            self,
+            DeploymentStatus::Ready | DeploymentStatus::Failed | DeploymentStatus::Canceled
+        )
     }
 }
 

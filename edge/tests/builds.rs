@@ -460,3 +460,73 @@ async fn a_build_without_network_cannot_reach_anything() {
         assert_eq!(all.contains("network off"), !network, "{all}");
     }
 }
+
+#[tokio::test]
+async fn canceling_stops_a_running_build_and_skips_a_queued_one() {
+    let marker = format!("sleep {}", 200_000 + std::process::id() % 50_000);
+    let mut git = GitServer::new();
+    git.add_repo(
+        "slow",
+        &[("build.sh", &format!("echo started\n{marker}\n"))],
+    );
+    git.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start_with(data.path(), &["--concurrency", "1"]).await;
+    let body = json!({"repo": git.url("slow"), "build": {"build_command": "sh build.sh"}});
+    let (_, running) = gd.deploy(body.clone()).await;
+    let (_, queued) = gd.deploy(body.clone()).await;
+    let (running, queued) = (
+        running["id"].as_str().unwrap().to_owned(),
+        queued["id"].as_str().unwrap().to_owned(),
+    );
+    let cancel = |id: String| {
+        let req = gd
+            .http()
+            .post(gd.api(&format!("/api/deployments/{id}/cancel")));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+
+    // Cancel the queued one first: it never runs.
+    assert_eq!(cancel(queued.clone()).await, 202);
+    // Wait (bounded) until the first build's command is running, then cancel it.
+    let url = format!(
+        "ws://127.0.0.1:{}/api/deployments/{running}/logs/ws",
+        gd.port
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("build never started");
+        let text = msg.unwrap().unwrap().into_text().unwrap();
+        if text.contains("\"line\":\"started\"") {
+            break;
+        }
+    }
+    assert_eq!(cancel(running.clone()).await, 202);
+    let log = gd.follow(&running, 0).await;
+    let last = log.last().unwrap().outcome.clone().unwrap();
+    assert_eq!(last.status, DeploymentStatus::Canceled, "{}", text(&log));
+    assert_eq!(gd.status(&running).await["status"], "canceled");
+    assert_eq!(
+        processes_matching(&marker),
+        0,
+        "processes of the canceled build survived it"
+    );
+
+    let log = gd.follow(&queued, 0).await;
+    assert_eq!(
+        log.last().unwrap().outcome.as_ref().unwrap().status,
+        DeploymentStatus::Canceled
+    );
+    assert!(
+        !text(&log).contains("Build started"),
+        "the queued build ran: {}",
+        text(&log)
+    );
+    // Finished builds cannot be canceled; unknown ones do not exist.
+    assert_eq!(cancel(running).await, 409);
+    assert_eq!(cancel("zzzzzzzzzzz9".into()).await, 404);
+}
