@@ -47,6 +47,7 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/api/health", get(|| async { Json(json!({"ok": true})) }))
+        .route("/api/openapi.json", get(openapi))
         .route(
             "/api/deployments",
             post(create_deployment).get(list_deployments),
@@ -69,6 +70,13 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
         .with_state(cp)
 }
 
+/// The API's OpenAPI document (kept in step with [`router`] by a test).
+const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 async fn index(State(cp): State<ControlPlane>) -> Json<Value> {
     Json(json!({
         "service": "gitdeploy",
@@ -88,7 +96,10 @@ async fn require_token(
         return next.run(req).await;
     };
     // Webhooks carry their own authentication (a signature over the body).
-    if matches!(req.uri().path(), "/" | "/api/health" | "/api/hooks/github") {
+    if matches!(
+        req.uri().path(),
+        "/" | "/api/health" | "/api/openapi.json" | "/api/hooks/github"
+    ) {
         return next.run(req).await;
     }
     let from_header = req
@@ -707,6 +718,43 @@ async fn stream_log(mut socket: WebSocket, mut follower: crate::logbus::Follower
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every route the router serves is documented with its methods, and nothing else is.
+    #[test]
+    fn openapi_matches_the_router() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let documented: std::collections::BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|k| matches!(k.as_str(), "get" | "post" | "put" | "delete" | "patch"))
+                    .map(move |m| (path.clone(), m.clone()))
+            })
+            .collect();
+        // The routes as written in `router` above.
+        let source = include_str!("http.rs");
+        let body = source
+            .split("pub(crate) fn router")
+            .nth(1)
+            .unwrap()
+            .split(".fallback(")
+            .next()
+            .unwrap();
+        let mut served = std::collections::BTreeSet::new();
+        for route in body.split(".route(").skip(1) {
+            let path = route.split('"').nth(1).unwrap().to_owned();
+            for method in ["get", "post", "put", "delete", "patch"] {
+                if route.contains(&format!("{method}(")) {
+                    served.insert((path.clone(), method.to_owned()));
+                }
+            }
+        }
+        assert_eq!(documented, served);
+    }
 
     #[test]
     fn token_checks() {
