@@ -13,6 +13,7 @@
 //! GET  /api/projects               projects with their production URL and deployment
 //! GET  /api/projects/{name}        one project and its deployments
 //! POST /api/projects/{name}/promote {"deployment": id}: move production (promote or roll back)
+//! POST /api/projects/{name}/rollback  back to the previous production deployment
 //! GET  /api/health                 liveness
 //! ```
 
@@ -60,6 +61,7 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
         .route("/api/projects", post(create_project).get(list_projects))
         .route("/api/projects/{name}", get(show_project))
         .route("/api/projects/{name}/promote", post(promote))
+        .route("/api/projects/{name}/rollback", post(rollback))
         .route("/api/hooks/github", post(github_hook))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
@@ -338,6 +340,7 @@ fn project_json(cp: &ControlPlane, p: &Project) -> Value {
         "repo": p.repo_display(),
         "production_branch": p.production_branch,
         "production": p.production,
+        "previous": p.history.last(),
         "webhook": p.webhook_secret.is_some(),
         "created_unix_ms": p.created_unix_ms,
     })
@@ -378,6 +381,7 @@ async fn create_project(State(cp): State<ControlPlane>, body: Bytes) -> Result<R
             repo,
             production_branch: req.production_branch,
             production: None,
+            history: Vec::new(),
             webhook_secret: req.webhook_secret,
             created_unix_ms: now_ms(),
         })
@@ -463,6 +467,32 @@ async fn promote(
         .ok_or_else(|| ApiError::not_found(format!("no project {name:?}")))?;
     tracing::info!(project = %project.name, id = %d.id, "production moved");
     Ok(Json(project_json(&cp, &project)))
+}
+
+/// Moves the project's alias back to its previous production deployment (still ready).
+async fn rollback(
+    State(cp): State<ControlPlane>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let before = lookup_project(&cp, &name)?;
+    let usable = |id: &DeploymentId| {
+        cp.store
+            .get(id)
+            .is_some_and(|d| d.status == DeploymentStatus::Ready)
+    };
+    let after = cp
+        .projects
+        .rollback(&name, usable)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no project {name:?}")))?;
+    if after.production == before.production {
+        return Err(ApiError::conflict(
+            "nothing_to_roll_back",
+            format!("project {name} has no earlier ready production deployment"),
+        ));
+    }
+    tracing::info!(project = %name, to = ?after.production, "rolled back");
+    Ok(Json(project_json(&cp, &after)))
 }
 
 /// GitHub push webhook (see [`crate::webhooks`]).

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{load_json_dir, write_json};
 
+/// Earlier production deployments remembered per project.
+const MAX_HISTORY: usize = 50;
+
 /// One project.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Project {
@@ -26,6 +29,9 @@ pub struct Project {
     /// The deployment `<name>.<domain>` serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub production: Option<DeploymentId>,
+    /// Earlier production deployments, oldest first (rollback walks back through them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<DeploymentId>,
     /// Secret GitHub signs push events with; never shown by the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_secret: Option<String>,
@@ -147,6 +153,7 @@ impl ProjectStore {
             repo: repo.to_owned(),
             production_branch: branch.map(str::to_owned),
             production: None,
+            history: Vec::new(),
             webhook_secret: None,
             created_unix_ms: now,
         };
@@ -155,18 +162,51 @@ impl ProjectStore {
         Ok(project)
     }
 
-    /// Points the project's alias at `deployment`; `None` when the project does not exist.
+    /// Points the project's alias at `deployment`, remembering the one it replaces;
+    /// `None` when the project does not exist.
     pub fn set_production(
         &self,
         name: &str,
         deployment: &DeploymentId,
     ) -> io::Result<Option<Project>> {
+        self.change(name, |p| {
+            if p.production.as_ref() == Some(deployment) {
+                return;
+            }
+            if let Some(previous) = p.production.replace(deployment.clone()) {
+                p.history.push(previous);
+                let excess = p.history.len().saturating_sub(MAX_HISTORY);
+                p.history.drain(..excess);
+            }
+        })
+    }
+
+    /// Points the alias back at the most recent earlier production deployment for which
+    /// `usable` holds (deployments no longer servable are skipped). Returns the project, or
+    /// `None` when it does not exist; production is unchanged when there is nothing to roll back
+    /// to.
+    pub fn rollback(
+        &self,
+        name: &str,
+        usable: impl Fn(&DeploymentId) -> bool,
+    ) -> io::Result<Option<Project>> {
+        self.change(name, |p| {
+            while let Some(previous) = p.history.pop() {
+                if usable(&previous) && p.production.as_ref() != Some(&previous) {
+                    p.production = Some(previous);
+                    return;
+                }
+            }
+        })
+    }
+
+    fn change(&self, name: &str, f: impl FnOnce(&mut Project)) -> io::Result<Option<Project>> {
         let mut projects = self.projects.write().unwrap_or_else(|p| p.into_inner());
         let Some(current) = projects.get(name) else {
             return Ok(None);
         };
         let mut next = current.clone();
-        next.production = Some(deployment.clone());
+        f(&mut next);
         write_json(&self.dir, name, &next)?;
         projects.insert(name.to_owned(), next.clone());
         Ok(Some(next))
@@ -209,7 +249,18 @@ mod tests {
         store.set_production("site", &id).unwrap().unwrap();
         assert!(store.set_production("nope", &id).unwrap().is_none());
         let reopened = ProjectStore::open(dir.path()).unwrap();
-        assert_eq!(reopened.production("site"), Some(id));
+        assert_eq!(reopened.production("site"), Some(id.clone()));
+        // Rollback walks back through earlier productions, skipping unusable ones.
+        let (b, c) = (
+            DeploymentId::parse("bbbbbbbbbbb2").unwrap(),
+            DeploymentId::parse("ccccccccccc3").unwrap(),
+        );
+        reopened.set_production("site", &b).unwrap();
+        reopened.set_production("site", &c).unwrap();
+        reopened.rollback("site", |d| d != &b).unwrap();
+        assert_eq!(reopened.production("site"), Some(id.clone()));
+        let p = reopened.rollback("site", |_| true).unwrap().unwrap();
+        assert_eq!(p.production, Some(id), "nothing left to roll back to");
         assert_eq!(reopened.list().len(), 1);
     }
 
@@ -220,6 +271,7 @@ mod tests {
             repo: "r".into(),
             production_branch: branch.map(str::to_owned),
             production: None,
+            history: Vec::new(),
             webhook_secret: None,
             created_unix_ms: 0,
         };

@@ -1,42 +1,115 @@
-//! The command-line client: speaks only the public API.
+//! The command-line client: speaks only the public API. Every command takes `--api`
+//! (`GITDEPLOY_API`) and a token from `--token`, `GITDEPLOY_TOKEN` or `gitdeploy login`; listings
+//! print tables, or JSON with `--json`; errors are one line on stderr with a non-zero exit.
+
+use std::path::PathBuf;
 
 use futures_util::StreamExt;
-use gitdeploy_core::{DeploymentStatus, LogRecord, LogStream};
+use gitdeploy_core::{DeploymentStatus, LogRecord, LogStream, Outcome};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Options of `gitdeploy deploy`.
-#[derive(clap::Args, Debug)]
-pub struct DeployOptions {
-    /// Repository URL (https, http, git or an absolute local path).
-    repo: String,
-    /// Branch, tag or commit (the default branch when absent).
-    #[arg(long = "ref")]
-    git_ref: Option<String>,
-    /// Project the deployment belongs to.
-    #[arg(long)]
-    project: Option<String>,
-    /// Stream the build log until the deployment is ready or failed.
-    #[arg(long, short)]
-    follow: bool,
+/// Where to reach GitDeploy.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiOptions {
     /// GitDeploy API address.
-    #[arg(long, env = "GITDEPLOY_API", default_value = "http://localhost:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "GITDEPLOY_API",
+        default_value = "http://localhost:8080"
+    )]
     api: String,
-    /// API token, when the server requires one.
-    #[arg(long, env = "GITDEPLOY_TOKEN", hide_env_values = true)]
+    /// API token (else GITDEPLOY_TOKEN, else the one saved by `gitdeploy login`).
+    #[arg(long, global = true, env = "GITDEPLOY_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
 
-/// Exit status: ready (or queued without --follow).
+/// Client commands.
+#[derive(clap::Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Deploy a repository; prints the URL at once, with --follow streams the log to the end.
+    Deploy {
+        /// Repository URL (https, http, git or an absolute local path).
+        repo: String,
+        /// Branch, tag or commit (the default branch when absent).
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        /// Project the deployment belongs to.
+        #[arg(long)]
+        project: Option<String>,
+        /// Make it the project's production deployment once ready (implies --follow).
+        #[arg(long)]
+        prod: bool,
+        /// Stream the build log until the deployment is ready or failed.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Print a deployment's build log.
+    Logs {
+        /// Deployment id.
+        id: String,
+        /// Keep following until the build ends.
+        #[arg(long, short)]
+        follow: bool,
+        /// Start at this line number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+    /// List recent deployments.
+    Ls {
+        /// Only this project's.
+        #[arg(long)]
+        project: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one deployment.
+    Inspect {
+        /// Deployment id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a deployment the project's production deployment.
+    Promote {
+        /// Project name.
+        project: String,
+        /// Deployment id.
+        id: String,
+    },
+    /// Move a project back to its previous production deployment.
+    Rollback {
+        /// Project name.
+        project: String,
+    },
+    /// Cancel a queued or running build.
+    Cancel {
+        /// Deployment id.
+        id: String,
+    },
+    /// List projects.
+    Projects {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Save an API token for later commands (read from --token or standard input).
+    Login,
+}
+
+/// Exit status: done (or ready).
 const EXIT_OK: i32 = 0;
-/// Exit status: the build failed.
+/// Exit status: the build failed or was canceled.
 const EXIT_FAILED: i32 = 1;
 /// Exit status: the request could not be made or was refused.
 const EXIT_ERROR: i32 = 2;
 
-/// Runs `gitdeploy deploy`; returns the exit status.
-pub fn deploy(opts: DeployOptions) -> i32 {
+/// Runs a client command; returns the exit status.
+pub fn run(api: ApiOptions, command: ClientCommand) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -47,7 +120,7 @@ pub fn deploy(opts: DeployOptions) -> i32 {
             return EXIT_ERROR;
         }
     };
-    match rt.block_on(deploy_async(opts)) {
+    match rt.block_on(run_async(api, command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -56,86 +129,437 @@ pub fn deploy(opts: DeployOptions) -> i32 {
     }
 }
 
-async fn deploy_async(opts: DeployOptions) -> Result<i32, String> {
-    let api = opts.api.trim_end_matches('/');
-    let mut body = json!({ "repo": opts.repo });
-    if let Some(r) = &opts.git_ref {
-        body["ref"] = json!(r);
+fn token_file() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("gitdeploy").join("token"))
+}
+
+struct Client {
+    api: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(opts: &ApiOptions) -> Self {
+        let token = opts.token.clone().or_else(|| {
+            token_file()
+                .and_then(|f| std::fs::read_to_string(f).ok())
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+        });
+        Client {
+            api: opts.api.trim_end_matches('/').to_owned(),
+            token,
+            http: reqwest::Client::new(),
+        }
     }
-    if let Some(p) = &opts.project {
-        body["project"] = json!(p);
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let mut req = self.http.request(method, format!("{}{path}", self.api));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach GitDeploy at {}: {e}", self.api))?;
+        let status = resp.status();
+        let value: Value = resp
+            .json()
+            .await
+            .map_err(|e| format!("unreadable answer ({status}): {e}"))?;
+        if !status.is_success() {
+            let message = value["error"]["message"]
+                .as_str()
+                .unwrap_or("request refused");
+            return Err(format!("{message} ({status})"));
+        }
+        Ok(value)
     }
-    let mut req = reqwest::Client::new()
-        .post(format!("{api}/api/deployments"))
-        .json(&body);
-    if let Some(token) = &opts.token {
-        req = req.bearer_auth(token);
+
+    async fn get(&self, path: &str) -> Result<Value, String> {
+        self.call(reqwest::Method::GET, path, None).await
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach GitDeploy at {api}: {e}"))?;
-    let status = resp.status();
-    let answer: Value = resp
-        .json()
-        .await
-        .map_err(|e| format!("unreadable answer ({status}): {e}"))?;
-    if !status.is_success() {
-        let message = answer["error"]["message"]
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// Streams a log over the WebSocket, printing each line; returns the outcome status.
+    async fn follow(&self, id: &str, since: u64) -> Result<Option<Outcome>, String> {
+        let ws_url = format!(
+            "{}/api/deployments/{id}/logs/ws?since={since}",
+            self.api.replacen("http", "ws", 1)
+        );
+        let mut request = ws_url
             .as_str()
-            .unwrap_or("request refused");
-        return Err(format!("{message} ({status})"));
-    }
-    let id = answer["id"]
-        .as_str()
-        .ok_or("the answer has no deployment id")?;
-    let url = answer["url"].as_str().unwrap_or_default();
-    println!("Deployment {id} queued: {url}");
-    if !opts.follow {
-        return Ok(EXIT_OK);
-    }
-    let ws_url = format!(
-        "{}/api/deployments/{id}/logs/ws",
-        api.replacen("http", "ws", 1)
-    );
-    let mut request = ws_url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| format!("bad log address {ws_url}: {e}"))?;
-    if let Some(token) = &opts.token {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| "the token is not a valid header value")?;
-        request.headers_mut().insert("authorization", value);
-    }
-    let (mut socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|e| format!("cannot follow the log: {e}"))?;
-    while let Some(msg) = socket.next().await {
-        let text = match msg.map_err(|e| format!("log stream broke: {e}"))? {
-            Message::Text(t) => t,
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        let record: LogRecord =
-            serde_json::from_str(&text).map_err(|e| format!("bad log record: {e}"))?;
-        match record.stream {
-            LogStream::System => println!("▸ {}", record.line),
-            LogStream::Stdout => println!("  {}", record.line),
-            LogStream::Stderr => eprintln!("  {}", record.line),
+            .into_client_request()
+            .map_err(|e| format!("bad log address {ws_url}: {e}"))?;
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| "the token is not a valid header value")?;
+            request.headers_mut().insert("authorization", value);
         }
-        if let Some(outcome) = record.outcome {
-            return Ok(if outcome.status == DeploymentStatus::Ready {
-                println!("Ready: {url}");
-                EXIT_OK
-            } else {
-                eprintln!(
-                    "Failed: {}",
-                    outcome.error.unwrap_or_else(|| "unknown error".into())
+        let (mut socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .map_err(|e| format!("cannot follow the log: {e}"))?;
+        while let Some(msg) = socket.next().await {
+            let text = match msg.map_err(|e| format!("log stream broke: {e}"))? {
+                Message::Text(t) => t,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let record: LogRecord =
+                serde_json::from_str(&text).map_err(|e| format!("bad log record: {e}"))?;
+            print_record(&record);
+            if let Some(outcome) = record.outcome {
+                return Ok(Some(outcome));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn print_record(record: &LogRecord) {
+    match record.stream {
+        LogStream::System => println!("▸ {}", record.line),
+        LogStream::Stdout => println!("  {}", record.line),
+        LogStream::Stderr => eprintln!("  {}", record.line),
+    }
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or("-")
+}
+
+/// A plain aligned table.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.into_iter().map(line));
+    out.join("\n")
+}
+
+fn age(created_ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let secs = now.saturating_sub(created_ms) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        3600..=86399 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+/// Reports how a followed build ended; returns the exit status.
+fn report_outcome(outcome: Option<Outcome>) -> i32 {
+    match outcome {
+        Some(o) if o.status == DeploymentStatus::Ready => EXIT_OK,
+        Some(o) => {
+            let status = serde_json::to_value(o.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            eprintln!(
+                "Failed ({status}): {}",
+                o.error.unwrap_or_else(|| "no reason given".into())
+            );
+            EXIT_FAILED
+        }
+        None => {
+            eprintln!("Failed: the log ended without an outcome");
+            EXIT_FAILED
+        }
+    }
+}
+
+async fn run_async(opts: ApiOptions, command: ClientCommand) -> Result<i32, String> {
+    let client = Client::new(&opts);
+    match command {
+        ClientCommand::Deploy {
+            repo,
+            git_ref,
+            project,
+            prod,
+            follow,
+        } => {
+            if prod && project.is_none() {
+                return Err("--prod needs --project".into());
+            }
+            let mut body = json!({ "repo": repo });
+            if let Some(r) = &git_ref {
+                body["ref"] = json!(r);
+            }
+            if let Some(p) = &project {
+                body["project"] = json!(p);
+            }
+            let answer = client.post("/api/deployments", body).await?;
+            let id = answer["id"]
+                .as_str()
+                .ok_or("the answer has no deployment id")?
+                .to_owned();
+            let url = str_of(&answer, "url").to_owned();
+            println!("Deployment {id} queued: {url}");
+            if !follow && !prod {
+                return Ok(EXIT_OK);
+            }
+            let code = report_outcome(client.follow(&id, 0).await?);
+            if code != EXIT_OK {
+                return Ok(code);
+            }
+            println!("Ready: {url}");
+            if let (true, Some(project)) = (prod, &project) {
+                let p = client
+                    .post(
+                        &format!("/api/projects/{project}/promote"),
+                        json!({"deployment": id}),
+                    )
+                    .await?;
+                println!("Production: {}", str_of(&p, "url"));
+            }
+            Ok(EXIT_OK)
+        }
+        ClientCommand::Logs { id, follow, since } => {
+            if follow {
+                return Ok(report_outcome(client.follow(&id, since).await?));
+            }
+            let url = format!("{}/api/deployments/{id}/logs?since={since}", client.api);
+            let mut req = client.http.get(url);
+            if let Some(token) = &client.token {
+                req = req.bearer_auth(token);
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| format!("cannot reach GitDeploy: {e}"))?;
+            if !resp.status().is_success() {
+                let status = resp.status();
+                let v: Value = resp.json().await.unwrap_or_default();
+                return Err(format!(
+                    "{} ({status})",
+                    v["error"]["message"].as_str().unwrap_or("request refused")
+                ));
+            }
+            let text = resp.text().await.map_err(|e| e.to_string())?;
+            for line in text.lines() {
+                let record: LogRecord =
+                    serde_json::from_str(line).map_err(|e| format!("bad log record: {e}"))?;
+                print_record(&record);
+            }
+            Ok(EXIT_OK)
+        }
+        ClientCommand::Ls { project, json } => {
+            let path = match &project {
+                Some(p) => format!("/api/projects/{p}"),
+                None => "/api/deployments".into(),
+            };
+            let answer = client.get(&path).await?;
+            let list = answer["deployments"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
                 );
-                EXIT_FAILED
-            });
+                return Ok(EXIT_OK);
+            }
+            let rows = list
+                .iter()
+                .map(|d| {
+                    vec![
+                        str_of(d, "id").to_owned(),
+                        str_of(d, "status").to_owned(),
+                        d["project"].as_str().unwrap_or("-").to_owned(),
+                        d["ref"].as_str().unwrap_or("-").to_owned(),
+                        d["commit"]
+                            .as_str()
+                            .map(|c| c.chars().take(8).collect())
+                            .unwrap_or_else(|| "-".into()),
+                        age(d["created_unix_ms"].as_u64().unwrap_or(0)),
+                        str_of(d, "url").to_owned(),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                table(
+                    &["ID", "STATUS", "PROJECT", "REF", "COMMIT", "AGE", "URL"],
+                    rows
+                )
+            );
+            Ok(EXIT_OK)
+        }
+        ClientCommand::Inspect { id, json } => {
+            let d = client.get(&format!("/api/deployments/{id}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+            } else {
+                for key in [
+                    "id",
+                    "status",
+                    "url",
+                    "project",
+                    "project_url",
+                    "repo",
+                    "ref",
+                    "commit",
+                    "error",
+                ] {
+                    if let Some(v) = d[key].as_str() {
+                        println!("{key:<12} {v}");
+                    }
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        ClientCommand::Promote { project, id } => {
+            let p = client
+                .post(
+                    &format!("/api/projects/{project}/promote"),
+                    json!({"deployment": id}),
+                )
+                .await?;
+            println!(
+                "{} now serves {} at {}",
+                project,
+                str_of(&p, "production"),
+                str_of(&p, "url")
+            );
+            Ok(EXIT_OK)
+        }
+        ClientCommand::Rollback { project } => {
+            let p = client
+                .post(&format!("/api/projects/{project}/rollback"), json!({}))
+                .await?;
+            println!(
+                "{} rolled back to {} at {}",
+                project,
+                str_of(&p, "production"),
+                str_of(&p, "url")
+            );
+            Ok(EXIT_OK)
+        }
+        ClientCommand::Cancel { id } => {
+            client
+                .post(&format!("/api/deployments/{id}/cancel"), json!({}))
+                .await?;
+            println!("Canceling {id}");
+            Ok(EXIT_OK)
+        }
+        ClientCommand::Projects { json } => {
+            let answer = client.get("/api/projects").await?;
+            let list = answer["projects"].as_array().cloned().unwrap_or_default();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+                return Ok(EXIT_OK);
+            }
+            let rows = list
+                .iter()
+                .map(|p| {
+                    vec![
+                        str_of(p, "name").to_owned(),
+                        p["production"].as_str().unwrap_or("-").to_owned(),
+                        str_of(p, "url").to_owned(),
+                        str_of(p, "repo").to_owned(),
+                    ]
+                })
+                .collect();
+            println!("{}", table(&["NAME", "PRODUCTION", "URL", "REPO"], rows));
+            Ok(EXIT_OK)
+        }
+        ClientCommand::Login => {
+            let token = match opts.token {
+                Some(t) => t,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .map_err(|e| e.to_string())?;
+                    line.trim().to_owned()
+                }
+            };
+            if token.is_empty() {
+                return Err("no token given (pass --token or type it on standard input)".into());
+            }
+            let check = Client {
+                token: Some(token.clone()),
+                ..client
+            };
+            check
+                .get("/api/deployments")
+                .await
+                .map_err(|e| format!("the token was not accepted: {e}"))?;
+            let file = token_file().ok_or("cannot find a configuration directory (set HOME)")?;
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            }
+            write_private(&file, &token).map_err(|e| format!("cannot save the token: {e}"))?;
+            println!("Token saved to {}", file.display());
+            Ok(EXIT_OK)
         }
     }
-    Err("the log ended without an outcome".into())
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["ID", "STATUS"],
+            vec![
+                vec!["abc".into(), "ready".into()],
+                vec!["a".into(), "failed".into()],
+            ],
+        );
+        assert_eq!(t, "ID   STATUS\nabc  ready\na    failed");
+    }
 }

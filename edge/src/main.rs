@@ -27,6 +27,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "gitdeploy", version, about = "Git repository to live website")]
 struct Cli {
+    #[command(flatten)]
+    api: cli::ApiOptions,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,8 +37,8 @@ struct Cli {
 enum Command {
     /// Run the whole platform on this machine: edge, API, embedded S3 and local builders.
     Up(up::UpOptions),
-    /// Deploy a repository through a running GitDeploy.
-    Deploy(cli::DeployOptions),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
     /// Run one build job described by GITDEPLOY_* variables (used by the local runner).
     #[command(hide = true)]
     Builder,
@@ -55,7 +57,7 @@ fn main() {
                 }
             }
         }
-        Command::Deploy(opts) => cli::deploy(opts),
+        Command::Client(command) => cli::run(cli.api, command),
         Command::Builder => match tokio::runtime::Runtime::new() {
             Ok(rt) => rt.block_on(gitdeploy_builder::run_from_env()),
             Err(e) => {

@@ -129,6 +129,39 @@ async fn tokens_guard_the_api_and_logs_stream_over_sse() {
     let resp = gd.site(Method::GET, &id, "/").send().await.unwrap();
     assert_eq!(resp.text().await.unwrap(), "public site");
 
+    // `gitdeploy login` checks and saves a token (0600) that later commands use.
+    let config = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+            .args(args)
+            .args(["--api", &gd.api("")])
+            .env("XDG_CONFIG_HOME", config.path())
+            .env_remove("GITDEPLOY_TOKEN")
+            .output()
+            .unwrap()
+    };
+    assert_eq!(run(&["ls"]).status.code(), Some(2), "no token yet");
+    assert_eq!(
+        run(&["login", "--token", "not-the-right-token-at-all"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(run(&["login", "--token", TOKEN]).status.code(), Some(0));
+    let saved = config.path().join("gitdeploy/token");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let listed = run(&["ls", "--json"]);
+    assert_eq!(
+        listed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+
     // The CLI sends the token it is given.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
         .args(["deploy", &git.url("site"), "--follow", "--api", &gd.api("")])

@@ -372,3 +372,98 @@ async fn github_push_webhooks_deploy_only_when_signed() {
     }
     assert_eq!(count().await, 2);
 }
+
+#[tokio::test]
+async fn the_cli_lists_inspects_promotes_and_rolls_back() {
+    let mut server = GitServer::new();
+    let repo = server.add_repo("cli-site", &[("index.html", "one")]);
+    server.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start(data.path()).await;
+    let config = tempfile::tempdir().unwrap();
+    let api = gd.api("");
+    let cli = |args: Vec<String>| {
+        let (api, config) = (api.clone(), config.path().to_owned());
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+                .args(&args)
+                .args(["--api", &api])
+                .env("XDG_CONFIG_HOME", &config)
+                .env_remove("GITDEPLOY_TOKEN")
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let url = server.url("cli-site");
+
+    let (code, out, err) = cli(args(&["deploy", &url, "--project", "cli-site", "--follow"]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    let first = out.split_whitespace().nth(1).unwrap().to_owned();
+    std::fs::write(repo.join("index.html"), "two").unwrap();
+    git(&repo, &["commit", "-qam", "two"]);
+    let (code, out, _) = cli(args(&["deploy", &url, "--project", "cli-site", "--prod"]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("Production: http://cli-site.localhost:"),
+        "{out}"
+    );
+    let second = out.split_whitespace().nth(1).unwrap().to_owned();
+    assert_eq!(project_page(&gd, "cli-site").await, (200, "two".into()));
+
+    let (_, out, _) = cli(args(&["ls", "--project", "cli-site", "--json"]))
+        .await
+        .unwrap();
+    let listed: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.len(), 2);
+    let (_, out, _) = cli(args(&["ls"])).await.unwrap();
+    assert!(
+        out.starts_with("ID") && out.contains(&first) && out.contains("ready"),
+        "{out}"
+    );
+    let (_, out, _) = cli(args(&["inspect", &first])).await.unwrap();
+    assert!(
+        out.contains("status       ready") && out.contains("cli-site"),
+        "{out}"
+    );
+    let (_, out, _) = cli(args(&["logs", &first])).await.unwrap();
+    assert!(out.contains("▸ Deployment is ready"), "{out}");
+    let (_, out, _) = cli(args(&["projects"])).await.unwrap();
+    assert!(out.contains("cli-site") && out.contains(&second), "{out}");
+
+    // Roll back to the first, promote the second again.
+    let (code, out, _) = cli(args(&["rollback", "cli-site"])).await.unwrap();
+    assert_eq!(code, Some(0));
+    assert!(out.contains(&first), "{out}");
+    assert_eq!(project_page(&gd, "cli-site").await, (200, "one".into()));
+    let (code, _, err) = cli(args(&["rollback", "cli-site"])).await.unwrap();
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("no earlier ready production deployment"),
+        "{err}"
+    );
+    let (code, _, _) = cli(args(&["promote", "cli-site", &second])).await.unwrap();
+    assert_eq!(code, Some(0));
+    assert_eq!(project_page(&gd, "cli-site").await, (200, "two".into()));
+
+    // Errors are one clear line and a non-zero exit.
+    let (code, _, err) = cli(args(&["cancel", &first])).await.unwrap();
+    assert_eq!(code, Some(2));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: deployment") && err.contains("(409 Conflict)"),
+        "{err}"
+    );
+    let (code, _, err) = cli(args(&["inspect", "zzzzzzzzzzz9"])).await.unwrap();
+    assert_eq!(code, Some(2));
+    assert!(err.contains("404"), "{err}");
+}
