@@ -44,7 +44,10 @@ pub enum PackageManager {
 impl PackageManager {
     fn install(&self) -> Vec<String> {
         let words: Vec<String> = match self {
-            PackageManager::Npm { lockfile: true } => vec!["npm".into(), "ci".into()],
+            // The lockfile pins every package by hash, so cached copies need no revalidation.
+            PackageManager::Npm { lockfile: true } => {
+                vec!["npm".into(), "ci".into(), "--prefer-offline".into()]
+            }
             PackageManager::Npm { lockfile: false } => vec!["npm".into(), "install".into()],
             PackageManager::Yarn { version, lockfile } => {
                 let frozen = if version.starts_with('1') {
@@ -413,7 +416,7 @@ mod tests {
         };
         assert_eq!(
             plan(&locked, &none).unwrap().install.unwrap(),
-            ["npm", "ci"]
+            ["npm", "ci", "--prefer-offline"]
         );
 
         for no_build in [
