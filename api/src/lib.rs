@@ -25,7 +25,7 @@ pub use http::token_sha256;
 pub use logbus::LogBus;
 pub use metrics::ApiMetrics;
 pub use projects::{AliasResolver, Project, ProjectStore};
-pub use runner::{JobQueue, LocalRunner, LocalRunnerConfig, LogArchive, SubmitError};
+pub use runner::{AfterKill, JobQueue, LocalRunner, LocalRunnerConfig, LogArchive, SubmitError};
 pub use store::{Deployment, FileStore};
 
 /// How the outside world reaches sites and the API, for the URLs the API hands out.

@@ -47,7 +47,16 @@ pub struct LocalRunnerConfig {
     pub archive: Option<Arc<dyn LogArchive>>,
     /// Builds that may wait for a slot; more are refused (HTTP 429).
     pub max_queued: usize,
+    /// Called after a builder was killed (timeout, cancel), to release what it could not.
+    pub after_kill: Option<AfterKill>,
 }
+
+/// Cleanup run after a builder was killed (the builder's sandbox leftovers).
+pub type AfterKill = Arc<
+    dyn Fn(DeploymentId) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Where finished build logs are archived (`logs/<id>.ndjson` in the bucket).
 pub trait LogArchive: Send + Sync {
@@ -523,6 +532,13 @@ async fn run_job(
         _ = cancel.wait_for(|canceled| *canceled) => Finished::canceled(),
     };
     finished.outcome.duration_ms = Some(started.elapsed().as_millis() as u64);
+    // Anything but a builder that reported its own result may have left its sandbox behind.
+    if finished.outcome.status == DeploymentStatus::Canceled || finished.outcome.exit_code.is_none()
+    {
+        if let Some(after_kill) = &config.after_kill {
+            after_kill(job.id.clone()).await;
+        }
+    }
     if let Err(e) = tokio::fs::remove_dir_all(&work_dir).await {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(dir = %work_dir.display(), "cannot remove work directory: {e}");

@@ -28,6 +28,12 @@ pub const EXIT_INTERNAL: i32 = 2;
 
 use gitdeploy_core::BuilderEvent;
 
+/// Kills what is left of a build named `deployment` (a builder killed by its runner cannot clean
+/// up) and removes its cgroups.
+pub async fn clean_up_after_kill(deployment: &str) {
+    sandbox::Cgroups::leftovers(deployment).remove().await;
+}
+
 /// Runs the job described by the environment and returns the process exit status.
 pub async fn run_from_env() -> i32 {
     let emitter = events::Emitter::stdout();

@@ -194,6 +194,18 @@ impl Cgroups {
         (Cgroups { dirs }, notes)
     }
 
+    /// The cgroups a build named `name` may have left behind (every layout this module creates),
+    /// for a runner that killed the builder before it could clean up.
+    pub fn leftovers(name: &str) -> Self {
+        let root = Path::new("/sys/fs/cgroup");
+        let dirs = [root.join("memory"), root.join("pids"), root.to_path_buf()]
+            .into_iter()
+            .map(|base| base.join("gitdeploy").join(name))
+            .filter(|dir| dir.is_dir())
+            .collect();
+        Cgroups { dirs }
+    }
+
     /// The `cgroup.procs` files to join.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()

@@ -182,6 +182,9 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
             limits: limits.clone(),
             archive: Some(origin.clone()),
             max_queued: opts.max_queued,
+            after_kill: Some(Arc::new(|id| {
+                Box::pin(async move { gitdeploy_builder::clean_up_after_kill(id.as_str()).await })
+            })),
         },
         store.clone(),
         projects.clone(),

@@ -515,6 +515,15 @@ async fn canceling_stops_a_running_build_and_skips_a_queued_one() {
         0,
         "processes of the canceled build survived it"
     );
+    for base in [
+        "/sys/fs/cgroup/pids/gitdeploy",
+        "/sys/fs/cgroup/memory/gitdeploy",
+    ] {
+        assert!(
+            !std::path::Path::new(base).join(&running).exists(),
+            "{base}/{running} was left behind"
+        );
+    }
 
     let log = gd.follow(&queued, 0).await;
     assert_eq!(
