@@ -230,28 +230,14 @@ impl LocalRunner {
         for d in self.store.list(usize::MAX) {
             match d.status {
                 DeploymentStatus::Building => {
-                    let job = Job::new(
-                        &self.store,
-                        &self.projects,
-                        &self.bus,
-                        &self.metrics,
-                        d.id.clone(),
-                    );
-                    job.finish(Finished::failed(
+                    self.job(&d.id).finish(Finished::failed(
                         "the server restarted while this build was running".into(),
                         None,
                     ));
                 }
                 DeploymentStatus::Queued if !d.build.secrets.is_empty() => {
                     // Secret values are never stored, so this build cannot be started again.
-                    let job = Job::new(
-                        &self.store,
-                        &self.projects,
-                        &self.bus,
-                        &self.metrics,
-                        d.id.clone(),
-                    );
-                    job.finish(Finished::failed(
+                    self.job(&d.id).finish(Finished::failed(
                         "the server restarted before this build started, and its secrets are not stored: deploy again".into(),
                         None,
                     ));
@@ -274,6 +260,16 @@ impl LocalRunner {
                 }
             }
         }
+    }
+
+    fn job(&self, id: &DeploymentId) -> Job<'_> {
+        Job::new(
+            &self.store,
+            &self.projects,
+            &self.bus,
+            &self.metrics,
+            id.clone(),
+        )
     }
 
     /// Runs jobs until `shutdown` resolves. Builds still running then are killed.

@@ -155,7 +155,18 @@ async fn main() -> anyhow::Result<()> {
     println!("{report}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("latest.md"), &report).context("writing bench/results/latest.md")?;
+    // A single scenario gets its own file, so it never replaces the full table.
+    let name = match opts.scenario {
+        Scenario::All => "latest.md".to_owned(),
+        one => format!(
+            "latest-{}.md",
+            one.to_possible_value()
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default()
+        ),
+    };
+    std::fs::write(dir.join(&name), &report)
+        .with_context(|| format!("writing bench/results/{name}"))?;
     Ok(())
 }
 

@@ -240,6 +240,15 @@ fn print_record(record: &LogRecord) {
     }
 }
 
+/// Prints a value as pretty JSON (for `--json`).
+fn print_json(value: &impl serde::Serialize) -> i32 {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+    EXIT_OK
+}
+
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or("-")
 }
@@ -389,11 +398,7 @@ async fn run_async(opts: ApiOptions, command: ClientCommand) -> Result<i32, Stri
                 .cloned()
                 .unwrap_or_default();
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).unwrap_or_default()
-                );
-                return Ok(EXIT_OK);
+                return Ok(print_json(&list));
             }
             let rows = list
                 .iter()
@@ -424,7 +429,7 @@ async fn run_async(opts: ApiOptions, command: ClientCommand) -> Result<i32, Stri
         ClientCommand::Inspect { id, json } => {
             let d = client.get(&format!("/api/deployments/{id}")).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+                return Ok(print_json(&d));
             } else {
                 for key in [
                     "id",
@@ -482,11 +487,7 @@ async fn run_async(opts: ApiOptions, command: ClientCommand) -> Result<i32, Stri
             let answer = client.get("/api/projects").await?;
             let list = answer["projects"].as_array().cloned().unwrap_or_default();
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).unwrap_or_default()
-                );
-                return Ok(EXIT_OK);
+                return Ok(print_json(&list));
             }
             let rows = list
                 .iter()
