@@ -95,3 +95,9 @@ impl ApiError {
         self.code
     }
 }
+
+impl From<std::io::Error> for ApiError {
+    fn from(e: std::io::Error) -> Self {
+        ApiError::internal(e)
+    }
+}

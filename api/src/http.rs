@@ -12,6 +12,7 @@
 //! POST /api/projects               {"name", "repo", "production_branch"?} → 201
 //! GET  /api/projects               projects with their production URL and deployment
 //! GET  /api/projects/{name}        one project and its deployments
+//! PATCH /api/projects/{name}       {"production_branch"?, "build"?, "webhook_secret"?}: settings
 //! POST /api/projects/{name}/promote {"deployment": id}: move production (promote or roll back)
 //! POST /api/projects/{name}/rollback  back to the previous production deployment
 //! GET  /api/health                 liveness
@@ -47,6 +48,7 @@ const LIST_LIMIT: usize = 100;
 pub(crate) fn router(cp: ControlPlane) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/assets/{file}", get(crate::dashboard::asset))
         .route("/api/health", get(|| async { Json(json!({"ok": true})) }))
         .route("/api/openapi.json", get(openapi))
         .route(
@@ -59,7 +61,10 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
         .route("/api/deployments/{id}/cancel", post(cancel_deployment))
         .route("/api/deployments/{id}/logs/ws", get(follow_logs_ws))
         .route("/api/projects", post(create_project).get(list_projects))
-        .route("/api/projects/{name}", get(show_project))
+        .route(
+            "/api/projects/{name}",
+            get(show_project).patch(update_project),
+        )
         .route("/api/projects/{name}/promote", post(promote))
         .route("/api/projects/{name}/rollback", post(rollback))
         .route("/api/hooks/github", post(github_hook))
@@ -79,14 +84,25 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-async fn index(State(cp): State<ControlPlane>) -> Json<Value> {
-    Json(json!({
-        "service": "gitdeploy",
-        "deploy": cp.config.public.api("/api/deployments"),
-    }))
+/// The dashboard for browsers; a pointer to the API for clients that ask for JSON.
+async fn index(State(cp): State<ControlPlane>, headers: axum::http::HeaderMap) -> Response {
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if wants_json {
+        return Json(json!({
+            "service": "gitdeploy",
+            "deploy": cp.config.public.api("/api/deployments"),
+            "openapi": cp.config.public.api("/api/openapi.json"),
+        }))
+        .into_response();
+    }
+    crate::dashboard::index(headers).await
 }
 
-/// With a token configured, every request but the health check and the index needs it, as
+/// With a token configured, every request but the health check, the dashboard's files and the
+/// webhook (signed on its own) needs it, as
 /// `Authorization: Bearer <token>` or (for EventSource and WebSocket clients, which cannot set
 /// headers) an `access_token` query parameter. Compared by SHA-256 in constant time.
 async fn require_token(
@@ -98,10 +114,12 @@ async fn require_token(
         return next.run(req).await;
     };
     // Webhooks carry their own authentication (a signature over the body).
+    let path = req.uri().path();
     if matches!(
-        req.uri().path(),
+        path,
         "/" | "/api/health" | "/api/openapi.json" | "/api/hooks/github"
-    ) {
+    ) || path.starts_with("/assets/")
+    {
         return next.run(req).await;
     }
     let from_header = req
@@ -191,12 +209,21 @@ async fn create_deployment(
     req.build
         .validate(cp.config.limits.timeout_secs)
         .map_err(|e| ApiError::bad_request("invalid_build", e))?;
-    if let Some(name) = &req.project {
-        cp.projects
-            .ensure(name, &repo, req.git_ref.as_deref(), now_ms())
-            .map_err(project_error)?;
-    }
-    let deployment = queue_deployment(&cp, repo, req.git_ref, req.project, req.serving, req.build)?;
+    // A project's saved settings fill what the request leaves out.
+    let build = match &req.project {
+        Some(name) => {
+            let project = cp
+                .projects
+                .ensure(name, &repo, req.git_ref.as_deref(), now_ms())
+                .map_err(project_error)?;
+            project.build.overlay(&req.build)
+        }
+        None => req.build,
+    };
+    build
+        .validate(cp.config.limits.timeout_secs)
+        .map_err(|e| ApiError::bad_request("invalid_build", e))?;
+    let deployment = queue_deployment(&cp, repo, req.git_ref, req.project, req.serving, build)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(deployment_json(&cp, &deployment)),
@@ -341,6 +368,7 @@ fn project_json(cp: &ControlPlane, p: &Project) -> Value {
         "production_branch": p.production_branch,
         "production": p.production,
         "previous": p.history.last(),
+        "build": p.build.without_secret_values(),
         "webhook": p.webhook_secret.is_some(),
         "created_unix_ms": p.created_unix_ms,
     })
@@ -355,7 +383,19 @@ struct ProjectRequest {
     #[serde(default)]
     production_branch: Option<String>,
     #[serde(default)]
+    build: BuildSettings,
+    #[serde(default)]
     webhook_secret: Option<String>,
+}
+
+fn validate_webhook_secret(secret: &str) -> Result<(), ApiError> {
+    if secret.len() < 16 || secret.len() > 256 {
+        return Err(ApiError::bad_request(
+            "invalid_secret",
+            "webhook_secret must be 16-256 characters",
+        ));
+    }
+    Ok(())
 }
 
 async fn create_project(State(cp): State<ControlPlane>, body: Bytes) -> Result<Response, ApiError> {
@@ -368,12 +408,12 @@ async fn create_project(State(cp): State<ControlPlane>, body: Bytes) -> Result<R
     if let Some(b) = &req.production_branch {
         validate_git_ref(b).map_err(|e| ApiError::bad_request("invalid_ref", e))?;
     }
-    if req.webhook_secret.as_ref().is_some_and(|s| s.len() < 16) {
-        return Err(ApiError::bad_request(
-            "invalid_secret",
-            "webhook_secret must be at least 16 characters",
-        ));
+    if let Some(secret) = &req.webhook_secret {
+        validate_webhook_secret(secret)?;
     }
+    req.build
+        .validate(cp.config.limits.timeout_secs)
+        .map_err(|e| ApiError::bad_request("invalid_build", e))?;
     let project = cp
         .projects
         .create(Project {
@@ -382,6 +422,7 @@ async fn create_project(State(cp): State<ControlPlane>, body: Bytes) -> Result<R
             production_branch: req.production_branch,
             production: None,
             history: Vec::new(),
+            build: req.build,
             webhook_secret: req.webhook_secret,
             created_unix_ms: now_ms(),
         })
@@ -421,6 +462,58 @@ async fn show_project(
         .collect();
     body["deployments"] = json!(deployments);
     Ok(Json(body))
+}
+
+/// The body of a settings change: fields left out stay as they are.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectUpdate {
+    /// A branch, or `""` for the repository's default branch.
+    #[serde(default)]
+    production_branch: Option<String>,
+    /// The full settings, as `GET` shows them: a secret with an empty value keeps its stored
+    /// value, a secret left out is removed.
+    #[serde(default)]
+    build: Option<BuildSettings>,
+    /// A new secret, or `""` to turn webhooks off.
+    #[serde(default)]
+    webhook_secret: Option<String>,
+}
+
+async fn update_project(
+    State(cp): State<ControlPlane>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: ProjectUpdate = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid settings: {e}")))?;
+    if let Some(b) = req.production_branch.as_deref().filter(|b| !b.is_empty()) {
+        validate_git_ref(b).map_err(|e| ApiError::bad_request("invalid_ref", e))?;
+    }
+    if let Some(secret) = req.webhook_secret.as_deref().filter(|s| !s.is_empty()) {
+        validate_webhook_secret(secret)?;
+    }
+    let max_timeout = cp.config.limits.timeout_secs;
+    let project = cp
+        .projects
+        .update(&name, |p| {
+            if let Some(build) = req.build {
+                let next = p.build.replaced_by(build);
+                next.validate(max_timeout)
+                    .map_err(|e| ApiError::bad_request("invalid_build", e))?;
+                p.build = next;
+            }
+            if let Some(branch) = req.production_branch {
+                p.production_branch = Some(branch).filter(|b| !b.is_empty());
+            }
+            if let Some(secret) = req.webhook_secret {
+                p.webhook_secret = Some(secret).filter(|s| !s.is_empty());
+            }
+            Ok::<_, ApiError>(())
+        })?
+        .ok_or_else(|| ApiError::not_found(format!("no project {name:?}")))?;
+    tracing::info!(project = %name, "settings changed");
+    Ok(Json(project_json(&cp, &project)))
 }
 
 #[derive(Deserialize)]
@@ -584,7 +677,7 @@ async fn github_hook(
             git_ref,
             Some(project.name.clone()),
             ServingOptions::default(),
-            BuildSettings::default(),
+            project.build.clone(),
         )?;
         deployments.push(deployment_json(&cp, &d));
     }

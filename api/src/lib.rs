@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod dashboard;
 mod error;
 mod http;
 pub mod logbus;

@@ -7,6 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
+use gitdeploy_core::job::BuildSettings;
 use gitdeploy_core::repo::redact_repo_url;
 use gitdeploy_core::DeploymentId;
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,11 @@ pub struct Project {
     /// Earlier production deployments, oldest first (rollback walks back through them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<DeploymentId>,
+    /// Build settings every deployment of the project starts from (a deploy request's own
+    /// settings win). Secret values are kept here, since later builds need them, and are never
+    /// shown by the API.
+    #[serde(default)]
+    pub build: BuildSettings,
     /// Secret GitHub signs push events with; never shown by the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_secret: Option<String>,
@@ -154,6 +160,7 @@ impl ProjectStore {
             production_branch: branch.map(str::to_owned),
             production: None,
             history: Vec::new(),
+            build: BuildSettings::default(),
             webhook_secret: None,
             created_unix_ms: now,
         };
@@ -200,16 +207,29 @@ impl ProjectStore {
         })
     }
 
-    fn change(&self, name: &str, f: impl FnOnce(&mut Project)) -> io::Result<Option<Project>> {
+    /// Changes the project's settings with `f` (which may refuse the change); `None` when the
+    /// project does not exist.
+    pub fn update<E: From<io::Error>>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Project) -> Result<(), E>,
+    ) -> Result<Option<Project>, E> {
         let mut projects = self.projects.write().unwrap_or_else(|p| p.into_inner());
         let Some(current) = projects.get(name) else {
             return Ok(None);
         };
         let mut next = current.clone();
-        f(&mut next);
+        f(&mut next)?;
         write_json(&self.dir, name, &next)?;
         projects.insert(name.to_owned(), next.clone());
         Ok(Some(next))
+    }
+
+    fn change(&self, name: &str, f: impl FnOnce(&mut Project)) -> io::Result<Option<Project>> {
+        self.update(name, |p| {
+            f(p);
+            Ok::<_, io::Error>(())
+        })
     }
 }
 
@@ -272,6 +292,7 @@ mod tests {
             production_branch: branch.map(str::to_owned),
             production: None,
             history: Vec::new(),
+            build: BuildSettings::default(),
             webhook_secret: None,
             created_unix_ms: 0,
         };

@@ -210,6 +210,47 @@ impl BuildSettings {
         Ok(())
     }
 
+    /// These settings (a project's) with `over` (one deploy request's) laid on top: every field
+    /// `over` sets wins, and its env vars and secrets are added to (or replace) these.
+    pub fn overlay(&self, over: &BuildSettings) -> BuildSettings {
+        let mut out = self.clone();
+        let pick = |a: &mut Option<String>, b: &Option<String>| {
+            if b.is_some() {
+                a.clone_from(b)
+            }
+        };
+        pick(&mut out.install_command, &over.install_command);
+        pick(&mut out.build_command, &over.build_command);
+        pick(&mut out.output_dir, &over.output_dir);
+        pick(&mut out.root_dir, &over.root_dir);
+        out.timeout_secs = over.timeout_secs.or(out.timeout_secs);
+        out.network = over.network.or(out.network);
+        for (k, v) in &over.env {
+            out.secrets.remove(k);
+            out.env.insert(k.clone(), v.clone());
+        }
+        for (k, v) in &over.secrets {
+            out.env.remove(k);
+            out.secrets.insert(k.clone(), v.clone());
+        }
+        out
+    }
+
+    /// Replaces these stored settings with `next` as a client sent them back: secret values are
+    /// write-only, so a secret sent with an empty value keeps the value stored under its name,
+    /// and a secret left out is removed.
+    pub fn replaced_by(&self, next: BuildSettings) -> BuildSettings {
+        let mut out = next;
+        for (name, value) in out.secrets.iter_mut() {
+            if value.is_empty() {
+                if let Some(kept) = self.secrets.get(name) {
+                    value.clone_from(kept);
+                }
+            }
+        }
+        out
+    }
+
     /// The settings as stored and shown: secret values removed, names kept.
     pub fn without_secret_values(&self) -> Self {
         let mut copy = self.clone();
@@ -336,6 +377,61 @@ pub fn is_commit_hash(r: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn project_settings_overlay_and_write_only_secrets() {
+        let base = BuildSettings {
+            build_command: Some("npm run build".into()),
+            output_dir: Some("dist".into()),
+            env: [
+                ("A".to_owned(), "1".to_owned()),
+                ("B".to_owned(), "2".to_owned()),
+            ]
+            .into(),
+            secrets: [("TOKEN".to_owned(), "t0ps3cret".to_owned())].into(),
+            ..Default::default()
+        };
+        let over = BuildSettings {
+            output_dir: Some("out".into()),
+            env: [
+                ("B".to_owned(), "3".to_owned()),
+                ("TOKEN".to_owned(), "plain".to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let merged = base.overlay(&over);
+        assert_eq!(merged.build_command.as_deref(), Some("npm run build"));
+        assert_eq!(merged.output_dir.as_deref(), Some("out"));
+        assert_eq!(merged.env["A"], "1");
+        assert_eq!(merged.env["B"], "3");
+        assert_eq!(merged.env["TOKEN"], "plain");
+        assert!(
+            merged.secrets.is_empty(),
+            "an env var replaces a secret of that name"
+        );
+        assert_eq!(base.overlay(&BuildSettings::default()), base);
+
+        // A client sends back what it was shown (secret values blank) plus one new secret.
+        let mut sent = base.without_secret_values();
+        sent.secrets.insert("NEW".into(), "n3wvalue".into());
+        let stored = base.replaced_by(sent);
+        assert_eq!(
+            stored.secrets["TOKEN"], "t0ps3cret",
+            "blank keeps the stored value"
+        );
+        assert_eq!(stored.secrets["NEW"], "n3wvalue");
+        let mut dropped = base.without_secret_values();
+        dropped.secrets.clear();
+        assert!(
+            base.replaced_by(dropped).secrets.is_empty(),
+            "left out is removed"
+        );
+        // A new secret sent blank stays blank, which validation refuses.
+        let mut blank = BuildSettings::default();
+        blank.secrets.insert("X".into(), String::new());
+        assert!(base.replaced_by(blank).validate(60).is_err());
+    }
 
     #[test]
     fn git_ref_table() {

@@ -1,0 +1,101 @@
+//! The dashboard in a real browser: headless Chromium (Debian's `chromium`, driven by
+//! playwright-core from `tests/browser/`) against a real `gitdeploy up` that requires a token.
+//! The script signs in, deploys a fixture repository over git on loopback, watches its log
+//! arrive, opens the site, deploys again, rolls back and promotes, saves settings, and checks the
+//! pages at 375 px. Screenshots of every page land in `target/tmp/dashboard/`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{GitServer, Gitdeploy};
+
+const TOKEN: &str = "dashboard-test-token";
+
+/// A build that takes a moment and writes to both streams, with colours.
+const BUILD_JS: &str = r#"
+const fs = require('fs');
+console.log('\x1b[32mgreen text\x1b[0m from the build');
+console.error('a warning on stderr');
+let page = 0;
+const timer = setInterval(() => {
+  console.log(`compiling page ${page}`);
+  if (++page === 5) {
+    clearInterval(timer);
+    fs.mkdirSync('dist', { recursive: true });
+    fs.writeFileSync('dist/index.html', '<!doctype html><title>fixture</title><h1>version 1</h1>');
+  }
+}, 250);
+"#;
+
+fn npm(dir: &Path, args: &[&str]) {
+    let out = Command::new("npm")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("npm is installed (scripts/prereqs)");
+    assert!(
+        out.status.success(),
+        "npm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn dashboard_deploys_follows_promotes_and_rolls_back_in_chromium() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: run scripts/prereqs --test (installs Debian's chromium)"
+    );
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    npm(
+        &browser_dir,
+        &["ci", "--prefer-offline", "--no-audit", "--no-fund"],
+    );
+
+    let mut git = GitServer::new();
+    let repo_dir = git.add_repo(
+        "dash",
+        &[
+            (
+                "package.json",
+                r#"{"name":"dash","version":"1.0.0","private":true,"scripts":{"build":"node build.js"}}"#,
+            ),
+            ("build.js", BUILD_JS),
+        ],
+    );
+    git.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start_with(data.path(), &["--api-token", TOKEN]).await;
+
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    let script = browser_dir.join("dashboard.mjs");
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .current_dir(&browser_dir)
+        .env("GITDEPLOY_URL", format!("http://localhost:{}", gd.port))
+        .env("API_TOKEN", TOKEN)
+        .env("REPO_URL", git.url("dash"))
+        .env("REPO_DIR", &repo_dir)
+        .env("ARTIFACTS", &artifacts)
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the browser test failed (screenshots in {}):\n{stdout}\n{stderr}",
+        artifacts.display()
+    );
+    assert!(stdout.contains("dashboard ok"), "{stdout}");
+    for shot in ["01-sign-in", "05-ready", "07-project", "11-phone-home"] {
+        let png = std::fs::read(artifacts.join(format!("{shot}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{shot} is a PNG");
+    }
+}
