@@ -467,3 +467,98 @@ async fn the_cli_lists_inspects_promotes_and_rolls_back() {
     assert_eq!(code, Some(2));
     assert!(err.contains("404"), "{err}");
 }
+
+/// A project's saved settings (commands, env, secrets) apply to every deploy of it; a deploy
+/// request's own settings win; secret values are never shown and are redacted from the log.
+#[tokio::test]
+async fn project_settings_apply_to_deploys_and_secrets_stay_write_only() {
+    let mut server = GitServer::new();
+    server.add_repo("cfg", &[("README", "no build of its own")]);
+    server.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start(data.path()).await;
+    let url = server.url("cfg");
+    let script =
+        "mkdir -p out && echo \"$GREETING $API_KEY\" > out/index.html && echo key=$API_KEY";
+
+    let (status, created) = post(
+        &gd,
+        "/api/projects",
+        json!({"name": "cfg", "repo": url, "build": {
+            "build_command": script, "output_dir": "out",
+            "env": {"GREETING": "hello"}, "secrets": {"API_KEY": "s3cr3t-value"}}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["build"]["secrets"]["API_KEY"], "", "never shown");
+
+    let (id, log) = deploy_and_wait(&gd, json!({"repo": url, "project": "cfg"})).await;
+    assert_eq!(
+        project_page(&gd, "cfg").await,
+        (200, "hello s3cr3t-value\n".into())
+    );
+    assert!(log.iter().any(|r| r.line == "key=***"), "{log:#?}");
+    assert!(log.iter().all(|r| !r.line.contains("s3cr3t-value")));
+    let shown = gd.status(&id).await;
+    assert_eq!(shown["build"]["secrets"]["API_KEY"], "");
+
+    // PATCH with the settings as shown: the blank secret keeps its value; env changes.
+    let mut build = created["build"].clone();
+    build["env"]["GREETING"] = json!("bonjour");
+    let resp = gd
+        .http()
+        .patch(gd.api("/api/projects/cfg"))
+        .json(&json!({"build": build}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // A request's own env wins over the project's.
+    let (_, _) = deploy_and_wait(
+        &gd,
+        json!({"repo": url, "project": "cfg", "build": {"env": {"API_KEY": "plain"}}}),
+    )
+    .await;
+    assert_eq!(
+        project_page(&gd, "cfg").await,
+        (200, "bonjour plain\n".into())
+    );
+
+    // Bad settings are refused with the reason, and change nothing.
+    for (body, code) in [
+        (json!({"build": {"secrets": {"NEW": ""}}}), "invalid_build"),
+        (json!({"build": {"output_dir": "../up"}}), "invalid_build"),
+        (json!({"webhook_secret": "short"}), "invalid_secret"),
+        (json!({"nope": 1}), "invalid_body"),
+    ] {
+        let resp = gd
+            .http()
+            .patch(gd.api("/api/projects/cfg"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{body}");
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], code, "{body}");
+    }
+    let resp = gd
+        .http()
+        .patch(gd.api("/api/projects/nope"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let project: Value = gd
+        .http()
+        .get(gd.api("/api/projects/cfg"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(project["build"]["env"]["GREETING"], "bonjour");
+    assert_eq!(project["build"]["output_dir"], "out");
+}
