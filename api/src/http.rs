@@ -213,8 +213,9 @@ async fn create_deployment(
     let build = match &req.project {
         Some(name) => {
             let project = cp
-                .projects
-                .ensure(name, &repo, req.git_ref.as_deref(), now_ms())
+                .records
+                .ensure_project(name, &repo, req.git_ref.as_deref(), now_ms())
+                .await
                 .map_err(project_error)?;
             project.build.overlay(&req.build)
         }
@@ -223,7 +224,8 @@ async fn create_deployment(
     build
         .validate(cp.config.limits.timeout_secs)
         .map_err(|e| ApiError::bad_request("invalid_build", e))?;
-    let deployment = queue_deployment(&cp, repo, req.git_ref, req.project, req.serving, build)?;
+    let deployment =
+        queue_deployment(&cp, repo, req.git_ref, req.project, req.serving, build).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(deployment_json(&cp, &deployment)),
@@ -233,7 +235,7 @@ async fn create_deployment(
 
 /// Records a validated deployment and queues its build; nothing is recorded when the queue is
 /// full.
-fn queue_deployment(
+async fn queue_deployment(
     cp: &ControlPlane,
     repo: String,
     git_ref: Option<String>,
@@ -255,12 +257,11 @@ fn queue_deployment(
         created_unix_ms: now_ms(),
         started_unix_ms: None,
         finished_unix_ms: None,
+        runner: Some(cp.queue.instance().to_owned()),
     };
     let id = deployment.id.clone();
-    cp.store
-        .insert(deployment.clone())
-        .map_err(ApiError::internal)?;
-    cp.bus.create(&id).map_err(ApiError::internal)?;
+    cp.bus.create(&id).await?;
+    cp.records.insert(deployment.clone()).await?;
     place
         .submit(BuildJob {
             deployment: id.clone(),
@@ -313,27 +314,30 @@ fn deployment_json(cp: &ControlPlane, d: &Deployment) -> Value {
     })
 }
 
-fn lookup(cp: &ControlPlane, raw: &str) -> Result<Deployment, ApiError> {
-    DeploymentId::parse(raw)
-        .and_then(|id| cp.store.get(&id))
-        .ok_or_else(|| ApiError::not_found(format!("no deployment {raw:?}")))
+async fn lookup(cp: &ControlPlane, raw: &str) -> Result<Deployment, ApiError> {
+    let found = match DeploymentId::parse(raw) {
+        Some(id) => cp.records.get(&id).await?,
+        None => None,
+    };
+    found.ok_or_else(|| ApiError::not_found(format!("no deployment {raw:?}")))
 }
 
-async fn list_deployments(State(cp): State<ControlPlane>) -> Json<Value> {
+async fn list_deployments(State(cp): State<ControlPlane>) -> Result<Json<Value>, ApiError> {
     let list: Vec<Value> = cp
-        .store
+        .records
         .list(LIST_LIMIT)
+        .await?
         .iter()
         .map(|d| deployment_json(&cp, d))
         .collect();
-    Json(json!({ "deployments": list }))
+    Ok(Json(json!({ "deployments": list })))
 }
 
 async fn show_deployment(
     State(cp): State<ControlPlane>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let d = lookup(&cp, &id)?;
+    let d = lookup(&cp, &id).await?;
     Ok(Json(deployment_json(&cp, &d)))
 }
 
@@ -415,8 +419,8 @@ async fn create_project(State(cp): State<ControlPlane>, body: Bytes) -> Result<R
         .validate(cp.config.limits.timeout_secs)
         .map_err(|e| ApiError::bad_request("invalid_build", e))?;
     let project = cp
-        .projects
-        .create(Project {
+        .records
+        .create_project(Project {
             name: req.name,
             repo,
             production_branch: req.production_branch,
@@ -426,23 +430,26 @@ async fn create_project(State(cp): State<ControlPlane>, body: Bytes) -> Result<R
             webhook_secret: req.webhook_secret,
             created_unix_ms: now_ms(),
         })
+        .await
         .map_err(project_error)?;
     Ok((StatusCode::CREATED, Json(project_json(&cp, &project))).into_response())
 }
 
-async fn list_projects(State(cp): State<ControlPlane>) -> Json<Value> {
+async fn list_projects(State(cp): State<ControlPlane>) -> Result<Json<Value>, ApiError> {
     let list: Vec<Value> = cp
-        .projects
-        .list()
+        .records
+        .projects()
+        .await?
         .iter()
         .map(|p| project_json(&cp, p))
         .collect();
-    Json(json!({ "projects": list }))
+    Ok(Json(json!({ "projects": list })))
 }
 
-fn lookup_project(cp: &ControlPlane, name: &str) -> Result<Project, ApiError> {
-    cp.projects
-        .get(name)
+async fn lookup_project(cp: &ControlPlane, name: &str) -> Result<Project, ApiError> {
+    cp.records
+        .project(name)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no project {name:?}")))
 }
 
@@ -450,14 +457,13 @@ async fn show_project(
     State(cp): State<ControlPlane>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let project = lookup_project(&cp, &name)?;
+    let project = lookup_project(&cp, &name).await?;
     let mut body = project_json(&cp, &project);
     let deployments: Vec<Value> = cp
-        .store
-        .list(usize::MAX)
+        .records
+        .list_project(&name, LIST_LIMIT)
+        .await?
         .iter()
-        .filter(|d| d.project.as_deref() == Some(name.as_str()))
-        .take(LIST_LIMIT)
         .map(|d| deployment_json(&cp, d))
         .collect();
     body["deployments"] = json!(deployments);
@@ -495,22 +501,23 @@ async fn update_project(
     }
     let max_timeout = cp.config.limits.timeout_secs;
     let project = cp
-        .projects
-        .update(&name, |p| {
-            if let Some(build) = req.build {
+        .records
+        .update_project(&name, |p| {
+            if let Some(build) = req.build.clone() {
                 let next = p.build.replaced_by(build);
                 next.validate(max_timeout)
                     .map_err(|e| ApiError::bad_request("invalid_build", e))?;
                 p.build = next;
             }
-            if let Some(branch) = req.production_branch {
+            if let Some(branch) = req.production_branch.clone() {
                 p.production_branch = Some(branch).filter(|b| !b.is_empty());
             }
-            if let Some(secret) = req.webhook_secret {
+            if let Some(secret) = req.webhook_secret.clone() {
                 p.webhook_secret = Some(secret).filter(|s| !s.is_empty());
             }
             Ok::<_, ApiError>(())
-        })?
+        })
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no project {name:?}")))?;
     tracing::info!(project = %name, "settings changed");
     Ok(Json(project_json(&cp, &project)))
@@ -529,11 +536,11 @@ async fn promote(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let project = lookup_project(&cp, &name)?;
+    let project = lookup_project(&cp, &name).await?;
     let req: PromoteRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("invalid_body", format!("invalid promote request: {e}"))
     })?;
-    let d = lookup(&cp, &req.deployment)?;
+    let d = lookup(&cp, &req.deployment).await?;
     if d.project.as_deref() != Some(project.name.as_str()) {
         return Err(ApiError::conflict(
             "other_project",
@@ -554,9 +561,9 @@ async fn promote(
         ));
     }
     let project = cp
-        .projects
+        .records
         .set_production(&project.name, &d.id)
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no project {name:?}")))?;
     tracing::info!(project = %project.name, id = %d.id, "production moved");
     Ok(Json(project_json(&cp, &project)))
@@ -567,16 +574,11 @@ async fn rollback(
     State(cp): State<ControlPlane>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let before = lookup_project(&cp, &name)?;
-    let usable = |id: &DeploymentId| {
-        cp.store
-            .get(id)
-            .is_some_and(|d| d.status == DeploymentStatus::Ready)
-    };
+    let before = lookup_project(&cp, &name).await?;
     let after = cp
-        .projects
-        .rollback(&name, usable)
-        .map_err(ApiError::internal)?
+        .records
+        .rollback(&name)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no project {name:?}")))?;
     if after.production == before.production {
         return Err(ApiError::conflict(
@@ -618,8 +620,9 @@ async fn github_hook(
         })?;
     let urls = repository.urls();
     let candidates: Vec<Project> = cp
-        .projects
-        .list()
+        .records
+        .projects()
+        .await?
         .into_iter()
         .filter(|p| p.webhook_secret.is_some() && urls.contains(&webhooks::normalize_repo(&p.repo)))
         .collect();
@@ -678,7 +681,8 @@ async fn github_hook(
             Some(project.name.clone()),
             ServingOptions::default(),
             project.build.clone(),
-        )?;
+        )
+        .await?;
         deployments.push(deployment_json(&cp, &d));
     }
     Ok((
@@ -693,7 +697,7 @@ async fn cancel_deployment(
     State(cp): State<ControlPlane>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let d = lookup(&cp, &id)?;
+    let d = lookup(&cp, &id).await?;
     if d.status.is_terminal() || !cp.queue.cancel(&d.id) {
         return Err(ApiError::conflict(
             "not_cancelable",
@@ -733,7 +737,7 @@ async fn read_logs(
     Query(q): Query<SinceQuery>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    let d = lookup(&cp, &id)?;
+    let d = lookup(&cp, &id).await?;
     if q.follow.as_deref().is_some_and(|f| f == "1" || f == "true") {
         // A reconnecting EventSource sends the last id it saw: resume right after it.
         let resume = headers
@@ -742,10 +746,10 @@ async fn read_logs(
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|seq| seq + 1);
         let since = resume.unwrap_or(0).max(q.since);
-        let follower = cp.bus.follow(&d.id, since).map_err(ApiError::internal)?;
+        let follower = cp.bus.follow(&d.id, since).await?;
         return Ok(sse_log(follower).into_response());
     }
-    let records = cp.bus.read(&d.id, q.since).map_err(ApiError::internal)?;
+    let records = cp.bus.read(&d.id, q.since).await?;
     let mut body = Vec::new();
     for r in records {
         serde_json::to_writer(&mut body, &r).map_err(ApiError::internal)?;
@@ -764,8 +768,8 @@ async fn follow_logs_ws(
     Query(q): Query<SinceQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let d = lookup(&cp, &id)?;
-    let follower = cp.bus.follow(&d.id, q.since).map_err(ApiError::internal)?;
+    let d = lookup(&cp, &id).await?;
+    let follower = cp.bus.follow(&d.id, q.since).await?;
     Ok(ws.on_upgrade(move |socket| stream_log(socket, follower)))
 }
 

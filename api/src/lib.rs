@@ -11,6 +11,7 @@ mod http;
 pub mod logbus;
 pub mod metrics;
 pub mod projects;
+pub mod redis_store;
 pub mod runner;
 pub mod store;
 pub mod webhooks;
@@ -23,11 +24,12 @@ use gitdeploy_core::repo::RepoScheme;
 
 pub use error::ApiError;
 pub use http::token_sha256;
-pub use logbus::LogBus;
+pub use logbus::{FileLogBus, Follower, LogBus};
 pub use metrics::ApiMetrics;
-pub use projects::{AliasResolver, Project, ProjectStore};
+pub use projects::{AliasResolver, Project, ProjectError};
+pub use redis_store::{RedisLogBus, RedisLogSettings, RedisStore};
 pub use runner::{AfterKill, JobQueue, LocalRunner, LocalRunnerConfig, LogArchive, SubmitError};
-pub use store::{Deployment, FileStore};
+pub use store::{Deployment, FileStore, Records, Store};
 
 /// How the outside world reaches sites and the API, for the URLs the API hands out.
 #[derive(Clone, Debug)]
@@ -83,25 +85,17 @@ pub struct ApiConfig {
 #[derive(Clone)]
 pub struct ControlPlane {
     config: Arc<ApiConfig>,
-    store: Arc<FileStore>,
-    projects: Arc<ProjectStore>,
-    bus: Arc<LogBus>,
+    records: Records,
+    bus: Arc<dyn LogBus>,
     queue: JobQueue,
 }
 
 impl ControlPlane {
     /// Assembles the control plane from its parts.
-    pub fn new(
-        config: ApiConfig,
-        store: Arc<FileStore>,
-        projects: Arc<ProjectStore>,
-        bus: Arc<LogBus>,
-        queue: JobQueue,
-    ) -> Self {
+    pub fn new(config: ApiConfig, records: Records, bus: Arc<dyn LogBus>, queue: JobQueue) -> Self {
         ControlPlane {
             config: Arc::new(config),
-            store,
-            projects,
+            records,
             bus,
             queue,
         }

@@ -1,11 +1,13 @@
-//! The embedded log bus: one append-only log per deployment, persisted as NDJSON, with live
-//! fan-out to followers.
+//! Build logs: the [`LogBus`] contract, and the embedded bus ([`FileLogBus`]: one append-only
+//! log per deployment, persisted as NDJSON, with live fan-out to followers). The production bus
+//! is [`crate::redis_store::RedisLogBus`].
 //!
-//! Contract (the same one the Redis bus keeps): records are numbered from 0 without gaps; a
-//! [`Follower`] started at any `seq` receives every later record exactly once and in order,
-//! whether it joined before the build, during it, or after it ended, and stops after the final
-//! record. A follower that falls behind the live channel re-reads what it missed instead of
-//! losing it.
+//! Contract (both buses; `api/tests/store_contract.rs` checks it on both): records are numbered
+//! from 0 without gaps; a [`Follower`] started at any `seq` receives every later record exactly
+//! once and in order, whether it joined before the build, during it, or after it ended, and
+//! stops after the final record. A follower that falls behind the live channel re-reads what it
+//! missed instead of losing it, so a slow client never stalls the others. Following a log that
+//! was never created ends at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -13,6 +15,7 @@ use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use gitdeploy_core::{DeploymentId, LogRecord, LogStream, Outcome};
 use tokio::sync::broadcast;
 
@@ -21,8 +24,94 @@ use crate::metrics::ApiMetrics;
 /// Live records buffered per deployment before a slow follower must catch up from the log.
 const LIVE_BUFFER: usize = 1024;
 
-/// The in-process log bus.
-pub struct LogBus {
+/// Where build logs go and are followed from.
+#[async_trait]
+pub trait LogBus: Send + Sync + 'static {
+    /// Makes the log exist, so followers of a queued deployment wait instead of ending.
+    async fn create(&self, id: &DeploymentId) -> io::Result<()>;
+    /// Appends a line; returns its record. One writer per log (the runner holding the build).
+    async fn append(
+        &self,
+        id: &DeploymentId,
+        ts: u64,
+        stream: LogStream,
+        line: String,
+    ) -> io::Result<LogRecord>;
+    /// Appends the final record; the log takes no more lines.
+    async fn finish(
+        &self,
+        id: &DeploymentId,
+        ts: u64,
+        line: String,
+        outcome: Outcome,
+    ) -> io::Result<LogRecord>;
+    /// Every record from `since` on, as of now.
+    async fn read(&self, id: &DeploymentId, since: u64) -> io::Result<Vec<LogRecord>>;
+    /// Follows a log from `since`: backlog first, then live records, ending after the final one.
+    async fn follow(&self, id: &DeploymentId, since: u64) -> io::Result<Follower>;
+}
+
+/// The source behind a [`Follower`].
+#[async_trait]
+pub(crate) trait FollowSource: Send {
+    /// The next record, or `None` after the final one.
+    async fn next(&mut self) -> io::Result<Option<LogRecord>>;
+}
+
+/// A reader of one deployment's log; see the module docs for its guarantees.
+pub struct Follower {
+    source: Box<dyn FollowSource>,
+    next: u64,
+    done: bool,
+    metrics: ApiMetrics,
+}
+
+impl Follower {
+    pub(crate) fn new(source: Box<dyn FollowSource>, since: u64, metrics: ApiMetrics) -> Self {
+        metrics.log_followers.inc();
+        Follower {
+            source,
+            next: since,
+            done: false,
+            metrics,
+        }
+    }
+
+    /// The next record, or `None` after the final record (or when the log does not exist).
+    pub async fn next(&mut self) -> io::Result<Option<LogRecord>> {
+        if self.done {
+            return Ok(None);
+        }
+        let record = self.source.next().await?;
+        match &record {
+            Some(r) => {
+                debug_assert_eq!(r.seq, self.next, "a follower skipped or repeated a record");
+                self.next = r.seq + 1;
+                self.done = r.is_final();
+            }
+            None => self.done = true,
+        }
+        Ok(record)
+    }
+
+    /// The seq the next record will have.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.metrics.log_followers.dec();
+    }
+}
+
+/// The embedded log bus.
+pub struct FileLogBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     dir: PathBuf,
     open: Mutex<HashMap<DeploymentId, Arc<Mutex<Topic>>>>,
     metrics: ApiMetrics,
@@ -35,17 +124,76 @@ struct Topic {
     live: broadcast::Sender<LogRecord>,
 }
 
-impl LogBus {
+impl FileLogBus {
     /// A bus persisting logs under `dir`.
     pub fn open(dir: &Path, metrics: ApiMetrics) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        Ok(LogBus {
-            dir: dir.to_owned(),
-            open: Mutex::new(HashMap::new()),
-            metrics,
+        Ok(FileLogBus {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                open: Mutex::new(HashMap::new()),
+                metrics,
+            }),
         })
     }
+}
 
+#[async_trait]
+impl LogBus for FileLogBus {
+    async fn create(&self, id: &DeploymentId) -> io::Result<()> {
+        self.inner.topic(id).map(|_| ())
+    }
+
+    async fn append(
+        &self,
+        id: &DeploymentId,
+        ts: u64,
+        stream: LogStream,
+        line: String,
+    ) -> io::Result<LogRecord> {
+        self.inner.push(id, ts, stream, line, None)
+    }
+
+    async fn finish(
+        &self,
+        id: &DeploymentId,
+        ts: u64,
+        line: String,
+        outcome: Outcome,
+    ) -> io::Result<LogRecord> {
+        let record = self
+            .inner
+            .push(id, ts, LogStream::System, line, Some(outcome))?;
+        self.inner
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        Ok(record)
+    }
+
+    async fn read(&self, id: &DeploymentId, since: u64) -> io::Result<Vec<LogRecord>> {
+        self.inner.read(id, since)
+    }
+
+    async fn follow(&self, id: &DeploymentId, since: u64) -> io::Result<Follower> {
+        let mut source = FileFollower {
+            bus: self.inner.clone(),
+            id: id.clone(),
+            next: since,
+            backlog: VecDeque::new(),
+            live: None,
+        };
+        source.resync()?;
+        Ok(Follower::new(
+            Box::new(source),
+            since,
+            self.inner.metrics.clone(),
+        ))
+    }
+}
+
+impl Inner {
     fn path(&self, id: &DeploymentId) -> PathBuf {
         self.dir.join(format!("{id}.ndjson"))
     }
@@ -69,38 +217,6 @@ impl LogBus {
         }));
         open.insert(id.clone(), topic.clone());
         Ok(topic)
-    }
-
-    /// Makes the log exist so followers of a queued deployment wait instead of ending.
-    pub fn create(&self, id: &DeploymentId) -> io::Result<()> {
-        self.topic(id).map(|_| ())
-    }
-
-    /// Appends a line; returns its record.
-    pub fn append(
-        &self,
-        id: &DeploymentId,
-        ts: u64,
-        stream: LogStream,
-        line: String,
-    ) -> io::Result<LogRecord> {
-        self.push(id, ts, stream, line, None)
-    }
-
-    /// Appends the final record and closes the log; later appends start a new topic and are a bug.
-    pub fn finish(
-        &self,
-        id: &DeploymentId,
-        ts: u64,
-        line: String,
-        outcome: Outcome,
-    ) -> io::Result<LogRecord> {
-        let record = self.push(id, ts, LogStream::System, line, Some(outcome))?;
-        self.open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        Ok(record)
     }
 
     fn push(
@@ -133,8 +249,7 @@ impl LogBus {
         Ok(record)
     }
 
-    /// Every record from `since` on, as of now.
-    pub fn read(&self, id: &DeploymentId, since: u64) -> io::Result<Vec<LogRecord>> {
+    fn read(&self, id: &DeploymentId, since: u64) -> io::Result<Vec<LogRecord>> {
         let open = self
             .open
             .lock()
@@ -150,21 +265,6 @@ impl LogBus {
             None => read_file(&self.path(id))?,
         };
         Ok(records.into_iter().filter(|r| r.seq >= since).collect())
-    }
-
-    /// Follows a log from `since`: backlog first, then live records, ending after the final one.
-    pub fn follow(self: &Arc<Self>, id: &DeploymentId, since: u64) -> io::Result<Follower> {
-        self.metrics.log_followers.inc();
-        let mut follower = Follower {
-            bus: self.clone(),
-            id: id.clone(),
-            next: since,
-            backlog: VecDeque::new(),
-            live: None,
-            done: false,
-        };
-        follower.resync()?;
-        Ok(follower)
     }
 }
 
@@ -200,17 +300,16 @@ fn read_file_with_len(path: &Path) -> io::Result<(Vec<LogRecord>, u64)> {
     Ok((records, valid_len))
 }
 
-/// A reader of one deployment's log; see the module docs for its guarantees.
-pub struct Follower {
-    bus: Arc<LogBus>,
+/// Follows one log of the embedded bus.
+struct FileFollower {
+    bus: Arc<Inner>,
     id: DeploymentId,
     next: u64,
     backlog: VecDeque<LogRecord>,
     live: Option<broadcast::Receiver<LogRecord>>,
-    done: bool,
 }
 
-impl Follower {
+impl FileFollower {
     /// Subscribes (if the log is open) and then snapshots, under the topic lock, so no record
     /// falls between the two.
     fn resync(&mut self) -> io::Result<()> {
@@ -242,13 +341,12 @@ impl Follower {
         }
         Ok(())
     }
+}
 
-    /// The next record, or `None` after the final record (or when the log does not exist).
-    pub async fn next(&mut self) -> io::Result<Option<LogRecord>> {
+#[async_trait]
+impl FollowSource for FileFollower {
+    async fn next(&mut self) -> io::Result<Option<LogRecord>> {
         loop {
-            if self.done {
-                return Ok(None);
-            }
             let record = if let Some(r) = self.backlog.pop_front() {
                 r
             } else if let Some(live) = self.live.as_mut() {
@@ -273,111 +371,41 @@ impl Follower {
                 continue;
             }
             self.next = record.seq + 1;
-            self.done = record.is_final();
             return Ok(Some(record));
         }
-    }
-
-    /// The seq the next record will have.
-    pub fn position(&self) -> u64 {
-        self.next
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        self.bus.metrics.log_followers.dec();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gitdeploy_core::DeploymentStatus;
 
     fn id() -> DeploymentId {
         DeploymentId::parse("k3f9q2m8x1ab").unwrap()
     }
 
-    fn ready() -> Outcome {
-        Outcome {
-            status: DeploymentStatus::Ready,
-            error: None,
-            exit_code: Some(0),
-            duration_ms: None,
-            files: None,
-            bytes: None,
-        }
-    }
-
-    async fn drain(mut f: Follower) -> Vec<u64> {
-        let mut seqs = Vec::new();
-        while let Some(r) = f.next().await.unwrap() {
-            seqs.push(r.seq);
-        }
-        seqs
-    }
-
+    /// What only the embedded bus has: a log on disk that a crash cut mid-line, and a restart.
+    /// (The contract both buses keep is tested in `api/tests/store_contract.rs`.)
     #[tokio::test]
-    async fn followers_get_every_line_once_wherever_they_join() {
+    async fn torn_lines_are_dropped_and_logs_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let bus = Arc::new(LogBus::open(dir.path(), ApiMetrics::unregistered()).unwrap());
-        bus.create(&id()).unwrap();
-        let early = bus.follow(&id(), 0).unwrap();
-        let early = tokio::spawn(drain(early));
-        for i in 0..3 {
-            bus.append(&id(), 0, LogStream::Stdout, format!("line {i}"))
-                .unwrap();
-        }
-        let middle = tokio::spawn(drain(bus.follow(&id(), 0).unwrap()));
-        let resumed = tokio::spawn(drain(bus.follow(&id(), 2).unwrap()));
-        // More lines than the live buffer holds: slow followers must catch up from the log.
-        for i in 3..(LIVE_BUFFER as u64 + 10) {
-            bus.append(&id(), 0, LogStream::Stderr, format!("line {i}"))
-                .unwrap();
-        }
-        let last = bus.finish(&id(), 0, "done".into(), ready()).unwrap();
-        let all: Vec<u64> = (0..=last.seq).collect();
-        assert_eq!(early.await.unwrap(), all);
-        assert_eq!(middle.await.unwrap(), all);
-        assert_eq!(resumed.await.unwrap(), all[2..].to_vec());
-        assert_eq!(drain(bus.follow(&id(), 0).unwrap()).await, all);
-
-        // After a restart the log is read back from disk.
-        let reopened = Arc::new(LogBus::open(dir.path(), ApiMetrics::unregistered()).unwrap());
-        assert_eq!(
-            drain(reopened.follow(&id(), 5).unwrap()).await,
-            all[5..].to_vec()
-        );
-        assert!(reopened
-            .append(&id(), 0, LogStream::Stdout, "late".into())
-            .is_err());
-    }
-
-    #[tokio::test]
-    async fn unknown_log_ends_at_once_and_torn_lines_are_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let bus = Arc::new(LogBus::open(dir.path(), ApiMetrics::unregistered()).unwrap());
-        assert!(bus
-            .follow(&id(), 0)
-            .unwrap()
-            .next()
-            .await
-            .unwrap()
-            .is_none());
+        let bus = FileLogBus::open(dir.path(), ApiMetrics::unregistered()).unwrap();
         bus.append(&id(), 0, LogStream::System, "one".into())
+            .await
             .unwrap();
         drop(bus);
         let path = dir.path().join("k3f9q2m8x1ab.ndjson");
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"seq\":1,\"ts\"").unwrap();
-        let bus = LogBus::open(dir.path(), ApiMetrics::unregistered()).unwrap();
+        let bus = FileLogBus::open(dir.path(), ApiMetrics::unregistered()).unwrap();
         let r = bus
             .append(&id(), 0, LogStream::System, "two".into())
+            .await
             .unwrap();
         assert_eq!(r.seq, 1);
         let lines: Vec<_> = bus
             .read(&id(), 0)
+            .await
             .unwrap()
             .into_iter()
             .map(|r| r.line)

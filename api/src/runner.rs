@@ -24,8 +24,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::logbus::LogBus;
 use crate::metrics::ApiMetrics;
 use crate::now_ms;
-use crate::projects::ProjectStore;
-use crate::store::FileStore;
+use crate::store::{Deployment, Records};
 
 /// How the local runner starts builders.
 #[derive(Clone)]
@@ -49,6 +48,9 @@ pub struct LocalRunnerConfig {
     pub max_queued: usize,
     /// Called after a builder was killed (timeout, cancel), to release what it could not.
     pub after_kill: Option<AfterKill>,
+    /// How often the runner tells the store it is alive, and looks for builds whose runner
+    /// stopped (see [`LocalRunner::run`]). A runner silent for three intervals is lost.
+    pub heartbeat: Duration,
 }
 
 /// Cleanup run after a builder was killed (the builder's sandbox leftovers).
@@ -71,6 +73,8 @@ pub trait LogArchive: Send + Sync {
 /// Hands jobs to the runner. Cheap to clone.
 #[derive(Clone)]
 pub struct JobQueue {
+    /// This runner's instance id, recorded on the deployments it holds.
+    instance: Arc<str>,
     tx: mpsc::UnboundedSender<(BuildJob, watch::Receiver<bool>)>,
     /// Cancel switches of queued and running jobs.
     cancels: Arc<std::sync::Mutex<HashMap<DeploymentId, watch::Sender<bool>>>>,
@@ -131,6 +135,11 @@ pub enum SubmitError {
 }
 
 impl JobQueue {
+    /// The id of the runner behind this queue (unique per process start).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     /// Takes a place in the queue, unless it is full. Take the place before recording the
     /// deployment, then [`Reservation::submit`] the job; a reservation dropped unused frees it.
     pub fn reserve(&self) -> Result<Reservation, SubmitError> {
@@ -185,26 +194,25 @@ impl JobQueue {
 /// The local runner; [`LocalRunner::run`] is its loop.
 pub struct LocalRunner {
     config: LocalRunnerConfig,
-    store: Arc<FileStore>,
-    projects: Arc<ProjectStore>,
-    bus: Arc<LogBus>,
+    records: Records,
+    bus: Arc<dyn LogBus>,
     rx: mpsc::UnboundedReceiver<(BuildJob, watch::Receiver<bool>)>,
     queue: JobQueue,
     metrics: ApiMetrics,
 }
 
 impl LocalRunner {
-    /// A runner and the queue that feeds it. What a previous run left behind is settled here,
-    /// before anything can queue new work (see [`LocalRunner::recover`]).
+    /// A runner and the queue that feeds it.
     pub fn new(
         config: LocalRunnerConfig,
-        store: Arc<FileStore>,
-        projects: Arc<ProjectStore>,
-        bus: Arc<LogBus>,
+        records: Records,
+        bus: Arc<dyn LogBus>,
         metrics: ApiMetrics,
     ) -> (Self, JobQueue) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let instance = format!("{}-{}", std::process::id(), DeploymentId::random().as_str());
         let queue = JobQueue {
+            instance: instance.into(),
             tx,
             waiting: Arc::default(),
             cancels: Arc::default(),
@@ -213,67 +221,109 @@ impl LocalRunner {
         };
         let runner = LocalRunner {
             config,
-            store,
-            projects,
+            records,
             bus,
             rx,
             queue: queue.clone(),
             metrics,
         };
-        runner.recover();
         (runner, queue)
     }
 
-    /// Settles what a previous run left behind: builds that were running are failed (their
-    /// builder died with the server) and queued ones are queued again.
-    fn recover(&self) {
-        for d in self.store.list(usize::MAX) {
+    /// Says this runner is alive, then settles builds whose runner is not: a build that was
+    /// running is failed (its builder went with its runner), a queued one is adopted here (one
+    /// runner wins the record) unless it needs secret values, which are never stored.
+    /// Deployments younger than the heartbeat timeout are left alone.
+    async fn reconcile(&self) -> std::io::Result<()> {
+        let ttl = self.config.heartbeat * 3;
+        let store = self.records.store();
+        store
+            .heartbeat(self.queue.instance(), ttl.as_millis() as u64)
+            .await?;
+        let mut alive: HashMap<String, bool> = HashMap::new();
+        alive.insert(self.queue.instance().to_owned(), true);
+        for d in store.active().await? {
+            if now_ms().saturating_sub(d.created_unix_ms) < ttl.as_millis() as u64 {
+                continue;
+            }
+            let holder = d.runner.clone().unwrap_or_default();
+            let holder_alive = match alive.get(&holder) {
+                Some(a) => *a,
+                None => {
+                    let a = !holder.is_empty() && store.runner_alive(&holder).await?;
+                    alive.insert(holder.clone(), a);
+                    a
+                }
+            };
+            if holder_alive {
+                continue;
+            }
+            let lost = |why: &str| Finished::failed(why.into(), None);
             match d.status {
                 DeploymentStatus::Building => {
-                    self.job(&d.id).finish(Finished::failed(
-                        "the server restarted while this build was running".into(),
-                        None,
-                    ));
+                    self.job(&d.id)
+                        .finish(lost(
+                            "the runner of this build stopped (server restarted or lost) while it was running",
+                        ))
+                        .await;
                 }
                 DeploymentStatus::Queued if !d.build.secrets.is_empty() => {
-                    // Secret values are never stored, so this build cannot be started again.
-                    self.job(&d.id).finish(Finished::failed(
-                        "the server restarted before this build started, and its secrets are not stored: deploy again".into(),
-                        None,
-                    ));
+                    self.job(&d.id)
+                        .finish(lost(
+                            "the runner holding this build stopped before it started, and its secrets are not stored: deploy again",
+                        ))
+                        .await;
                 }
-                DeploymentStatus::Queued => {
-                    if let Err(e) = self.bus.create(&d.id) {
-                        tracing::error!(id = %d.id, "cannot reopen log: {e}");
-                    }
-                    let _ = self.queue.force(BuildJob {
-                        deployment: d.id.clone(),
-                        repo: d.repo.clone(),
-                        git_ref: d.git_ref.clone(),
-                        serving: d.serving.clone(),
-                        build: d.build.clone(),
-                        limits: self.config.limits.clone(),
-                        cache_key: Some(crate::http::deployment_cache_key(&d)),
-                    });
-                }
-                DeploymentStatus::Ready | DeploymentStatus::Failed | DeploymentStatus::Canceled => {
-                }
+                DeploymentStatus::Queued => self.adopt(&d, &holder).await?,
+                _ => {}
             }
         }
+        Ok(())
+    }
+
+    /// Takes over a queued build of a runner that stopped.
+    async fn adopt(&self, d: &Deployment, from: &str) -> std::io::Result<()> {
+        let me = self.queue.instance().to_owned();
+        let mut won = false;
+        self.records
+            .update(&d.id, |rec| {
+                won = rec.status == DeploymentStatus::Queued
+                    && rec.runner.as_deref().unwrap_or_default() == from;
+                if won {
+                    rec.runner = Some(me.clone());
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await?;
+        if !won {
+            return Ok(());
+        }
+        self.bus.create(&d.id).await?;
+        tracing::info!(id = %d.id, from, "adopted a queued build of a stopped runner");
+        let _ = self.queue.force(BuildJob {
+            deployment: d.id.clone(),
+            repo: d.repo.clone(),
+            git_ref: d.git_ref.clone(),
+            serving: d.serving.clone(),
+            build: d.build.clone(),
+            limits: self.config.limits.clone(),
+            cache_key: Some(crate::http::deployment_cache_key(d)),
+        });
+        Ok(())
     }
 
     fn job(&self, id: &DeploymentId) -> Job<'_> {
-        Job::new(
-            &self.store,
-            &self.projects,
-            &self.bus,
-            &self.metrics,
-            id.clone(),
-        )
+        Job::new(&self.records, &self.bus, &self.metrics, id.clone())
     }
 
     /// Runs jobs until `shutdown` resolves. Builds still running then are killed.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        if let Err(e) = self.reconcile().await {
+            tracing::error!("cannot settle builds of stopped runners: {e}");
+        }
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let config = Arc::new(self.config.clone());
         let mut running = tokio::task::JoinSet::new();
@@ -281,22 +331,34 @@ impl LocalRunner {
         loop {
             let permit = tokio::select! {
                 _ = &mut shutdown => break,
+                _ = heartbeat.tick() => {
+                    if let Err(e) = self.reconcile().await {
+                        tracing::warn!("heartbeat and reconcile failed: {e}");
+                    }
+                    continue;
+                }
                 permit = permits.clone().acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break,
                 },
             };
-            let (job, cancel) = tokio::select! {
-                _ = &mut shutdown => break,
-                job = self.rx.recv() => match job {
-                    Some(job) => job,
-                    None => break,
-                },
+            let (job, cancel) = loop {
+                tokio::select! {
+                    _ = &mut shutdown => return running.shutdown().await,
+                    _ = heartbeat.tick() => {
+                        if let Err(e) = self.reconcile().await {
+                            tracing::warn!("heartbeat and reconcile failed: {e}");
+                        }
+                    }
+                    job = self.rx.recv() => match job {
+                        Some(job) => break job,
+                        None => return running.shutdown().await,
+                    },
+                }
             };
             self.queue.taken();
-            let (store, projects, bus, config, metrics, queue) = (
-                self.store.clone(),
-                self.projects.clone(),
+            let (records, bus, config, metrics, queue) = (
+                self.records.clone(),
                 self.bus.clone(),
                 config.clone(),
                 self.metrics.clone(),
@@ -304,9 +366,9 @@ impl LocalRunner {
             );
             running.spawn(async move {
                 let id = job.deployment.clone();
-                let record = Job::new(&store, &projects, &bus, &metrics, id.clone());
+                let record = Job::new(&records, &bus, &metrics, id.clone());
                 if *cancel.borrow() {
-                    record.finish(Finished::canceled());
+                    record.finish(Finished::canceled()).await;
                 } else {
                     run_job(&config, record, job, cancel).await;
                 }
@@ -323,101 +385,106 @@ impl LocalRunner {
 
 /// One deployment's bookkeeping: log lines and the final status.
 struct Job<'a> {
-    store: &'a FileStore,
-    projects: &'a ProjectStore,
-    bus: &'a LogBus,
+    records: &'a Records,
+    bus: &'a Arc<dyn LogBus>,
     metrics: &'a ApiMetrics,
     id: DeploymentId,
 }
 
 impl<'a> Job<'a> {
     fn new(
-        store: &'a Arc<FileStore>,
-        projects: &'a Arc<ProjectStore>,
-        bus: &'a Arc<LogBus>,
+        records: &'a Records,
+        bus: &'a Arc<dyn LogBus>,
         metrics: &'a ApiMetrics,
         id: DeploymentId,
     ) -> Self {
         Job {
-            store,
-            projects,
+            records,
             bus,
             metrics,
             id,
         }
     }
 
-    fn log(&self, ts: u64, stream: LogStream, line: String) {
-        if let Err(e) = self.bus.append(&self.id, ts, stream, line) {
+    async fn log(&self, ts: u64, stream: LogStream, line: String) {
+        if let Err(e) = self.bus.append(&self.id, ts, stream, line).await {
             tracing::error!(id = %self.id, "cannot write log: {e}");
         }
     }
 
-    fn system(&self, line: String) {
-        self.log(now_ms(), LogStream::System, line);
+    async fn system(&self, line: String) {
+        self.log(now_ms(), LogStream::System, line).await;
     }
 
     /// Records the outcome: status first, then the final log record, so a client that sees the
     /// final record and asks for the status sees the same outcome.
-    fn finish(&self, finished: Finished) {
-        self.record_outcome(&finished);
-        self.publish_final(now_ms(), finished.outcome);
+    async fn finish(&self, finished: Finished) {
+        if self.record_outcome(&finished).await {
+            self.publish_final(now_ms(), finished.outcome).await;
+        }
     }
 
-    /// The status change (and, for production builds, the alias move).
-    fn record_outcome(&self, f: &Finished) {
-        let updated = self.store.update(&self.id, |d| {
-            d.status = f.outcome.status;
-            d.error = f.outcome.error.clone();
-            d.finished_unix_ms = Some(now_ms());
-            if f.commit.is_some() {
-                d.commit = f.commit.clone();
+    /// The status change and, for a ready build of a project's production branch, the alias
+    /// move, in one atomic commit (a client that sees "ready" finds the project URL serving
+    /// it). `false` when the deployment had already ended (canceled, or failed by the
+    /// reconciler) or is gone: its log is already final.
+    async fn record_outcome(&self, f: &Finished) -> bool {
+        let finished = self
+            .records
+            .finish(
+                &self.id,
+                |d| {
+                    d.status = f.outcome.status;
+                    d.error = f.outcome.error.clone();
+                    d.finished_unix_ms = Some(now_ms());
+                    if f.commit.is_some() {
+                        d.commit = f.commit.clone();
+                    }
+                },
+                |d, project| project.is_production_ref(d.git_ref.as_deref()),
+            )
+            .await;
+        let (d, promoted) = match finished {
+            Ok(Some(done)) => done,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::error!(id = %self.id, "cannot record outcome: {e}");
+                return true;
             }
-        });
-        match updated {
-            Ok(Some(d)) if d.status == DeploymentStatus::Ready => self.promote_if_production(&d),
-            Ok(_) => {}
-            Err(e) => tracing::error!(id = %self.id, "cannot record outcome: {e}"),
+        };
+        match (promoted, d.project.as_deref()) {
+            (Some(p), _) => {
+                self.system(format!("Promoted to production of project {}", p.name))
+                    .await
+            }
+            (None, Some(name)) if d.status == DeploymentStatus::Ready => {
+                self.system(format!(
+                    "Preview of project {name}: production is unchanged"
+                ))
+                .await
+            }
+            _ => {}
         }
+        true
     }
 
     /// The log's final record.
-    fn publish_final(&self, ts: u64, outcome: Outcome) {
+    async fn publish_final(&self, ts: u64, outcome: Outcome) {
         let line = final_line(outcome.status, outcome.error.as_deref());
-        if let Err(e) = self.bus.finish(&self.id, ts, line, outcome) {
+        if let Err(e) = self.bus.finish(&self.id, ts, line, outcome).await {
             tracing::error!(id = %self.id, "cannot finish log: {e}");
-        }
-    }
-
-    /// A ready build of a project's production branch becomes its production deployment, before
-    /// the final record is published (a client that sees "ready" finds the project URL serving it).
-    fn promote_if_production(&self, d: &crate::store::Deployment) {
-        let Some(project) = d.project.as_deref().and_then(|p| self.projects.get(p)) else {
-            return;
-        };
-        if !project.is_production_ref(d.git_ref.as_deref()) {
-            self.system(format!(
-                "Preview of project {}: production is unchanged",
-                project.name
-            ));
-            return;
-        }
-        match self.projects.set_production(&project.name, &d.id) {
-            Ok(_) => self.system(format!(
-                "Promoted to production of project {}",
-                project.name
-            )),
-            Err(e) => tracing::error!(id = %d.id, "cannot promote: {e}"),
         }
     }
 
     /// [`Job::finish`], archiving the complete log (final record included) first, so a client
     /// that sees the final record can already read the archive.
     async fn finish_and_archive(&self, archive: Option<&dyn LogArchive>, finished: Finished) {
-        self.record_outcome(&finished);
+        if !self.record_outcome(&finished).await {
+            return;
+        }
         let ts = now_ms();
         if let Some(archive) = archive {
-            match self.bus.read(&self.id, 0) {
+            match self.bus.read(&self.id, 0).await {
                 Ok(mut records) => {
                     records.push(LogRecord {
                         seq: records.len() as u64,
@@ -442,7 +509,7 @@ impl<'a> Job<'a> {
                 Err(e) => tracing::warn!(id = %self.id, "cannot read the log to archive it: {e}"),
             }
         }
-        self.publish_final(ts, finished.outcome);
+        self.publish_final(ts, finished.outcome).await;
     }
 }
 
@@ -500,19 +567,27 @@ async fn run_job(
     build: BuildJob,
     mut cancel: watch::Receiver<bool>,
 ) {
-    let started = job.store.update(&job.id, |d| {
-        d.status = DeploymentStatus::Building;
-        d.started_unix_ms = Some(now_ms());
-    });
+    let mut still_queued = false;
+    let started = job
+        .records
+        .update(&job.id, |d| {
+            still_queued = d.status == DeploymentStatus::Queued;
+            if still_queued {
+                d.status = DeploymentStatus::Building;
+                d.started_unix_ms = Some(now_ms());
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
     match started {
-        Ok(Some(_)) => {}
-        Ok(None) => return, // deleted while queued
+        Ok(Some(_)) if still_queued => {}
+        Ok(_) => return, // deleted, or ended (reconciled) while queued
         Err(e) => {
             tracing::error!(id = %job.id, "cannot record build start: {e}");
             return;
         }
     }
-    job.system("Build started on the local runner".into());
+    job.system("Build started on the local runner".into()).await;
     job.metrics.builds_started.inc();
     job.metrics.running.inc();
     let timer = job.metrics.build_duration.start_timer();
@@ -617,14 +692,19 @@ async fn spawn_and_follow(
                 match reader.read_until(b'\n', &mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(_) => match serde_json::from_slice::<BuilderEvent>(&buf) {
-                        Ok(BuilderEvent::Log { ts, stream, line }) => job.log(ts, stream, line),
+                        Ok(BuilderEvent::Log { ts, stream, line }) => {
+                            job.log(ts, stream, line).await
+                        }
                         Ok(BuilderEvent::Phase { phase, millis }) => job
                             .metrics
                             .phase_duration
                             .with_label_values(&[phase.as_str()])
                             .observe(millis as f64 / 1000.0),
                         Ok(event) => result = Some(event),
-                        Err(_) => job.system(String::from_utf8_lossy(&buf).trim_end().to_owned()),
+                        Err(_) => {
+                            job.system(String::from_utf8_lossy(&buf).trim_end().to_owned())
+                                .await
+                        }
                     },
                 }
             }

@@ -1,16 +1,25 @@
-//! Deployment records. The embedded store keeps every record in memory and one JSON file per
-//! deployment on disk (written to a temporary file and renamed, so a crash never leaves half a
-//! record), which is what lets `gitdeploy up` restart without losing anything.
+//! State: deployments and projects.
+//!
+//! [`Store`] is the small contract every backend keeps: versioned records, listings, and an
+//! atomic all-or-nothing [`Store::commit`] of several writes guarded by the versions the writer
+//! read (optimistic concurrency). [`Records`] builds every state change of the control plane on
+//! it (read, change, commit, retry on conflict), so the rules live once, whatever the backend:
+//! [`FileStore`] (embedded: memory plus one JSON file per record, written atomically) or
+//! [`crate::redis_store::RedisStore`] (production, shared by every edge).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use gitdeploy_core::job::{BuildSettings, ServingOptions};
 use gitdeploy_core::repo::redact_repo_url;
 use gitdeploy_core::{DeploymentId, DeploymentStatus};
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::projects::{Project, ProjectError};
 
 /// One deployment as the control plane tracks it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +56,10 @@ pub struct Deployment {
     /// Build ended at (Unix ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_unix_ms: Option<u64>,
+    /// The runner instance that holds the build while it is queued or running; its heartbeat
+    /// going quiet is how a lost build is noticed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<String>,
 }
 
 impl Deployment {
@@ -56,9 +69,338 @@ impl Deployment {
     }
 }
 
+/// A record and the version it was read at (versions start at 1; 0 means "absent").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned<T> {
+    /// Bumped by every write.
+    pub version: u64,
+    /// The record.
+    pub value: T,
+}
+
+/// One write of a [`Store::commit`]: applied only when the record is still at `expect`
+/// (0: it must not exist yet).
+#[derive(Clone, Debug)]
+pub enum Write {
+    /// Create or replace a deployment.
+    Deployment {
+        /// Version the writer read.
+        expect: u64,
+        /// The new record.
+        value: Deployment,
+    },
+    /// Create or replace a project.
+    Project {
+        /// Version the writer read.
+        expect: u64,
+        /// The new record.
+        value: Project,
+    },
+}
+
+/// Storage of deployments and projects. Implementations: [`FileStore`] and
+/// [`crate::redis_store::RedisStore`]; `api/tests/store_contract.rs` runs one suite on both.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// One deployment.
+    async fn deployment(&self, id: &DeploymentId) -> io::Result<Option<Versioned<Deployment>>>;
+    /// Up to `limit` deployments (of `project`, or all), newest first.
+    async fn deployments(&self, project: Option<&str>, limit: usize)
+        -> io::Result<Vec<Deployment>>;
+    /// Deployments still queued or building.
+    async fn active(&self) -> io::Result<Vec<Deployment>>;
+    /// One project.
+    async fn project(&self, name: &str) -> io::Result<Option<Versioned<Project>>>;
+    /// Every project, by name.
+    async fn projects(&self) -> io::Result<Vec<Project>>;
+    /// Applies every write, or none when any record is no longer at the version its writer
+    /// read (`Ok(false)`). A project write whose production deployment changes announces the
+    /// project on [`Store::alias_changes`] of every process sharing the store.
+    async fn commit(&self, writes: Vec<Write>) -> io::Result<bool>;
+    /// Removes a deployment still at version `expect`.
+    async fn delete_deployment(&self, id: &DeploymentId, expect: u64) -> io::Result<bool>;
+    /// Records that runner `instance` is alive for the next `ttl_ms`.
+    async fn heartbeat(&self, instance: &str, ttl_ms: u64) -> io::Result<()>;
+    /// Whether runner `instance` has sent a heartbeat that has not expired.
+    async fn runner_alive(&self, instance: &str) -> io::Result<bool>;
+    /// Names of projects whose production deployment changed; `"*"` means "any" (sent after a
+    /// reconnect, when changes may have been missed).
+    fn alias_changes(&self) -> broadcast::Receiver<String>;
+}
+
+/// Attempts at a read-change-commit before giving up (only under heavy contention on one record).
+const MAX_ATTEMPTS: usize = 64;
+
+fn contention() -> io::Error {
+    io::Error::other("the record kept changing under concurrent writers; try again")
+}
+
+/// Every state change of the control plane, built on a [`Store`].
+#[derive(Clone)]
+pub struct Records {
+    store: Arc<dyn Store>,
+}
+
+impl Records {
+    /// The records kept in `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Records { store }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Adds a new deployment (its id must be new).
+    pub async fn insert(&self, d: Deployment) -> io::Result<()> {
+        let id = d.id.clone();
+        if self
+            .store
+            .commit(vec![Write::Deployment {
+                expect: 0,
+                value: d,
+            }])
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("deployment {id} already exists")))
+        }
+    }
+
+    /// One deployment.
+    pub async fn get(&self, id: &DeploymentId) -> io::Result<Option<Deployment>> {
+        Ok(self.store.deployment(id).await?.map(|v| v.value))
+    }
+
+    /// Up to `limit` deployments, newest first.
+    pub async fn list(&self, limit: usize) -> io::Result<Vec<Deployment>> {
+        self.store.deployments(None, limit).await
+    }
+
+    /// Up to `limit` deployments of `project`, newest first.
+    pub async fn list_project(&self, project: &str, limit: usize) -> io::Result<Vec<Deployment>> {
+        self.store.deployments(Some(project), limit).await
+    }
+
+    /// Changes one deployment with `f` (which may refuse, or be called again after a conflict);
+    /// `None` when it does not exist.
+    pub async fn update<E: From<io::Error>>(
+        &self,
+        id: &DeploymentId,
+        mut f: impl FnMut(&mut Deployment) -> Result<(), E>,
+    ) -> Result<Option<Deployment>, E> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(current) = self.store.deployment(id).await? else {
+                return Ok(None);
+            };
+            let mut next = current.value.clone();
+            f(&mut next)?;
+            if next == current.value {
+                return Ok(Some(next));
+            }
+            let write = Write::Deployment {
+                expect: current.version,
+                value: next.clone(),
+            };
+            if self.store.commit(vec![write]).await? {
+                return Ok(Some(next));
+            }
+        }
+        Err(contention().into())
+    }
+
+    /// Records how a build ended — unless it already ended (a canceled or reconciled build
+    /// stays as it was). When it is ready and `promote` says so for its project, the project's
+    /// production moves to it in the same atomic commit. Returns the deployment as stored and
+    /// the project it was promoted in; `None` when it does not exist or had already ended.
+    pub async fn finish(
+        &self,
+        id: &DeploymentId,
+        f: impl Fn(&mut Deployment),
+        promote: impl Fn(&Deployment, &Project) -> bool,
+    ) -> io::Result<Option<(Deployment, Option<Project>)>> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(current) = self.store.deployment(id).await? else {
+                return Ok(None);
+            };
+            if current.value.status.is_terminal() {
+                return Ok(None);
+            }
+            let mut next = current.value.clone();
+            f(&mut next);
+            next.runner = None;
+            let mut writes = vec![Write::Deployment {
+                expect: current.version,
+                value: next.clone(),
+            }];
+            let mut promoted = None;
+            if next.status == DeploymentStatus::Ready {
+                if let Some(name) = next.project.as_deref() {
+                    if let Some(project) = self.store.project(name).await? {
+                        if promote(&next, &project.value) {
+                            let mut p = project.value.clone();
+                            p.set_production(&next.id);
+                            writes.push(Write::Project {
+                                expect: project.version,
+                                value: p.clone(),
+                            });
+                            promoted = Some(p);
+                        }
+                    }
+                }
+            }
+            if self.store.commit(writes).await? {
+                return Ok(Some((next, promoted)));
+            }
+        }
+        Err(contention())
+    }
+
+    /// Removes a deployment's record.
+    pub async fn delete(&self, id: &DeploymentId) -> io::Result<bool> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(current) = self.store.deployment(id).await? else {
+                return Ok(false);
+            };
+            if self.store.delete_deployment(id, current.version).await? {
+                return Ok(true);
+            }
+        }
+        Err(contention())
+    }
+
+    /// One project.
+    pub async fn project(&self, name: &str) -> io::Result<Option<Project>> {
+        Ok(self.store.project(name).await?.map(|v| v.value))
+    }
+
+    /// Every project, by name.
+    pub async fn projects(&self) -> io::Result<Vec<Project>> {
+        self.store.projects().await
+    }
+
+    /// Creates a project; fails when the name is taken.
+    pub async fn create_project(&self, project: Project) -> Result<Project, ProjectError> {
+        let write = Write::Project {
+            expect: 0,
+            value: project.clone(),
+        };
+        if self.store.commit(vec![write]).await? {
+            Ok(project)
+        } else {
+            Err(ProjectError::Exists(project.name))
+        }
+    }
+
+    /// The project `name`, created for `repo` when it does not exist yet (first deploy); fails
+    /// when it exists for another repository.
+    pub async fn ensure_project(
+        &self,
+        name: &str,
+        repo: &str,
+        branch: Option<&str>,
+        now: u64,
+    ) -> Result<Project, ProjectError> {
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(existing) = self.project(name).await? {
+                if existing.repo != repo {
+                    return Err(ProjectError::OtherRepo {
+                        name: name.to_owned(),
+                        repo: existing.repo_display(),
+                    });
+                }
+                return Ok(existing);
+            }
+            match self
+                .create_project(Project::new(name, repo, branch, now))
+                .await
+            {
+                Err(ProjectError::Exists(_)) => continue, // created meanwhile: use it
+                other => return other,
+            }
+        }
+        Err(contention().into())
+    }
+
+    /// Changes a project with `f` (which may refuse, or be called again after a conflict);
+    /// `None` when it does not exist.
+    pub async fn update_project<E: From<io::Error>>(
+        &self,
+        name: &str,
+        mut f: impl FnMut(&mut Project) -> Result<(), E>,
+    ) -> Result<Option<Project>, E> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(current) = self.store.project(name).await? else {
+                return Ok(None);
+            };
+            let mut next = current.value.clone();
+            f(&mut next)?;
+            if next == current.value {
+                return Ok(Some(next));
+            }
+            let write = Write::Project {
+                expect: current.version,
+                value: next.clone(),
+            };
+            if self.store.commit(vec![write]).await? {
+                return Ok(Some(next));
+            }
+        }
+        Err(contention().into())
+    }
+
+    /// Points the project's alias at `deployment`; `None` when the project does not exist.
+    pub async fn set_production(
+        &self,
+        name: &str,
+        deployment: &DeploymentId,
+    ) -> io::Result<Option<Project>> {
+        self.update_project(name, |p| {
+            p.set_production(deployment);
+            Ok::<_, io::Error>(())
+        })
+        .await
+    }
+
+    /// Points the alias back at the most recent earlier production deployment that is still
+    /// ready (others are dropped from the history). Production is unchanged when there is
+    /// nothing to roll back to; `None` when the project does not exist.
+    pub async fn rollback(&self, name: &str) -> io::Result<Option<Project>> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(current) = self.store.project(name).await? else {
+                return Ok(None);
+            };
+            let mut next = current.value.clone();
+            while let Some(previous) = next.history.pop() {
+                let ready = self
+                    .get(&previous)
+                    .await?
+                    .is_some_and(|d| d.status == DeploymentStatus::Ready);
+                if ready && next.production.as_ref() != Some(&previous) {
+                    next.production = Some(previous);
+                    break;
+                }
+            }
+            if next.production == current.value.production {
+                return Ok(Some(current.value));
+            }
+            let write = Write::Project {
+                expect: current.version,
+                value: next.clone(),
+            };
+            if self.store.commit(vec![write]).await? {
+                return Ok(Some(next));
+            }
+        }
+        Err(contention())
+    }
+}
+
 /// Every record in a directory of `<name>.json` files (created if missing). Unreadable files are
 /// skipped with a warning rather than stopping the server.
-pub(crate) fn load_json_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> io::Result<Vec<T>> {
+fn load_json_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> io::Result<Vec<T>> {
     std::fs::create_dir_all(dir)?;
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -79,83 +421,213 @@ pub(crate) fn load_json_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> io::R
 
 /// Writes `<dir>/<name>.json` through a temporary file and a rename, so a crash never leaves
 /// half a record.
-pub(crate) fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
+fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.json.tmp"));
     std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
     std::fs::rename(tmp, dir.join(format!("{name}.json")))
 }
 
-/// The embedded deployment store.
+#[derive(Default)]
+struct FileState {
+    deployments: BTreeMap<DeploymentId, Versioned<Deployment>>,
+    projects: BTreeMap<String, Versioned<Project>>,
+    /// Runner heartbeats: instance → expiry (Unix ms).
+    runners: HashMap<String, u64>,
+}
+
+/// The embedded store: every record in memory, and one JSON file per record under
+/// `<dir>/deployments/` and `<dir>/projects/`. A commit writes its files (deployments first)
+/// before it changes memory; versions count from 1 again after a restart.
 pub struct FileStore {
     dir: PathBuf,
-    records: RwLock<BTreeMap<DeploymentId, Deployment>>,
+    state: Mutex<FileState>,
+    aliases: broadcast::Sender<String>,
 }
 
 impl FileStore {
-    /// Opens (creating) the store in `dir` and loads every record. Unreadable files are skipped
-    /// with a warning rather than stopping the server.
+    /// Opens (creating) the store in `dir` and loads every record.
     pub fn open(dir: &Path) -> io::Result<Self> {
-        let records = load_json_dir::<Deployment>(dir)?
+        let versioned = |value| Versioned { version: 1, value };
+        let deployments = load_json_dir::<Deployment>(&dir.join("deployments"))?
             .into_iter()
-            .map(|d| (d.id.clone(), d))
+            .map(|d| (d.id.clone(), versioned(d)))
+            .collect();
+        let projects = load_json_dir::<Project>(&dir.join("projects"))?
+            .into_iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    Versioned {
+                        version: 1,
+                        value: p,
+                    },
+                )
+            })
             .collect();
         Ok(FileStore {
             dir: dir.to_owned(),
-            records: RwLock::new(records),
+            state: Mutex::new(FileState {
+                deployments,
+                projects,
+                runners: HashMap::new(),
+            }),
+            aliases: broadcast::channel(256).0,
         })
     }
 
-    fn write(&self, d: &Deployment) -> io::Result<()> {
-        write_json(&self.dir, d.id.as_str(), d)
+    fn state(&self) -> std::sync::MutexGuard<'_, FileState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn newest_first(list: &mut [Deployment]) {
+    list.sort_by(|a, b| {
+        b.created_unix_ms
+            .cmp(&a.created_unix_ms)
+            .then(b.id.cmp(&a.id))
+    });
+}
+
+#[async_trait]
+impl Store for FileStore {
+    async fn deployment(&self, id: &DeploymentId) -> io::Result<Option<Versioned<Deployment>>> {
+        Ok(self.state().deployments.get(id).cloned())
     }
 
-    /// Adds a new deployment.
-    pub fn insert(&self, d: Deployment) -> io::Result<()> {
-        self.write(&d)?;
-        self.records
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(d.id.clone(), d);
+    async fn deployments(
+        &self,
+        project: Option<&str>,
+        limit: usize,
+    ) -> io::Result<Vec<Deployment>> {
+        let mut all: Vec<Deployment> = self
+            .state()
+            .deployments
+            .values()
+            .filter(|d| project.is_none() || d.value.project.as_deref() == project)
+            .map(|d| d.value.clone())
+            .collect();
+        newest_first(&mut all);
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    async fn active(&self) -> io::Result<Vec<Deployment>> {
+        Ok(self
+            .state()
+            .deployments
+            .values()
+            .filter(|d| !d.value.status.is_terminal())
+            .map(|d| d.value.clone())
+            .collect())
+    }
+
+    async fn project(&self, name: &str) -> io::Result<Option<Versioned<Project>>> {
+        Ok(self.state().projects.get(name).cloned())
+    }
+
+    async fn projects(&self) -> io::Result<Vec<Project>> {
+        Ok(self
+            .state()
+            .projects
+            .values()
+            .map(|p| p.value.clone())
+            .collect())
+    }
+
+    async fn commit(&self, writes: Vec<Write>) -> io::Result<bool> {
+        let mut state = self.state();
+        let current = |w: &Write| match w {
+            Write::Deployment { value, .. } => {
+                state.deployments.get(&value.id).map_or(0, |v| v.version)
+            }
+            Write::Project { value, .. } => {
+                state.projects.get(&value.name).map_or(0, |v| v.version)
+            }
+        };
+        for w in &writes {
+            let (Write::Deployment { expect, .. } | Write::Project { expect, .. }) = w;
+            if current(w) != *expect {
+                return Ok(false);
+            }
+        }
+        // Deployments first: a crash between two files leaves a finished build not yet
+        // promoted, never an alias to a build that is not ready.
+        let mut ordered = writes;
+        ordered.sort_by_key(|w| matches!(w, Write::Project { .. }));
+        for w in &ordered {
+            match w {
+                Write::Deployment { value, .. } => {
+                    write_json(&self.dir.join("deployments"), value.id.as_str(), value)?
+                }
+                Write::Project { value, .. } => {
+                    write_json(&self.dir.join("projects"), &value.name, value)?
+                }
+            }
+        }
+        for w in ordered {
+            match w {
+                Write::Deployment { expect, value } => {
+                    state.deployments.insert(
+                        value.id.clone(),
+                        Versioned {
+                            version: expect + 1,
+                            value,
+                        },
+                    );
+                }
+                Write::Project { expect, value } => {
+                    let moved = state
+                        .projects
+                        .get(&value.name)
+                        .is_none_or(|old| old.value.production != value.production);
+                    let name = value.name.clone();
+                    state.projects.insert(
+                        name.clone(),
+                        Versioned {
+                            version: expect + 1,
+                            value,
+                        },
+                    );
+                    if moved {
+                        let _ = self.aliases.send(name);
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    async fn delete_deployment(&self, id: &DeploymentId, expect: u64) -> io::Result<bool> {
+        let mut state = self.state();
+        if state.deployments.get(id).map_or(0, |v| v.version) != expect {
+            return Ok(false);
+        }
+        match std::fs::remove_file(self.dir.join("deployments").join(format!("{id}.json"))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        state.deployments.remove(id);
+        Ok(true)
+    }
+
+    async fn heartbeat(&self, instance: &str, ttl_ms: u64) -> io::Result<()> {
+        self.state()
+            .runners
+            .insert(instance.to_owned(), crate::now_ms() + ttl_ms);
         Ok(())
     }
 
-    /// One deployment.
-    pub fn get(&self, id: &DeploymentId) -> Option<Deployment> {
-        self.records
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
+    async fn runner_alive(&self, instance: &str) -> io::Result<bool> {
+        Ok(self
+            .state()
+            .runners
+            .get(instance)
+            .is_some_and(|expiry| *expiry > crate::now_ms()))
     }
 
-    /// Up to `limit` deployments, newest first.
-    pub fn list(&self, limit: usize) -> Vec<Deployment> {
-        let records = self.records.read().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<_> = records.values().cloned().collect();
-        all.sort_by(|a, b| {
-            b.created_unix_ms
-                .cmp(&a.created_unix_ms)
-                .then(b.id.cmp(&a.id))
-        });
-        all.truncate(limit);
-        all
-    }
-
-    /// Changes one deployment with `f` and persists it; `None` when it does not exist.
-    pub fn update(
-        &self,
-        id: &DeploymentId,
-        f: impl FnOnce(&mut Deployment),
-    ) -> io::Result<Option<Deployment>> {
-        let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
-        let Some(current) = records.get(id) else {
-            return Ok(None);
-        };
-        let mut next = current.clone();
-        f(&mut next);
-        self.write(&next)?;
-        records.insert(id.clone(), next.clone());
-        Ok(Some(next))
+    fn alias_changes(&self) -> broadcast::Receiver<String> {
+        self.aliases.subscribe()
     }
 }
 
@@ -163,9 +635,10 @@ impl FileStore {
 mod tests {
     use super::*;
 
-    fn deployment(id: &str, at: u64) -> Deployment {
-        Deployment {
-            id: DeploymentId::parse(id).unwrap(),
+    #[test]
+    fn repo_is_shown_without_credentials() {
+        let d = Deployment {
+            id: DeploymentId::parse("aaaaaaaaaaa1").unwrap(),
             project: None,
             repo: "https://u:secret@example.com/r".into(),
             git_ref: None,
@@ -174,43 +647,11 @@ mod tests {
             status: DeploymentStatus::Queued,
             error: None,
             commit: None,
-            created_unix_ms: at,
+            created_unix_ms: 1,
             started_unix_ms: None,
             finished_unix_ms: None,
-        }
-    }
-
-    #[test]
-    fn records_survive_reopen_and_list_newest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path()).unwrap();
-        store.insert(deployment("aaaaaaaaaaa1", 1)).unwrap();
-        store.insert(deployment("bbbbbbbbbbb2", 2)).unwrap();
-        let updated = store
-            .update(&DeploymentId::parse("aaaaaaaaaaa1").unwrap(), |d| {
-                d.status = DeploymentStatus::Ready
-            })
-            .unwrap()
-            .unwrap();
-        assert_eq!(updated.status, DeploymentStatus::Ready);
-        assert!(store
-            .update(&DeploymentId::parse("ccccccccccc3").unwrap(), |_| {})
-            .unwrap()
-            .is_none());
-        std::fs::write(dir.path().join("garbage.json"), "{").unwrap();
-
-        let reopened = FileStore::open(dir.path()).unwrap();
-        let ids: Vec<_> = reopened
-            .list(10)
-            .into_iter()
-            .map(|d| d.id.to_string())
-            .collect();
-        assert_eq!(ids, ["bbbbbbbbbbb2", "aaaaaaaaaaa1"]);
-        let a = reopened
-            .get(&DeploymentId::parse("aaaaaaaaaaa1").unwrap())
-            .unwrap();
-        assert_eq!(a.status, DeploymentStatus::Ready);
-        assert_eq!(a.repo_display(), "https://***@example.com/r");
-        assert_eq!(reopened.list(1).len(), 1);
+            runner: None,
+        };
+        assert_eq!(d.repo_display(), "https://***@example.com/r");
     }
 }

@@ -21,9 +21,10 @@ pub struct EmbeddedS3 {
 }
 
 impl EmbeddedS3 {
-    /// Binds `127.0.0.1:0` and prepares a server over `root` with `bucket` created. Returns the
-    /// server and the address it will answer on.
+    /// Binds `addr` (`127.0.0.1:0` for any free port) and prepares a server over `root` with
+    /// `bucket` created. Returns the server and the address it will answer on.
     pub fn bind(
+        addr: SocketAddr,
         root: &Path,
         bucket: &str,
         access_key: &str,
@@ -34,7 +35,7 @@ impl EmbeddedS3 {
             .map_err(|e| anyhow::anyhow!("embedded S3 storage: {e:?}"))?;
         let mut builder = S3ServiceBuilder::new(fs);
         builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         Ok((

@@ -36,7 +36,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole platform on this machine: edge, API, embedded S3 and local builders.
-    Up(up::UpOptions),
+    Up(Box<up::UpOptions>),
+    /// Run only the embedded S3-compatible server (key from AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY), for several `up --s3-endpoint` processes sharing one store.
+    S3Server(up::S3ServerOptions),
     #[command(flatten)]
     Client(cli::ClientCommand),
     /// Run one build job described by GITDEPLOY_* variables (used by the local runner).
@@ -49,10 +52,20 @@ fn main() {
     let code = match cli.command {
         Command::Up(opts) => {
             init_tracing();
-            match up::run(opts) {
+            match up::run(*opts) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("gitdeploy up: {e:#}");
+                    1
+                }
+            }
+        }
+        Command::S3Server(opts) => {
+            init_tracing();
+            match up::run_s3_server(opts) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("gitdeploy s3-server: {e:#}");
                     1
                 }
             }

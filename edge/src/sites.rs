@@ -148,7 +148,7 @@ impl SitesProxy {
         // A deployment id serves that build; any other label is a project's production alias.
         let id = match DeploymentId::parse(label) {
             Some(id) => Some(id),
-            None if !looks_like_deployment_id(label) => self.aliases.production(label),
+            None if !looks_like_deployment_id(label) => self.aliases.production(label).await,
             None => None,
         };
         let Some(id) = id else {

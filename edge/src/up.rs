@@ -1,6 +1,8 @@
 //! `gitdeploy up`: the embedded default. One process, no cloud, no Redis: the sites proxy and
 //! the API on one public port, S3 (s3s-fs) on loopback, state and logs on disk, builds as
-//! sandboxed child processes.
+//! sandboxed child processes. `--redis-url` keeps state and logs in Redis instead, and
+//! `--s3-endpoint` uses an external S3, so several `up` processes can share one platform the way
+//! production edges do.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -9,10 +11,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use gitdeploy_api::{
-    token_sha256, ApiConfig, ApiMetrics, ControlPlane, FileStore, LocalRunner, LocalRunnerConfig,
-    LogBus, ProjectStore, PublicUrls,
+    token_sha256, ApiConfig, ApiMetrics, ControlPlane, FileLogBus, FileStore, LocalRunner,
+    LocalRunnerConfig, LogBus, PublicUrls, Records, RedisLogBus, RedisLogSettings, RedisStore,
+    Store,
 };
 use gitdeploy_core::job::{env, BuildLimits};
+use gitdeploy_core::repo::redact_repo_url;
 use gitdeploy_core::repo::RepoScheme;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
@@ -22,7 +26,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_proxy::HttpProxy;
 use rand::distr::{Alphanumeric, SampleString};
 
-use crate::cache::{ManifestCache, ObjectCache};
+use crate::cache::{AliasCache, ManifestCache, ObjectCache};
 use crate::control::{only_control_plane_hosts, ApiApp};
 use crate::embedded_s3::EmbeddedS3;
 use crate::metrics::{metrics_server, EdgeMetrics};
@@ -84,6 +88,89 @@ pub struct UpOptions {
     /// Worker threads of each service.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Keep state and logs in Redis (`redis://[:password@]host:port[/db]`) instead of the data
+    /// directory, so several edges can share them.
+    #[arg(long, env = "GITDEPLOY_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key.
+    #[arg(long, default_value = "gitdeploy:")]
+    redis_prefix: String,
+    /// How long a finished build log stays in Redis, in seconds (the S3 archive keeps it).
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    log_ttl: u64,
+    /// Use this S3 endpoint (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)
+    /// instead of the embedded one.
+    #[arg(long, env = "GITDEPLOY_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// Bucket of the external S3.
+    #[arg(long, default_value = BUCKET, env = "GITDEPLOY_S3_BUCKET")]
+    s3_bucket: String,
+    /// Region of the external S3.
+    #[arg(long, default_value = REGION, env = "GITDEPLOY_S3_REGION")]
+    s3_region: String,
+    /// How long an alias lookup is cached, in milliseconds (changes are announced at once; this
+    /// is the limit when an announcement is lost).
+    #[arg(long, default_value_t = 5000)]
+    alias_cache_ttl_ms: u64,
+    /// How often the runner sends its heartbeat and settles builds of stopped runners, in ms.
+    #[arg(long, default_value_t = 5000, hide = true)]
+    heartbeat_interval_ms: u64,
+}
+
+/// Options of `gitdeploy s3-server`.
+#[derive(clap::Args, Debug)]
+pub struct S3ServerOptions {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// Where objects are kept.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Bucket to create.
+    #[arg(long, default_value = BUCKET)]
+    bucket: String,
+}
+
+/// `gitdeploy s3-server`: only the embedded S3-compatible server (SigV4 with the key in
+/// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), for several `up --s3-endpoint` processes sharing
+/// one store. Runs until SIGINT/SIGTERM.
+pub fn run_s3_server(opts: S3ServerOptions) -> anyhow::Result<()> {
+    use pingora_core::services::background::BackgroundService;
+    let (access_key, secret_key) = s3_credentials()?;
+    let (s3, addr) = EmbeddedS3::bind(
+        opts.listen,
+        &opts.data_dir,
+        &opts.bucket,
+        &access_key,
+        &secret_key,
+    )?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        println!("S3 server on http://{addr} (bucket {})", opts.bucket);
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            let _ = tx.send(true);
+        });
+        s3.start(rx).await;
+    });
+    Ok(())
+}
+
+fn s3_credentials() -> anyhow::Result<(String, String)> {
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .with_context(|| format!("{name} must be set to the S3 key"))
+    };
+    Ok((var("AWS_ACCESS_KEY_ID")?, var("AWS_SECRET_ACCESS_KEY")?))
 }
 
 fn random_secret(len: usize) -> String {
@@ -135,15 +222,44 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         Ok(d)
     };
 
-    // Embedded S3 with a key that lives as long as this process.
-    let (access_key, secret_key) = (random_secret(20), random_secret(40));
-    let (s3, s3_addr) = EmbeddedS3::bind(&dir("s3")?, BUCKET, &access_key, &secret_key)?;
-    let s3_endpoint = format!("http://{s3_addr}");
+    // Embedded S3 with a key that lives as long as this process, or an external one.
+    let (s3, s3_endpoint, bucket, region, access_key, secret_key) = match &opts.s3_endpoint {
+        None => {
+            let (access_key, secret_key) = (random_secret(20), random_secret(40));
+            let (s3, s3_addr) = EmbeddedS3::bind(
+                ([127, 0, 0, 1], 0).into(),
+                &dir("s3")?,
+                BUCKET,
+                &access_key,
+                &secret_key,
+            )?;
+            let endpoint = format!("http://{s3_addr}");
+            (
+                Some(s3),
+                endpoint,
+                BUCKET.to_owned(),
+                REGION.to_owned(),
+                access_key,
+                secret_key,
+            )
+        }
+        Some(endpoint) => {
+            let (access_key, secret_key) = s3_credentials()?;
+            (
+                None,
+                endpoint.clone(),
+                opts.s3_bucket.clone(),
+                opts.s3_region.clone(),
+                access_key,
+                secret_key,
+            )
+        }
+    };
     let origin = Arc::new(
         S3Origin::new(&OriginSettings {
             endpoint: Some(s3_endpoint.clone()),
-            bucket: BUCKET.into(),
-            region: REGION.into(),
+            bucket: bucket.clone(),
+            region: region.clone(),
             prefix: String::new(),
             access_key: access_key.clone(),
             secret_key: secret_key.clone(),
@@ -161,18 +277,46 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     let api_metrics = ApiMetrics::new(&registry)?;
     let edge_metrics = EdgeMetrics::new(&registry)?;
 
-    // Control plane: store, log bus, local runner.
-    let store = Arc::new(FileStore::open(&dir("state/deployments")?)?);
-    let projects = Arc::new(ProjectStore::open(&dir("state/projects")?)?);
-    let bus = Arc::new(LogBus::open(&dir("logs")?, api_metrics.clone())?);
+    // Control plane: store, log bus, local runner. Redis connections are driven by a runtime of
+    // their own that lives as long as the server.
+    let control_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("gitdeploy-control")
+        .enable_all()
+        .build()?;
+    let (store, bus): (Arc<dyn Store>, Arc<dyn LogBus>) = match &opts.redis_url {
+        Some(url) => control_rt.block_on(async {
+            let shown = redact_repo_url(url);
+            let store = RedisStore::connect(url, &opts.redis_prefix)
+                .await
+                .with_context(|| format!("cannot connect to Redis at {shown}"))?;
+            let settings = RedisLogSettings {
+                prefix: opts.redis_prefix.clone(),
+                ttl: std::time::Duration::from_secs(opts.log_ttl),
+                max_len: 200_000,
+            };
+            let bus = RedisLogBus::connect(url, settings, api_metrics.clone())
+                .await
+                .with_context(|| format!("cannot connect to Redis at {shown}"))?;
+            anyhow::Ok((
+                Arc::new(store) as Arc<dyn Store>,
+                Arc::new(bus) as Arc<dyn LogBus>,
+            ))
+        })?,
+        None => (
+            Arc::new(FileStore::open(&dir("state")?)?),
+            Arc::new(FileLogBus::open(&dir("logs")?, api_metrics.clone())?),
+        ),
+    };
+    let records = Records::new(store);
     let exe = std::env::current_exe().context("cannot find the gitdeploy executable")?;
     let (runner, queue) = LocalRunner::new(
         LocalRunnerConfig {
             command: vec![exe.into_os_string(), "builder".into()],
             env: vec![
                 (env::S3_ENDPOINT.into(), s3_endpoint.clone()),
-                (env::S3_BUCKET.into(), BUCKET.into()),
-                (env::S3_REGION.into(), REGION.into()),
+                (env::S3_BUCKET.into(), bucket.clone()),
+                (env::S3_REGION.into(), region.clone()),
                 ("AWS_ACCESS_KEY_ID".into(), access_key),
                 ("AWS_SECRET_ACCESS_KEY".into(), secret_key),
             ],
@@ -185,9 +329,9 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
             after_kill: Some(Arc::new(|id| {
                 Box::pin(async move { gitdeploy_builder::clean_up_after_kill(id.as_str()).await })
             })),
+            heartbeat: std::time::Duration::from_millis(opts.heartbeat_interval_ms.max(10)),
         },
-        store.clone(),
-        projects.clone(),
+        records.clone(),
         bus.clone(),
         api_metrics,
     );
@@ -209,10 +353,14 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
             limits,
             token_sha256: opts.api_token.as_deref().map(token_sha256),
         },
-        store,
-        projects.clone(),
+        records.clone(),
         bus,
         queue,
+    );
+    let aliases = AliasCache::new(
+        records,
+        std::time::Duration::from_millis(opts.alias_cache_ttl_ms.max(1)),
+        control_rt.handle(),
     );
 
     // One Pingora server for all of it.
@@ -266,16 +414,18 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         objects,
         control_peer,
         edge_metrics,
-        projects,
+        aliases,
     );
     let mut proxy = HttpProxy::new(proxy, server.configuration.clone());
     proxy.handle_init_modules();
     let mut sites = Service::new("public".into(), PublicApp::new(proxy, api_router, hosts));
     sites.add_tcp(&opts.listen.to_string());
 
-    let mut s3 = background_service("embedded S3", s3);
-    s3.threads = Some(opts.threads.max(1));
-    let s3 = server.add_service(s3);
+    let s3 = s3.map(|s3| {
+        let mut s3 = background_service("embedded S3", s3);
+        s3.threads = Some(opts.threads.max(1));
+        server.add_service(s3)
+    });
     let runner = server.add_service(background_service(
         "local runner",
         RunnerService::new(runner),
@@ -286,9 +436,15 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     let api = server.add_service(api);
     // The public port opens last, once everything behind it runs.
     let sites = server.add_service(sites);
-    sites.add_dependencies([&api, &s3, &runner]);
+    sites.add_dependencies([&api, &runner]);
+    if let Some(s3) = &s3 {
+        sites.add_dependencies([s3]);
+    }
 
-    println!("GitDeploy is running (embedded mode: no cloud, no Redis).");
+    match (&opts.redis_url, &opts.s3_endpoint) {
+        (None, None) => println!("GitDeploy is running (embedded mode: no cloud, no Redis)."),
+        _ => println!("GitDeploy is running."),
+    }
     if opts.api_token.is_none() {
         println!(
             "  WARNING: the API is OPEN: anyone who can reach {} can deploy and read logs.",
@@ -303,7 +459,15 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         "  metrics             http://{}/metrics",
         opts.metrics_listen
     );
-    println!("  embedded S3         {s3_endpoint} (loopback, SigV4)");
+    match &opts.redis_url {
+        Some(url) => println!("  state and logs      Redis at {}", redact_repo_url(url)),
+        None => println!("  state and logs      {}", data.display()),
+    }
+    if s3.is_some() {
+        println!("  embedded S3         {s3_endpoint} (loopback, SigV4)");
+    } else {
+        println!("  S3                  {s3_endpoint} bucket {bucket}");
+    }
     println!("Deploy a repository:");
     println!(
         "  curl -X POST {} -H 'content-type: application/json' -d '{{\"repo\":\"https://github.com/owner/site\"}}'",
@@ -314,6 +478,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         public.api("")
     );
     server.run(RunArgs::default());
+    control_rt.shutdown_background();
     Ok(())
 }
 

@@ -1,0 +1,470 @@
+//! One contract, two backends: every test here runs against the embedded store and log bus
+//! (files) and against Redis (a real `redis-server` the test starts on a Unix socket).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gitdeploy_api::store::Write;
+use gitdeploy_api::{
+    ApiMetrics, Deployment, FileLogBus, FileStore, Follower, LogBus, Project, ProjectError,
+    Records, RedisLogBus, RedisLogSettings, RedisStore, Store,
+};
+use gitdeploy_core::job::{BuildSettings, ServingOptions};
+use gitdeploy_core::{DeploymentId, DeploymentStatus, LogStream, Outcome};
+
+/// A `redis-server` of the test's own, on a Unix socket in a temporary directory.
+struct Redis {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let socket: PathBuf = dir.path().join("redis.sock");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/prereqs --test)");
+        let url = format!("redis+unix://{}", socket.display());
+        // Ready when it answers PING (bounded).
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            if let Ok(mut c) = client.get_connection() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+        Redis {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+enum Backend {
+    Files(tempfile::TempDir),
+    Redis(Redis),
+}
+
+impl Backend {
+    fn all() -> Vec<Backend> {
+        vec![
+            Backend::Files(tempfile::tempdir().unwrap()),
+            Backend::Redis(Redis::start()),
+        ]
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Files(_) => "files",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    async fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Backend::Files(dir) => Arc::new(FileStore::open(&dir.path().join("state")).unwrap()),
+            Backend::Redis(r) => Arc::new(RedisStore::connect(&r.url, "t:").await.unwrap()),
+        }
+    }
+
+    async fn bus(&self) -> Arc<dyn LogBus> {
+        match self {
+            Backend::Files(dir) => Arc::new(
+                FileLogBus::open(&dir.path().join("logs"), ApiMetrics::unregistered()).unwrap(),
+            ),
+            Backend::Redis(r) => Arc::new(
+                RedisLogBus::connect(
+                    &r.url,
+                    RedisLogSettings {
+                        prefix: "t:".into(),
+                        ttl: Duration::from_secs(60),
+                        max_len: 100_000,
+                    },
+                    ApiMetrics::unregistered(),
+                )
+                .await
+                .unwrap(),
+            ),
+        }
+    }
+}
+
+fn id(n: u32) -> DeploymentId {
+    DeploymentId::parse(&format!("dep{n:08}x")).unwrap()
+}
+
+fn deployment(n: u32, project: Option<&str>, at: u64) -> Deployment {
+    Deployment {
+        id: id(n),
+        project: project.map(str::to_owned),
+        repo: "https://example.com/r".into(),
+        git_ref: None,
+        serving: ServingOptions::default(),
+        build: BuildSettings::default(),
+        status: DeploymentStatus::Queued,
+        error: None,
+        commit: None,
+        created_unix_ms: at,
+        started_unix_ms: None,
+        finished_unix_ms: None,
+        runner: Some("runner-a".into()),
+    }
+}
+
+fn ids(list: &[Deployment]) -> Vec<DeploymentId> {
+    list.iter().map(|d| d.id.clone()).collect()
+}
+
+#[tokio::test]
+async fn store_contract() {
+    for backend in Backend::all() {
+        let name = backend.name();
+        let store = backend.store().await;
+        let records = Records::new(store.clone());
+        let mut aliases = store.alias_changes();
+        if let Backend::Redis(_) = backend {
+            // The subscription announces itself once it is in place.
+            assert_eq!(aliases.recv().await.unwrap(), "*", "{name}");
+        }
+
+        // Insert, get, list newest first, per project; ids are never reused.
+        records
+            .insert(deployment(1, Some("site"), 10))
+            .await
+            .unwrap();
+        records.insert(deployment(2, None, 30)).await.unwrap();
+        records
+            .insert(deployment(3, Some("site"), 20))
+            .await
+            .unwrap();
+        assert!(
+            records.insert(deployment(1, None, 5)).await.is_err(),
+            "{name}"
+        );
+        assert_eq!(
+            records.get(&id(1)).await.unwrap().unwrap().created_unix_ms,
+            10
+        );
+        assert!(records.get(&id(9)).await.unwrap().is_none());
+        assert_eq!(
+            ids(&records.list(10).await.unwrap()),
+            [id(2), id(3), id(1)],
+            "{name}"
+        );
+        assert_eq!(ids(&records.list(1).await.unwrap()), [id(2)]);
+        assert_eq!(
+            ids(&records.list_project("site", 10).await.unwrap()),
+            [id(3), id(1)]
+        );
+        assert_eq!(records.list(0).await.unwrap().len(), 0);
+
+        // A stale write changes nothing, and a commit is all or nothing.
+        let v = store.deployment(&id(1)).await.unwrap().unwrap();
+        let mut changed = v.value.clone();
+        changed.status = DeploymentStatus::Building;
+        assert!(store
+            .commit(vec![Write::Deployment {
+                expect: v.version,
+                value: changed.clone()
+            }])
+            .await
+            .unwrap());
+        let stale = Write::Deployment {
+            expect: v.version,
+            value: v.value.clone(),
+        };
+        let fresh = Write::Deployment {
+            expect: store.deployment(&id(2)).await.unwrap().unwrap().version,
+            value: Deployment {
+                error: Some("x".into()),
+                ..deployment(2, None, 30)
+            },
+        };
+        assert!(!store.commit(vec![fresh, stale]).await.unwrap(), "{name}");
+        assert_eq!(
+            records.get(&id(1)).await.unwrap().unwrap().status,
+            DeploymentStatus::Building
+        );
+        assert_eq!(
+            records.get(&id(2)).await.unwrap().unwrap().error,
+            None,
+            "{name}: not applied"
+        );
+
+        // Active: queued and building only.
+        let mut active = ids(&store.active().await.unwrap());
+        active.sort();
+        assert_eq!(active, [id(1), id(2), id(3)]);
+
+        // Projects: create once, ensure for the same repository only.
+        let p = records
+            .create_project(Project::new("site", "https://example.com/r", None, 1))
+            .await
+            .unwrap();
+        assert_eq!(p.name, "site");
+        assert!(matches!(
+            records
+                .create_project(Project::new("site", "https://example.com/r", None, 2))
+                .await,
+            Err(ProjectError::Exists(_))
+        ));
+        assert!(matches!(
+            records
+                .ensure_project("site", "https://example.com/other", None, 3)
+                .await,
+            Err(ProjectError::OtherRepo { .. })
+        ));
+        records
+            .ensure_project("blog", "https://example.com/b", Some("main"), 4)
+            .await
+            .unwrap();
+        let names: Vec<_> = records
+            .projects()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, ["blog", "site"], "{name}");
+
+        // Finishing a build of the production branch promotes it in the same commit, and the
+        // change is announced.
+        let done = records
+            .finish(
+                &id(1),
+                |d| d.status = DeploymentStatus::Ready,
+                |d, p| p.is_production_ref(d.git_ref.as_deref()),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.0.status, DeploymentStatus::Ready);
+        assert_eq!(done.1.unwrap().production, Some(id(1)));
+        assert_eq!(
+            records.project("site").await.unwrap().unwrap().production,
+            Some(id(1))
+        );
+        let announced = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let n = aliases.recv().await.unwrap();
+                if n == "site" {
+                    return n;
+                }
+            }
+        })
+        .await;
+        assert!(announced.is_ok(), "{name}: alias change not announced");
+        // An ended build stays as it ended.
+        let again = records
+            .finish(&id(1), |d| d.status = DeploymentStatus::Failed, |_, _| true)
+            .await
+            .unwrap();
+        assert!(again.is_none(), "{name}");
+        assert_eq!(
+            records.get(&id(1)).await.unwrap().unwrap().status,
+            DeploymentStatus::Ready
+        );
+        assert!(!ids(&store.active().await.unwrap()).contains(&id(1)));
+
+        // Concurrent writers to one record lose nothing (versions + retry).
+        let mut tasks = Vec::new();
+        for n in 100..120 {
+            let records = records.clone();
+            tasks.push(tokio::spawn(async move {
+                records.set_production("blog", &id(n)).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let blog = records.project("blog").await.unwrap().unwrap();
+        let mut seen: Vec<_> = blog.history.clone();
+        seen.extend(blog.production.clone());
+        seen.sort();
+        assert_eq!(
+            seen,
+            (100..120).map(id).collect::<Vec<_>>(),
+            "{name}: lost updates"
+        );
+
+        // Rollback walks back to the last production deployment that is still ready.
+        records.set_production("site", &id(3)).await.unwrap();
+        let back = records.rollback("site").await.unwrap().unwrap();
+        assert_eq!(back.production, Some(id(1)), "{name}");
+        let nothing = records.rollback("site").await.unwrap().unwrap();
+        assert_eq!(nothing.production, Some(id(1)), "{name}: nothing earlier");
+        assert!(records.rollback("nope").await.unwrap().is_none());
+
+        // Delete removes the record from every listing.
+        assert!(records.delete(&id(3)).await.unwrap());
+        assert!(!records.delete(&id(3)).await.unwrap());
+        assert_eq!(
+            ids(&records.list_project("site", 10).await.unwrap()),
+            [id(1)],
+            "{name}"
+        );
+        assert!(!ids(&store.active().await.unwrap()).contains(&id(3)));
+
+        // Heartbeats expire.
+        store.heartbeat("runner-a", 60_000).await.unwrap();
+        store.heartbeat("runner-b", 1).await.unwrap();
+        assert!(store.runner_alive("runner-a").await.unwrap());
+        assert!(!store.runner_alive("runner-c").await.unwrap());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.runner_alive("runner-b").await.unwrap() {
+            assert!(Instant::now() < deadline, "{name}: heartbeat never expired");
+            tokio::task::yield_now().await;
+        }
+
+        // A second handle on the same backend sees the same state (a restart, another edge).
+        let reopened = Records::new(backend.store().await);
+        assert_eq!(
+            ids(&reopened.list(10).await.unwrap()),
+            [id(2), id(1)],
+            "{name}"
+        );
+        assert_eq!(
+            reopened.project("site").await.unwrap().unwrap().production,
+            Some(id(1))
+        );
+    }
+}
+
+fn ready() -> Outcome {
+    Outcome {
+        status: DeploymentStatus::Ready,
+        error: None,
+        exit_code: Some(0),
+        duration_ms: None,
+        files: None,
+        bytes: None,
+    }
+}
+
+async fn drain(mut f: Follower) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while let Some(r) = f.next().await.unwrap() {
+        seqs.push(r.seq);
+    }
+    seqs
+}
+
+#[tokio::test]
+async fn log_bus_contract() {
+    for backend in Backend::all() {
+        let name = backend.name();
+        let bus = backend.bus().await;
+        let log = id(7);
+
+        // A log that was never created ends at once.
+        assert!(
+            bus.follow(&id(8), 0)
+                .await
+                .unwrap()
+                .next()
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}"
+        );
+
+        bus.create(&log).await.unwrap();
+        let early = tokio::spawn(drain(bus.follow(&log, 0).await.unwrap()));
+        // 200 followers of one build, all joined before the first line.
+        let crowd: Vec<_> = {
+            let mut v = Vec::new();
+            for _ in 0..200 {
+                v.push(tokio::spawn(drain(bus.follow(&log, 0).await.unwrap())));
+            }
+            v
+        };
+        for i in 0..3 {
+            let r = bus
+                .append(&log, 0, LogStream::Stdout, format!("line {i}"))
+                .await
+                .unwrap();
+            assert_eq!(r.seq, i, "{name}");
+        }
+        let middle = tokio::spawn(drain(bus.follow(&log, 0).await.unwrap()));
+        let resumed = tokio::spawn(drain(bus.follow(&log, 2).await.unwrap()));
+        // More lines than a live buffer holds: slow followers catch up from the log.
+        for i in 3..2100u64 {
+            bus.append(&log, 0, LogStream::Stderr, format!("line {i}"))
+                .await
+                .unwrap();
+        }
+        let last = bus.finish(&log, 0, "done".into(), ready()).await.unwrap();
+        let all: Vec<u64> = (0..=last.seq).collect();
+        assert_eq!(early.await.unwrap(), all, "{name}: early");
+        assert_eq!(middle.await.unwrap(), all, "{name}: middle");
+        assert_eq!(resumed.await.unwrap(), all[2..].to_vec(), "{name}: resumed");
+        for follower in crowd {
+            assert_eq!(follower.await.unwrap(), all, "{name}: one of 200");
+        }
+        // After the end: the whole log, once; and nothing more can be written.
+        assert_eq!(
+            drain(bus.follow(&log, 0).await.unwrap()).await,
+            all,
+            "{name}: late"
+        );
+        assert_eq!(
+            drain(bus.follow(&log, 2000).await.unwrap()).await,
+            all[2000..].to_vec()
+        );
+        assert!(
+            bus.append(&log, 0, LogStream::Stdout, "late".into())
+                .await
+                .is_err(),
+            "{name}"
+        );
+        let read = bus.read(&log, 2095).await.unwrap();
+        assert_eq!(
+            read.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            all[2095..].to_vec()
+        );
+        assert!(read.last().unwrap().is_final());
+
+        // Another handle (a restart, another edge) reads the same log, and a new writer
+        // continues a log it did not start.
+        let other = backend.bus().await;
+        assert_eq!(
+            drain(other.follow(&log, 0).await.unwrap()).await,
+            all,
+            "{name}: other"
+        );
+        let next = id(9);
+        bus.create(&next).await.unwrap();
+        bus.append(&next, 0, LogStream::System, "first".into())
+            .await
+            .unwrap();
+        let r = other
+            .append(&next, 0, LogStream::System, "second".into())
+            .await
+            .unwrap();
+        assert_eq!(r.seq, 1, "{name}");
+    }
+}
