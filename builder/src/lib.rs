@@ -48,5 +48,27 @@ pub async fn run_from_env() -> i32 {
             return EXIT_INTERNAL;
         }
     };
-    steps::run(&config, &emitter).await
+    let deployment = config.job.deployment.to_string();
+    tokio::select! {
+        code = steps::run(&config, &emitter) => code,
+        () = stop_when_orphaned(&deployment) => EXIT_INTERNAL,
+    }
+}
+
+/// A builder whose runner died (its parent process changed) stops: the sandbox is torn down and
+/// the builder's process group killed, so nothing goes on publishing into a deployment the
+/// platform has already failed. Builders run as PID 1 (a container) or not as their own group
+/// leader are not watched.
+async fn stop_when_orphaned(deployment: &str) {
+    use nix::unistd::{getpgrp, getpid};
+    let parent = std::os::unix::process::parent_id();
+    if parent <= 1 || getpgrp() != getpid() {
+        return std::future::pending().await;
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    while std::os::unix::process::parent_id() == parent {
+        tick.tick().await;
+    }
+    clean_up_after_kill(deployment).await;
+    let _ = nix::sys::signal::killpg(getpgrp(), nix::sys::signal::Signal::SIGKILL);
 }

@@ -151,6 +151,11 @@ impl Gitdeploy {
 
     /// Like [`Gitdeploy::start`], with extra `up` flags.
     pub async fn start_with(data_dir: &Path, flags: &[&str]) -> Self {
+        Self::start_with_env(data_dir, flags, &[]).await
+    }
+
+    /// Like [`Gitdeploy::start_with`], with extra environment variables.
+    pub async fn start_with_env(data_dir: &Path, flags: &[&str], envs: &[(&str, &str)]) -> Self {
         let (port, metrics_port) = (free_port(), free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
             .args(["up", "--listen", &format!("127.0.0.1:{port}")])
@@ -158,6 +163,7 @@ impl Gitdeploy {
             .arg("--data-dir")
             .arg(data_dir)
             .args(flags)
+            .envs(envs.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("GITDEPLOY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -171,7 +177,11 @@ impl Gitdeploy {
         let mut s3_endpoint = String::new();
         for line in lines.by_ref() {
             let line = line.unwrap();
-            if let Some(rest) = line.trim().strip_prefix("embedded S3") {
+            let line = line.trim();
+            if let Some(rest) = line
+                .strip_prefix("embedded S3")
+                .or_else(|| line.strip_prefix("S3 "))
+            {
                 s3_endpoint = rest.split_whitespace().next().unwrap().to_owned();
                 break;
             }
@@ -361,5 +371,93 @@ pub fn assert_complete_log(records: &[LogRecord]) {
             i == records.len() - 1,
             "final record misplaced at {i}"
         );
+    }
+}
+
+/// A `redis-server` of the test's own, on a Unix socket (no port to collide on).
+pub struct Redis {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("redis.sock");
+        let mut child = Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/prereqs --test)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut backoff = Duration::from_millis(5);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("redis-server exited early with {status}");
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+        Redis {
+            child,
+            url: format!("redis+unix://{}", socket.display()),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `gitdeploy s3-server` on a free port: one S3 several `up --s3-endpoint` processes share.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+pub const S3_KEY: (&str, &str) = ("test-access-key", "test-secret-key-0123456789");
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+            .args(["s3-server", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("AWS_ACCESS_KEY_ID", S3_KEY.0)
+            .env("AWS_SECRET_ACCESS_KEY", S3_KEY.1)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start gitdeploy s3-server");
+        wait_for_port(([127, 0, 0, 1], port).into(), &mut child, "s3-server");
+        S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    /// Stops it (an S3 outage).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -1,0 +1,215 @@
+//! Several edges, one platform: two `gitdeploy up` processes sharing one Redis (state, logs,
+//! alias announcements) and one S3 (`gitdeploy s3-server`), as production edges share them.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{assert_complete_log, git, GitServer, Gitdeploy, Redis, S3Server, S3_KEY};
+use futures_util::StreamExt;
+use gitdeploy_core::{DeploymentStatus, LogRecord};
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn edge(redis: &Redis, s3: &S3Server, data: &Path) -> Gitdeploy {
+    Gitdeploy::start_with_env(
+        data,
+        &[
+            "--redis-url",
+            &redis.url,
+            "--s3-endpoint",
+            &s3.endpoint,
+            "--heartbeat-interval-ms",
+            "200",
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", S3_KEY.0),
+            ("AWS_SECRET_ACCESS_KEY", S3_KEY.1),
+        ],
+    )
+    .await
+}
+
+async fn page(gd: &Gitdeploy, label: &str, path: &str) -> (u16, String) {
+    let resp = gd.site(Method::GET, label, path).send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// Polls until `label` serves `want` on `gd`; returns how long that took.
+async fn until_serves(gd: &Gitdeploy, label: &str, want: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if page(gd, label, "/").await == (200, want.to_owned()) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{label} did not serve {want:?} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn deploy(gd: &Gitdeploy, body: Value) -> String {
+    let (status, answer) = gd.deploy(body).await;
+    assert_eq!(status, 202, "{answer}");
+    answer["id"].as_str().unwrap().to_owned()
+}
+
+fn outcome(log: &[LogRecord]) -> &gitdeploy_core::Outcome {
+    log.last().unwrap().outcome.as_ref().unwrap()
+}
+
+#[tokio::test]
+async fn two_edges_share_deployments_logs_and_aliases() {
+    let redis = Redis::start();
+    let s3 = S3Server::start();
+    let mut git_server = GitServer::new();
+    let repo = git_server.add_repo("site", &[("index.html", "v1")]);
+    git_server.start();
+    let url = git_server.url("site");
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = edge(&redis, &s3, data_a.path()).await;
+    let b = edge(&redis, &s3, data_b.path()).await;
+
+    // Built by A's runner, followed live on B, served by both.
+    let v1 = deploy(&a, json!({"repo": url, "project": "shared"})).await;
+    let log = b.follow(&v1, 0).await;
+    assert_complete_log(&log);
+    assert_eq!(outcome(&log).status, DeploymentStatus::Ready, "{log:#?}");
+    assert_eq!(a.follow(&v1, 0).await, log, "both edges hold the same log");
+    assert_eq!(b.status(&v1).await["status"], "ready");
+    assert_eq!(page(&b, &v1, "/").await, (200, "v1".into()));
+    assert_eq!(page(&a, "shared", "/").await, (200, "v1".into()));
+    assert_eq!(page(&b, "shared", "/").await, (200, "v1".into()));
+
+    // Built by B's runner; the production move is announced to A, whose alias cache held v1.
+    std::fs::write(repo.join("index.html"), "v2").unwrap();
+    git(&repo, &["commit", "-qam", "v2"]);
+    let v2 = deploy(&b, json!({"repo": url, "project": "shared"})).await;
+    let log = a.follow(&v2, 0).await;
+    assert_complete_log(&log);
+    assert_eq!(outcome(&log).status, DeploymentStatus::Ready, "{log:#?}");
+    until_serves(&a, "shared", "v2", Duration::from_secs(1)).await;
+
+    // A rollback on B is served by A within a second.
+    let resp = b
+        .http()
+        .post(b.api("/api/projects/shared/rollback"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let took = until_serves(&a, "shared", "v1", Duration::from_secs(1)).await;
+    eprintln!("rollback on one edge served by the other after {took:?}");
+    // And a promote on A by B.
+    let resp = a
+        .http()
+        .post(a.api("/api/projects/shared/promote"))
+        .json(&json!({"deployment": v2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    until_serves(&b, "shared", "v2", Duration::from_secs(1)).await;
+
+    // One list of deployments, whichever edge is asked.
+    let list = |gd: &Gitdeploy| {
+        let req = gd.http().get(gd.api("/api/deployments"));
+        async move {
+            let body: Value = req.send().await.unwrap().json().await.unwrap();
+            body["deployments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(&a).await, [v2.clone(), v1.clone()]);
+    assert_eq!(list(&b).await, list(&a).await);
+}
+
+/// Reads the log WebSocket until a line containing `needle` arrives.
+async fn wait_for_line(gd: &Gitdeploy, id: &str, needle: &str) {
+    let url = format!(
+        "ws://127.0.0.1:{}/api/deployments/{id}/logs/ws",
+        gd.port
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("the line never came");
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let r: LogRecord = serde_json::from_str(&t).unwrap();
+                assert!(!r.is_final(), "the build ended first: {r:?}");
+                if r.line.contains(needle) {
+                    return;
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("log closed before {needle:?}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_lost_runner_fails_its_build_and_an_s3_outage_is_a_502() {
+    let redis = Redis::start();
+    let mut s3 = S3Server::start();
+    let mut git_server = GitServer::new();
+    git_server.add_repo(
+        "site",
+        &[("index.html", "cached page"), ("about.html", "never fetched")],
+    );
+    git_server.add_repo(
+        "slow",
+        &[
+            (
+                "package.json",
+                r#"{"name":"slow","private":true,"scripts":{"build":"node build.js"}}"#,
+            ),
+            (
+                "build.js",
+                "console.log('build is waiting'); setTimeout(() => {}, 600000);",
+            ),
+        ],
+    );
+    git_server.start();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = edge(&redis, &s3, data_a.path()).await;
+    let b = edge(&redis, &s3, data_b.path()).await;
+
+    // A build on A that will not end by itself; A dies in the middle of it.
+    let slow = deploy(&a, json!({"repo": git_server.url("slow")})).await;
+    wait_for_line(&b, &slow, "build is waiting").await;
+    a.kill();
+    // B notices A's silence, fails the build with the reason, and ends its log.
+    let log = b.follow(&slow, 0).await;
+    assert_complete_log(&log);
+    let end = outcome(&log);
+    assert_eq!(end.status, DeploymentStatus::Failed);
+    assert!(
+        end.error
+            .as_deref()
+            .is_some_and(|e| e.contains("runner of this build stopped")),
+        "{end:?}"
+    );
+    assert_eq!(b.status(&slow).await["status"], "failed");
+
+    // S3 goes away: what B has cached is still served, anything else is a small 502.
+    let site = deploy(&b, json!({"repo": git_server.url("site")})).await;
+    let log = b.follow(&site, 0).await;
+    assert_eq!(outcome(&log).status, DeploymentStatus::Ready, "{log:#?}");
+    assert_eq!(page(&b, &site, "/").await, (200, "cached page".into()));
+    s3.stop();
+    assert_eq!(page(&b, &site, "/").await, (200, "cached page".into()));
+    let (status, body) = page(&b, &site, "/about.html").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.len() < 2048 && !body.contains("<?xml"), "{body}");
+}
