@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod dashboard;
+pub mod ecs;
 mod error;
 mod http;
 pub mod logbus;
@@ -22,13 +23,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::RepoScheme;
 
+pub use ecs::{EcsRunner, EcsRunnerConfig, SecretDrop};
 pub use error::ApiError;
 pub use http::token_sha256;
 pub use logbus::{FileLogBus, Follower, LogBus};
 pub use metrics::ApiMetrics;
 pub use projects::{AliasResolver, Project, ProjectError};
 pub use redis_store::{RedisLogBus, RedisLogSettings, RedisStore};
-pub use runner::{AfterKill, JobQueue, LocalRunner, LocalRunnerConfig, LogArchive, SubmitError};
+pub use runner::{
+    run_single_job, AfterKill, JobQueue, LocalRunner, LocalRunnerConfig, LogArchive, SubmitError,
+};
 pub use store::{Deployment, FileStore, Records, Store};
 
 /// How the outside world reaches sites and the API, for the URLs the API hands out.

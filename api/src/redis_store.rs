@@ -187,6 +187,33 @@ impl RedisStore {
     }
 }
 
+#[async_trait]
+impl crate::ecs::SecretDrop for RedisStore {
+    async fn put(&self, id: &DeploymentId, secrets: String) -> io::Result<()> {
+        let _: () = redis::cmd("SET")
+            .arg(self.key("job-secrets", id.as_str()))
+            .arg(secrets)
+            .arg("EX")
+            .arg(24 * 3600)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(io_err)?;
+        Ok(())
+    }
+}
+
+impl RedisStore {
+    /// The secret values an ECS runner left for deployment `id`, removed as they are read (a
+    /// task reads them once).
+    pub async fn take_secrets(&self, id: &DeploymentId) -> io::Result<Option<String>> {
+        redis::cmd("GETDEL")
+            .arg(self.key("job-secrets", id.as_str()))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(io_err)
+    }
+}
+
 /// Forwards alias changes published by any edge; after every (re)connection it sends `"*"`,
 /// since changes may have been missed while disconnected. Ends with the store.
 async fn listen_for_aliases(

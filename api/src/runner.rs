@@ -134,7 +134,29 @@ pub enum SubmitError {
     Stopped,
 }
 
+/// Jobs as a runner receives them, with their cancel switch.
+pub(crate) type JobReceiver = mpsc::UnboundedReceiver<(BuildJob, watch::Receiver<bool>)>;
+
+/// A new runner instance id: unique per process start.
+pub(crate) fn new_instance_id() -> String {
+    format!("{}-{}", std::process::id(), DeploymentId::random().as_str())
+}
+
 impl JobQueue {
+    /// A queue of at most `capacity` waiting jobs, and the receiving end for its runner.
+    pub(crate) fn new(capacity: usize, metrics: ApiMetrics) -> (Self, JobReceiver) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = JobQueue {
+            instance: new_instance_id().into(),
+            tx,
+            waiting: Arc::default(),
+            cancels: Arc::default(),
+            capacity,
+            metrics,
+        };
+        (queue, rx)
+    }
+
     /// The id of the runner behind this queue (unique per process start).
     pub fn instance(&self) -> &str {
         &self.instance
@@ -154,7 +176,7 @@ impl JobQueue {
     }
 
     /// Queues a job whatever the queue holds (jobs recovered at start-up).
-    fn force(&self, job: BuildJob) -> Result<(), SubmitError> {
+    pub(crate) fn force(&self, job: BuildJob) -> Result<(), SubmitError> {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         Reservation {
             queue: Some(self.clone()),
@@ -178,14 +200,14 @@ impl JobQueue {
         }
     }
 
-    fn done(&self, id: &DeploymentId) {
+    pub(crate) fn done(&self, id: &DeploymentId) {
         self.cancels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
     }
 
-    fn taken(&self) {
+    pub(crate) fn taken(&self) {
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         self.metrics.queue_depth.dec();
     }
@@ -196,7 +218,7 @@ pub struct LocalRunner {
     config: LocalRunnerConfig,
     records: Records,
     bus: Arc<dyn LogBus>,
-    rx: mpsc::UnboundedReceiver<(BuildJob, watch::Receiver<bool>)>,
+    rx: JobReceiver,
     queue: JobQueue,
     metrics: ApiMetrics,
 }
@@ -209,16 +231,7 @@ impl LocalRunner {
         bus: Arc<dyn LogBus>,
         metrics: ApiMetrics,
     ) -> (Self, JobQueue) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let instance = format!("{}-{}", std::process::id(), DeploymentId::random().as_str());
-        let queue = JobQueue {
-            instance: instance.into(),
-            tx,
-            waiting: Arc::default(),
-            cancels: Arc::default(),
-            capacity: config.max_queued,
-            metrics: metrics.clone(),
-        };
+        let (queue, rx) = JobQueue::new(config.max_queued, metrics.clone());
         let runner = LocalRunner {
             config,
             records,
@@ -230,90 +243,20 @@ impl LocalRunner {
         (runner, queue)
     }
 
-    /// Says this runner is alive, then settles builds whose runner is not: a build that was
-    /// running is failed (its builder went with its runner), a queued one is adopted here (one
-    /// runner wins the record) unless it needs secret values, which are never stored.
-    /// Deployments younger than the heartbeat timeout are left alone.
+    fn reconciler(&self) -> Reconciler<'_> {
+        Reconciler {
+            records: &self.records,
+            bus: &self.bus,
+            metrics: &self.metrics,
+            queue: &self.queue,
+            limits: &self.config.limits,
+            heartbeat: self.config.heartbeat,
+            watching: Vec::new(),
+        }
+    }
+
     async fn reconcile(&self) -> std::io::Result<()> {
-        let ttl = self.config.heartbeat * 3;
-        let store = self.records.store();
-        store
-            .heartbeat(self.queue.instance(), ttl.as_millis() as u64)
-            .await?;
-        let mut alive: HashMap<String, bool> = HashMap::new();
-        alive.insert(self.queue.instance().to_owned(), true);
-        for d in store.active().await? {
-            if now_ms().saturating_sub(d.created_unix_ms) < ttl.as_millis() as u64 {
-                continue;
-            }
-            let holder = d.runner.clone().unwrap_or_default();
-            let holder_alive = match alive.get(&holder) {
-                Some(a) => *a,
-                None => {
-                    let a = !holder.is_empty() && store.runner_alive(&holder).await?;
-                    alive.insert(holder.clone(), a);
-                    a
-                }
-            };
-            if holder_alive {
-                continue;
-            }
-            let lost = |why: &str| Finished::failed(why.into(), None);
-            match d.status {
-                DeploymentStatus::Building => {
-                    self.job(&d.id)
-                        .finish(lost(
-                            "the runner of this build stopped (server restarted or lost) while it was running",
-                        ))
-                        .await;
-                }
-                DeploymentStatus::Queued if !d.build.secrets.is_empty() => {
-                    self.job(&d.id)
-                        .finish(lost(
-                            "the runner holding this build stopped before it started, and its secrets are not stored: deploy again",
-                        ))
-                        .await;
-                }
-                DeploymentStatus::Queued => self.adopt(&d, &holder).await?,
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes over a queued build of a runner that stopped.
-    async fn adopt(&self, d: &Deployment, from: &str) -> std::io::Result<()> {
-        let me = self.queue.instance().to_owned();
-        let mut won = false;
-        self.records
-            .update(&d.id, |rec| {
-                won = rec.status == DeploymentStatus::Queued
-                    && rec.runner.as_deref().unwrap_or_default() == from;
-                if won {
-                    rec.runner = Some(me.clone());
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await?;
-        if !won {
-            return Ok(());
-        }
-        self.bus.create(&d.id).await?;
-        tracing::info!(id = %d.id, from, "adopted a queued build of a stopped runner");
-        let _ = self.queue.force(BuildJob {
-            deployment: d.id.clone(),
-            repo: d.repo.clone(),
-            git_ref: d.git_ref.clone(),
-            serving: d.serving.clone(),
-            build: d.build.clone(),
-            limits: self.config.limits.clone(),
-            cache_key: Some(crate::http::deployment_cache_key(d)),
-        });
-        Ok(())
-    }
-
-    fn job(&self, id: &DeploymentId) -> Job<'_> {
-        Job::new(&self.records, &self.bus, &self.metrics, id.clone())
+        self.reconciler().run_once().await
     }
 
     /// Runs jobs until `shutdown` resolves. Builds still running then are killed.
@@ -370,7 +313,15 @@ impl LocalRunner {
                 if *cancel.borrow() {
                     record.finish(Finished::canceled()).await;
                 } else {
-                    run_job(&config, record, job, cancel).await;
+                    run_job(
+                        &config,
+                        record,
+                        job,
+                        cancel,
+                        Claim::Queued,
+                        queue.instance(),
+                    )
+                    .await;
                 }
                 queue.done(&id);
                 drop(permit);
@@ -383,8 +334,161 @@ impl LocalRunner {
     }
 }
 
+/// Keeps a runner's heartbeat and settles the builds of runners that stopped (every runner
+/// kind runs one).
+pub(crate) struct Reconciler<'a> {
+    pub(crate) records: &'a Records,
+    pub(crate) bus: &'a Arc<dyn LogBus>,
+    pub(crate) metrics: &'a ApiMetrics,
+    pub(crate) queue: &'a JobQueue,
+    pub(crate) limits: &'a BuildLimits,
+    pub(crate) heartbeat: Duration,
+    /// Builds whose task this runner watches: taken over rather than failed when their holder
+    /// stopped (an edge restarted while its build tasks ran on).
+    pub(crate) watching: Vec<DeploymentId>,
+}
+
+impl Reconciler<'_> {
+    /// Says this runner is alive, then settles builds whose runner is not: a build that was
+    /// running is failed (its builder went with its runner), a queued one is adopted here (one
+    /// runner wins the record) unless it needs secret values, which are never stored.
+    /// Deployments younger than the heartbeat timeout are left alone.
+    pub(crate) async fn run_once(&self) -> std::io::Result<()> {
+        let ttl = self.heartbeat * 3;
+        let store = self.records.store();
+        store
+            .heartbeat(self.queue.instance(), ttl.as_millis() as u64)
+            .await?;
+        let mut alive: HashMap<String, bool> = HashMap::new();
+        alive.insert(self.queue.instance().to_owned(), true);
+        for d in store.active().await? {
+            if now_ms().saturating_sub(d.created_unix_ms) < ttl.as_millis() as u64 {
+                continue;
+            }
+            let holder = d.runner.clone().unwrap_or_default();
+            let holder_alive = match alive.get(&holder) {
+                Some(a) => *a,
+                None => {
+                    let a = !holder.is_empty() && store.runner_alive(&holder).await?;
+                    alive.insert(holder.clone(), a);
+                    a
+                }
+            };
+            if holder_alive {
+                continue;
+            }
+            let lost = |why: &str| Finished::failed(why.into(), None);
+            match d.status {
+                DeploymentStatus::Building if self.watching.contains(&d.id) => {
+                    let me = self.queue.instance().to_owned();
+                    self.records
+                        .update(&d.id, |rec| {
+                            if rec.runner.as_deref().unwrap_or_default() == holder {
+                                rec.runner = Some(me.clone());
+                            }
+                            Ok::<_, std::io::Error>(())
+                        })
+                        .await?;
+                }
+                DeploymentStatus::Building => {
+                    Job::new(self.records, self.bus, self.metrics, d.id.clone())
+                        .finish(lost(
+                            "the runner of this build stopped (server restarted or lost) while it was running",
+                        ))
+                        .await;
+                }
+                DeploymentStatus::Queued if !d.build.secrets.is_empty() => {
+                    Job::new(self.records, self.bus, self.metrics, d.id.clone())
+                        .finish(lost(
+                            "the runner holding this build stopped before it started, and its secrets are not stored: deploy again",
+                        ))
+                        .await;
+                }
+                DeploymentStatus::Queued => self.adopt(&d, &holder).await?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes over a queued build of a runner that stopped.
+    async fn adopt(&self, d: &Deployment, from: &str) -> std::io::Result<()> {
+        let me = self.queue.instance().to_owned();
+        let mut won = false;
+        self.records
+            .update(&d.id, |rec| {
+                won = rec.status == DeploymentStatus::Queued
+                    && rec.runner.as_deref().unwrap_or_default() == from;
+                if won {
+                    rec.runner = Some(me.clone());
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await?;
+        if !won {
+            return Ok(());
+        }
+        self.bus.create(&d.id).await?;
+        tracing::info!(id = %d.id, from, "adopted a queued build of a stopped runner");
+        let _ = self.queue.force(BuildJob {
+            deployment: d.id.clone(),
+            repo: d.repo.clone(),
+            git_ref: d.git_ref.clone(),
+            serving: d.serving.clone(),
+            build: d.build.clone(),
+            limits: self.limits.clone(),
+            cache_key: Some(crate::http::deployment_cache_key(d)),
+        });
+        Ok(())
+    }
+}
+
+/// Runs one job in this process, as the job inside a build task does: the runner of record is
+/// this process (its heartbeat keeps the build alive for every edge's reconciler) and it records
+/// the outcome and the log itself. Returns whether the build ended ready.
+pub async fn run_single_job(
+    config: LocalRunnerConfig,
+    records: Records,
+    bus: Arc<dyn LogBus>,
+    metrics: ApiMetrics,
+    job: BuildJob,
+) -> bool {
+    let instance = new_instance_id();
+    let ttl = config.heartbeat * 3;
+    let store = records.store().clone();
+    let beat = instance.clone();
+    let heartbeat = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ttl / 3);
+        loop {
+            tick.tick().await;
+            if let Err(e) = store.heartbeat(&beat, ttl.as_millis() as u64).await {
+                tracing::warn!("heartbeat failed: {e}");
+            }
+        }
+    });
+    let id = job.deployment.clone();
+    let (_cancel_tx, cancel_rx) = watch::channel(false);
+    let record = Job::new(&records, &bus, &metrics, id.clone());
+    run_job(
+        &config,
+        record,
+        job,
+        cancel_rx,
+        Claim::QueuedOrBuilding,
+        &instance,
+    )
+    .await;
+    heartbeat.abort();
+    records
+        .get(&id)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|d| d.status == DeploymentStatus::Ready)
+}
+
 /// One deployment's bookkeeping: log lines and the final status.
-struct Job<'a> {
+pub(crate) struct Job<'a> {
     records: &'a Records,
     bus: &'a Arc<dyn LogBus>,
     metrics: &'a ApiMetrics,
@@ -392,7 +496,7 @@ struct Job<'a> {
 }
 
 impl<'a> Job<'a> {
-    fn new(
+    pub(crate) fn new(
         records: &'a Records,
         bus: &'a Arc<dyn LogBus>,
         metrics: &'a ApiMetrics,
@@ -406,19 +510,19 @@ impl<'a> Job<'a> {
         }
     }
 
-    async fn log(&self, ts: u64, stream: LogStream, line: String) {
+    pub(crate) async fn log(&self, ts: u64, stream: LogStream, line: String) {
         if let Err(e) = self.bus.append(&self.id, ts, stream, line).await {
             tracing::error!(id = %self.id, "cannot write log: {e}");
         }
     }
 
-    async fn system(&self, line: String) {
+    pub(crate) async fn system(&self, line: String) {
         self.log(now_ms(), LogStream::System, line).await;
     }
 
     /// Records the outcome: status first, then the final log record, so a client that sees the
     /// final record and asks for the status sees the same outcome.
-    async fn finish(&self, finished: Finished) {
+    pub(crate) async fn finish(&self, finished: Finished) {
         if self.record_outcome(&finished).await {
             self.publish_final(now_ms(), finished.outcome).await;
         }
@@ -514,19 +618,19 @@ impl<'a> Job<'a> {
 }
 
 /// How a build ended, as recorded in the store and the log's final record.
-struct Finished {
+pub(crate) struct Finished {
     outcome: Outcome,
     commit: Option<String>,
 }
 
 impl Finished {
-    fn canceled() -> Self {
+    pub(crate) fn canceled() -> Self {
         let mut f = Finished::failed("canceled".into(), None);
         f.outcome.status = DeploymentStatus::Canceled;
         f
     }
 
-    fn failed(error: String, exit_code: Option<i32>) -> Self {
+    pub(crate) fn failed(error: String, exit_code: Option<i32>) -> Self {
         Finished {
             outcome: Outcome {
                 status: DeploymentStatus::Failed,
@@ -561,26 +665,38 @@ impl Drop for ProcessGroup {
     }
 }
 
-async fn run_job(
+/// Which deployments a runner may start: queued ones (the local runner), or also ones an ECS
+/// runner marked building when it started the task (the job inside that task).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    Queued,
+    QueuedOrBuilding,
+}
+
+pub(crate) async fn run_job(
     config: &LocalRunnerConfig,
     job: Job<'_>,
     build: BuildJob,
     mut cancel: watch::Receiver<bool>,
+    claim: Claim,
+    instance: &str,
 ) {
-    let mut still_queued = false;
+    let mut claimed = false;
     let started = job
         .records
         .update(&job.id, |d| {
-            still_queued = d.status == DeploymentStatus::Queued;
-            if still_queued {
+            claimed = d.status == DeploymentStatus::Queued
+                || (claim == Claim::QueuedOrBuilding && d.status == DeploymentStatus::Building);
+            if claimed {
                 d.status = DeploymentStatus::Building;
                 d.started_unix_ms = Some(now_ms());
+                d.runner = Some(instance.to_owned());
             }
             Ok::<_, std::io::Error>(())
         })
         .await;
     match started {
-        Ok(Some(_)) if still_queued => {}
+        Ok(Some(_)) if claimed => {}
         Ok(_) => return, // deleted, or ended (reconciled) while queued
         Err(e) => {
             tracing::error!(id = %job.id, "cannot record build start: {e}");

@@ -134,10 +134,7 @@ async fn two_edges_share_deployments_logs_and_aliases() {
 
 /// Reads the log WebSocket until a line containing `needle` arrives.
 async fn wait_for_line(gd: &Gitdeploy, id: &str, needle: &str) {
-    let url = format!(
-        "ws://127.0.0.1:{}/api/deployments/{id}/logs/ws",
-        gd.port
-    );
+    let url = format!("ws://127.0.0.1:{}/api/deployments/{id}/logs/ws", gd.port);
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
@@ -165,7 +162,10 @@ async fn a_lost_runner_fails_its_build_and_an_s3_outage_is_a_502() {
     let mut git_server = GitServer::new();
     git_server.add_repo(
         "site",
-        &[("index.html", "cached page"), ("about.html", "never fetched")],
+        &[
+            ("index.html", "cached page"),
+            ("about.html", "never fetched"),
+        ],
     );
     git_server.add_repo(
         "slow",

@@ -1,0 +1,598 @@
+//! The ECS runner: each build is one ECS task (Fargate in production).
+//!
+//! The edge starts the task with `RunTask` (the job, secret values removed, travels in the
+//! container's environment; secret values go through Redis and are read once by the task, so
+//! they never appear in the ECS API), marks the deployment building, and watches the task with
+//! batched `DescribeTasks`. Inside the task, `gitdeploy ecs-job` runs the same job code as the
+//! local runner and records the log and the outcome in Redis itself. When a task stops without
+//! having recorded an outcome, the runner fails the build with the task's stop reason and exit
+//! code; a cancel is a `StopTask`. After a restart, tasks this platform started are found again
+//! with `ListTasks` (`startedBy`) and watched again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_ecs::types::{
+    AssignPublicIp, AwsVpcConfiguration, CapacityProviderStrategyItem, ContainerOverride,
+    KeyValuePair, LaunchType, NetworkConfiguration, Tag, TaskOverride,
+};
+use gitdeploy_core::job::env;
+use gitdeploy_core::{BuildJob, DeploymentId, DeploymentStatus};
+use tokio::sync::{oneshot, watch, Mutex, Semaphore};
+
+use crate::logbus::LogBus;
+use crate::metrics::ApiMetrics;
+use crate::runner::{Finished, Job, JobQueue, JobReceiver};
+use crate::store::Records;
+
+/// `startedBy` of every build task (ListTasks finds them again by it).
+pub const STARTED_BY: &str = "gitdeploy";
+/// Tag naming the deployment a task builds.
+pub const DEPLOYMENT_TAG: &str = "gitdeploy:deployment";
+/// Environment variable naming the deployment (also in the job).
+pub const DEPLOYMENT_ENV: &str = "GITDEPLOY_DEPLOYMENT";
+
+/// Where and how build tasks run.
+#[derive(Clone, Debug)]
+pub struct EcsRunnerConfig {
+    /// Cluster name or ARN.
+    pub cluster: String,
+    /// Task definition (family, family:revision or ARN) of the builder.
+    pub task_definition: String,
+    /// Name of the builder container in it (the overrides target).
+    pub container: String,
+    /// `FARGATE`, `FARGATE_SPOT`... as a capacity provider; `None` uses the launch type.
+    pub capacity_provider: Option<String>,
+    /// Launch type when no capacity provider is set (`FARGATE` or `EC2`).
+    pub launch_type: String,
+    /// Subnets of the tasks (awsvpc).
+    pub subnets: Vec<String>,
+    /// Security groups of the tasks.
+    pub security_groups: Vec<String>,
+    /// Give tasks a public IP (needed in public subnets without a NAT gateway).
+    pub assign_public_ip: bool,
+    /// Extra environment for every task (bucket, region, key prefix; never credentials: the
+    /// task role provides those).
+    pub env: Vec<(String, String)>,
+    /// Tasks running at once; more wait in the queue.
+    pub concurrency: usize,
+    /// Builds that may wait; more are refused (HTTP 429).
+    pub max_queued: usize,
+    /// Limits of every build.
+    pub limits: gitdeploy_core::job::BuildLimits,
+    /// How often tasks are described (the first interval; errors back off).
+    pub poll_interval: Duration,
+    /// How often the runner sends its heartbeat.
+    pub heartbeat: Duration,
+    /// Attempts at `RunTask` when ECS has no capacity right now.
+    pub run_attempts: u32,
+}
+
+/// Hands a task's secret values to it through the store, out of sight of the ECS API.
+#[async_trait::async_trait]
+pub trait SecretDrop: Send + Sync {
+    /// Keeps `secrets` (JSON) for deployment `id` until the task takes them.
+    async fn put(&self, id: &DeploymentId, secrets: String) -> std::io::Result<()>;
+}
+
+/// How a task ended, as ECS tells it.
+#[derive(Debug)]
+struct TaskEnd {
+    reason: String,
+    exit_code: Option<i32>,
+}
+
+struct Watched {
+    deployment: DeploymentId,
+    ended: oneshot::Sender<TaskEnd>,
+}
+
+/// The ECS runner; [`EcsRunner::run`] is its loop.
+pub struct EcsRunner {
+    config: EcsRunnerConfig,
+    client: aws_sdk_ecs::Client,
+    records: Records,
+    bus: Arc<dyn LogBus>,
+    secrets: Option<Arc<dyn SecretDrop>>,
+    metrics: ApiMetrics,
+    queue: JobQueue,
+    rx: JobReceiver,
+    watched: Arc<Mutex<HashMap<String, Watched>>>,
+}
+
+/// An ECS error as one line: the service's code and message, or what went wrong on the way.
+fn ecs_error<E, R>(e: aws_sdk_ecs::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_ecs::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match e.as_service_error() {
+        Some(se) => format!(
+            "{}: {}",
+            se.code().unwrap_or("error"),
+            se.message().unwrap_or("no message")
+        ),
+        None => aws_sdk_ecs::error::DisplayErrorContext(&e).to_string(),
+    }
+}
+
+impl EcsRunner {
+    /// A runner using `client`, and the queue that feeds it.
+    pub fn new(
+        config: EcsRunnerConfig,
+        client: aws_sdk_ecs::Client,
+        records: Records,
+        bus: Arc<dyn LogBus>,
+        secrets: Option<Arc<dyn SecretDrop>>,
+        metrics: ApiMetrics,
+    ) -> (Self, JobQueue) {
+        let (queue, rx) = JobQueue::new(config.max_queued, metrics.clone());
+        let runner = EcsRunner {
+            config,
+            client,
+            records,
+            bus,
+            secrets,
+            metrics,
+            queue: queue.clone(),
+            rx,
+            watched: Arc::default(),
+        };
+        (runner, queue)
+    }
+
+    /// Runs until `shutdown` resolves. Tasks keep running: a restarted runner finds them again.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        if let Err(e) = self.reattach().await {
+            tracing::error!("cannot find running build tasks: {e}");
+        }
+        let poller = tokio::spawn(poll_tasks(
+            self.client.clone(),
+            self.config.cluster.clone(),
+            self.watched.clone(),
+            self.config.poll_interval,
+        ));
+        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let runner = Arc::new(self.shared());
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = heartbeat.tick() => {
+                    let watching = self
+                        .watched
+                        .lock()
+                        .await
+                        .values()
+                        .map(|w| w.deployment.clone())
+                        .collect();
+                    let reconciler = crate::runner::Reconciler {
+                        records: &self.records,
+                        bus: &self.bus,
+                        metrics: &self.metrics,
+                        queue: &self.queue,
+                        limits: &self.config.limits,
+                        heartbeat: self.config.heartbeat,
+                        watching,
+                    };
+                    if let Err(e) = reconciler.run_once().await {
+                        tracing::warn!("heartbeat and reconcile failed: {e}");
+                    }
+                }
+                job = self.rx.recv() => {
+                    let Some((job, cancel)) = job else { break };
+                    self.queue.taken();
+                    let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                    let runner = runner.clone();
+                    running.spawn(async move {
+                        let id = job.deployment.clone();
+                        runner.build(job, cancel).await;
+                        runner.queue.done(&id);
+                        drop(permit);
+                    });
+                    while running.try_join_next().is_some() {}
+                }
+            }
+        }
+        poller.abort();
+        // Watching stops; the tasks go on and are found again after a restart.
+        running.abort_all();
+    }
+
+    /// Watches again the tasks this platform started that still run, and settles the builds
+    /// whose task stopped while no runner watched it.
+    async fn reattach(&self) -> Result<(), String> {
+        let mut arns = Vec::new();
+        for desired in [
+            aws_sdk_ecs::types::DesiredStatus::Running,
+            aws_sdk_ecs::types::DesiredStatus::Stopped,
+        ] {
+            let mut pages = self
+                .client
+                .list_tasks()
+                .cluster(&self.config.cluster)
+                .started_by(STARTED_BY)
+                .desired_status(desired)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                arns.extend(page.map_err(ecs_error)?.task_arns.unwrap_or_default());
+            }
+        }
+        arns.sort();
+        arns.dedup();
+        let runner = Arc::new(self.shared());
+        for chunk in arns.chunks(100) {
+            let described = self
+                .client
+                .describe_tasks()
+                .cluster(&self.config.cluster)
+                .set_tasks(Some(chunk.to_vec()))
+                .include(aws_sdk_ecs::types::TaskField::Tags)
+                .send()
+                .await
+                .map_err(ecs_error)?;
+            for task in described.tasks.unwrap_or_default() {
+                let id = task
+                    .tags
+                    .iter()
+                    .flatten()
+                    .find(|t| t.key.as_deref() == Some(DEPLOYMENT_TAG))
+                    .and_then(|t| t.value.as_deref())
+                    .and_then(DeploymentId::parse);
+                let (Some(id), Some(arn)) = (id, task.task_arn.clone()) else {
+                    continue;
+                };
+                if task.last_status.as_deref() == Some("STOPPED") {
+                    runner.task_ended(&id, task_end(task)).await;
+                    continue;
+                }
+                tracing::info!(%id, %arn, "watching a running build task again");
+                let (tx, rx) = oneshot::channel();
+                self.watched.lock().await.insert(
+                    arn,
+                    Watched {
+                        deployment: id.clone(),
+                        ended: tx,
+                    },
+                );
+                let runner = runner.clone();
+                tokio::spawn(async move {
+                    if let Ok(end) = rx.await {
+                        runner.task_ended(&id, end).await;
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn shared(&self) -> Shared {
+        Shared {
+            config: self.config.clone(),
+            client: self.client.clone(),
+            records: self.records.clone(),
+            bus: self.bus.clone(),
+            secrets: self.secrets.clone(),
+            metrics: self.metrics.clone(),
+            queue: self.queue.clone(),
+            watched: self.watched.clone(),
+        }
+    }
+}
+
+/// How a stopped task ended: its stop reason (or code) and its container's exit code.
+fn task_end(task: aws_sdk_ecs::types::Task) -> TaskEnd {
+    let exit_code = task
+        .containers
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|c| c.exit_code);
+    let reason = task
+        .stopped_reason
+        .filter(|r| !r.is_empty())
+        .or(task.stop_code.map(|c| c.as_str().to_owned()))
+        .unwrap_or_else(|| "stopped".into());
+    TaskEnd { reason, exit_code }
+}
+
+struct Shared {
+    config: EcsRunnerConfig,
+    client: aws_sdk_ecs::Client,
+    records: Records,
+    bus: Arc<dyn LogBus>,
+    secrets: Option<Arc<dyn SecretDrop>>,
+    metrics: ApiMetrics,
+    queue: JobQueue,
+    watched: Arc<Mutex<HashMap<String, Watched>>>,
+}
+
+impl Shared {
+    fn job(&self, id: &DeploymentId) -> Job<'_> {
+        Job::new(&self.records, &self.bus, &self.metrics, id.clone())
+    }
+
+    async fn build(&self, job: BuildJob, mut cancel: watch::Receiver<bool>) {
+        let id = job.deployment.clone();
+        let canceled = *cancel.borrow();
+        if canceled {
+            self.job(&id).finish(Finished::canceled()).await;
+            return;
+        }
+        let arn = match self.start_task(&job).await {
+            Ok(arn) => arn,
+            Err(e) => {
+                self.job(&id)
+                    .finish(Finished::failed(
+                        format!("ECS could not start the build task: {e}"),
+                        None,
+                    ))
+                    .await;
+                return;
+            }
+        };
+        self.metrics.builds_started.inc();
+        // Building from now on; the job inside the task takes the record over when it starts.
+        let instance = self.queue.instance().to_owned();
+        let marked = self
+            .records
+            .update(&id, |d| {
+                if d.status == DeploymentStatus::Queued {
+                    d.status = DeploymentStatus::Building;
+                    d.started_unix_ms = Some(crate::now_ms());
+                    d.runner = Some(instance.clone());
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+        if let Err(e) = marked {
+            tracing::error!(%id, "cannot record the build start: {e}");
+        }
+        self.job(&id)
+            .system(format!("Build task started on ECS: {arn}"))
+            .await;
+        let (tx, ended) = oneshot::channel();
+        self.watched.lock().await.insert(
+            arn.clone(),
+            Watched {
+                deployment: id.clone(),
+                ended: tx,
+            },
+        );
+        tokio::select! {
+            end = ended => {
+                if let Ok(end) = end {
+                    self.task_ended(&id, end).await;
+                }
+            }
+            _ = async { drop(cancel.wait_for(|c| *c).await) } => {
+                let stopped = self
+                    .client
+                    .stop_task()
+                    .cluster(&self.config.cluster)
+                    .task(&arn)
+                    .reason("canceled by a user")
+                    .send()
+                    .await;
+                self.watched.lock().await.remove(&arn);
+                match stopped {
+                    Ok(_) => self.job(&id).finish(Finished::canceled()).await,
+                    Err(e) => {
+                        let e = ecs_error(e);
+                        tracing::error!(%id, %arn, "StopTask failed: {e}");
+                        self.job(&id)
+                            .finish(Finished::failed(
+                                format!("canceled, but ECS did not stop the task: {e}"),
+                                None,
+                            ))
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `RunTask`, retried while ECS reports no capacity.
+    async fn start_task(&self, job: &BuildJob) -> Result<String, String> {
+        let id = job.deployment.as_str();
+        let mut visible = job.clone();
+        if !visible.build.secrets.is_empty() {
+            let Some(drop) = &self.secrets else {
+                return Err("secrets need Redis to reach the build task".into());
+            };
+            let values = serde_json::to_string(&job.build.secrets).map_err(|e| e.to_string())?;
+            drop.put(&job.deployment, values)
+                .await
+                .map_err(|e| format!("cannot hand the secrets to the task: {e}"))?;
+            visible.build = visible.build.without_secret_values();
+        }
+        let job_json = serde_json::to_string(&visible).map_err(|e| e.to_string())?;
+        let environment: Vec<KeyValuePair> = [
+            (env::JOB.to_owned(), job_json),
+            (DEPLOYMENT_ENV.to_owned(), id.to_owned()),
+        ]
+        .into_iter()
+        .chain(self.config.env.iter().cloned())
+        .map(|(k, v)| KeyValuePair::builder().name(k).value(v).build())
+        .collect();
+        let overrides = TaskOverride::builder()
+            .container_overrides(
+                ContainerOverride::builder()
+                    .name(&self.config.container)
+                    .set_environment(Some(environment))
+                    .build(),
+            )
+            .build();
+        let network = NetworkConfiguration::builder()
+            .awsvpc_configuration(
+                AwsVpcConfiguration::builder()
+                    .set_subnets(Some(self.config.subnets.clone()))
+                    .set_security_groups(Some(self.config.security_groups.clone()))
+                    .assign_public_ip(if self.config.assign_public_ip {
+                        AssignPublicIp::Enabled
+                    } else {
+                        AssignPublicIp::Disabled
+                    })
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+            .build();
+        let mut backoff = Duration::from_secs(2);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut request = self
+                .client
+                .run_task()
+                .cluster(&self.config.cluster)
+                .task_definition(&self.config.task_definition)
+                .count(1)
+                .started_by(STARTED_BY)
+                .overrides(overrides.clone())
+                .network_configuration(network.clone())
+                .tags(Tag::builder().key(DEPLOYMENT_TAG).value(id).build())
+                .propagate_tags(aws_sdk_ecs::types::PropagateTags::TaskDefinition);
+            request = match &self.config.capacity_provider {
+                Some(provider) => request.capacity_provider_strategy(
+                    CapacityProviderStrategyItem::builder()
+                        .capacity_provider(provider)
+                        .weight(1)
+                        .build()
+                        .map_err(|e| e.to_string())?,
+                ),
+                None => request.launch_type(LaunchType::from(self.config.launch_type.as_str())),
+            };
+            let answer = request.send().await.map_err(ecs_error)?;
+            if let Some(arn) = answer
+                .tasks
+                .unwrap_or_default()
+                .into_iter()
+                .find_map(|t| t.task_arn)
+            {
+                return Ok(arn);
+            }
+            let reasons: Vec<String> = answer
+                .failures
+                .unwrap_or_default()
+                .into_iter()
+                .map(|f| {
+                    format!(
+                        "{}{}",
+                        f.reason.unwrap_or_else(|| "unknown".into()),
+                        f.detail.map(|d| format!(" ({d})")).unwrap_or_default()
+                    )
+                })
+                .collect();
+            let reason = if reasons.is_empty() {
+                "RunTask started no task".to_owned()
+            } else {
+                reasons.join("; ")
+            };
+            let capacity = reason.contains("RESOURCE") || reason.contains("capacity");
+            if !capacity || attempt >= self.config.run_attempts.max(1) {
+                return Err(reason);
+            }
+            tracing::warn!(id, "no ECS capacity ({reason}); retrying in {backoff:?}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// A task stopped: unless the job inside it recorded an outcome, the build failed.
+    async fn task_ended(&self, id: &DeploymentId, end: TaskEnd) {
+        let recorded = self
+            .records
+            .get(id)
+            .await
+            .ok()
+            .flatten()
+            .is_none_or(|d| d.status.is_terminal());
+        if recorded {
+            return;
+        }
+        let exit = end
+            .exit_code
+            .map(|c| format!(", exit code {c}"))
+            .unwrap_or_default();
+        self.job(id)
+            .finish(Finished::failed(
+                format!(
+                    "the build task stopped before recording an outcome: {}{exit}",
+                    end.reason
+                ),
+                end.exit_code,
+            ))
+            .await;
+    }
+}
+
+/// Describes every watched task, 100 per call, and reports the ones that stopped. Errors
+/// (throttling included) double the interval, up to a minute.
+async fn poll_tasks(
+    client: aws_sdk_ecs::Client,
+    cluster: String,
+    watched: Arc<Mutex<HashMap<String, Watched>>>,
+    interval: Duration,
+) {
+    let mut wait = interval;
+    loop {
+        tokio::time::sleep(wait).await;
+        let arns: Vec<String> = watched.lock().await.keys().cloned().collect();
+        let mut failed = false;
+        for chunk in arns.chunks(100) {
+            let described = client
+                .describe_tasks()
+                .cluster(&cluster)
+                .set_tasks(Some(chunk.to_vec()))
+                .send()
+                .await;
+            let described = match described {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!("DescribeTasks failed: {}", ecs_error(e));
+                    failed = true;
+                    break;
+                }
+            };
+            let mut ended = Vec::new();
+            for task in described.tasks.unwrap_or_default() {
+                if task.last_status.as_deref() != Some("STOPPED") {
+                    continue;
+                }
+                let Some(arn) = task.task_arn.clone() else {
+                    continue;
+                };
+                ended.push((arn, task_end(task)));
+            }
+            // Tasks ECS no longer knows are over too.
+            for f in described.failures.unwrap_or_default() {
+                if f.reason.as_deref() == Some("MISSING") {
+                    if let Some(arn) = f.arn {
+                        ended.push((
+                            arn,
+                            TaskEnd {
+                                reason: "ECS no longer knows the task".into(),
+                                exit_code: None,
+                            },
+                        ));
+                    }
+                }
+            }
+            let mut watched = watched.lock().await;
+            for (arn, end) in ended {
+                if let Some(w) = watched.remove(&arn) {
+                    tracing::info!(id = %w.deployment, %arn, "build task stopped: {}", end.reason);
+                    let _ = w.ended.send(end);
+                }
+            }
+        }
+        wait = if failed {
+            (wait * 2).min(Duration::from_secs(60))
+        } else {
+            interval
+        };
+    }
+}

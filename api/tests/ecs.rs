@@ -1,0 +1,517 @@
+//! The ECS runner against a real ECS API: moto's server (PyPI `moto[server]`, installed by
+//! `scripts/prereqs --test`), with state and logs in a real `redis-server`. moto runs no
+//! containers, so the test plays the part of the task where one would act.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ecs::types::{Compatibility, ContainerDefinition, NetworkMode};
+use gitdeploy_api::ecs::{DEPLOYMENT_ENV, DEPLOYMENT_TAG, STARTED_BY};
+use gitdeploy_api::{
+    ApiMetrics, Deployment, EcsRunner, EcsRunnerConfig, JobQueue, LogBus, Records, RedisLogBus,
+    RedisLogSettings, RedisStore, SecretDrop, Store,
+};
+use gitdeploy_core::job::{BuildLimits, BuildSettings, ServingOptions};
+use gitdeploy_core::{BuildJob, DeploymentId, DeploymentStatus};
+
+struct Server {
+    child: Child,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    // Below the ephemeral range, in a stretch of this process's own.
+    let base = 20_000 + (std::process::id() % 50) as u16 * 100;
+    (base..base + 100)
+        .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port")
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut backoff = Duration::from_millis(10);
+    while !ready() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early with {status}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_millis(200));
+    }
+}
+
+fn moto() -> (Server, String) {
+    let port = free_port();
+    let mut child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server is installed (scripts/prereqs --test: pip install moto[server])");
+    wait_until(
+        "moto_server",
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        &mut child,
+    );
+    // Tasks stay RUNNING until stopped (by default moto moves them on at every describe).
+    let script = format!(
+        "import requests\n\
+         r = requests.post('http://127.0.0.1:{port}/moto-api/state-manager/set-transition', \
+         json={{'model_name': 'ecs::task', 'transition': {{'progression': 'manual', 'times': 1000000}}}})\n\
+         r.raise_for_status()\n"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        Server { child, _dir: None },
+        format!("http://127.0.0.1:{port}"),
+    )
+}
+
+fn redis() -> (Server, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redis.sock");
+    let mut child = Command::new("redis-server")
+        .args(["--port", "0", "--save", "", "--appendonly", "no"])
+        .arg("--unixsocket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (scripts/prereqs --test)");
+    wait_until(
+        "redis-server",
+        || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        &mut child,
+    );
+    let url = format!("redis+unix://{}", socket.display());
+    (
+        Server {
+            child,
+            _dir: Some(dir),
+        },
+        url,
+    )
+}
+
+/// The default VPC's first subnet and security group (moto creates them), via boto3.
+fn default_network(endpoint: &str) -> (String, String) {
+    let script = format!(
+        "import boto3\n\
+         ec2 = boto3.client('ec2', endpoint_url='{endpoint}', region_name='us-east-1', \
+         aws_access_key_id='test', aws_secret_access_key='test')\n\
+         vpc = ec2.describe_vpcs(Filters=[{{'Name': 'is-default', 'Values': ['true']}}])['Vpcs'][0]['VpcId']\n\
+         sub = ec2.describe_subnets(Filters=[{{'Name': 'vpc-id', 'Values': [vpc]}}])['Subnets'][0]['SubnetId']\n\
+         sg = ec2.describe_security_groups(Filters=[{{'Name': 'vpc-id', 'Values': [vpc]}}])['SecurityGroups'][0]['GroupId']\n\
+         print(sub, sg)\n"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut parts = text.split_whitespace();
+    (
+        parts.next().unwrap().to_owned(),
+        parts.next().unwrap().to_owned(),
+    )
+}
+
+fn ecs_client(endpoint: &str) -> aws_sdk_ecs::Client {
+    let config = aws_sdk_ecs::Config::builder()
+        .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
+        .region(aws_sdk_ecs::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_ecs::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .build();
+    aws_sdk_ecs::Client::from_conf(config)
+}
+
+fn runner_config(cluster: &str, subnet: &str, sg: &str) -> EcsRunnerConfig {
+    EcsRunnerConfig {
+        cluster: cluster.into(),
+        task_definition: "gitdeploy-builder".into(),
+        container: "builder".into(),
+        capacity_provider: None,
+        launch_type: "FARGATE".into(),
+        subnets: vec![subnet.into()],
+        security_groups: vec![sg.into()],
+        assign_public_ip: false,
+        env: vec![("GITDEPLOY_S3_BUCKET".into(), "sites".into())],
+        concurrency: 4,
+        max_queued: 10,
+        limits: BuildLimits::default(),
+        poll_interval: Duration::from_millis(50),
+        heartbeat: Duration::from_millis(200),
+        run_attempts: 2,
+    }
+}
+
+struct Platform {
+    records: Records,
+    bus: Arc<dyn LogBus>,
+    store: Arc<RedisStore>,
+}
+
+impl Platform {
+    async fn connect(url: &str) -> Platform {
+        let store = Arc::new(RedisStore::connect(url, "ecs:").await.unwrap());
+        let bus = RedisLogBus::connect(
+            url,
+            RedisLogSettings {
+                prefix: "ecs:".into(),
+                ttl: Duration::from_secs(60),
+                max_len: 1000,
+            },
+            ApiMetrics::unregistered(),
+        )
+        .await
+        .unwrap();
+        Platform {
+            records: Records::new(store.clone() as Arc<dyn Store>),
+            bus: Arc::new(bus),
+            store,
+        }
+    }
+
+    fn runner(
+        &self,
+        config: EcsRunnerConfig,
+        client: aws_sdk_ecs::Client,
+    ) -> (EcsRunner, JobQueue) {
+        EcsRunner::new(
+            config,
+            client,
+            self.records.clone(),
+            self.bus.clone(),
+            Some(self.store.clone() as Arc<dyn SecretDrop>),
+            ApiMetrics::unregistered(),
+        )
+    }
+
+    /// Records a deployment and queues it, as the API does.
+    async fn deploy(&self, queue: &JobQueue, secrets: &[(&str, &str)]) -> DeploymentId {
+        let id = DeploymentId::random();
+        let build = BuildSettings {
+            secrets: secrets
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..BuildSettings::default()
+        };
+        let place = queue.reserve().unwrap();
+        self.bus.create(&id).await.unwrap();
+        self.records
+            .insert(Deployment {
+                id: id.clone(),
+                project: None,
+                repo: "https://example.com/site.git".into(),
+                git_ref: None,
+                serving: ServingOptions::default(),
+                build: build.without_secret_values(),
+                status: DeploymentStatus::Queued,
+                error: None,
+                commit: None,
+                created_unix_ms: 1,
+                started_unix_ms: None,
+                finished_unix_ms: None,
+                runner: Some(queue.instance().to_owned()),
+            })
+            .await
+            .unwrap();
+        place
+            .submit(BuildJob {
+                deployment: id.clone(),
+                repo: "https://example.com/site.git".into(),
+                git_ref: None,
+                serving: ServingOptions::default(),
+                build,
+                limits: BuildLimits::default(),
+                cache_key: None,
+            })
+            .unwrap();
+        id
+    }
+
+    /// Waits (bounded) until the deployment's status is `want`.
+    async fn until(&self, id: &DeploymentId, want: DeploymentStatus) -> Deployment {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let d = self.records.get(id).await.unwrap().unwrap();
+            if d.status == want {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "{id} stayed {:?}", d.status);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The task ECS runs for `id`, once there is one.
+async fn task_of(
+    client: &aws_sdk_ecs::Client,
+    cluster: &str,
+    id: &DeploymentId,
+) -> aws_sdk_ecs::types::Task {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let arns = client
+            .list_tasks()
+            .cluster(cluster)
+            .started_by(STARTED_BY)
+            .send()
+            .await
+            .unwrap()
+            .task_arns
+            .unwrap_or_default();
+        if !arns.is_empty() {
+            let tasks = client
+                .describe_tasks()
+                .cluster(cluster)
+                .set_tasks(Some(arns))
+                .include(aws_sdk_ecs::types::TaskField::Tags)
+                .send()
+                .await
+                .unwrap()
+                .tasks
+                .unwrap_or_default();
+            if let Some(t) = tasks.into_iter().find(|t| {
+                t.tags.iter().flatten().any(|tag| {
+                    tag.key.as_deref() == Some(DEPLOYMENT_TAG)
+                        && tag.value.as_deref() == Some(id.as_str())
+                })
+            }) {
+                return t;
+            }
+        }
+        assert!(Instant::now() < deadline, "no task for {id}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn env_of(task: &aws_sdk_ecs::types::Task) -> Vec<(String, String)> {
+    task.overrides
+        .as_ref()
+        .and_then(|o| o.container_overrides.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.environment.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|kv| (kv.name.unwrap_or_default(), kv.value.unwrap_or_default()))
+        .collect()
+}
+
+async fn stop(
+    client: &aws_sdk_ecs::Client,
+    cluster: &str,
+    task: &aws_sdk_ecs::types::Task,
+    why: &str,
+) {
+    client
+        .stop_task()
+        .cluster(cluster)
+        .task(task.task_arn.clone().unwrap())
+        .reason(why)
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
+    let (_moto, endpoint) = moto();
+    let (_redis, redis_url) = redis();
+    let (subnet, sg) = default_network(&endpoint);
+    let client = ecs_client(&endpoint);
+    client
+        .create_cluster()
+        .cluster_name("builds")
+        .send()
+        .await
+        .unwrap();
+    client
+        .register_task_definition()
+        .family("gitdeploy-builder")
+        .requires_compatibilities(Compatibility::Fargate)
+        .network_mode(NetworkMode::Awsvpc)
+        .cpu("1024")
+        .memory("2048")
+        .container_definitions(
+            ContainerDefinition::builder()
+                .name("builder")
+                .image("gitdeploy/builder")
+                .memory(2048)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let platform = Platform::connect(&redis_url).await;
+    let (runner, queue) = platform.runner(runner_config("builds", &subnet, &sg), client.clone());
+    let (stop_runner, stopped) = tokio::sync::oneshot::channel::<()>();
+    let first = tokio::spawn(runner.run(async {
+        let _ = stopped.await;
+    }));
+
+    // A deployment becomes one task, with the job in its environment (secret values not),
+    // tagged with the deployment and started by GitDeploy; the build is marked building.
+    let a = platform.deploy(&queue, &[("TOKEN", "s3cr3t-value")]).await;
+    let task = task_of(&client, "builds", &a).await;
+    assert_eq!(task.started_by.as_deref(), Some(STARTED_BY));
+    let env = env_of(&task);
+    let job: BuildJob = serde_json::from_str(
+        &env.iter()
+            .find(|(k, _)| k == "GITDEPLOY_JOB")
+            .expect("the job")
+            .1,
+    )
+    .unwrap();
+    assert_eq!(job.deployment, a);
+    assert_eq!(
+        job.build.secrets["TOKEN"], "",
+        "secret values stay out of the ECS API"
+    );
+    assert!(env.iter().all(|(_, v)| !v.contains("s3cr3t-value")));
+    assert!(env.contains(&(DEPLOYMENT_ENV.into(), a.to_string())));
+    assert!(env.contains(&("GITDEPLOY_S3_BUCKET".into(), "sites".into())));
+    assert_eq!(
+        platform.store.take_secrets(&a).await.unwrap().as_deref(),
+        Some(r#"{"TOKEN":"s3cr3t-value"}"#),
+        "the task reads its secrets from Redis, once"
+    );
+    assert!(platform.store.take_secrets(&a).await.unwrap().is_none());
+    platform.until(&a, DeploymentStatus::Building).await;
+
+    // The task stops without having recorded an outcome: the build fails with ECS's reason.
+    stop(
+        &client,
+        "builds",
+        &task,
+        "Essential container in task exited",
+    )
+    .await;
+    let failed = platform.until(&a, DeploymentStatus::Failed).await;
+    let error = failed.error.unwrap();
+    assert!(
+        error.contains("Essential container in task exited"),
+        "{error}"
+    );
+    let log = platform.bus.read(&a, 0).await.unwrap();
+    assert!(log.last().unwrap().is_final(), "the log ends: {log:?}");
+
+    // A task whose job recorded its outcome stays as recorded.
+    let b = platform.deploy(&queue, &[]).await;
+    let task_b = task_of(&client, "builds", &b).await;
+    platform.until(&b, DeploymentStatus::Building).await;
+    platform
+        .records
+        .finish(&b, |d| d.status = DeploymentStatus::Ready, |_, _| false)
+        .await
+        .unwrap()
+        .unwrap();
+    stop(
+        &client,
+        "builds",
+        &task_b,
+        "Essential container in task exited",
+    )
+    .await;
+
+    // Cancel is a StopTask.
+    let c = platform.deploy(&queue, &[]).await;
+    let task_c = task_of(&client, "builds", &c).await;
+    platform.until(&c, DeploymentStatus::Building).await;
+    assert!(queue.cancel(&c));
+    platform.until(&c, DeploymentStatus::Canceled).await;
+    let described = client
+        .describe_tasks()
+        .cluster("builds")
+        .tasks(task_c.task_arn.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let t = &described.tasks.unwrap()[0];
+    assert_eq!(t.stopped_reason.as_deref(), Some("canceled by a user"));
+    assert_eq!(
+        platform.records.get(&b).await.unwrap().unwrap().status,
+        DeploymentStatus::Ready
+    );
+
+    // A restarted runner finds its running task again and records how it ends.
+    let d = platform.deploy(&queue, &[]).await;
+    let task_d = task_of(&client, "builds", &d).await;
+    platform.until(&d, DeploymentStatus::Building).await;
+    stop_runner.send(()).unwrap();
+    first.await.unwrap();
+    let (runner, second_queue) =
+        platform.runner(runner_config("builds", &subnet, &sg), client.clone());
+    let (_stop_second, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(runner.run(async {
+        let _ = stopped.await;
+    }));
+    // Once the first runner's heartbeat has expired, the second holds the build it watches.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while platform
+        .records
+        .get(&d)
+        .await
+        .unwrap()
+        .unwrap()
+        .runner
+        .as_deref()
+        != Some(second_queue.instance())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new runner never took the build over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        platform.records.get(&d).await.unwrap().unwrap().status,
+        DeploymentStatus::Building
+    );
+    stop(&client, "builds", &task_d, "Task failed ELB health checks").await;
+    let failed = platform.until(&d, DeploymentStatus::Failed).await;
+    let error = failed.error.unwrap();
+    assert!(error.contains("Task failed ELB health checks"), "{error}");
+
+    // ECS refusing the request fails the build with ECS's own words.
+    let (bad, bad_queue) = platform.runner(
+        runner_config("no-such-cluster", &subnet, &sg),
+        client.clone(),
+    );
+    let (_stop_bad, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(bad.run(async {
+        let _ = stopped.await;
+    }));
+    let e = platform.deploy(&bad_queue, &[]).await;
+    let failed = platform.until(&e, DeploymentStatus::Failed).await;
+    let error = failed.error.unwrap();
+    assert!(
+        error.starts_with("ECS could not start the build task: ClusterNotFoundException"),
+        "{error}"
+    );
+}
