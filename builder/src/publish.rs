@@ -282,8 +282,9 @@ pub fn site_rules(
     Ok(rules)
 }
 
-/// An S3 client for the builder's configuration.
-pub fn s3_client(config: &BuilderConfig) -> aws_sdk_s3::Client {
+/// An S3 client for the builder's configuration: static credentials when given, otherwise the
+/// standard AWS chain (a task role in ECS, an instance profile, a web identity...).
+pub async fn s3_client(config: &BuilderConfig) -> aws_sdk_s3::Client {
     let mut b = aws_sdk_s3::Config::builder()
         .region(aws_sdk_s3::config::Region::new(config.region.clone()))
         // Retried with exponential backoff; every request carries a checksum S3 verifies.
@@ -292,14 +293,24 @@ pub fn s3_client(config: &BuilderConfig) -> aws_sdk_s3::Client {
     if let Some(endpoint) = &config.s3_endpoint {
         b = b.endpoint_url(endpoint);
     }
-    if let Some((id, secret)) = &config.credentials {
-        b = b.credentials_provider(aws_credential_types::Credentials::new(
-            id,
-            secret,
-            None,
-            None,
-            "gitdeploy-builder",
-        ));
+    match &config.credentials {
+        Some((id, secret)) => {
+            b = b.credentials_provider(aws_credential_types::Credentials::new(
+                id,
+                secret,
+                std::env::var("AWS_SESSION_TOKEN").ok(),
+                None,
+                "gitdeploy-builder",
+            ));
+        }
+        None => {
+            let chain =
+                aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                    .region(aws_config::Region::new(config.region.clone()))
+                    .build()
+                    .await;
+            b = b.credentials_provider(chain);
+        }
     }
     aws_sdk_s3::Client::from_conf(b.build())
 }

@@ -205,7 +205,7 @@ async fn steps(
 
     // Upload, manifest last.
     let step = Instant::now();
-    let client = publish::s3_client(config);
+    let client = publish::s3_client(config).await;
     let published = publish::publish(
         &client,
         &config.bucket,

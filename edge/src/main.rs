@@ -9,6 +9,7 @@
 //! `up` builds one Pingora server: the sites proxy on the public port, the API behind it on a
 //! private socket, the embedded S3 server and the local build runner as background services.
 
+mod build_task;
 mod cache;
 mod cli;
 mod control;
@@ -45,6 +46,9 @@ enum Command {
     /// Run one build job described by GITDEPLOY_* variables (used by the local runner).
     #[command(hide = true)]
     Builder,
+    /// Run one build as an ECS task: the job from GITDEPLOY_JOB, state and logs in Redis.
+    #[command(hide = true)]
+    BuildTask,
 }
 
 fn main() {
@@ -71,6 +75,10 @@ fn main() {
             }
         }
         Command::Client(command) => cli::run(cli.api, command),
+        Command::BuildTask => {
+            init_tracing();
+            build_task::run()
+        }
         Command::Builder => match tokio::runtime::Runtime::new() {
             Ok(rt) => rt.block_on(gitdeploy_builder::run_from_env()),
             Err(e) => {

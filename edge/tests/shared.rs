@@ -213,3 +213,100 @@ async fn a_lost_runner_fails_its_build_and_an_s3_outage_is_a_502() {
     assert_eq!(status, 502, "{body}");
     assert!(body.len() < 2048 && !body.contains("<?xml"), "{body}");
 }
+
+/// What an ECS build task runs (`gitdeploy build-task`), run here as a plain process: it takes
+/// the job from its environment and the secret values from Redis, builds, and records the log
+/// and the outcome in Redis itself; an edge sharing that Redis and S3 serves the result.
+#[tokio::test]
+async fn a_build_task_records_its_own_outcome_in_redis() {
+    use gitdeploy_api::{Deployment, Records, RedisStore, SecretDrop, Store};
+    use gitdeploy_core::job::{BuildLimits, BuildSettings, ServingOptions};
+    use gitdeploy_core::{BuildJob, DeploymentId};
+    use std::sync::Arc;
+
+    let redis = Redis::start();
+    let s3 = S3Server::start();
+    let mut git_server = GitServer::new();
+    git_server.add_repo("task", &[("README", "built in a task")]);
+    git_server.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = edge(&redis, &s3, data.path()).await;
+
+    // What the ECS runner does before RunTask: the record, the log, the secret values.
+    let store = Arc::new(RedisStore::connect(&redis.url, "gitdeploy:").await.unwrap());
+    let records = Records::new(store.clone() as Arc<dyn Store>);
+    let id = DeploymentId::random();
+    let build = BuildSettings {
+        build_command: Some(
+            "mkdir -p out && echo \"task build\" > out/index.html && echo token=$TOKEN".into(),
+        ),
+        output_dir: Some("out".into()),
+        secrets: [("TOKEN".to_owned(), "t0ps3cret-value".to_owned())].into(),
+        ..BuildSettings::default()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    records
+        .insert(Deployment {
+            id: id.clone(),
+            project: None,
+            repo: git_server.url("task"),
+            git_ref: None,
+            serving: ServingOptions::default(),
+            build: build.without_secret_values(),
+            status: DeploymentStatus::Building,
+            error: None,
+            commit: None,
+            created_unix_ms: now,
+            started_unix_ms: Some(now),
+            finished_unix_ms: None,
+            runner: None,
+        })
+        .await
+        .unwrap();
+    store
+        .put(&id, serde_json::to_string(&build.secrets).unwrap())
+        .await
+        .unwrap();
+    let job = BuildJob {
+        deployment: id.clone(),
+        repo: git_server.url("task"),
+        git_ref: None,
+        serving: ServingOptions::default(),
+        build: build.without_secret_values(),
+        limits: BuildLimits::default(),
+        cache_key: None,
+    };
+    let work = tempfile::tempdir().unwrap();
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+        .arg("build-task")
+        .env("GITDEPLOY_JOB", serde_json::to_string(&job).unwrap())
+        .env("GITDEPLOY_REDIS_URL", &redis.url)
+        .env("GITDEPLOY_WORK_ROOT", work.path())
+        .env("GITDEPLOY_S3_ENDPOINT", &s3.endpoint)
+        .env("GITDEPLOY_S3_BUCKET", "gitdeploy")
+        .env("GITDEPLOY_S3_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", S3_KEY.0)
+        .env("AWS_SECRET_ACCESS_KEY", S3_KEY.1)
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "build-task exited with {status}");
+
+    let log = gd.follow(id.as_str(), 0).await;
+    assert_complete_log(&log);
+    assert_eq!(outcome(&log).status, DeploymentStatus::Ready, "{log:#?}");
+    assert!(log.iter().any(|r| r.line == "token=***"), "{log:#?}");
+    assert!(log.iter().all(|r| !r.line.contains("t0ps3cret-value")));
+    assert_eq!(gd.status(id.as_str()).await["status"], "ready");
+    assert_eq!(
+        page(&gd, id.as_str(), "/").await,
+        (200, "task build\n".into())
+    );
+    assert!(
+        store.take_secrets(&id).await.unwrap().is_none(),
+        "secrets are read once"
+    );
+}

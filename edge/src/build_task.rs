@@ -1,0 +1,129 @@
+//! `gitdeploy build-task`: the entry point of a builder task on ECS. It runs one job the way the
+//! local runner does (a sandboxed `gitdeploy builder` child whose events become log records),
+//! but as the runner of record itself: it heartbeats, appends the log to Redis and records the
+//! outcome (and the alias move) in Redis, so edges only watch the task. The job comes in
+//! `GITDEPLOY_JOB`; its secret values, which never appear in the ECS API, are read once from
+//! Redis. S3 access comes from the task role.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use gitdeploy_api::{
+    run_single_job, ApiMetrics, LocalRunnerConfig, Records, RedisLogBus, RedisLogSettings,
+    RedisStore, Store,
+};
+use gitdeploy_core::job::env;
+use gitdeploy_core::BuildJob;
+
+/// Settings of the task beyond the job, from its environment (the task definition's).
+const REDIS_URL: &str = "GITDEPLOY_REDIS_URL";
+const REDIS_PREFIX: &str = "GITDEPLOY_REDIS_PREFIX";
+const WORK_ROOT: &str = "GITDEPLOY_WORK_ROOT";
+
+/// What reaches the builder child besides the job: storage settings and the AWS credential
+/// sources of a task (never the Redis URL).
+const PASSED_TO_BUILDER: &[&str] = &[
+    env::S3_ENDPOINT,
+    env::S3_BUCKET,
+    env::S3_REGION,
+    env::S3_PREFIX,
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
+
+/// Runs the task's job; the exit code is 0 for a ready deployment.
+pub fn run() -> i32 {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gitdeploy build-task: {e}");
+            return 2;
+        }
+    };
+    match runtime.block_on(run_job()) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("gitdeploy build-task: {e:#}");
+            2
+        }
+    }
+}
+
+async fn run_job() -> anyhow::Result<bool> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mut job: BuildJob =
+        serde_json::from_str(&var(env::JOB).with_context(|| format!("{} is not set", env::JOB))?)
+            .with_context(|| format!("{} is not a job", env::JOB))?;
+    let url = var(REDIS_URL).with_context(|| format!("{REDIS_URL} is not set"))?;
+    let prefix = var(REDIS_PREFIX).unwrap_or_else(|| "gitdeploy:".into());
+    let store = RedisStore::connect(&url, &prefix)
+        .await
+        .context("cannot connect to Redis")?;
+    if let Some(secrets) = store.take_secrets(&job.deployment).await? {
+        let values: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&secrets).context("unreadable secrets")?;
+        job.build.secrets.extend(values);
+    }
+    let missing: Vec<&String> = job
+        .build
+        .secrets
+        .iter()
+        .filter(|(_, v)| v.is_empty())
+        .map(|(k, _)| k)
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "the values of secrets {missing:?} did not reach the task (taken already?)"
+    );
+    let bus = RedisLogBus::connect(
+        &url,
+        RedisLogSettings {
+            prefix: prefix.clone(),
+            ttl: Duration::from_secs(7 * 24 * 3600),
+            max_len: 200_000,
+        },
+        ApiMetrics::unregistered(),
+    )
+    .await
+    .context("cannot connect to Redis")?;
+    let work_root = PathBuf::from(var(WORK_ROOT).unwrap_or_else(|| "/tmp/gitdeploy".into()));
+    let exe = std::env::current_exe().context("cannot find the gitdeploy executable")?;
+    let config = LocalRunnerConfig {
+        command: vec![exe.into_os_string(), "builder".into()],
+        env: PASSED_TO_BUILDER
+            .iter()
+            .filter_map(|k| var(k).map(|v| (k.to_string(), v)))
+            .collect(),
+        work_root: work_root.join("work"),
+        cache_dir: work_root.join("cache"),
+        concurrency: 1,
+        limits: job.limits.clone(),
+        archive: None,
+        max_queued: 1,
+        after_kill: Some(Arc::new(|id| {
+            Box::pin(async move { gitdeploy_builder::clean_up_after_kill(id.as_str()).await })
+        })),
+        heartbeat: Duration::from_secs(5),
+    };
+    std::fs::create_dir_all(&config.work_root)?;
+    std::fs::create_dir_all(&config.cache_dir)?;
+    let records = Records::new(Arc::new(store) as Arc<dyn Store>);
+    Ok(run_single_job(
+        config,
+        records,
+        Arc::new(bus),
+        ApiMetrics::unregistered(),
+        job,
+    )
+    .await)
+}
