@@ -22,6 +22,19 @@ const REDIS_URL: &str = "GITDEPLOY_REDIS_URL";
 const REDIS_PREFIX: &str = "GITDEPLOY_REDIS_PREFIX";
 const WORK_ROOT: &str = "GITDEPLOY_WORK_ROOT";
 
+/// Where the AWS SDK finds credentials in a task or on a host (besides a static key).
+pub(crate) const AWS_CREDENTIAL_SOURCES: &[&str] = &[
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_PROFILE",
+];
+
 /// What reaches the builder child besides the job: storage settings and the AWS credential
 /// sources of a task (never the Redis URL).
 const PASSED_TO_BUILDER: &[&str] = &[

@@ -99,6 +99,8 @@ pub enum ClientCommand {
     },
     /// Save an API token for later commands (read from --token or standard input).
     Login,
+    /// Exit 0 when the server answers its health check (container health checks).
+    Health,
 }
 
 /// Exit status: done (or ready).
@@ -315,6 +317,15 @@ fn report_outcome(outcome: Option<Outcome>) -> i32 {
 async fn run_async(opts: ApiOptions, command: ClientCommand) -> Result<i32, String> {
     let client = Client::new(&opts);
     match command {
+        ClientCommand::Health => {
+            let answer = client.get("/api/health").await?;
+            if answer["ok"] == json!(true) {
+                println!("ok");
+                Ok(EXIT_OK)
+            } else {
+                Err(format!("unhealthy: {answer}"))
+            }
+        }
         ClientCommand::Deploy {
             repo,
             git_ref,

@@ -19,6 +19,7 @@ mod origin;
 mod public;
 mod respond;
 mod runner_service;
+mod serve;
 mod serving;
 mod sites;
 mod up;
@@ -38,6 +39,8 @@ struct Cli {
 enum Command {
     /// Run the whole platform on this machine: edge, API, embedded S3 and local builders.
     Up(Box<up::UpOptions>),
+    /// Run in production from a configuration file: Redis, S3, ECS or local builders.
+    Serve(serve::ServeOptions),
     /// Run only the embedded S3-compatible server (key from AWS_ACCESS_KEY_ID and
     /// AWS_SECRET_ACCESS_KEY), for several `up --s3-endpoint` processes sharing one store.
     S3Server(up::S3ServerOptions),
@@ -60,6 +63,16 @@ fn main() {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("gitdeploy up: {e:#}");
+                    1
+                }
+            }
+        }
+        Command::Serve(opts) => {
+            init_tracing();
+            match serve::run(opts) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("gitdeploy serve: {e:#}");
                     1
                 }
             }

@@ -46,7 +46,7 @@ pub struct S3Origin {
     /// Path prefix of every object: `/<bucket>` (path style) or empty (virtual-hosted).
     bucket_path: String,
     region: String,
-    identity: Identity,
+    identity: std::sync::RwLock<Identity>,
     layout: ObjectLayout,
     http: reqwest::Client,
 }
@@ -130,10 +130,56 @@ impl S3Origin {
                 String::new()
             },
             region: s.region.clone(),
-            identity,
+            identity: std::sync::RwLock::new(identity),
             layout: ObjectLayout::new(&s.prefix),
             http,
         })
+    }
+
+    /// Signs with credentials from the standard AWS chain (a task role, an instance profile...)
+    /// instead of the static key: fetches them now, then keeps them fresh in the background on
+    /// `runtime` (a few minutes before they expire).
+    pub async fn use_aws_credentials(
+        self: &std::sync::Arc<Self>,
+        region: &str,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<(), String> {
+        use aws_credential_types::provider::ProvideCredentials;
+        let chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+            .region(aws_config::Region::new(region.to_owned()))
+            .build()
+            .await;
+        let first = chain
+            .provide_credentials()
+            .await
+            .map_err(|e| format!("no AWS credentials for S3: {e}"))?;
+        let mut expiry = first.expiry();
+        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = first.into();
+        let origin = std::sync::Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                let wait = expiry
+                    .and_then(|e| e.duration_since(SystemTime::now()).ok())
+                    .map(|left| left.saturating_sub(Duration::from_secs(300)))
+                    .unwrap_or(Duration::from_secs(300))
+                    .max(Duration::from_secs(10));
+                tokio::time::sleep(wait).await;
+                let Some(origin) = origin.upgrade() else {
+                    return;
+                };
+                match chain.provide_credentials().await {
+                    Ok(creds) => {
+                        expiry = creds.expiry();
+                        *origin.identity.write().unwrap_or_else(|p| p.into_inner()) = creds.into();
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot refresh the S3 credentials: {e}");
+                        expiry = None;
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 
     /// The bucket layout.
@@ -174,12 +220,17 @@ impl S3Origin {
         path: &str,
         payload_sha256: &str,
     ) -> Result<Vec<(&'static str, String)>, OriginError> {
+        let identity = self
+            .identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut settings = SigningSettings::default();
         settings.percent_encoding_mode = PercentEncodingMode::Single;
         settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
         settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
         let params = v4::SigningParams::builder()
-            .identity(&self.identity)
+            .identity(&identity)
             .region(&self.region)
             .name("s3")
             .time(SystemTime::now())

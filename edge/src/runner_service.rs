@@ -4,16 +4,24 @@
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use gitdeploy_api::LocalRunner;
+use gitdeploy_api::{EcsRunner, LocalRunner};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
-/// Wraps a [`LocalRunner`], which runs once.
-pub struct RunnerService(Mutex<Option<LocalRunner>>);
+/// The build runner the server was configured with.
+pub enum Runner {
+    /// Builds as sandboxed child processes.
+    Local(LocalRunner),
+    /// Builds as ECS tasks.
+    Ecs(EcsRunner),
+}
+
+/// Wraps the runner, which runs once.
+pub struct RunnerService(Mutex<Option<Runner>>);
 
 impl RunnerService {
     /// Wraps `runner`.
-    pub fn new(runner: LocalRunner) -> Self {
+    pub fn new(runner: Runner) -> Self {
         RunnerService(Mutex::new(Some(runner)))
     }
 }
@@ -24,8 +32,10 @@ impl BackgroundService for RunnerService {
         let Some(runner) = self.0.lock().ok().and_then(|mut r| r.take()) else {
             return;
         };
-        runner
-            .run(crate::control::shutdown_requested(shutdown))
-            .await;
+        let shutdown = crate::control::shutdown_requested(shutdown);
+        match runner {
+            Runner::Local(runner) => runner.run(shutdown).await,
+            Runner::Ecs(runner) => runner.run(shutdown).await,
+        }
     }
 }

@@ -44,77 +44,97 @@ const REGION: &str = "us-east-1";
 pub struct UpOptions {
     /// Public address (sites and API).
     #[arg(long, default_value = "127.0.0.1:8080", env = "GITDEPLOY_LISTEN")]
-    listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Where deployments, logs and the embedded S3 data are kept.
     #[arg(long, default_value = ".gitdeploy", env = "GITDEPLOY_DATA_DIR")]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Sites are served at <name>.<domain>.
     #[arg(long, default_value = "localhost", env = "GITDEPLOY_DOMAIN")]
-    domain: String,
+    pub(crate) domain: String,
     /// Builds that run at once; more wait in a queue.
     #[arg(long, default_value_t = 2)]
-    concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Wall-clock limit of one build, in seconds.
     #[arg(long, default_value_t = 900)]
-    build_timeout: u64,
+    pub(crate) build_timeout: u64,
     /// Processes one build may run at once.
     #[arg(long, default_value_t = 512)]
-    build_max_processes: u64,
+    pub(crate) build_max_processes: u64,
     /// Bytes a build may publish.
     #[arg(long, default_value_t = 1 << 30)]
-    build_max_output_bytes: u64,
+    pub(crate) build_max_output_bytes: u64,
     /// Token the API requires (`Authorization: Bearer <token>`); without one the API is open.
     #[arg(long, env = "GITDEPLOY_API_TOKEN", hide_env_values = true)]
-    api_token: Option<String>,
+    pub(crate) api_token: Option<String>,
     /// Allow an open API on an address other than loopback.
     #[arg(long)]
-    insecure_open_api: bool,
+    pub(crate) insecure_open_api: bool,
     /// Builds that may wait for a runner slot; more are refused with 429.
     #[arg(long, default_value_t = 100)]
-    max_queued: usize,
+    pub(crate) max_queued: usize,
     /// Largest object kept in the in-memory object cache (0 turns the cache off).
     #[arg(long, default_value_t = 1 << 20)]
-    object_cache_max_object_bytes: u64,
+    pub(crate) object_cache_max_object_bytes: u64,
     /// Bytes the object cache holds in all.
     #[arg(long, default_value_t = 256 << 20)]
-    object_cache_bytes: u64,
+    pub(crate) object_cache_bytes: u64,
     /// Prometheus metrics listener (`/metrics`).
     #[arg(
         long,
         default_value = "127.0.0.1:9464",
         env = "GITDEPLOY_METRICS_LISTEN"
     )]
-    metrics_listen: SocketAddr,
+    pub(crate) metrics_listen: SocketAddr,
     /// Worker threads of each service.
     #[arg(long, default_value_t = 2)]
-    threads: usize,
+    pub(crate) threads: usize,
     /// Keep state and logs in Redis (`redis://[:password@]host:port[/db]`) instead of the data
     /// directory, so several edges can share them.
     #[arg(long, env = "GITDEPLOY_REDIS_URL", hide_env_values = true)]
-    redis_url: Option<String>,
+    pub(crate) redis_url: Option<String>,
     /// Prefix of every Redis key.
     #[arg(long, default_value = "gitdeploy:")]
-    redis_prefix: String,
+    pub(crate) redis_prefix: String,
     /// How long a finished build log stays in Redis, in seconds (the S3 archive keeps it).
     #[arg(long, default_value_t = 7 * 24 * 3600)]
-    log_ttl: u64,
+    pub(crate) log_ttl: u64,
     /// Use this S3 endpoint (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)
     /// instead of the embedded one.
     #[arg(long, env = "GITDEPLOY_S3_ENDPOINT")]
-    s3_endpoint: Option<String>,
+    pub(crate) s3_endpoint: Option<String>,
     /// Bucket of the external S3.
     #[arg(long, default_value = BUCKET, env = "GITDEPLOY_S3_BUCKET")]
-    s3_bucket: String,
+    pub(crate) s3_bucket: String,
     /// Region of the external S3.
     #[arg(long, default_value = REGION, env = "GITDEPLOY_S3_REGION")]
-    s3_region: String,
+    pub(crate) s3_region: String,
     /// How long an alias lookup is cached, in milliseconds (changes are announced at once; this
     /// is the limit when an announcement is lost).
     #[arg(long, default_value_t = 5000)]
-    alias_cache_ttl_ms: u64,
+    pub(crate) alias_cache_ttl_ms: u64,
     /// How often the runner sends its heartbeat and settles builds of stopped runners, in ms.
     #[arg(long, default_value_t = 5000, hide = true)]
-    heartbeat_interval_ms: u64,
+    pub(crate) heartbeat_interval_ms: u64,
+    /// What `gitdeploy serve` sets from its configuration file.
+    #[arg(skip)]
+    pub(crate) serve: Option<ServeSettings>,
+}
+
+/// Production settings `gitdeploy serve` adds to the options `up` has: one code path.
+#[derive(Clone, Debug)]
+pub(crate) struct ServeSettings {
+    /// Scheme of the URLs handed out (`https` behind a TLS load balancer).
+    pub public_scheme: String,
+    /// Port of the URLs handed out, when not the scheme's default.
+    pub public_port: Option<u16>,
+    /// Repository transports users may deploy from.
+    pub repo_schemes: Vec<RepoScheme>,
+    /// Key prefix in the bucket.
+    pub s3_prefix: String,
+    /// Sign S3 requests with credentials from the AWS chain (task role...), not a static key.
+    pub s3_aws_credentials: bool,
+    /// Build on ECS instead of locally.
+    pub ecs: Option<gitdeploy_api::EcsRunnerConfig>,
 }
 
 /// Options of `gitdeploy s3-server`.
@@ -223,8 +243,10 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     };
 
     // Embedded S3 with a key that lives as long as this process, or an external one.
+    let aws_credentials = opts.serve.as_ref().is_some_and(|s| s.s3_aws_credentials);
+    let external_s3 = opts.s3_endpoint.is_some() || opts.serve.is_some();
     let (s3, s3_endpoint, bucket, region, access_key, secret_key) = match &opts.s3_endpoint {
-        None => {
+        None if !external_s3 => {
             let (access_key, secret_key) = (random_secret(20), random_secret(40));
             let (s3, s3_addr) = EmbeddedS3::bind(
                 ([127, 0, 0, 1], 0).into(),
@@ -243,11 +265,15 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
                 secret_key,
             )
         }
-        Some(endpoint) => {
-            let (access_key, secret_key) = s3_credentials()?;
+        endpoint => {
+            let (access_key, secret_key) = if aws_credentials {
+                (String::new(), String::new())
+            } else {
+                s3_credentials()?
+            };
             (
                 None,
-                endpoint.clone(),
+                endpoint.clone().unwrap_or_default(),
                 opts.s3_bucket.clone(),
                 opts.s3_region.clone(),
                 access_key,
@@ -255,12 +281,17 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
             )
         }
     };
+    let s3_prefix = opts
+        .serve
+        .as_ref()
+        .map(|s| s.s3_prefix.clone())
+        .unwrap_or_default();
     let origin = Arc::new(
         S3Origin::new(&OriginSettings {
-            endpoint: Some(s3_endpoint.clone()),
+            endpoint: Some(s3_endpoint.clone()).filter(|e| !e.is_empty()),
             bucket: bucket.clone(),
             region: region.clone(),
-            prefix: String::new(),
+            prefix: s3_prefix.clone(),
             access_key: access_key.clone(),
             secret_key: secret_key.clone(),
         })
@@ -284,6 +315,12 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         .thread_name("gitdeploy-control")
         .enable_all()
         .build()?;
+    if aws_credentials {
+        control_rt
+            .block_on(origin.use_aws_credentials(&region, control_rt.handle()))
+            .map_err(anyhow::Error::msg)?;
+    }
+    let mut secret_drop: Option<Arc<dyn gitdeploy_api::SecretDrop>> = None;
     let (store, bus): (Arc<dyn Store>, Arc<dyn LogBus>) = match &opts.redis_url {
         Some(url) => control_rt.block_on(async {
             let shown = redact_repo_url(url);
@@ -298,10 +335,9 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
             let bus = RedisLogBus::connect(url, settings, api_metrics.clone())
                 .await
                 .with_context(|| format!("cannot connect to Redis at {shown}"))?;
-            anyhow::Ok((
-                Arc::new(store) as Arc<dyn Store>,
-                Arc::new(bus) as Arc<dyn LogBus>,
-            ))
+            let store = Arc::new(store);
+            secret_drop = Some(store.clone());
+            anyhow::Ok((store as Arc<dyn Store>, Arc::new(bus) as Arc<dyn LogBus>))
         })?,
         None => (
             Arc::new(FileStore::open(&dir("state")?)?),
@@ -310,46 +346,105 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     };
     let records = Records::new(store);
     let exe = std::env::current_exe().context("cannot find the gitdeploy executable")?;
-    let (runner, queue) = LocalRunner::new(
-        LocalRunnerConfig {
-            command: vec![exe.into_os_string(), "builder".into()],
-            env: vec![
-                (env::S3_ENDPOINT.into(), s3_endpoint.clone()),
-                (env::S3_BUCKET.into(), bucket.clone()),
-                (env::S3_REGION.into(), region.clone()),
-                ("AWS_ACCESS_KEY_ID".into(), access_key),
-                ("AWS_SECRET_ACCESS_KEY".into(), secret_key),
-            ],
-            work_root: dir("work")?,
-            cache_dir: dir("cache")?,
-            concurrency: opts.concurrency,
-            limits: limits.clone(),
-            archive: Some(origin.clone()),
-            max_queued: opts.max_queued,
-            after_kill: Some(Arc::new(|id| {
-                Box::pin(async move { gitdeploy_builder::clean_up_after_kill(id.as_str()).await })
-            })),
-            heartbeat: std::time::Duration::from_millis(opts.heartbeat_interval_ms.max(10)),
-        },
-        records.clone(),
-        bus.clone(),
-        api_metrics,
-    );
+    let mut builder_env: Vec<(String, String)> = vec![
+        (env::S3_BUCKET.into(), bucket.clone()),
+        (env::S3_REGION.into(), region.clone()),
+        (env::S3_PREFIX.into(), s3_prefix.clone()),
+    ];
+    if !s3_endpoint.is_empty() {
+        builder_env.push((env::S3_ENDPOINT.into(), s3_endpoint.clone()));
+    }
+    if aws_credentials {
+        // The builder finds the same credentials the edge uses (task role, profile...).
+        for k in crate::build_task::AWS_CREDENTIAL_SOURCES {
+            if let Ok(v) = std::env::var(k) {
+                builder_env.push((k.to_string(), v));
+            }
+        }
+    } else {
+        builder_env.push(("AWS_ACCESS_KEY_ID".into(), access_key));
+        builder_env.push(("AWS_SECRET_ACCESS_KEY".into(), secret_key));
+    }
+    let heartbeat = std::time::Duration::from_millis(opts.heartbeat_interval_ms.max(10));
+    let ecs = opts.serve.as_ref().and_then(|s| s.ecs.clone());
+    let (runner, queue) = match ecs {
+        Some(mut ecs) => {
+            ecs.limits = limits.clone();
+            ecs.max_queued = opts.max_queued;
+            ecs.heartbeat = heartbeat;
+            ecs.env.extend(
+                builder_env
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with("AWS_"))
+                    .cloned(),
+            );
+            let client = control_rt.block_on(async {
+                let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new(region.clone()))
+                    .load()
+                    .await;
+                aws_sdk_ecs::Client::new(&config)
+            });
+            let (runner, queue) = gitdeploy_api::EcsRunner::new(
+                ecs,
+                client,
+                records.clone(),
+                bus.clone(),
+                secret_drop.clone(),
+                api_metrics.clone(),
+            );
+            (crate::runner_service::Runner::Ecs(runner), queue)
+        }
+        None => {
+            let (runner, queue) = LocalRunner::new(
+                LocalRunnerConfig {
+                    command: vec![exe.into_os_string(), "builder".into()],
+                    env: builder_env,
+                    work_root: dir("work")?,
+                    cache_dir: dir("cache")?,
+                    concurrency: opts.concurrency,
+                    limits: limits.clone(),
+                    archive: Some(origin.clone()),
+                    max_queued: opts.max_queued,
+                    after_kill: Some(Arc::new(|id| {
+                        Box::pin(async move {
+                            gitdeploy_builder::clean_up_after_kill(id.as_str()).await
+                        })
+                    })),
+                    heartbeat,
+                },
+                records.clone(),
+                bus.clone(),
+                api_metrics,
+            );
+            (crate::runner_service::Runner::Local(runner), queue)
+        }
+    };
     let port = opts.listen.port();
-    let public = PublicUrls {
-        scheme: "http".into(),
-        domain: domain.clone(),
-        port: (port != 80).then_some(port),
+    let public = match &opts.serve {
+        Some(serve) => PublicUrls {
+            scheme: serve.public_scheme.clone(),
+            domain: domain.clone(),
+            port: serve.public_port,
+        },
+        None => PublicUrls {
+            scheme: "http".into(),
+            domain: domain.clone(),
+            port: (port != 80).then_some(port),
+        },
     };
     let control_plane = ControlPlane::new(
         ApiConfig {
             public: public.clone(),
-            allowed_repo_schemes: vec![
-                RepoScheme::Https,
-                RepoScheme::Http,
-                RepoScheme::Git,
-                RepoScheme::Local,
-            ],
+            allowed_repo_schemes: match &opts.serve {
+                Some(serve) => serve.repo_schemes.clone(),
+                None => vec![
+                    RepoScheme::Https,
+                    RepoScheme::Http,
+                    RepoScheme::Git,
+                    RepoScheme::Local,
+                ],
+            },
             limits,
             token_sha256: opts.api_token.as_deref().map(token_sha256),
         },

@@ -1,0 +1,564 @@
+//! `gitdeploy serve --config FILE`: production. The same server as `up` (one code path), set up
+//! from a TOML file: state and logs in Redis, an external S3 signed with the task role's
+//! credentials, builds on ECS or local, a required API token. `--check-config` validates a file
+//! and exits. Every key is documented in `deploy/gitdeploy.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Parser;
+use gitdeploy_core::repo::RepoScheme;
+use serde::Deserialize;
+
+use crate::up::{ServeSettings, UpOptions};
+
+/// Options of `gitdeploy serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeOptions {
+    /// The configuration file (see deploy/gitdeploy.toml).
+    #[arg(long, env = "GITDEPLOY_CONFIG")]
+    config: PathBuf,
+    /// Validate the file and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    server: ServerSection,
+    #[serde(default)]
+    api: ApiSection,
+    redis: RedisSection,
+    s3: S3Section,
+    #[serde(default)]
+    cache: CacheSection,
+    #[serde(default)]
+    builds: BuildsSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    listen: SocketAddr,
+    metrics_listen: SocketAddr,
+    domain: String,
+    #[serde(default = "https")]
+    public_scheme: String,
+    #[serde(default)]
+    public_port: Option<u16>,
+    data_dir: PathBuf,
+    #[serde(default = "two")]
+    threads: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiSection {
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    token_env: Option<String>,
+    #[serde(default)]
+    insecure_open: bool,
+    #[serde(default = "https_only")]
+    repo_schemes: Vec<String>,
+    #[serde(default = "hundred")]
+    max_queued: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedisSection {
+    #[serde(default = "redis_env")]
+    url_env: String,
+    #[serde(default = "redis_prefix")]
+    prefix: String,
+    #[serde(default = "week")]
+    log_ttl_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct S3Section {
+    bucket: String,
+    region: String,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    prefix: String,
+    #[serde(default = "aws")]
+    credentials: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheSection {
+    #[serde(default = "mib")]
+    object_max_bytes: u64,
+    #[serde(default = "quarter_gib")]
+    object_total_bytes: u64,
+    #[serde(default = "five_seconds")]
+    alias_ttl_ms: u64,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            object_max_bytes: mib(),
+            object_total_bytes: quarter_gib(),
+            alias_ttl_ms: five_seconds(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildsSection {
+    #[serde(default = "local")]
+    runner: String,
+    #[serde(default = "two")]
+    concurrency: usize,
+    #[serde(default = "fifteen_minutes")]
+    timeout_secs: u64,
+    #[serde(default = "processes")]
+    max_processes: u64,
+    #[serde(default = "gib")]
+    max_output_bytes: u64,
+    #[serde(default)]
+    ecs: Option<EcsSection>,
+}
+
+impl Default for BuildsSection {
+    fn default() -> Self {
+        BuildsSection {
+            runner: local(),
+            concurrency: two(),
+            timeout_secs: fifteen_minutes(),
+            max_processes: processes(),
+            max_output_bytes: gib(),
+            ecs: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EcsSection {
+    cluster: String,
+    task_definition: String,
+    #[serde(default = "builder")]
+    container: String,
+    #[serde(default = "fargate")]
+    launch_type: String,
+    #[serde(default)]
+    capacity_provider: Option<String>,
+    subnets: Vec<String>,
+    security_groups: Vec<String>,
+    #[serde(default)]
+    assign_public_ip: bool,
+    #[serde(default = "five_seconds")]
+    poll_interval_ms: u64,
+    #[serde(default = "five")]
+    run_attempts: u32,
+}
+
+fn https() -> String {
+    "https".into()
+}
+fn https_only() -> Vec<String> {
+    vec!["https".into()]
+}
+fn two() -> usize {
+    2
+}
+fn five() -> u32 {
+    5
+}
+fn hundred() -> usize {
+    100
+}
+fn redis_env() -> String {
+    "GITDEPLOY_REDIS_URL".into()
+}
+fn redis_prefix() -> String {
+    "gitdeploy:".into()
+}
+fn week() -> u64 {
+    7 * 24 * 3600
+}
+fn aws() -> String {
+    "aws".into()
+}
+fn mib() -> u64 {
+    1 << 20
+}
+fn quarter_gib() -> u64 {
+    256 << 20
+}
+fn gib() -> u64 {
+    1 << 30
+}
+fn five_seconds() -> u64 {
+    5000
+}
+fn local() -> String {
+    "local".into()
+}
+fn fifteen_minutes() -> u64 {
+    900
+}
+fn processes() -> u64 {
+    512
+}
+fn builder() -> String {
+    "builder".into()
+}
+fn fargate() -> String {
+    "FARGATE".into()
+}
+
+fn repo_scheme(name: &str) -> Result<RepoScheme, String> {
+    Ok(match name {
+        "https" => RepoScheme::Https,
+        "http" => RepoScheme::Http,
+        "git" => RepoScheme::Git,
+        "ssh" => RepoScheme::Ssh,
+        "file" => RepoScheme::Local,
+        other => {
+            return Err(format!(
+                "api.repo_schemes: unknown scheme {other:?} (https, http, git, ssh, file)"
+            ))
+        }
+    })
+}
+
+impl Config {
+    /// Parses and checks a configuration; the error names the first problem and its key.
+    fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let domain = self
+            .server
+            .domain
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if gitdeploy_core::host::normalize_host(&domain).as_deref() != Some(domain.as_str()) {
+            return Err(format!(
+                "server.domain: {:?} is not a valid host name",
+                self.server.domain
+            ));
+        }
+        if !matches!(self.server.public_scheme.as_str(), "http" | "https") {
+            return Err("server.public_scheme: must be \"http\" or \"https\"".into());
+        }
+        if self.server.threads == 0 {
+            return Err("server.threads: must be at least 1".into());
+        }
+        match (
+            &self.api.token_file,
+            &self.api.token_env,
+            self.api.insecure_open,
+        ) {
+            (Some(_), Some(_), _) => {
+                return Err("api: set token_file or token_env, not both".into())
+            }
+            (None, None, false) => {
+                return Err(
+                    "api: set token_file or token_env (serve does not run an open API unless \
+                     api.insecure_open = true)"
+                        .into(),
+                )
+            }
+            (Some(_) | None, _, true)
+                if self.api.token_file.is_some() || self.api.token_env.is_some() =>
+            {
+                return Err("api: insecure_open = true contradicts a token source".into())
+            }
+            _ => {}
+        }
+        if self.api.repo_schemes.is_empty() {
+            return Err("api.repo_schemes: allow at least one scheme".into());
+        }
+        for scheme in &self.api.repo_schemes {
+            repo_scheme(scheme)?;
+        }
+        if self.api.max_queued == 0 {
+            return Err("api.max_queued: must be at least 1".into());
+        }
+        if self.redis.url_env.trim().is_empty() {
+            return Err("redis.url_env: name the variable that holds the Redis URL".into());
+        }
+        if self.s3.bucket.trim().is_empty() || self.s3.region.trim().is_empty() {
+            return Err("s3: bucket and region are required".into());
+        }
+        if let Some(endpoint) = &self.s3.endpoint {
+            if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+                return Err(format!(
+                    "s3.endpoint: {endpoint:?} must start with https:// or http://"
+                ));
+            }
+        }
+        if !matches!(self.s3.credentials.as_str(), "aws" | "static") {
+            return Err(
+                "s3.credentials: \"aws\" (task role, instance profile, environment) or \
+                 \"static\" (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+                    .into(),
+            );
+        }
+        if self.cache.alias_ttl_ms == 0 || self.cache.alias_ttl_ms > 60_000 {
+            return Err("cache.alias_ttl_ms: between 1 and 60000".into());
+        }
+        if self.builds.concurrency == 0 || self.builds.timeout_secs == 0 {
+            return Err("builds: concurrency and timeout_secs must be at least 1".into());
+        }
+        match (self.builds.runner.as_str(), &self.builds.ecs) {
+            ("local", _) => {}
+            ("ecs", None) => {
+                return Err("builds.runner = \"ecs\" needs a [builds.ecs] table".into())
+            }
+            ("ecs", Some(ecs)) => {
+                for (key, value) in [
+                    ("cluster", &ecs.cluster),
+                    ("task_definition", &ecs.task_definition),
+                    ("container", &ecs.container),
+                ] {
+                    if value.trim().is_empty() {
+                        return Err(format!("builds.ecs.{key}: must not be empty"));
+                    }
+                }
+                if ecs.subnets.is_empty() || ecs.security_groups.is_empty() {
+                    return Err(
+                        "builds.ecs: subnets and security_groups must each name at least one"
+                            .into(),
+                    );
+                }
+                if !matches!(ecs.launch_type.as_str(), "FARGATE" | "EC2" | "EXTERNAL") {
+                    return Err("builds.ecs.launch_type: FARGATE, EC2 or EXTERNAL".into());
+                }
+                if ecs.poll_interval_ms < 100 {
+                    return Err("builds.ecs.poll_interval_ms: at least 100".into());
+                }
+            }
+            (other, _) => {
+                return Err(format!(
+                    "builds.runner: {other:?} is not \"local\" or \"ecs\""
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// The options `up` runs with, given the secrets from the environment and files.
+    fn into_options(self) -> anyhow::Result<UpOptions> {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            up: UpOptions,
+        }
+        let mut opts = Defaults::try_parse_from(["gitdeploy"])
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .up;
+        let token = match (&self.api.token_file, &self.api.token_env) {
+            (Some(path), _) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read api.token_file {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, Some(var)) => Some(
+                std::env::var(var)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .with_context(|| format!("api.token_env: {var} is not set"))?,
+            ),
+            (None, None) => None,
+        };
+        let redis_url = std::env::var(&self.redis.url_env)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .with_context(|| format!("redis.url_env: {} is not set", self.redis.url_env))?;
+        opts.listen = self.server.listen;
+        opts.metrics_listen = self.server.metrics_listen;
+        opts.domain = self.server.domain.clone();
+        opts.data_dir = self.server.data_dir.clone();
+        opts.threads = self.server.threads;
+        opts.api_token = token;
+        opts.insecure_open_api = self.api.insecure_open;
+        opts.max_queued = self.api.max_queued;
+        opts.redis_url = Some(redis_url);
+        opts.redis_prefix = self.redis.prefix.clone();
+        opts.log_ttl = self.redis.log_ttl_secs;
+        opts.s3_endpoint = self.s3.endpoint.clone();
+        opts.s3_bucket = self.s3.bucket.clone();
+        opts.s3_region = self.s3.region.clone();
+        opts.object_cache_max_object_bytes = self.cache.object_max_bytes;
+        opts.object_cache_bytes = self.cache.object_total_bytes;
+        opts.alias_cache_ttl_ms = self.cache.alias_ttl_ms;
+        opts.concurrency = self.builds.concurrency;
+        opts.build_timeout = self.builds.timeout_secs;
+        opts.build_max_processes = self.builds.max_processes;
+        opts.build_max_output_bytes = self.builds.max_output_bytes;
+        let ecs = match (self.builds.runner.as_str(), self.builds.ecs) {
+            ("ecs", Some(ecs)) => Some(gitdeploy_api::EcsRunnerConfig {
+                cluster: ecs.cluster,
+                task_definition: ecs.task_definition,
+                container: ecs.container,
+                capacity_provider: ecs.capacity_provider,
+                launch_type: ecs.launch_type,
+                subnets: ecs.subnets,
+                security_groups: ecs.security_groups,
+                assign_public_ip: ecs.assign_public_ip,
+                env: vec![("GITDEPLOY_REDIS_PREFIX".into(), self.redis.prefix.clone())],
+                concurrency: self.builds.concurrency,
+                max_queued: self.api.max_queued,
+                limits: Default::default(),
+                poll_interval: std::time::Duration::from_millis(ecs.poll_interval_ms),
+                heartbeat: std::time::Duration::from_secs(5),
+                run_attempts: ecs.run_attempts,
+            }),
+            _ => None,
+        };
+        opts.serve = Some(ServeSettings {
+            public_scheme: self.server.public_scheme.clone(),
+            public_port: self.server.public_port,
+            repo_schemes: self
+                .api
+                .repo_schemes
+                .iter()
+                .map(|s| repo_scheme(s))
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?,
+            s3_prefix: self.s3.prefix.clone(),
+            s3_aws_credentials: self.s3.credentials == "aws",
+            ecs,
+        });
+        Ok(opts)
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Config::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Runs `gitdeploy serve`.
+pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
+    let config = load(&opts.config)?;
+    if opts.check_config {
+        println!(
+            "{}: OK (domain {}, {} runner, bucket {}, Redis from ${})",
+            opts.config.display(),
+            config.server.domain,
+            config.builds.runner,
+            config.s3.bucket,
+            config.redis.url_env
+        );
+        return Ok(());
+    }
+    crate::up::run(config.into_options()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+listen = "0.0.0.0:8080"
+metrics_listen = "0.0.0.0:9464"
+domain = "sites.example.com"
+data_dir = "/var/lib/gitdeploy"
+[api]
+token_env = "GITDEPLOY_API_TOKEN"
+[redis]
+[s3]
+bucket = "b"
+region = "eu-west-1"
+"#;
+
+    #[test]
+    fn the_shipped_samples_are_valid() {
+        for sample in [
+            "../deploy/gitdeploy.toml",
+            "../deploy/compose/gitdeploy.toml",
+        ] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(sample);
+            load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        }
+        Config::parse(MINIMAL).unwrap();
+    }
+
+    #[test]
+    fn bad_configs_name_their_problem() {
+        let with = |from: &str, to: &str| MINIMAL.replacen(from, to, 1);
+        let ecs = r#"[builds]
+runner = "ecs"
+[builds.ecs]
+cluster = "c"
+task_definition = "t"
+subnets = ["s"]
+security_groups = []
+"#;
+        for (config, problem) in [
+            (with("sites.example.com", "bad host!"), "server.domain"),
+            (
+                with("token_env = \"GITDEPLOY_API_TOKEN\"", ""),
+                "token_file or token_env",
+            ),
+            (
+                with(
+                    "token_env = \"GITDEPLOY_API_TOKEN\"",
+                    "token_env = \"X\"\ntoken_file = \"/t\"",
+                ),
+                "not both",
+            ),
+            (
+                with("[api]", "[api]\nrepo_schemes = [\"ftp\"]"),
+                "unknown scheme",
+            ),
+            (
+                with(
+                    "region = \"eu-west-1\"",
+                    "region = \"eu-west-1\"\ncredentials = \"magic\"",
+                ),
+                "s3.credentials",
+            ),
+            (
+                with(
+                    "region = \"eu-west-1\"",
+                    "region = \"eu-west-1\"\nendpoint = \"minio:9000\"",
+                ),
+                "s3.endpoint",
+            ),
+            (format!("{MINIMAL}{ecs}"), "security_groups"),
+            (
+                format!("{MINIMAL}[builds]\nrunner = \"ecs\"\n"),
+                "[builds.ecs]",
+            ),
+            (
+                format!("{MINIMAL}[builds]\nrunner = \"k8s\"\n"),
+                "builds.runner",
+            ),
+            (
+                with("[redis]", "[redis]\nurl = \"redis://x\""),
+                "unknown field",
+            ),
+            (
+                with("listen = \"0.0.0.0:8080\"", "listen = \"nope\""),
+                "listen",
+            ),
+        ] {
+            let err = Config::parse(&config)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {config}"));
+            assert!(err.contains(problem), "{problem:?} not in {err:?}");
+        }
+    }
+}

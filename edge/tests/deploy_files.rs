@@ -1,0 +1,247 @@
+//! `deploy/` is what an operator follows to run GitDeploy on AWS; these checks keep it true:
+//! JSON parses and carries what ECS needs, IAM stays least-privilege, Prometheus files pass
+//! promtool, Dockerfiles pass hadolint, every sample configuration passes
+//! `gitdeploy serve --check-config`, and the Compose file points at files that exist.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn json(rel: &str) -> Value {
+    let path = deploy_dir().join(rel);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{rel} is not JSON: {e}"))
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(deploy_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} (scripts/prereqs --test installs it): {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{program} {args:?}:\n{text}");
+    text
+}
+
+#[test]
+fn every_json_file_parses() {
+    for dir in ["ecs", "iam"] {
+        for entry in std::fs::read_dir(deploy_dir().join(dir)).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            assert!(name.ends_with(".json"), "{dir}/{name}");
+            json(&format!("{dir}/{name}"));
+        }
+    }
+}
+
+#[test]
+fn task_definitions_carry_what_ecs_and_gitdeploy_need() {
+    for (file, container) in [
+        ("ecs/builder-task-definition.json", "builder"),
+        ("ecs/edge-task-definition.json", "edge"),
+    ] {
+        let td = json(file);
+        assert_eq!(td["networkMode"], "awsvpc", "{file}");
+        assert!(td["taskRoleArn"].is_string() && td["executionRoleArn"].is_string());
+        let containers = td["containerDefinitions"].as_array().unwrap();
+        assert_eq!(containers.len(), 1, "{file}");
+        let c = &containers[0];
+        assert_eq!(c["name"], container, "{file}");
+        assert!(
+            c["memory"].as_u64().is_some_and(|m| m > 0),
+            "{file}: memory"
+        );
+        assert_eq!(c["logConfiguration"]["logDriver"], "awslogs", "{file}");
+        // Secrets come from SSM, never as plain environment values.
+        for env in c["environment"].as_array().into_iter().flatten() {
+            let name = env["name"].as_str().unwrap();
+            assert!(
+                !name.contains("REDIS_URL") && !name.contains("TOKEN") && !name.contains("SECRET"),
+                "{file}: {name} belongs in secrets"
+            );
+        }
+        assert!(c["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "GITDEPLOY_REDIS_URL"));
+    }
+    let edge = json("ecs/edge-task-definition.json");
+    let health = &edge["containerDefinitions"][0]["healthCheck"]["command"];
+    assert_eq!(health[0], "CMD");
+    assert_eq!(health[2], "health");
+    // The builder's container name is the one the sample configuration overrides.
+    let config = std::fs::read_to_string(deploy_dir().join("gitdeploy.toml")).unwrap();
+    assert!(config.contains("container = \"builder\""));
+    assert!(config.contains("task_definition = \"gitdeploy-builder\""));
+    assert_eq!(
+        json("ecs/builder-task-definition.json")["family"],
+        "gitdeploy-builder"
+    );
+    assert_eq!(
+        json("ecs/edge-service.json")["taskDefinition"],
+        "gitdeploy-edge"
+    );
+}
+
+fn statements(file: &str) -> Vec<Value> {
+    json(file)["Statement"].as_array().unwrap().clone()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a.iter().map(|s| s.as_str().unwrap().to_owned()).collect(),
+        _ => panic!("not a string or list: {v}"),
+    }
+}
+
+#[test]
+fn iam_policies_are_least_privilege() {
+    for file in [
+        "iam/builder-task-policy.json",
+        "iam/edge-task-policy.json",
+        "iam/execution-role-policy.json",
+    ] {
+        for st in statements(file) {
+            assert_eq!(st["Effect"], "Allow", "{file}");
+            for action in strings(&st["Action"]) {
+                assert!(!action.contains('*'), "{file}: wildcard action {action}");
+            }
+            for resource in strings(&st["Resource"]) {
+                // Only ECR's login token has no resource to name.
+                assert!(
+                    resource != "*" || strings(&st["Action"]) == ["ecr:GetAuthorizationToken"],
+                    "{file}: {st}"
+                );
+            }
+        }
+    }
+    // The builder writes sites, manifests and logs, and nothing else.
+    let builder = statements("iam/builder-task-policy.json");
+    let mut actions: Vec<String> = builder.iter().flat_map(|s| strings(&s["Action"])).collect();
+    actions.sort();
+    assert_eq!(actions, ["s3:AbortMultipartUpload", "s3:PutObject"]);
+    let resources: Vec<String> = builder
+        .iter()
+        .flat_map(|s| strings(&s["Resource"]))
+        .collect();
+    for r in &resources {
+        assert!(
+            ["/sites/*", "/manifests/*", "/logs/*"]
+                .iter()
+                .any(|p| r.ends_with(p)),
+            "builder may write {r}"
+        );
+    }
+    // The edge reads, runs/watches/stops tasks, and passes only the builder's roles.
+    let edge = statements("iam/edge-task-policy.json");
+    let edge_actions: Vec<String> = edge.iter().flat_map(|s| strings(&s["Action"])).collect();
+    for needed in [
+        "s3:GetObject",
+        "ecs:RunTask",
+        "ecs:DescribeTasks",
+        "ecs:StopTask",
+        "ecs:ListTasks",
+        "iam:PassRole",
+    ] {
+        assert!(
+            edge_actions.iter().any(|a| a == needed),
+            "edge lacks {needed}"
+        );
+    }
+    assert!(!edge_actions.iter().any(|a| a == "s3:DeleteObject"));
+    let pass = edge
+        .iter()
+        .find(|s| strings(&s["Action"]) == ["iam:PassRole"])
+        .unwrap();
+    assert_eq!(
+        pass["Condition"]["StringEquals"]["iam:PassedToService"],
+        "ecs-tasks.amazonaws.com"
+    );
+}
+
+#[test]
+fn prometheus_files_pass_promtool() {
+    run(
+        "promtool",
+        &["check", "config", "prometheus/prometheus.yml"],
+    );
+    let rules = run("promtool", &["check", "rules", "prometheus/alerts.yml"]);
+    assert!(rules.contains("SUCCESS: 6 rules found"), "{rules}");
+}
+
+#[test]
+fn dockerfiles_pass_hadolint() {
+    run(
+        "hadolint",
+        &[
+            "--failure-threshold",
+            "info",
+            "builder.Dockerfile",
+            "edge.Dockerfile",
+        ],
+    );
+}
+
+#[test]
+fn every_sample_configuration_passes_check_config() {
+    for sample in ["gitdeploy.toml", "compose/gitdeploy.toml"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+            .args(["serve", "--check-config", "--config"])
+            .arg(deploy_dir().join(sample))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(": OK"),
+            "{sample}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A bad file is refused with the key at fault, and nothing starts.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(deploy_dir().join("gitdeploy.toml"))
+        .unwrap()
+        .replace("runner = \"ecs\"", "runner = \"kubernetes\"");
+    std::fs::write(&bad, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+        .args(["serve", "--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("builds.runner"), "{err}");
+}
+
+#[test]
+fn compose_file_refers_to_files_that_exist() {
+    let script = "import yaml, sys\n\
+                  c = yaml.safe_load(open('compose.yaml'))\n\
+                  assert set(c['services']) == {'redis', 's3', 'edge'}, c['services'].keys()\n\
+                  print(c['services']['s3']['build']['dockerfile'])\n\
+                  for v in c['services']['edge']['volumes']:\n\
+                  \x20   print(v.split(':')[0])\n";
+    let out = run("python3", &["-c", script]);
+    let mut lines = out.lines();
+    let dockerfile = lines.next().unwrap();
+    assert!(
+        deploy_dir().join("..").join(dockerfile).is_file(),
+        "{dockerfile}"
+    );
+    for source in lines.filter(|l| l.starts_with("./")) {
+        assert!(deploy_dir().join(source).is_file(), "{source}");
+    }
+}
