@@ -746,10 +746,13 @@ async fn read_logs(
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|seq| seq + 1);
         let since = resume.unwrap_or(0).max(q.since);
-        let follower = cp.bus.follow(&d.id, since).await?;
+        let follower = follow_log(&cp, &d, since).await?;
         return Ok(sse_log(follower).into_response());
     }
-    let records = cp.bus.read(&d.id, q.since).await?;
+    let records = match archived_log(&cp, &d).await? {
+        Some(all) => all.into_iter().filter(|r| r.seq >= q.since).collect(),
+        None => cp.bus.read(&d.id, q.since).await?,
+    };
     let mut body = Vec::new();
     for r in records {
         serde_json::to_writer(&mut body, &r).map_err(ApiError::internal)?;
@@ -769,8 +772,49 @@ async fn follow_logs_ws(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let d = lookup(&cp, &id).await?;
-    let follower = cp.bus.follow(&d.id, q.since).await?;
+    let follower = follow_log(&cp, &d, q.since).await?;
     Ok(ws.on_upgrade(move |socket| stream_log(socket, follower)))
+}
+
+/// The archived log of a finished deployment whose log the bus no longer holds (Redis streams
+/// expire after the build); `None` when the bus has it (or there is no archive).
+async fn archived_log(
+    cp: &ControlPlane,
+    d: &Deployment,
+) -> Result<Option<Vec<gitdeploy_core::LogRecord>>, ApiError> {
+    let Some(archive) = &cp.archive else {
+        return Ok(None);
+    };
+    if !d.status.is_terminal() || !cp.bus.read(&d.id, 0).await?.is_empty() {
+        return Ok(None);
+    }
+    let Some(ndjson) = archive.fetch(&d.id).await.map_err(ApiError::internal)? else {
+        return Ok(None);
+    };
+    let records = ndjson
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(serde_json::from_slice)
+        .collect::<Result<Vec<gitdeploy_core::LogRecord>, _>>()
+        .map_err(ApiError::internal)?;
+    Ok(Some(records))
+}
+
+/// A follower of the deployment's log: live from the bus, or replayed from the archive.
+async fn follow_log(
+    cp: &ControlPlane,
+    d: &Deployment,
+    since: u64,
+) -> Result<crate::logbus::Follower, ApiError> {
+    if let Some(all) = archived_log(cp, d).await? {
+        let rest = all.into_iter().filter(|r| r.seq >= since).collect();
+        return Ok(crate::logbus::Follower::new(
+            Box::new(crate::logbus::ArchivedLog(rest)),
+            since,
+            crate::metrics::ApiMetrics::unregistered(),
+        ));
+    }
+    Ok(cp.bus.follow(&d.id, since).await?)
 }
 
 /// The log as Server-Sent Events: one `log` event per record with `id: <seq>`, ending after the

@@ -92,16 +92,24 @@ pub struct ControlPlane {
     records: Records,
     bus: Arc<dyn LogBus>,
     queue: JobQueue,
+    archive: Option<Arc<dyn LogArchive>>,
 }
 
 impl ControlPlane {
     /// Assembles the control plane from its parts.
-    pub fn new(config: ApiConfig, records: Records, bus: Arc<dyn LogBus>, queue: JobQueue) -> Self {
+    pub fn new(
+        config: ApiConfig,
+        records: Records,
+        bus: Arc<dyn LogBus>,
+        queue: JobQueue,
+        archive: Option<Arc<dyn LogArchive>>,
+    ) -> Self {
         ControlPlane {
             config: Arc::new(config),
             records,
             bus,
             queue,
+            archive,
         }
     }
 

@@ -106,6 +106,16 @@ impl Drop for Follower {
     }
 }
 
+/// A log read back from its archive: the records as they were, then the end.
+pub(crate) struct ArchivedLog(pub(crate) VecDeque<LogRecord>);
+
+#[async_trait]
+impl FollowSource for ArchivedLog {
+    async fn next(&mut self) -> io::Result<Option<LogRecord>> {
+        Ok(self.0.pop_front())
+    }
+}
+
 /// The embedded log bus.
 pub struct FileLogBus {
     inner: Arc<Inner>,

@@ -60,7 +60,8 @@ pub type AfterKill = Arc<
         + Sync,
 >;
 
-/// Where finished build logs are archived (`logs/<id>.ndjson` in the bucket).
+/// Where finished build logs are archived (`logs/<id>.ndjson` in the bucket), and read back
+/// once the log bus no longer holds them (Redis streams expire).
 pub trait LogArchive: Send + Sync {
     /// Stores the complete log of `id` as NDJSON.
     fn archive(
@@ -68,6 +69,14 @@ pub trait LogArchive: Send + Sync {
         id: &DeploymentId,
         ndjson: Vec<u8>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
+
+    /// The archived log of `id`, if there is one.
+    fn fetch(
+        &self,
+        id: &DeploymentId,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Option<Vec<u8>>, String>> + Send + '_>,
+    >;
 }
 
 /// Hands jobs to the runner. Cheap to clone.

@@ -327,6 +327,21 @@ impl gitdeploy_api::LogArchive for S3Origin {
                 .map_err(|e| e.to_string())
         })
     }
+
+    fn fetch(
+        &self,
+        id: &gitdeploy_core::DeploymentId,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Option<Vec<u8>>, String>> + Send + '_>,
+    > {
+        let key = self.layout.log_archive(id);
+        Box::pin(async move {
+            self.get(&key)
+                .await
+                .map(|body| body.map(|b| b.to_vec()))
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 #[cfg(test)]

@@ -451,6 +451,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         records.clone(),
         bus,
         queue,
+        Some(origin.clone() as Arc<dyn gitdeploy_api::LogArchive>),
     );
     let aliases = AliasCache::new(
         records,

@@ -310,3 +310,67 @@ async fn a_build_task_records_its_own_outcome_in_redis() {
         "secrets are read once"
     );
 }
+
+/// Redis keeps a finished log for `--log-ttl` seconds; after that the API serves the S3 archive,
+/// the same records, over NDJSON and the WebSocket alike.
+#[tokio::test]
+async fn expired_logs_are_served_from_the_archive() {
+    let redis = Redis::start();
+    let s3 = S3Server::start();
+    let mut git_server = GitServer::new();
+    git_server.add_repo("site", &[("index.html", "archived")]);
+    git_server.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start_with_env(
+        data.path(),
+        &[
+            "--redis-url",
+            &redis.url,
+            "--s3-endpoint",
+            &s3.endpoint,
+            "--log-ttl",
+            "1",
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", S3_KEY.0),
+            ("AWS_SECRET_ACCESS_KEY", S3_KEY.1),
+        ],
+    )
+    .await;
+    let id = deploy(&gd, json!({"repo": git_server.url("site")})).await;
+    let live = gd.follow(&id, 0).await;
+    assert_complete_log(&live);
+
+    // Wait (bounded) for Redis to drop the stream.
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(format!("gitdeploy:log:{id}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !exists {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the log never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gd.follow(&id, 0).await, live, "WebSocket from the archive");
+    assert_eq!(gd.follow(&id, 2).await, live[2..].to_vec());
+    let ndjson = gd
+        .http()
+        .get(gd.api(&format!("/api/deployments/{id}/logs")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let read: Vec<LogRecord> = ndjson
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(read, live, "NDJSON from the archive");
+}
