@@ -258,6 +258,7 @@ async fn queue_deployment(
         started_unix_ms: None,
         finished_unix_ms: None,
         runner: Some(cp.queue.instance().to_owned()),
+        cancel_requested: false,
     };
     let id = deployment.id.clone();
     cp.bus.create(&id).await?;
@@ -697,22 +698,42 @@ async fn cancel_deployment(
     State(cp): State<ControlPlane>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let d = lookup(&cp, &id).await?;
-    if d.status.is_terminal() || !cp.queue.cancel(&d.id) {
-        return Err(ApiError::conflict(
-            "not_cancelable",
-            format!(
-                "deployment {} is {}; only queued or building deployments can be canceled",
-                d.id,
-                status_name(d.status)
-            ),
-        ));
+    let mut d = lookup(&cp, &id).await?;
+    let canceling = || {
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"id": d.id, "canceling": true})),
+        )
+            .into_response())
+    };
+    if !d.status.is_terminal() && cp.queue.cancel(&d.id) {
+        return canceling();
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"id": d.id, "canceling": true})),
-    )
-        .into_response())
+    // Held by another edge (or an ECS task): its runner stops it at its next heartbeat.
+    if !d.status.is_terminal() {
+        let flagged = cp
+            .records
+            .update(&d.id, |rec| {
+                if !rec.status.is_terminal() {
+                    rec.cancel_requested = true;
+                }
+                Ok::<_, ApiError>(())
+            })
+            .await?;
+        match flagged {
+            Some(rec) if !rec.status.is_terminal() => return canceling(),
+            Some(rec) => d = rec,
+            None => return Err(ApiError::not_found(format!("no deployment {id:?}"))),
+        }
+    }
+    Err(ApiError::conflict(
+        "not_cancelable",
+        format!(
+            "deployment {} is {}; only queued or building deployments can be canceled",
+            d.id,
+            status_name(d.status)
+        ),
+    ))
 }
 
 fn status_name(s: DeploymentStatus) -> String {

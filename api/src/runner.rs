@@ -371,6 +371,10 @@ impl Reconciler<'_> {
         let mut alive: HashMap<String, bool> = HashMap::new();
         alive.insert(self.queue.instance().to_owned(), true);
         for d in store.active().await? {
+            if d.cancel_requested && d.runner.as_deref() == Some(self.queue.instance()) {
+                self.queue.cancel(&d.id);
+                continue;
+            }
             if now_ms().saturating_sub(d.created_unix_ms) < ttl.as_millis() as u64 {
                 continue;
             }
@@ -466,6 +470,9 @@ pub async fn run_single_job(
     let ttl = config.heartbeat * 3;
     let store = records.store().clone();
     let beat = instance.clone();
+    let id = job.deployment.clone();
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let watched = id.clone();
     let heartbeat = tokio::spawn(async move {
         let mut tick = tokio::time::interval(ttl / 3);
         loop {
@@ -473,10 +480,14 @@ pub async fn run_single_job(
             if let Err(e) = store.heartbeat(&beat, ttl.as_millis() as u64).await {
                 tracing::warn!("heartbeat failed: {e}");
             }
+            // A cancel asked on any edge reaches the task here.
+            if let Ok(Some(d)) = store.deployment(&watched).await {
+                if d.value.cancel_requested {
+                    let _ = cancel_tx.send(true);
+                }
+            }
         }
     });
-    let id = job.deployment.clone();
-    let (_cancel_tx, cancel_rx) = watch::channel(false);
     let record = Job::new(&records, &bus, &metrics, id.clone());
     run_job(
         &config,

@@ -60,6 +60,10 @@ pub struct Deployment {
     /// going quiet is how a lost build is noticed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner: Option<String>,
+    /// A cancel was asked on an edge that does not hold the build: the runner that holds it
+    /// stops it at its next heartbeat.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
 }
 
 impl Deployment {
@@ -651,6 +655,7 @@ mod tests {
             started_unix_ms: None,
             finished_unix_ms: None,
             runner: None,
+            cancel_requested: false,
         };
         assert_eq!(d.repo_display(), "https://***@example.com/r");
     }

@@ -238,6 +238,7 @@ impl Platform {
                 started_unix_ms: None,
                 finished_unix_ms: None,
                 runner: Some(queue.instance().to_owned()),
+                cancel_requested: false,
             })
             .await
             .unwrap();

@@ -132,6 +132,7 @@ fn deployment(n: u32, project: Option<&str>, at: u64) -> Deployment {
         started_unix_ms: None,
         finished_unix_ms: None,
         runner: Some("runner-a".into()),
+        cancel_requested: false,
     }
 }
 

@@ -185,6 +185,21 @@ async fn a_lost_runner_fails_its_build_and_an_s3_outage_is_a_502() {
     let a = edge(&redis, &s3, data_a.path()).await;
     let b = edge(&redis, &s3, data_b.path()).await;
 
+    // A cancel asked on B stops a build A runs (at A's next heartbeat).
+    let canceled = deploy(&a, json!({"repo": git_server.url("slow")})).await;
+    wait_for_line(&b, &canceled, "build is waiting").await;
+    let resp = b
+        .http()
+        .post(b.api(&format!("/api/deployments/{canceled}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let log = b.follow(&canceled, 0).await;
+    assert_complete_log(&log);
+    assert_eq!(outcome(&log).status, DeploymentStatus::Canceled, "{log:#?}");
+    assert_eq!(a.status(&canceled).await["status"], "canceled");
+
     // A build on A that will not end by itself; A dies in the middle of it.
     let slow = deploy(&a, json!({"repo": git_server.url("slow")})).await;
     wait_for_line(&b, &slow, "build is waiting").await;
@@ -263,6 +278,7 @@ async fn a_build_task_records_its_own_outcome_in_redis() {
             started_unix_ms: Some(now),
             finished_unix_ms: None,
             runner: None,
+            cancel_requested: false,
         })
         .await
         .unwrap();
