@@ -31,7 +31,8 @@ pub use metrics::ApiMetrics;
 pub use projects::{AliasResolver, Project, ProjectError};
 pub use redis_store::{RedisLogBus, RedisLogSettings, RedisStore};
 pub use runner::{
-    run_single_job, AfterKill, JobQueue, LocalRunner, LocalRunnerConfig, LogArchive, SubmitError,
+    run_single_job, AfterKill, ArchiveFuture, JobQueue, LocalRunner, LocalRunnerConfig, LogArchive,
+    SubmitError,
 };
 pub use store::{Deployment, FileStore, Records, Store};
 

@@ -64,20 +64,15 @@ pub type AfterKill = Arc<
 /// once the log bus no longer holds them (Redis streams expire).
 pub trait LogArchive: Send + Sync {
     /// Stores the complete log of `id` as NDJSON.
-    fn archive(
-        &self,
-        id: &DeploymentId,
-        ndjson: Vec<u8>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
+    fn archive(&self, id: &DeploymentId, ndjson: Vec<u8>) -> ArchiveFuture<'_, ()>;
 
     /// The archived log of `id`, if there is one.
-    fn fetch(
-        &self,
-        id: &DeploymentId,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Option<Vec<u8>>, String>> + Send + '_>,
-    >;
+    fn fetch(&self, id: &DeploymentId) -> ArchiveFuture<'_, Option<Vec<u8>>>;
 }
+
+/// What a [`LogArchive`] answers with.
+pub type ArchiveFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>>;
 
 /// Hands jobs to the runner. Cheap to clone.
 #[derive(Clone)]

@@ -319,7 +319,7 @@ impl gitdeploy_api::LogArchive for S3Origin {
         &self,
         id: &gitdeploy_core::DeploymentId,
         ndjson: Vec<u8>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+    ) -> gitdeploy_api::ArchiveFuture<'_, ()> {
         let key = self.layout.log_archive(id);
         Box::pin(async move {
             self.put(&key, ndjson, "application/x-ndjson")
@@ -331,9 +331,7 @@ impl gitdeploy_api::LogArchive for S3Origin {
     fn fetch(
         &self,
         id: &gitdeploy_core::DeploymentId,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Option<Vec<u8>>, String>> + Send + '_>,
-    > {
+    ) -> gitdeploy_api::ArchiveFuture<'_, Option<Vec<u8>>> {
         let key = self.layout.log_archive(id);
         Box::pin(async move {
             self.get(&key)
