@@ -12,7 +12,8 @@
 //! POST /api/projects               {"name", "repo", "production_branch"?} → 201
 //! GET  /api/projects               projects with their production URL and deployment
 //! GET  /api/projects/{name}        one project and its deployments
-//! PATCH /api/projects/{name}       {"production_branch"?, "build"?, "webhook_secret"?}: settings
+//! PATCH /api/projects/{name}       {"production_branch"?, "build"?, "webhook_secret"?, "deploy_hook"?}
+//! POST /api/hooks/deploy/{name}/{secret}  deploy hook: builds the production branch
 //! POST /api/projects/{name}/promote {"deployment": id}: move production (promote or roll back)
 //! POST /api/projects/{name}/rollback  back to the previous production deployment
 //! GET  /api/health                 liveness
@@ -68,6 +69,7 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
         .route("/api/projects/{name}/promote", post(promote))
         .route("/api/projects/{name}/rollback", post(rollback))
         .route("/api/hooks/github", post(github_hook))
+        .route("/api/hooks/deploy/{name}/{secret}", post(deploy_hook))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
             cp.clone(),
@@ -119,6 +121,7 @@ async fn require_token(
         path,
         "/" | "/api/health" | "/api/openapi.json" | "/api/hooks/github"
     ) || path.starts_with("/assets/")
+        || path.starts_with("/api/hooks/deploy/")
     {
         return next.run(req).await;
     }
@@ -375,6 +378,10 @@ fn project_json(cp: &ControlPlane, p: &Project) -> Value {
         "previous": p.history.last(),
         "build": p.build.without_secret_values(),
         "webhook": p.webhook_secret.is_some(),
+        "deploy_hook_url": p.deploy_hook.as_deref().map(|secret| cp
+            .config
+            .public
+            .api(&format!("/api/hooks/deploy/{}/{secret}", p.name))),
         "created_unix_ms": p.created_unix_ms,
     })
 }
@@ -429,6 +436,7 @@ async fn create_project(State(cp): State<ControlPlane>, body: Bytes) -> Result<R
             history: Vec::new(),
             build: req.build,
             webhook_secret: req.webhook_secret,
+            deploy_hook: None,
             created_unix_ms: now_ms(),
         })
         .await
@@ -485,6 +493,9 @@ struct ProjectUpdate {
     /// A new secret, or `""` to turn webhooks off.
     #[serde(default)]
     webhook_secret: Option<String>,
+    /// `true`: a new deploy hook URL (replacing any earlier one); `false`: none.
+    #[serde(default)]
+    deploy_hook: Option<bool>,
 }
 
 async fn update_project(
@@ -501,6 +512,10 @@ async fn update_project(
         validate_webhook_secret(secret)?;
     }
     let max_timeout = cp.config.limits.timeout_secs;
+    let hook_secret = {
+        use rand::distr::{Alphanumeric, SampleString};
+        Alphanumeric.sample_string(&mut rand::rng(), 32)
+    };
     let project = cp
         .records
         .update_project(&name, |p| {
@@ -515,6 +530,11 @@ async fn update_project(
             }
             if let Some(secret) = req.webhook_secret.clone() {
                 p.webhook_secret = Some(secret).filter(|s| !s.is_empty());
+            }
+            match req.deploy_hook {
+                Some(true) => p.deploy_hook = Some(hook_secret.clone()),
+                Some(false) => p.deploy_hook = None,
+                None => {}
             }
             Ok::<_, ApiError>(())
         })
@@ -691,6 +711,31 @@ async fn github_hook(
         Json(json!({ "deployments": deployments })),
     )
         .into_response())
+}
+
+/// A project's deploy hook: a secret URL (Vercel / Netlify style) that builds the production
+/// branch with the project's settings. An unknown project and a wrong secret look the same.
+async fn deploy_hook(
+    State(cp): State<ControlPlane>,
+    Path((name, secret)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let unknown = || ApiError::not_found("no such deploy hook");
+    let project = cp.records.project(&name).await?.ok_or_else(unknown)?;
+    let expected = project.deploy_hook.as_deref().ok_or_else(unknown)?;
+    if !token_matches(&secret, &token_sha256(expected)) {
+        return Err(unknown());
+    }
+    let d = queue_deployment(
+        &cp,
+        project.repo.clone(),
+        project.production_branch.clone(),
+        Some(project.name.clone()),
+        ServingOptions::default(),
+        project.build.clone(),
+    )
+    .await?;
+    tracing::info!(project = %project.name, id = %d.id, "deploy hook");
+    Ok((StatusCode::ACCEPTED, Json(deployment_json(&cp, &d))).into_response())
 }
 
 /// Cancels a queued or running build.

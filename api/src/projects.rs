@@ -36,6 +36,10 @@ pub struct Project {
     /// Secret GitHub signs push events with; never shown by the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_secret: Option<String>,
+    /// Secret part of the project's deploy hook URL (`POST /api/hooks/deploy/<name>/<secret>`
+    /// builds the production branch), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_hook: Option<String>,
     /// Created at (Unix ms).
     pub created_unix_ms: u64,
 }
@@ -51,6 +55,7 @@ impl Project {
             history: Vec::new(),
             build: BuildSettings::default(),
             webhook_secret: None,
+            deploy_hook: None,
             created_unix_ms: now,
         }
     }

@@ -562,3 +562,65 @@ async fn project_settings_apply_to_deploys_and_secrets_stay_write_only() {
     assert_eq!(project["build"]["env"]["GREETING"], "bonjour");
     assert_eq!(project["build"]["output_dir"], "out");
 }
+
+/// A deploy hook is a secret URL that builds the production branch; without the right secret
+/// it does not exist.
+#[tokio::test]
+async fn deploy_hooks_build_production_and_can_be_revoked() {
+    let mut server = GitServer::new();
+    server.add_repo("hooked", &[("index.html", "from the hook")]);
+    server.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start_with(data.path(), &["--api-token", "a-long-enough-test-token"]).await;
+    let auth = |r: reqwest::RequestBuilder| r.bearer_auth("a-long-enough-test-token");
+    let resp = auth(gd.http().post(gd.api("/api/projects")))
+        .json(&json!({"name": "hooked", "repo": server.url("hooked")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let project: Value = auth(gd.http().patch(gd.api("/api/projects/hooked")))
+        .json(&json!({"deploy_hook": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hook = project["deploy_hook_url"].as_str().unwrap().to_owned();
+    assert!(hook.contains("/api/hooks/deploy/hooked/"), "{hook}");
+
+    // No token needed: the URL is the secret.
+    let resp = gd.http().post(&hook).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let id = body["id"].as_str().unwrap().to_owned();
+    let ws = format!(
+        "ws://127.0.0.1:{}/api/deployments/{id}/logs/ws?access_token=a-long-enough-test-token",
+        gd.port
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws).await.unwrap();
+    use futures_util::StreamExt;
+    while let Some(Ok(msg)) = socket.next().await {
+        if msg.is_close() {
+            break;
+        }
+    }
+    assert_eq!(
+        project_page(&gd, "hooked").await,
+        (200, "from the hook".into())
+    );
+
+    // A wrong secret, an unknown project and a revoked hook are all "no such hook".
+    let wrong = hook.rsplit_once('/').unwrap().0.to_owned() + "/wrong-secret";
+    let unknown = hook.replace("/hooked/", "/nope/");
+    auth(gd.http().patch(gd.api("/api/projects/hooked")))
+        .json(&json!({"deploy_hook": false}))
+        .send()
+        .await
+        .unwrap();
+    for url in [&wrong, &unknown, &hook] {
+        let resp = gd.http().post(url).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{url}");
+    }
+}
