@@ -72,6 +72,7 @@ for i = 1, #KEYS do
     return 0
   end
 end
+local moved = 1
 for i = 1, #KEYS do
   local b = 1 + (i - 1) * 7
   local kind, expect, json, name = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
@@ -93,10 +94,11 @@ for i = 1, #KEYS do
     redis.call('HSET', KEYS[i], 'a', extra)
     if before ~= extra or expect == '0' then
       redis.call('PUBLISH', prefix .. 'aliases', name)
+      moved = 2
     end
   end
 end
-return 1
+return moved
 "#;
 
 const DELETE: &str = r#"
@@ -114,6 +116,7 @@ pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
     aliases: broadcast::Sender<String>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
     commit: Script,
     delete: Script,
 }
@@ -125,15 +128,18 @@ impl RedisStore {
         let client = client(url)?;
         let conn = manager(&client).await?;
         let (aliases, _) = broadcast::channel(256);
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
         tokio::spawn(listen_for_aliases(
             client,
             format!("{prefix}aliases"),
             aliases.downgrade(),
+            generation.clone(),
         ));
         Ok(RedisStore {
             conn,
             prefix: prefix.to_owned(),
             aliases,
+            generation,
             commit: Script::new(COMMIT),
             delete: Script::new(DELETE),
         })
@@ -220,7 +226,9 @@ async fn listen_for_aliases(
     client: redis::Client,
     channel: String,
     tx: broadcast::WeakSender<String>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
 ) {
+    let bump = || generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let mut backoff = Duration::from_millis(100);
     loop {
         match client.get_async_pubsub().await {
@@ -228,12 +236,14 @@ async fn listen_for_aliases(
                 Ok(()) => {
                     backoff = Duration::from_millis(100);
                     let Some(sender) = tx.upgrade() else { return };
+                    bump();
                     let _ = sender.send("*".into());
                     drop(sender);
                     let mut messages = pubsub.on_message();
                     while let Some(msg) = messages.next().await {
                         let Some(sender) = tx.upgrade() else { return };
                         if let Ok(name) = msg.get_payload::<String>() {
+                            bump();
                             let _ = sender.send(name);
                         }
                     }
@@ -340,7 +350,12 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(io_err)?;
-        Ok(applied == 1)
+        if applied == 2 {
+            // This process moved an alias: its caches must not wait for the announcement.
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(applied >= 1)
     }
 
     async fn delete_deployment(&self, id: &DeploymentId, expect: u64) -> io::Result<bool> {
@@ -382,6 +397,10 @@ impl Store for RedisStore {
 
     fn alias_changes(&self) -> broadcast::Receiver<String> {
         self.aliases.subscribe()
+    }
+
+    fn alias_generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

@@ -130,6 +130,10 @@ pub trait Store: Send + Sync + 'static {
     /// Names of projects whose production deployment changed; `"*"` means "any" (sent after a
     /// reconnect, when changes may have been missed).
     fn alias_changes(&self) -> broadcast::Receiver<String>;
+    /// A number that grows with every alias change this process has made or heard of. It
+    /// grows before the commit that moved an alias returns, so a cache that compares it on
+    /// every lookup never serves an alias older than a change this process made.
+    fn alias_generation(&self) -> u64;
 }
 
 /// Attempts at a read-change-commit before giving up (only under heavy contention on one record).
@@ -446,6 +450,7 @@ pub struct FileStore {
     dir: PathBuf,
     state: Mutex<FileState>,
     aliases: broadcast::Sender<String>,
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl FileStore {
@@ -476,6 +481,7 @@ impl FileStore {
                 runners: HashMap::new(),
             }),
             aliases: broadcast::channel(256).0,
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -593,6 +599,8 @@ impl Store for FileStore {
                         },
                     );
                     if moved {
+                        self.generation
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         let _ = self.aliases.send(name);
                     }
                 }
@@ -632,6 +640,10 @@ impl Store for FileStore {
 
     fn alias_changes(&self) -> broadcast::Receiver<String> {
         self.aliases.subscribe()
+    }
+
+    fn alias_generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

@@ -253,7 +253,9 @@ async fn store_contract() {
         assert_eq!(names, ["blog", "site"], "{name}");
 
         // Finishing a build of the production branch promotes it in the same commit, and the
-        // change is announced.
+        // change is announced: at once to this process (the generation grows before the commit
+        // returns), and on the channel.
+        let generation = store.alias_generation();
         let done = records
             .finish(
                 &id(1),
@@ -268,6 +270,10 @@ async fn store_contract() {
         assert_eq!(
             records.project("site").await.unwrap().unwrap().production,
             Some(id(1))
+        );
+        assert!(
+            store.alias_generation() > generation,
+            "{name}: generation did not grow"
         );
         let announced = tokio::time::timeout(Duration::from_secs(10), async {
             loop {

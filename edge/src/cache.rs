@@ -190,52 +190,38 @@ impl ObjectCache {
     }
 }
 
-/// Project aliases (`<project>.<domain>` → its production deployment), cached for a short time
-/// and dropped the moment the store announces a change: from this process, or through Redis
-/// pub/sub from any edge. The time limit is the safety net for a missed announcement.
+/// Project aliases (`<project>.<domain>` → its production deployment), cached for a short time.
+/// Every lookup compares the store's alias generation, which grows the moment this process
+/// moves an alias or hears (Redis pub/sub) that another edge did: a stale entry is fetched
+/// again. The time limit is the safety net for a lost announcement.
 pub struct AliasCache {
-    cache: Cache<String, Option<DeploymentId>>,
+    cache: Cache<String, (u64, Option<DeploymentId>)>,
     records: gitdeploy_api::Records,
 }
 
 impl AliasCache {
-    /// A cache over `records` whose entries live at most `ttl`; the invalidation listener runs
-    /// on `runtime`.
-    pub fn new(
-        records: gitdeploy_api::Records,
-        ttl: std::time::Duration,
-        runtime: &tokio::runtime::Handle,
-    ) -> Arc<Self> {
-        let aliases = Arc::new(AliasCache {
+    /// A cache over `records` whose entries live at most `ttl`.
+    pub fn new(records: gitdeploy_api::Records, ttl: std::time::Duration) -> Arc<Self> {
+        Arc::new(AliasCache {
             cache: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
             records,
-        });
-        let mut changes = aliases.records.store().alias_changes();
-        let weak = Arc::downgrade(&aliases);
-        runtime.spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                let change = changes.recv().await;
-                let Some(aliases) = weak.upgrade() else {
-                    return;
-                };
-                match change {
-                    Ok(name) if name != "*" => aliases.cache.invalidate(&name).await,
-                    Ok(_) | Err(RecvError::Lagged(_)) => aliases.cache.invalidate_all(),
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
-        aliases
+        })
     }
 }
 
 #[async_trait::async_trait]
 impl gitdeploy_api::AliasResolver for AliasCache {
     async fn production(&self, project: &str) -> Option<DeploymentId> {
+        let generation = self.records.store().alias_generation();
+        if let Some((seen, id)) = self.cache.get(project).await {
+            if seen >= generation {
+                return id;
+            }
+            self.cache.invalidate(project).await;
+        }
         let records = self.records.clone();
         let name = project.to_owned();
         let found = self
@@ -244,11 +230,11 @@ impl gitdeploy_api::AliasResolver for AliasCache {
                 records
                     .project(&name)
                     .await
-                    .map(|p| p.and_then(|p| p.production))
+                    .map(|p| (generation, p.and_then(|p| p.production)))
             })
             .await;
         match found {
-            Ok(id) => id,
+            Ok((_, id)) => id,
             Err(e) => {
                 // Not cached: the next request asks again.
                 tracing::warn!(project, "cannot look up the project: {e}");

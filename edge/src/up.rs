@@ -456,7 +456,6 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     let aliases = AliasCache::new(
         records,
         std::time::Duration::from_millis(opts.alias_cache_ttl_ms.max(1)),
-        control_rt.handle(),
     );
 
     // One Pingora server for all of it.
