@@ -5,6 +5,7 @@
 //! POST /deploy                     same (the original route)
 //! GET  /api/deployments            recent deployments, newest first
 //! GET  /api/deployments/{id}       one deployment
+//! DELETE /api/deployments/{id}     remove a finished deployment and its files (not production)
 //! GET  /api/deployments/{id}/logs  NDJSON log records so far (?since=N); with ?follow=1,
 //!                                  Server-Sent Events to the end (resumes after Last-Event-ID)
 //! GET  /api/deployments/{id}/logs/ws  WebSocket: backlog, live lines, final record, close
@@ -57,7 +58,10 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
             post(create_deployment).get(list_deployments),
         )
         .route("/deploy", post(create_deployment))
-        .route("/api/deployments/{id}", get(show_deployment))
+        .route(
+            "/api/deployments/{id}",
+            get(show_deployment).delete(delete_deployment),
+        )
         .route("/api/deployments/{id}/logs", get(read_logs))
         .route("/api/deployments/{id}/cancel", post(cancel_deployment))
         .route("/api/deployments/{id}/logs/ws", get(follow_logs_ws))
@@ -736,6 +740,53 @@ async fn deploy_hook(
     .await?;
     tracing::info!(project = %project.name, id = %d.id, "deploy hook");
     Ok((StatusCode::ACCEPTED, Json(deployment_json(&cp, &d))).into_response())
+}
+
+/// Removes a finished deployment: its files, log and record. Refused while it builds and while
+/// it is its project's production deployment.
+async fn delete_deployment(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let d = lookup(&cp, &id).await?;
+    if !d.status.is_terminal() {
+        return Err(ApiError::conflict(
+            "still_building",
+            format!(
+                "deployment {} is {}: cancel it first",
+                d.id,
+                status_name(d.status)
+            ),
+        ));
+    }
+    if let Some(name) = &d.project {
+        // Out of the project's history, unless it serves production (checked in the same
+        // commit, so a concurrent promote cannot slip in between).
+        cp.records
+            .update_project(name, |p| {
+                if p.production.as_ref() == Some(&d.id) {
+                    return Err(ApiError::conflict(
+                        "is_production",
+                        format!(
+                            "deployment {} serves project {name}: promote another deployment first",
+                            d.id
+                        ),
+                    ));
+                }
+                p.history.retain(|h| h != &d.id);
+                Ok(())
+            })
+            .await?;
+    }
+    if let Some(storage) = &cp.storage {
+        let removed = storage.delete_deployment(&d.id).await.map_err(|e| {
+            ApiError::unavailable(format!("cannot delete the stored files (try again): {e}"))
+        })?;
+        tracing::info!(id = %d.id, objects = removed, "deployment files deleted");
+    }
+    cp.bus.remove(&d.id).await?;
+    cp.records.delete(&d.id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Cancels a queued or running build.

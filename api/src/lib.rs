@@ -32,7 +32,7 @@ pub use projects::{AliasResolver, Project, ProjectError};
 pub use redis_store::{RedisLogBus, RedisLogSettings, RedisStore};
 pub use runner::{
     run_single_job, AfterKill, ArchiveFuture, JobQueue, LocalRunner, LocalRunnerConfig, LogArchive,
-    SubmitError,
+    SiteStorage, SubmitError,
 };
 pub use store::{Deployment, FileStore, Records, Store};
 
@@ -94,6 +94,7 @@ pub struct ControlPlane {
     bus: Arc<dyn LogBus>,
     queue: JobQueue,
     archive: Option<Arc<dyn LogArchive>>,
+    storage: Option<Arc<dyn SiteStorage>>,
 }
 
 impl ControlPlane {
@@ -111,7 +112,14 @@ impl ControlPlane {
             bus,
             queue,
             archive,
+            storage: None,
         }
+    }
+
+    /// Where sites are stored, so deleting a deployment removes its files.
+    pub fn with_site_storage(mut self, storage: Arc<dyn SiteStorage>) -> Self {
+        self.storage = Some(storage);
+        self
     }
 
     /// The HTTP API as an axum router.

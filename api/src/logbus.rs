@@ -49,6 +49,8 @@ pub trait LogBus: Send + Sync + 'static {
     async fn read(&self, id: &DeploymentId, since: u64) -> io::Result<Vec<LogRecord>>;
     /// Follows a log from `since`: backlog first, then live records, ending after the final one.
     async fn follow(&self, id: &DeploymentId, since: u64) -> io::Result<Follower>;
+    /// Forgets a finished log (its deployment is deleted).
+    async fn remove(&self, id: &DeploymentId) -> io::Result<()>;
 }
 
 /// The source behind a [`Follower`].
@@ -184,6 +186,18 @@ impl LogBus for FileLogBus {
 
     async fn read(&self, id: &DeploymentId, since: u64) -> io::Result<Vec<LogRecord>> {
         self.inner.read(id, since)
+    }
+
+    async fn remove(&self, id: &DeploymentId) -> io::Result<()> {
+        self.inner
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        match std::fs::remove_file(self.inner.path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     async fn follow(&self, id: &DeploymentId, since: u64) -> io::Result<Follower> {

@@ -108,6 +108,7 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', prefix .. 'deployments', id)
 if project ~= '' then redis.call('ZREM', prefix .. 'project-deployments:' .. project, id) end
 redis.call('SREM', prefix .. 'active', id)
+redis.call('PUBLISH', prefix .. 'aliases', '-' .. id)
 return 1
 "#;
 
@@ -778,6 +779,18 @@ impl LogBus for RedisLogBus {
 
     async fn read(&self, id: &DeploymentId, since: u64) -> io::Result<Vec<LogRecord>> {
         self.shared.range(id, since).await
+    }
+
+    async fn remove(&self, id: &DeploymentId) -> io::Result<()> {
+        let _: () = redis::pipe()
+            .del(self.shared.key("log", id))
+            .ignore()
+            .del(self.shared.key("log-open", id))
+            .ignore()
+            .query_async(&mut self.shared.conn.clone())
+            .await
+            .map_err(io_err)?;
+        Ok(())
     }
 
     async fn follow(&self, id: &DeploymentId, since: u64) -> io::Result<Follower> {

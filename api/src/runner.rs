@@ -70,6 +70,13 @@ pub trait LogArchive: Send + Sync {
     fn fetch(&self, id: &DeploymentId) -> ArchiveFuture<'_, Option<Vec<u8>>>;
 }
 
+/// Where deployments' files are stored: what deleting a deployment removes.
+pub trait SiteStorage: Send + Sync {
+    /// Removes every stored object of `id` (manifest first, so no edge can load it any more);
+    /// returns how many.
+    fn delete_deployment(&self, id: &DeploymentId) -> ArchiveFuture<'_, u64>;
+}
+
 /// What a [`LogArchive`] answers with.
 pub type ArchiveFuture<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>>;

@@ -127,8 +127,9 @@ pub trait Store: Send + Sync + 'static {
     async fn heartbeat(&self, instance: &str, ttl_ms: u64) -> io::Result<()>;
     /// Whether runner `instance` has sent a heartbeat that has not expired.
     async fn runner_alive(&self, instance: &str) -> io::Result<bool>;
-    /// Names of projects whose production deployment changed; `"*"` means "any" (sent after a
-    /// reconnect, when changes may have been missed).
+    /// Names of projects whose production deployment changed, and `-<id>` for a deleted
+    /// deployment; `"*"` means "anything" (sent after a reconnect, when changes may have been
+    /// missed).
     fn alias_changes(&self) -> broadcast::Receiver<String>;
     /// A number that grows with every alias change this process has made or heard of. It
     /// grows before the commit that moved an alias returns, so a cache that compares it on
@@ -620,6 +621,7 @@ impl Store for FileStore {
             Err(e) => return Err(e),
         }
         state.deployments.remove(id);
+        let _ = self.aliases.send(format!("-{id}"));
         Ok(true)
     }
 

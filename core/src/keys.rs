@@ -38,6 +38,11 @@ impl ObjectLayout {
         format!("{}{}", self.site_file(id, relative), encoding.suffix())
     }
 
+    /// The prefix every site file of a deployment starts with.
+    pub fn site_prefix(&self, id: &DeploymentId) -> String {
+        format!("{}sites/{id}/", self.prefix)
+    }
+
     /// Key of a deployment's manifest.
     pub fn manifest(&self, id: &DeploymentId) -> String {
         format!("{}manifests/{id}.json", self.prefix)

@@ -56,6 +56,16 @@ impl ManifestCache {
         }
     }
 
+    /// Forgets the manifest of `id` (the deployment was deleted).
+    pub async fn invalidate(&self, id: &DeploymentId) {
+        self.cache.invalidate(id).await;
+    }
+
+    /// Forgets every manifest (deletions may have been missed).
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+
     /// The manifest of `id`, from memory or S3.
     pub async fn get(&self, id: &DeploymentId) -> Result<Arc<Manifest>, Arc<ManifestError>> {
         let loaded = std::sync::atomic::AtomicBool::new(false);

@@ -289,6 +289,62 @@ impl S3Origin {
         }
     }
 
+    /// Every key under `prefix` (ListObjectsV2, page by page).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, OriginError> {
+        let scheme = if self.tls { "https" } else { "http" };
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = format!("list-type=2&prefix={}", query_encode(prefix));
+            if let Some(t) = &token {
+                query.push_str(&format!("&continuation-token={}", query_encode(t)));
+            }
+            let path = format!("{}/?{query}", self.bucket_path);
+            let mut req = self.http.get(format!("{scheme}://{}{path}", self.connect));
+            for (name, value) in self.sign("GET", &path)? {
+                req = req.header(name, value);
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| OriginError::Transport(e.to_string()))?;
+            if resp.status().as_u16() != 200 {
+                return Err(OriginError::Status(resp.status().as_u16()));
+            }
+            let xml = resp
+                .text()
+                .await
+                .map_err(|e| OriginError::Transport(e.to_string()))?;
+            keys.extend(xml_values(&xml, "Key"));
+            token = xml_values(&xml, "NextContinuationToken").into_iter().next();
+            let truncated =
+                xml_values(&xml, "IsTruncated").first().map(String::as_str) == Some("true");
+            if !truncated || token.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// Deletes one object (deleting a missing object succeeds).
+    pub async fn delete(&self, key: &str) -> Result<(), OriginError> {
+        let path = self.object_path(key);
+        let scheme = if self.tls { "https" } else { "http" };
+        let mut req = self
+            .http
+            .delete(format!("{scheme}://{}{path}", self.connect));
+        for (name, value) in self.sign("DELETE", &path)? {
+            req = req.header(name, value);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| OriginError::Transport(e.to_string()))?;
+        match resp.status().as_u16() {
+            200 | 204 | 404 => Ok(()),
+            other => Err(OriginError::Status(other)),
+        }
+    }
+
     /// Reads a whole object; `Ok(None)` when it does not exist.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, OriginError> {
         let path = self.object_path(key);
@@ -310,6 +366,93 @@ impl S3Origin {
             404 => Ok(None),
             other => Err(OriginError::Status(other)),
         }
+    }
+}
+
+/// Percent-encodes a query parameter value (RFC 3986 unreserved characters stay).
+fn query_encode(value: &str) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const QUERY: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    utf8_percent_encode(value, QUERY).to_string()
+}
+
+/// The text of every `<tag>…</tag>` in an S3 XML answer, entities decoded.
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find(&close) else { break };
+        out.push(xml_unescape(&after[..end]));
+        rest = &after[end + close.len()..];
+    }
+    out
+}
+
+fn xml_unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let tail = &rest[amp..];
+        let Some(semi) = tail.find(';') else {
+            out.push_str(tail);
+            return out;
+        };
+        let entity = &tail[1..semi];
+        let decoded = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            e if e.starts_with("#x") => u32::from_str_radix(&e[2..], 16)
+                .ok()
+                .and_then(char::from_u32),
+            e if e.starts_with('#') => e[1..].parse().ok().and_then(char::from_u32),
+            _ => None,
+        };
+        match decoded {
+            Some(c) => out.push(c),
+            None => out.push_str(&tail[..=semi]),
+        }
+        rest = &tail[semi + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+impl gitdeploy_api::SiteStorage for S3Origin {
+    fn delete_deployment(
+        &self,
+        id: &gitdeploy_core::DeploymentId,
+    ) -> gitdeploy_api::ArchiveFuture<'_, u64> {
+        let id = id.clone();
+        Box::pin(async move {
+            let fail = |e: OriginError| e.to_string();
+            // The manifest first: from then on no edge can load the deployment.
+            self.delete(&self.layout.manifest(&id))
+                .await
+                .map_err(fail)?;
+            let keys = self
+                .list(&self.layout.site_prefix(&id))
+                .await
+                .map_err(fail)?;
+            let mut deleted = 1;
+            for key in keys {
+                self.delete(&key).await.map_err(fail)?;
+                deleted += 1;
+            }
+            self.delete(&self.layout.log_archive(&id))
+                .await
+                .map_err(fail)?;
+            Ok(deleted + 1)
+        })
     }
 }
 
@@ -345,6 +488,22 @@ impl gitdeploy_api::LogArchive for S3Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xml_values_and_entities() {
+        let xml = "<ListBucketResult><IsTruncated>true</IsTruncated><Contents><Key>sites/a/b&amp;c.html</Key></Contents>\
+                   <Contents><Key>sites/a/&#x3C;x&#62;&lt;&quot;&apos;</Key></Contents>\
+                   <NextContinuationToken>t+1/=</NextContinuationToken></ListBucketResult>";
+        assert_eq!(
+            xml_values(xml, "Key"),
+            ["sites/a/b&c.html", "sites/a/<x><\"'"]
+        );
+        assert_eq!(xml_values(xml, "NextContinuationToken"), ["t+1/="]);
+        assert_eq!(xml_values(xml, "IsTruncated"), ["true"]);
+        assert!(xml_values(xml, "Missing").is_empty());
+        assert_eq!(xml_unescape("a&unknown;b&"), "a&unknown;b&");
+        assert_eq!(query_encode("sites/x y+~"), "sites%2Fx%20y%2B~");
+    }
 
     fn settings(endpoint: Option<&str>) -> OriginSettings {
         OriginSettings {

@@ -18,6 +18,7 @@ use gitdeploy_api::{
 use gitdeploy_core::job::{env, BuildLimits};
 use gitdeploy_core::repo::redact_repo_url;
 use gitdeploy_core::repo::RepoScheme;
+use gitdeploy_core::DeploymentId;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -452,9 +453,10 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         bus,
         queue,
         Some(origin.clone() as Arc<dyn gitdeploy_api::LogArchive>),
-    );
+    )
+    .with_site_storage(origin.clone());
     let aliases = AliasCache::new(
-        records,
+        records.clone(),
         std::time::Duration::from_millis(opts.alias_cache_ttl_ms.max(1)),
     );
 
@@ -497,6 +499,30 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         64 << 20,
         edge_metrics.clone(),
     ));
+    // A deleted deployment leaves every edge's manifest cache (its objects then age out: nothing
+    // reaches them without a manifest).
+    {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut changes = records.store().alias_changes();
+        let manifests = Arc::downgrade(&manifests);
+        control_rt.spawn(async move {
+            loop {
+                let change = changes.recv().await;
+                let Some(manifests) = manifests.upgrade() else {
+                    return;
+                };
+                match change {
+                    Ok(m) => match m.strip_prefix('-').and_then(DeploymentId::parse) {
+                        Some(id) => manifests.invalidate(&id).await,
+                        None if m == "*" => manifests.invalidate_all(),
+                        None => {}
+                    },
+                    Err(RecvError::Lagged(_)) => manifests.invalidate_all(),
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    }
     let objects = Arc::new(ObjectCache::new(
         opts.object_cache_max_object_bytes,
         opts.object_cache_bytes,

@@ -624,3 +624,81 @@ async fn deploy_hooks_build_production_and_can_be_revoked() {
         assert_eq!(resp.status(), 404, "{url}");
     }
 }
+
+/// Deleting a deployment removes its files, log and record; production and running builds are
+/// refused.
+#[tokio::test]
+async fn deleting_deployments() {
+    let mut server = GitServer::new();
+    let repo = server.add_repo("del", &[("index.html", "one"), ("a/b.txt", "deep")]);
+    server.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start(data.path()).await;
+    let url = server.url("del");
+    let (first, _) = deploy_and_wait(&gd, json!({"repo": url, "project": "del"})).await;
+    std::fs::write(repo.join("index.html"), "two").unwrap();
+    git(&repo, &["commit", "-qam", "two"]);
+    let (second, _) = deploy_and_wait(&gd, json!({"repo": url, "project": "del"})).await;
+    let delete = |id: &str| {
+        gd.http()
+            .delete(gd.api(&format!("/api/deployments/{id}")))
+            .send()
+    };
+
+    let resp = delete(&second).await.unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "is_production");
+
+    let files = |id: &str| {
+        walk(&data.path().join("s3"))
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(id))
+            .count()
+    };
+    assert!(
+        files(&first) >= 3,
+        "site files, manifest and log archive are stored"
+    );
+    assert_eq!(delete(&first).await.unwrap().status(), 204);
+    assert_eq!(
+        files(&first),
+        0,
+        "every stored object of the deployment is gone"
+    );
+    assert_eq!(gd.status_code(&first).await, 404);
+    assert_eq!(delete(&first).await.unwrap().status(), 404);
+    // The site is gone (the edge's cached manifest is dropped at once or within moments).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gd
+        .site(Method::GET, &first, "/")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 404
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deleted site still served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Rollback no longer finds it; production is untouched.
+    let (status, _) = post(&gd, "/api/projects/del/rollback", json!({})).await;
+    assert_eq!(status, 409);
+    assert_eq!(project_page(&gd, "del").await, (200, "two".into()));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

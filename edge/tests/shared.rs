@@ -130,6 +130,24 @@ async fn two_edges_share_deployments_logs_and_aliases() {
     };
     assert_eq!(list(&a).await, [v2.clone(), v1.clone()]);
     assert_eq!(list(&b).await, list(&a).await);
+
+    // Deleting on A: B, which had v1's manifest cached, stops serving it.
+    let resp = a
+        .http()
+        .delete(a.api(&format!("/api/deployments/{v1}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let start = Instant::now();
+    while page(&b, &v1, "/").await.0 != 404 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "B still serves v1"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(list(&b).await, [v2.clone()]);
 }
 
 /// Reads the log WebSocket until a line containing `needle` arrives.

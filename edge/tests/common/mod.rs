@@ -291,6 +291,17 @@ impl Gitdeploy {
             .unwrap()
     }
 
+    /// The HTTP status of a deployment's record.
+    pub async fn status_code(&self, id: &str) -> u16 {
+        self.http
+            .get(self.api(&format!("/api/deployments/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// A request to a site: `Host: <label>.localhost`.
     pub fn site(
         &self,
