@@ -147,7 +147,7 @@ async fn two_edges_share_deployments_logs_and_aliases() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(list(&b).await, [v2.clone()]);
+    assert_eq!(list(&b).await, vec![v2]);
 }
 
 /// Reads the log WebSocket until a line containing `needle` arrives.
