@@ -11,6 +11,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -48,6 +49,13 @@ impl ApiError {
         Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message)
     }
 
+    /// 429: this client is over its rate; it may try again in `seconds`.
+    pub fn too_many_retry(message: impl Into<String>, seconds: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        e.retry_after = Some(seconds);
+        e
+    }
+
     /// 500: our fault; the detail goes to the server log, not to the client.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!("internal error: {detail}");
@@ -68,6 +76,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -77,13 +86,18 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         let mut resp = (self.status, Json(body)).into_response();
         let extra = match self.status {
-            StatusCode::TOO_MANY_REQUESTS => Some(("retry-after", "30")),
-            StatusCode::UNAUTHORIZED => Some(("www-authenticate", "Bearer")),
+            StatusCode::TOO_MANY_REQUESTS => Some((
+                "retry-after",
+                axum::http::HeaderValue::from(self.retry_after.unwrap_or(30)),
+            )),
+            StatusCode::UNAUTHORIZED => Some((
+                "www-authenticate",
+                axum::http::HeaderValue::from_static("Bearer"),
+            )),
             _ => None,
         };
         if let Some((name, value)) = extra {
-            resp.headers_mut()
-                .insert(name, axum::http::HeaderValue::from_static(value));
+            resp.headers_mut().insert(name, value);
         }
         resp
     }

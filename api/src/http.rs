@@ -75,6 +75,7 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
         .route("/api/hooks/github", post(github_hook))
         .route("/api/hooks/deploy/{name}/{secret}", post(deploy_hook))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn_with_state(cp.clone(), limit_rate))
         .layer(axum::middleware::from_fn_with_state(
             cp.clone(),
             require_token,
@@ -148,6 +149,32 @@ async fn require_token(
         Some(token) if token_matches(&token, &expected) => next.run(req).await,
         _ => ApiError::unauthorized().into_response(),
     }
+}
+
+/// Mutations and log streams count against the client's rate (reads of state do not).
+async fn limit_rate(
+    State(cp): State<ControlPlane>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let costly = req.method() != axum::http::Method::GET
+        || (req.uri().path().ends_with("/logs/ws")
+            || req.uri().query().is_some_and(|q| q.contains("follow=")));
+    let client = req
+        .extensions()
+        .get::<crate::ratelimit::ClientAddr>()
+        .copied();
+    if let (true, Some(limiter), Some(client)) = (costly, &cp.limiter, client) {
+        if let Err(wait) = limiter.check(client.0, std::time::Instant::now()) {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            return ApiError::too_many_retry(
+                format!("too many requests from {}: slow down", client.0),
+                secs,
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// SHA-256 of a token, as the configuration keeps it.

@@ -12,6 +12,7 @@ mod http;
 pub mod logbus;
 pub mod metrics;
 pub mod projects;
+pub mod ratelimit;
 pub mod redis_store;
 pub mod runner;
 pub mod store;
@@ -84,6 +85,8 @@ pub struct ApiConfig {
     pub limits: BuildLimits,
     /// SHA-256 of the API token; `None` runs the API open (every request allowed).
     pub token_sha256: Option<[u8; 32]>,
+    /// Per-client limit on mutations and log streams; `None` for no limit.
+    pub rate_limit: Option<ratelimit::RateLimit>,
 }
 
 /// The control plane's shared state: stores, log bus, job queue and settings.
@@ -95,6 +98,7 @@ pub struct ControlPlane {
     queue: JobQueue,
     archive: Option<Arc<dyn LogArchive>>,
     storage: Option<Arc<dyn SiteStorage>>,
+    limiter: Option<Arc<ratelimit::Limiter>>,
 }
 
 impl ControlPlane {
@@ -106,8 +110,12 @@ impl ControlPlane {
         queue: JobQueue,
         archive: Option<Arc<dyn LogArchive>>,
     ) -> Self {
+        let limiter = config
+            .rate_limit
+            .map(|limit| Arc::new(ratelimit::Limiter::new(limit)));
         ControlPlane {
             config: Arc::new(config),
+            limiter,
             records,
             bus,
             queue,

@@ -21,6 +21,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::control::serve_http;
 use crate::sites::{HostRules, SitesProxy};
+use pingora_core::protocols::GetSocketDigest;
 
 /// Largest request head read to decide the route.
 const MAX_HEAD: usize = 16 * 1024;
@@ -98,7 +99,10 @@ impl ServerApp for PublicApp {
             .and_then(normalize_host)
             .map(|h| route_host(&h, &self.hosts.domain, &self.hosts.control_hosts));
         if route == Some(HostRoute::ControlPlane) {
-            serve_http(self.api.clone(), l4, shutdown).await;
+            let peer = l4
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+            serve_http(self.api.clone(), l4, peer, shutdown).await;
             return None;
         }
         self.proxy.process_new(l4, shutdown).await

@@ -66,6 +66,10 @@ struct ApiSection {
     repo_schemes: Vec<String>,
     #[serde(default = "hundred")]
     max_queued: usize,
+    #[serde(default = "sixty")]
+    rate_burst: u32,
+    #[serde(default = "two_per_second")]
+    rate_per_second: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +183,12 @@ fn five() -> u32 {
 fn hundred() -> usize {
     100
 }
+fn sixty() -> u32 {
+    60
+}
+fn two_per_second() -> f64 {
+    2.0
+}
 fn redis_env() -> String {
     "GITDEPLOY_REDIS_URL".into()
 }
@@ -288,6 +298,9 @@ impl Config {
         for scheme in &self.api.repo_schemes {
             repo_scheme(scheme)?;
         }
+        if self.api.rate_per_second < 0.0 || self.api.rate_burst == 0 {
+            return Err("api: rate_burst must be at least 1 and rate_per_second at least 0".into());
+        }
         if self.api.max_queued == 0 {
             return Err("api.max_queued: must be at least 1".into());
         }
@@ -391,6 +404,8 @@ impl Config {
         opts.api_token = token;
         opts.insecure_open_api = self.api.insecure_open;
         opts.max_queued = self.api.max_queued;
+        opts.api_rate_burst = self.api.rate_burst;
+        opts.api_rate_per_second = self.api.rate_per_second;
         opts.redis_url = Some(redis_url);
         opts.redis_prefix = self.redis.prefix.clone();
         opts.log_ttl = self.redis.log_ttl_secs;

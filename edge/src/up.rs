@@ -113,6 +113,13 @@ pub struct UpOptions {
     /// is the limit when an announcement is lost).
     #[arg(long, default_value_t = 5000)]
     pub(crate) alias_cache_ttl_ms: u64,
+    /// API requests that cost (deploys and other changes, log streams) one client may make at
+    /// once.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) api_rate_burst: u32,
+    /// Such requests per second a client earns back (0 turns the limit off).
+    #[arg(long, default_value_t = 2.0)]
+    pub(crate) api_rate_per_second: f64,
     /// How often the runner sends its heartbeat and settles builds of stopped runners, in ms.
     #[arg(long, default_value_t = 5000, hide = true)]
     pub(crate) heartbeat_interval_ms: u64,
@@ -448,6 +455,12 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
             },
             limits,
             token_sha256: opts.api_token.as_deref().map(token_sha256),
+            rate_limit: (opts.api_rate_per_second > 0.0).then_some(
+                gitdeploy_api::ratelimit::RateLimit {
+                    burst: opts.api_rate_burst,
+                    per_second: opts.api_rate_per_second,
+                },
+            ),
         },
         records.clone(),
         bus,

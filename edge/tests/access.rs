@@ -224,3 +224,49 @@ async fn an_open_api_is_refused_off_loopback_and_a_full_queue_answers_429() {
     assert_eq!(err["error"]["code"], "queue_full");
     assert_eq!(gd.metric("gitdeploy_build_queue_depth").await, 1.0);
 }
+
+/// Requests that cost (changes, log streams) are limited per client: over the rate, 429 with
+/// Retry-After; reads and other clients are unaffected.
+#[tokio::test]
+async fn each_client_is_held_to_its_rate() {
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start_with(
+        data.path(),
+        &["--api-rate-burst", "3", "--api-rate-per-second", "0.01"],
+    )
+    .await;
+    let deploy = |client: Option<&'static str>| {
+        let mut req = gd
+            .http()
+            .post(gd.api("/api/deployments"))
+            .json(&json!({"repo": "ftp://nowhere"}));
+        if let Some(ip) = client {
+            // The test's connection comes from loopback, a proxy the edge trusts.
+            req = req.header("x-forwarded-for", ip);
+        }
+        req.send()
+    };
+    for _ in 0..3 {
+        // Refused input costs too (it is work for the server).
+        assert_eq!(deploy(None).await.unwrap().status(), 400);
+    }
+    let limited = deploy(None).await.unwrap();
+    assert_eq!(limited.status(), 429);
+    let wait: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=100).contains(&wait), "{wait}");
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Reads are free; another client has its own budget.
+    let list = gd
+        .http()
+        .get(gd.api("/api/deployments"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), 200);
+    assert_eq!(deploy(Some("198.51.100.7")).await.unwrap().status(), 400);
+}
