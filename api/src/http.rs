@@ -15,6 +15,7 @@
 //! GET  /api/projects/{name}        one project and its deployments
 //! PATCH /api/projects/{name}       {"production_branch"?, "build"?, "webhook_secret"?, "deploy_hook"?}
 //! POST /api/hooks/deploy/{name}/{secret}  deploy hook: builds the production branch
+//! DELETE /api/projects/{name}      remove a project (its deployments stay at their own URLs)
 //! POST /api/projects/{name}/promote {"deployment": id}: move production (promote or roll back)
 //! POST /api/projects/{name}/rollback  back to the previous production deployment
 //! GET  /api/health                 liveness
@@ -68,7 +69,9 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
         .route("/api/projects", post(create_project).get(list_projects))
         .route(
             "/api/projects/{name}",
-            get(show_project).patch(update_project),
+            get(show_project)
+                .patch(update_project)
+                .delete(delete_project),
         )
         .route("/api/projects/{name}/promote", post(promote))
         .route("/api/projects/{name}/rollback", post(rollback))
@@ -573,6 +576,19 @@ async fn update_project(
         .ok_or_else(|| ApiError::not_found(format!("no project {name:?}")))?;
     tracing::info!(project = %name, "settings changed");
     Ok(Json(project_json(&cp, &project)))
+}
+
+/// Removes a project: `<name>.<domain>` stops resolving at once on every edge; its deployments
+/// stay, served at their own addresses, until they are deleted.
+async fn delete_project(
+    State(cp): State<ControlPlane>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    if !cp.records.delete_project(&name).await? {
+        return Err(ApiError::not_found(format!("no project {name:?}")));
+    }
+    tracing::info!(project = %name, "project deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]

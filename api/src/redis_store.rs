@@ -112,6 +112,15 @@ redis.call('PUBLISH', prefix .. 'aliases', '-' .. id)
 return 1
 "#;
 
+const DELETE_PROJECT: &str = r#"
+local prefix, expect, name = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HGET', KEYS[1], 'v') ~= expect then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', prefix .. 'projects', name)
+redis.call('PUBLISH', prefix .. 'aliases', name)
+return 1
+"#;
+
 /// The production [`Store`].
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -120,6 +129,7 @@ pub struct RedisStore {
     generation: Arc<std::sync::atomic::AtomicU64>,
     commit: Script,
     delete: Script,
+    delete_project: Script,
 }
 
 impl RedisStore {
@@ -143,6 +153,7 @@ impl RedisStore {
             generation,
             commit: Script::new(COMMIT),
             delete: Script::new(DELETE),
+            delete_project: Script::new(DELETE_PROJECT),
         })
     }
 
@@ -373,6 +384,23 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(io_err)?;
+        Ok(deleted == 1)
+    }
+
+    async fn delete_project(&self, name: &str, expect: u64) -> io::Result<bool> {
+        let deleted: i64 = self
+            .delete_project
+            .key(self.key("p", name))
+            .arg(&self.prefix)
+            .arg(expect)
+            .arg(name)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(io_err)?;
+        if deleted == 1 {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         Ok(deleted == 1)
     }
 

@@ -123,6 +123,8 @@ pub trait Store: Send + Sync + 'static {
     async fn commit(&self, writes: Vec<Write>) -> io::Result<bool>;
     /// Removes a deployment still at version `expect`.
     async fn delete_deployment(&self, id: &DeploymentId, expect: u64) -> io::Result<bool>;
+    /// Removes a project still at version `expect` (its alias stops resolving at once).
+    async fn delete_project(&self, name: &str, expect: u64) -> io::Result<bool>;
     /// Records that runner `instance` is alive for the next `ttl_ms`.
     async fn heartbeat(&self, instance: &str, ttl_ms: u64) -> io::Result<()>;
     /// Whether runner `instance` has sent a heartbeat that has not expired.
@@ -274,6 +276,20 @@ impl Records {
                 return Ok(false);
             };
             if self.store.delete_deployment(id, current.version).await? {
+                return Ok(true);
+            }
+        }
+        Err(contention())
+    }
+
+    /// Removes a project (its deployments stay, at their own addresses); `false` when there is
+    /// no such project.
+    pub async fn delete_project(&self, name: &str) -> io::Result<bool> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(current) = self.store.project(name).await? else {
+                return Ok(false);
+            };
+            if self.store.delete_project(name, current.version).await? {
                 return Ok(true);
             }
         }
@@ -622,6 +638,23 @@ impl Store for FileStore {
         }
         state.deployments.remove(id);
         let _ = self.aliases.send(format!("-{id}"));
+        Ok(true)
+    }
+
+    async fn delete_project(&self, name: &str, expect: u64) -> io::Result<bool> {
+        let mut state = self.state();
+        if state.projects.get(name).map_or(0, |v| v.version) != expect {
+            return Ok(false);
+        }
+        match std::fs::remove_file(self.dir.join("projects").join(format!("{name}.json"))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        state.projects.remove(name);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.aliases.send(name.to_owned());
         Ok(true)
     }
 

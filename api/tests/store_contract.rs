@@ -336,6 +336,23 @@ async fn store_contract() {
         );
         assert!(!ids(&store.active().await.unwrap()).contains(&id(3)));
 
+        // Deleting a project removes it and announces it.
+        let generation = store.alias_generation();
+        records
+            .create_project(Project::new("gone", "https://example.com/g", None, 9))
+            .await
+            .unwrap();
+        assert!(records.delete_project("gone").await.unwrap(), "{name}");
+        assert!(!records.delete_project("gone").await.unwrap());
+        assert!(records.project("gone").await.unwrap().is_none());
+        assert!(store.alias_generation() > generation, "{name}");
+        assert!(!records
+            .projects()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.name == "gone"));
+
         // Heartbeats expire.
         store.heartbeat("runner-a", 60_000).await.unwrap();
         store.heartbeat("runner-b", 1).await.unwrap();

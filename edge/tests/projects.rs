@@ -688,6 +688,25 @@ async fn deleting_deployments() {
     let (status, _) = post(&gd, "/api/projects/del/rollback", json!({})).await;
     assert_eq!(status, 409);
     assert_eq!(project_page(&gd, "del").await, (200, "two".into()));
+
+    // Deleting the project: its URL is gone at once, its deployment stays at its own address.
+    let resp = gd
+        .http()
+        .delete(gd.api("/api/projects/del"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(project_page(&gd, "del").await.0, 404);
+    let own = gd.site(Method::GET, &second, "/").send().await.unwrap();
+    assert_eq!(own.text().await.unwrap(), "two");
+    let resp = gd
+        .http()
+        .delete(gd.api("/api/projects/del"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
