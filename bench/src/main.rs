@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! apt-get install nginx wrk
-//! cargo run --release -p gitdeploy-bench -- all        # or: hot, cold, revalidate, large
+//! cargo run --release -p gitdeploy-bench -- all   # or: hot, cold, revalidate, large, node, deploy
 //! ```
 
 mod load;
@@ -19,7 +19,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
 use crate::load::{wrk, Load, WrkResult};
-use crate::peers::{Edge, Nginx};
+use crate::peers::{Edge, Nginx, NodeProxy};
 
 #[derive(Parser)]
 #[command(about = "Benchmark the GitDeploy edge against nginx")]
@@ -42,6 +42,10 @@ enum Scenario {
     Cold,
     Revalidate,
     Large,
+    /// The original design's Node http-proxy (no cache) against the edge.
+    Node,
+    /// Time from deploy request to ready for 10, 100 and 1,000 files.
+    Deploy,
 }
 
 /// One row of a results table.
@@ -129,6 +133,53 @@ async fn main() -> anyhow::Result<()> {
             });
         }
     }
+    if run(Scenario::Node) {
+        let edge = Edge::start(&gitdeploy, &[]).await?;
+        let id = edge.deploy(&site).await?;
+        let nginx = Nginx::start_static(&site.root)?;
+        let node = NodeProxy::start(&nginx.addr)?;
+        let host = format!("{id}.localhost");
+        let small = Load::new(site.small_paths(), dur, opts.connections).with_encoding("identity");
+        wrk(&edge.addr, &host, &small)?;
+        edge.reset_peak_rss();
+        let result = wrk(&edge.addr, &host, &small)?;
+        rows.push(Row {
+            scenario: "original design vs edge",
+            server: "gitdeploy edge (warm cache)".into(),
+            result,
+            peak_rss_kib: edge.peak_rss_kib(),
+        });
+        let result = wrk(&node.addr, &host, &small)?;
+        rows.push(Row {
+            scenario: "original design vs edge",
+            server: "Node http-proxy → bucket (nginx), no cache".into(),
+            result,
+            peak_rss_kib: None,
+        });
+    }
+    let mut deploys = Vec::new();
+    if run(Scenario::Deploy) {
+        let edge = Edge::start(&gitdeploy, &[]).await?;
+        for n in [10usize, 100, 1000] {
+            let files = site::Files::create(n)?;
+            let mut runs = Vec::new();
+            for _ in 0..3 {
+                let (wall, record) = edge.timed_deploy(&files.root).await?;
+                let id = record["id"].as_str().unwrap_or_default().to_owned();
+                let log = edge.log(&id).await?;
+                runs.push((wall, upload_seconds(&log)));
+            }
+            runs.sort_by_key(|r| r.0);
+            let (wall, upload) = runs[runs.len() / 2];
+            deploys.push(DeployRow {
+                files: n + 1,
+                bytes: files.bytes,
+                wall,
+                upload,
+            });
+        }
+    }
+
     if run(Scenario::Cold) {
         let edge = Edge::start(&gitdeploy, &["--object-cache-max-object-bytes", "0"]).await?;
         let id = edge.deploy(&site).await?;
@@ -151,7 +202,10 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let report = render(&opts, &rows)?;
+    let mut report = render(&opts, &rows)?;
+    if !deploys.is_empty() {
+        report.push_str(&render_deploys(&deploys)?);
+    }
     println!("{report}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
     std::fs::create_dir_all(&dir)?;
@@ -168,6 +222,60 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(dir.join(&name), &report)
         .with_context(|| format!("writing bench/results/{name}"))?;
     Ok(())
+}
+
+/// One size of the deploy-overhead scenario (median of three deploys).
+struct DeployRow {
+    files: usize,
+    bytes: u64,
+    wall: Duration,
+    upload: Option<f64>,
+}
+
+/// Seconds the upload took, from the builder's "Uploaded ... in Xs" line.
+fn upload_seconds(log: &[serde_json::Value]) -> Option<f64> {
+    log.iter()
+        .filter_map(|r| r["line"].as_str())
+        .find(|l| l.starts_with("Uploaded "))
+        .and_then(|l| l.rsplit(" in ").next())
+        .and_then(|t| t.trim_end_matches('s').parse().ok())
+}
+
+fn render_deploys(rows: &[DeployRow]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\n## Deploy overhead\n\nA static site (no build command, so everything measured is \
+         GitDeploy's own work: queue, clone, collect, precompress, upload, manifest, records), \
+         median of 3 deploys, from `POST /api/deployments` to the API reporting `ready`.\n"
+    )?;
+    writeln!(
+        out,
+        "| files | bytes | request → ready | upload | upload throughput |"
+    )?;
+    writeln!(out, "|---:|---:|---:|---:|---:|")?;
+    for r in rows {
+        let upload = r.upload.map(|s| format!("{s:.2} s")).unwrap_or("-".into());
+        let rate = r
+            .upload
+            .filter(|s| *s > 0.0)
+            .map(|s| {
+                format!(
+                    "{:.1} MB/s, {:.0} files/s",
+                    r.bytes as f64 / s / 1e6,
+                    r.files as f64 / s
+                )
+            })
+            .unwrap_or("-".into());
+        writeln!(
+            out,
+            "| {} | {} KiB | {} ms | {upload} | {rate} |",
+            r.files,
+            r.bytes / 1024,
+            r.wall.as_millis()
+        )?;
+    }
+    Ok(out)
 }
 
 fn render(opts: &Opts, rows: &[Row]) -> anyhow::Result<String> {

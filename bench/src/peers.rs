@@ -123,6 +123,54 @@ impl Edge {
         }
     }
 
+    /// Deploys the repository at `repo`; returns the time from the request to the moment the
+    /// API reports it ready, and the deployment's record.
+    pub async fn timed_deploy(&self, repo: &Path) -> anyhow::Result<(Duration, serde_json::Value)> {
+        let start = Instant::now();
+        let answer: serde_json::Value = self
+            .http
+            .post(format!("http://{}/api/deployments", self.addr))
+            .json(&serde_json::json!({ "repo": repo }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = answer["id"]
+            .as_str()
+            .context("no deployment id")?
+            .to_owned();
+        loop {
+            let status: serde_json::Value = self
+                .http
+                .get(format!("http://{}/api/deployments/{id}", self.addr))
+                .send()
+                .await?
+                .json()
+                .await?;
+            match status["status"].as_str() {
+                Some("ready") => return Ok((start.elapsed(), status)),
+                Some("failed") => bail!("the deploy failed: {}", status["error"]),
+                _ if start.elapsed() > Duration::from_secs(300) => bail!("no deploy in 5 min"),
+                _ => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+
+    /// The complete build log of `id` (NDJSON records).
+    pub async fn log(&self, id: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let text = self
+            .http
+            .get(format!("http://{}/api/deployments/{id}/logs", self.addr))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+
     /// The current ETag of each path (identity representation).
     pub async fn etags(&self, host: &str, paths: &[String]) -> anyhow::Result<Vec<String>> {
         let mut etags = Vec::new();
@@ -284,4 +332,48 @@ pub fn versions() -> String {
             .next()
             .unwrap_or("")
     )
+}
+
+/// The original design's edge: a Node http-proxy forwarding every request, no cache
+/// (`bench/node/proxy.js`, installed with `npm ci`). Given keep-alive to its upstream, which
+/// the original did not have: a charitable baseline.
+pub struct NodeProxy {
+    /// `127.0.0.1:port`.
+    pub addr: String,
+    child: Child,
+}
+
+impl NodeProxy {
+    /// Starts the proxy in front of `target` (`127.0.0.1:port`).
+    pub fn start(target: &str) -> anyhow::Result<Self> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefer-offline"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .context("npm")?;
+        if !status.success() {
+            bail!("npm ci in bench/node failed");
+        }
+        let port = free_port()?;
+        let child = Command::new("node")
+            .arg("proxy.js")
+            .current_dir(&dir)
+            .env("PORT", port.to_string())
+            .env("TARGET", format!("http://{target}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting node")?;
+        let addr = format!("127.0.0.1:{port}");
+        wait_until("node proxy", || std::net::TcpStream::connect(&addr).is_ok())?;
+        Ok(NodeProxy { addr, child })
+    }
+}
+
+impl Drop for NodeProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -87,3 +87,58 @@ impl Fixture {
         self.small.clone()
     }
 }
+
+/// A static site of `n` small files (no build step), committed to its own repository: what
+/// the deploy-overhead scenario publishes.
+pub struct Files {
+    /// The repository.
+    pub root: PathBuf,
+    /// Bytes of all files.
+    pub bytes: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Files {
+    /// Writes and commits `n` files of about 2 KiB across a few directories.
+    pub fn create(n: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().join("site");
+        let mut bytes = 0;
+        for i in 0..n {
+            let path = root.join(format!("d{}/page{i:04}.html", i % 10));
+            std::fs::create_dir_all(path.parent().unwrap_or(&root))?;
+            let body = format!("<p>page {i}</p>\n").repeat(128);
+            bytes += body.len() as u64;
+            std::fs::write(path, body)?;
+        }
+        std::fs::write(root.join("index.html"), "<h1>files</h1>")?;
+        for args in [
+            &["init", "-q"][..],
+            &["add", "-A"],
+            &[
+                "-c",
+                "user.email=bench@example.com",
+                "-c",
+                "user.name=bench",
+                "commit",
+                "-q",
+                "-m",
+                "files",
+            ],
+        ] {
+            let status = Command::new("git")
+                .args(args)
+                .current_dir(&root)
+                .status()
+                .context("git")?;
+            if !status.success() {
+                bail!("git {args:?} failed");
+            }
+        }
+        Ok(Files {
+            root,
+            bytes,
+            _dir: dir,
+        })
+    }
+}

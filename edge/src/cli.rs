@@ -217,7 +217,17 @@ impl Client {
         let (mut socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(|e| format!("cannot follow the log: {e}"))?;
-        while let Some(msg) = socket.next().await {
+        let mut printer = LogPrinter::for_terminal();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            let msg = tokio::select! {
+                msg = socket.next() => msg,
+                _ = tick.tick() => {
+                    printer.spin();
+                    continue;
+                }
+            };
+            let Some(msg) = msg else { break };
             let text = match msg.map_err(|e| format!("log stream broke: {e}"))? {
                 Message::Text(t) => t,
                 Message::Close(_) => break,
@@ -225,21 +235,107 @@ impl Client {
             };
             let record: LogRecord =
                 serde_json::from_str(&text).map_err(|e| format!("bad log record: {e}"))?;
-            print_record(&record);
+            printer.print(&record);
             if let Some(outcome) = record.outcome {
                 return Ok(Some(outcome));
             }
         }
+        printer.clear_spinner();
         Ok(None)
     }
 }
 
-fn print_record(record: &LogRecord) {
-    match record.stream {
-        LogStream::System => println!("▸ {}", record.line),
-        LogStream::Stdout => println!("  {}", record.line),
-        LogStream::Stderr => eprintln!("  {}", record.line),
+/// Prints log records: with colours and a spinner naming the running step when standard output
+/// is a terminal (and `NO_COLOR` is not set), plain lines otherwise.
+struct LogPrinter {
+    fancy: bool,
+    step: Option<(String, std::time::Instant)>,
+    frame: usize,
+    spinner_shown: bool,
+}
+
+const SPINNER: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+
+impl LogPrinter {
+    fn for_terminal() -> Self {
+        use std::io::IsTerminal;
+        LogPrinter {
+            fancy: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            step: None,
+            frame: 0,
+            spinner_shown: false,
+        }
     }
+
+    fn print(&mut self, record: &LogRecord) {
+        self.clear_spinner();
+        let text = render_record(record, self.fancy);
+        match record.stream {
+            LogStream::Stderr => eprintln!("{text}"),
+            _ => println!("{text}"),
+        }
+        if record.stream == LogStream::System {
+            self.step = step_of(&record.line).map(|s| (s, std::time::Instant::now()));
+        }
+        if record.is_final() {
+            self.step = None;
+        }
+    }
+
+    fn spin(&mut self) {
+        let Some((step, since)) = &self.step else {
+            return;
+        };
+        if !self.fancy {
+            return;
+        }
+        use std::io::Write;
+        self.frame = (self.frame + 1) % SPINNER.len();
+        print!(
+            "\r\x1b[2K\x1b[36m{}\x1b[0m {step} ({:.1}s)",
+            SPINNER[self.frame],
+            since.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stdout().flush();
+        self.spinner_shown = true;
+    }
+
+    fn clear_spinner(&mut self) {
+        if self.spinner_shown {
+            use std::io::Write;
+            print!("\r\x1b[2K");
+            let _ = std::io::stdout().flush();
+            self.spinner_shown = false;
+        }
+    }
+}
+
+/// The step a system line starts ("Install: npm ci" → "Install"), if it starts one.
+fn step_of(line: &str) -> Option<String> {
+    if line.starts_with("Cloning") {
+        return Some("Clone".into());
+    }
+    if line.starts_with("Publishing") {
+        return Some("Upload".into());
+    }
+    let (head, _) = line.split_once(": ")?;
+    matches!(head, "Install" | "Build").then(|| head.to_owned())
+}
+
+/// One record as the CLI prints it. Build output keeps its own colours; GitDeploy's lines are
+/// bold, stderr yellow, the final line green or red.
+fn render_record(record: &LogRecord, color: bool) -> String {
+    let (prefix, style) = match (&record.outcome, record.stream) {
+        (Some(o), _) if o.status == gitdeploy_core::DeploymentStatus::Ready => ("✔ ", "1;32"),
+        (Some(_), _) => ("✖ ", "1;31"),
+        (None, LogStream::System) => ("▸ ", "1;36"),
+        (None, LogStream::Stdout) => ("  ", ""),
+        (None, LogStream::Stderr) => ("  ", "33"),
+    };
+    if !color || style.is_empty() {
+        return format!("{prefix}{}", record.line);
+    }
+    format!("\x1b[{style}m{prefix}{}\x1b[0m", record.line)
 }
 
 /// Prints a value as pretty JSON (for `--json`).
@@ -391,10 +487,11 @@ async fn run_async(opts: ApiOptions, command: ClientCommand) -> Result<i32, Stri
                 ));
             }
             let text = resp.text().await.map_err(|e| e.to_string())?;
+            let mut printer = LogPrinter::for_terminal();
             for line in text.lines() {
                 let record: LogRecord =
                     serde_json::from_str(line).map_err(|e| format!("bad log record: {e}"))?;
-                print_record(&record);
+                printer.print(&record);
             }
             Ok(EXIT_OK)
         }
@@ -561,7 +658,67 @@ fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> 
 
 #[cfg(test)]
 mod tests {
-    use super::table;
+    use super::{render_record, step_of, table, LogRecord, LogStream};
+
+    #[test]
+    fn log_lines_render_with_and_without_colour() {
+        let record =
+            |stream, line: &str, outcome: Option<gitdeploy_core::DeploymentStatus>| LogRecord {
+                seq: 0,
+                ts: 0,
+                stream,
+                line: line.into(),
+                outcome: outcome.map(|status| gitdeploy_core::Outcome {
+                    status,
+                    error: None,
+                    exit_code: None,
+                    duration_ms: None,
+                    files: None,
+                    bytes: None,
+                }),
+            };
+        use gitdeploy_core::DeploymentStatus::{Failed, Ready};
+        for (r, plain, colored) in [
+            (
+                record(LogStream::System, "Build: npm run build", None),
+                "▸ Build: npm run build",
+                "\x1b[1;36m▸ Build: npm run build\x1b[0m",
+            ),
+            (
+                record(LogStream::Stdout, "\x1b[32mok\x1b[0m", None),
+                "  \x1b[32mok\x1b[0m",
+                "  \x1b[32mok\x1b[0m",
+            ),
+            (
+                record(LogStream::Stderr, "warn", None),
+                "  warn",
+                "\x1b[33m  warn\x1b[0m",
+            ),
+            (
+                record(LogStream::System, "Deployment is ready", Some(Ready)),
+                "✔ Deployment is ready",
+                "\x1b[1;32m✔ Deployment is ready\x1b[0m",
+            ),
+            (
+                record(LogStream::System, "Deployment failed: x", Some(Failed)),
+                "✖ Deployment failed: x",
+                "\x1b[1;31m✖ Deployment failed: x\x1b[0m",
+            ),
+        ] {
+            assert_eq!(render_record(&r, false), plain);
+            assert_eq!(render_record(&r, true), colored);
+        }
+        for (line, step) in [
+            ("Install: npm ci", Some("Install")),
+            ("Build: npm run build", Some("Build")),
+            ("Cloning git://h/r (HEAD)", Some("Clone")),
+            ("Publishing dist/ (by convention)", Some("Upload")),
+            ("Detected: vite", None),
+            ("Install finished in 3.1s", None),
+        ] {
+            assert_eq!(step_of(line).as_deref(), step, "{line}");
+        }
+    }
 
     #[test]
     fn tables_align() {
