@@ -436,7 +436,7 @@ async fn the_cli_lists_inspects_promotes_and_rolls_back() {
         "{out}"
     );
     let (_, out, _) = cli(args(&["logs", &first])).await.unwrap();
-    assert!(out.contains("▸ Deployment is ready"), "{out}");
+    assert!(out.contains("✔ Deployment is ready"), "{out}");
     let (_, out, _) = cli(args(&["projects"])).await.unwrap();
     assert!(out.contains("cli-site") && out.contains(&second), "{out}");
 
