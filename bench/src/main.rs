@@ -9,6 +9,7 @@
 //! ```
 
 mod load;
+mod logs;
 mod peers;
 mod site;
 
@@ -46,6 +47,8 @@ enum Scenario {
     Node,
     /// Time from deploy request to ready for 10, 100 and 1,000 files.
     Deploy,
+    /// Log latency from the build's write to WebSocket clients at 1, 100 and 1,000 followers.
+    Logs,
 }
 
 /// One row of a results table.
@@ -180,6 +183,15 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let mut log_rows = Vec::new();
+    if run(Scenario::Logs) {
+        let edge = Edge::start(&gitdeploy, &[]).await?;
+        let fixture = logs::Fixture::create(10_000, 3)?;
+        for followers in [1usize, 100, 1000] {
+            log_rows.push(logs::measure(&edge, &fixture, followers).await?);
+        }
+    }
+
     if run(Scenario::Cold) {
         let edge = Edge::start(&gitdeploy, &["--object-cache-max-object-bytes", "0"]).await?;
         let id = edge.deploy(&site).await?;
@@ -205,6 +217,9 @@ async fn main() -> anyhow::Result<()> {
     let mut report = render(&opts, &rows)?;
     if !deploys.is_empty() {
         report.push_str(&render_deploys(&deploys)?);
+    }
+    if !log_rows.is_empty() {
+        report.push_str(&logs::render(&log_rows));
     }
     println!("{report}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");

@@ -45,7 +45,8 @@ pub struct Edge {
     pub addr: String,
     child: Child,
     _data: tempfile::TempDir,
-    http: reqwest::Client,
+    /// A client for its API.
+    pub http: reqwest::Client,
 }
 
 impl Edge {
