@@ -408,3 +408,133 @@ async fn expired_logs_are_served_from_the_archive() {
         .collect();
     assert_eq!(read, live, "NDJSON from the archive");
 }
+
+/// Production's entry point end to end: `gitdeploy serve --config` with Redis, an external S3
+/// (static key), the local runner and a required token, deploying and serving a site.
+#[tokio::test]
+async fn serve_runs_from_a_configuration_file() {
+    use std::process::{Command, Stdio};
+    let redis = Redis::start();
+    let s3 = S3Server::start();
+    let mut git_server = GitServer::new();
+    git_server.add_repo("prod", &[("index.html", "served by serve")]);
+    git_server.start();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics) = (common::free_port(), common::free_port());
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+metrics_listen = "127.0.0.1:{metrics}"
+domain = "localhost"
+public_scheme = "http"
+public_port = {port}
+data_dir = "{data}"
+
+[api]
+token_env = "TEST_API_TOKEN"
+repo_schemes = ["git"]
+
+[redis]
+url_env = "TEST_REDIS_URL"
+
+[s3]
+bucket = "gitdeploy"
+region = "us-east-1"
+endpoint = "{endpoint}"
+credentials = "static"
+
+[builds]
+runner = "local"
+"#,
+        data = dir.path().join("data").display(),
+        endpoint = s3.endpoint,
+    );
+    let path = dir.path().join("gitdeploy.toml");
+    std::fs::write(&path, config).unwrap();
+    let token = "serve-test-token-0123456789";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("TEST_API_TOKEN", token)
+        .env("TEST_REDIS_URL", &redis.url)
+        .env("AWS_ACCESS_KEY_ID", S3_KEY.0)
+        .env("AWS_SECRET_ACCESS_KEY", S3_KEY.1)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_for_port(([127, 0, 0, 1], port).into(), &mut child, "gitdeploy serve");
+    let http = reqwest::Client::new();
+    let api = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    // Ready when the API answers (listening is not serving).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http
+        .get(api("/api/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "serve did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The token is required; only git:// repositories are allowed by this configuration.
+    let refused = http
+        .post(api("/api/deployments"))
+        .json(&json!({"repo": git_server.url("prod")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let https = http
+        .post(api("/api/deployments"))
+        .bearer_auth(token)
+        .json(&json!({"repo": "https://example.com/r.git"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(https.status(), 400);
+    let answer: Value = http
+        .post(api("/api/deployments"))
+        .bearer_auth(token)
+        .json(&json!({"repo": git_server.url("prod")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = answer["id"].as_str().unwrap().to_owned();
+    assert_eq!(answer["url"], format!("http://{id}.localhost:{port}/"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status: Value = http
+            .get(api(&format!("/api/deployments/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match status["status"].as_str() {
+            Some("ready") => break,
+            Some("failed") => panic!("{status}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "no deploy: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let page = http
+        .get(api("/"))
+        .header("host", format!("{id}.localhost"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(page, "served by serve");
+    let _ = child.kill();
+    let _ = child.wait();
+}
