@@ -1010,9 +1010,36 @@ async fn stream_log(mut socket: WebSocket, mut follower: crate::logbus::Follower
         tokio::select! {
             next = follower.next() => match next {
                 Ok(Some(record)) => {
-                    let Ok(text) = serde_json::to_string(&record) else { break };
-                    if socket.send(Message::Text(text.into())).await.is_err() {
+                    // Queue this record and every one already waiting, then write them out
+                    // together: one flush per burst instead of one per line.
+                    use futures_util::{FutureExt, SinkExt};
+                    let mut ended = false;
+                    let mut pending = Some(record);
+                    let mut queued = 0;
+                    while let Some(record) = pending.take() {
+                        let Ok(text) = serde_json::to_string(&record) else { return };
+                        if socket.feed(Message::Text(text.into())).await.is_err() {
+                            return;
+                        }
+                        queued += 1;
+                        if queued == 512 {
+                            break;
+                        }
+                        match follower.next().now_or_never() {
+                            Some(Ok(Some(next))) => pending = Some(next),
+                            Some(Ok(None)) => ended = true,
+                            Some(Err(e)) => {
+                                tracing::error!("log follower failed: {e}");
+                                ended = true;
+                            }
+                            None => {}
+                        }
+                    }
+                    if socket.flush().await.is_err() {
                         return;
+                    }
+                    if ended {
+                        break;
                     }
                 }
                 Ok(None) => break,
