@@ -68,6 +68,11 @@ impl ManifestCache {
 
     /// The manifest of `id`, from memory or S3.
     pub async fn get(&self, id: &DeploymentId) -> Result<Arc<Manifest>, Arc<ManifestError>> {
+        // The common case first: a plain lookup, without setting up a load.
+        if let Some(manifest) = self.cache.get(id).await {
+            self.metrics.manifest_lookup("hit");
+            return Ok(manifest);
+        }
         let loaded = std::sync::atomic::AtomicBool::new(false);
         let result = self
             .cache
@@ -97,10 +102,7 @@ impl ManifestCache {
             (Err(e), _) if matches!(e.as_ref(), ManifestError::Missing) => "missing",
             (Err(_), _) => "error",
         };
-        self.metrics
-            .manifest_lookups
-            .with_label_values(&[label])
-            .inc();
+        self.metrics.manifest_lookup(label);
         result
     }
 }

@@ -33,6 +33,45 @@ pub struct EdgeMetrics {
     pub s3_latency: HistogramVec,
     /// Manifest lookups by result (`hit`, `loaded`, `missing`, `error`).
     pub manifest_lookups: IntCounterVec,
+    /// The series every request touches, resolved once: a label lookup hashes the labels and
+    /// takes a lock, which showed in the hot path's profile.
+    hot: Arc<HotSeries>,
+}
+
+/// Status classes in label order ([`status_class_index`]).
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+/// Cache results of a request in label order.
+const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "none"];
+/// Manifest lookup results in label order.
+const MANIFEST_RESULTS: [&str; 4] = ["hit", "loaded", "missing", "error"];
+
+/// The metrics before their hot series are resolved.
+struct Parts {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    bytes_sent: IntCounter,
+    object_cache: IntCounterVec,
+    object_cache_evictions: IntCounter,
+    object_cache_bytes: IntGauge,
+    s3_requests: IntCounterVec,
+    s3_latency: HistogramVec,
+    manifest_lookups: IntCounterVec,
+}
+
+struct HotSeries {
+    requests: Vec<IntCounter>,
+    latency_site: prometheus::Histogram,
+    latency_control: prometheus::Histogram,
+    object_hit: IntCounter,
+    object_miss: IntCounter,
+    manifests: Vec<IntCounter>,
+}
+
+fn status_class_index(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100) - 1,
+        _ => 5,
+    }
 }
 
 impl EdgeMetrics {
@@ -41,7 +80,7 @@ impl EdgeMetrics {
         let latency_buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
         ];
-        let m = EdgeMetrics {
+        let m = Parts {
             requests: IntCounterVec::new(
                 Opts::new(
                     "gitdeploy_edge_requests_total",
@@ -99,6 +138,32 @@ impl EdgeMetrics {
                 &["result"],
             )?,
         };
+        let m = EdgeMetrics {
+            hot: Arc::new(HotSeries {
+                requests: STATUS_CLASSES
+                    .iter()
+                    .flat_map(|s| CACHE_RESULTS.iter().map(move |c| (s, c)))
+                    .map(|(s, c)| m.requests.with_label_values(&[s, c]))
+                    .collect(),
+                latency_site: m.latency.with_label_values(&["site"]),
+                latency_control: m.latency.with_label_values(&["control"]),
+                object_hit: m.object_cache.with_label_values(&["hit"]),
+                object_miss: m.object_cache.with_label_values(&["miss"]),
+                manifests: MANIFEST_RESULTS
+                    .iter()
+                    .map(|r| m.manifest_lookups.with_label_values(&[r]))
+                    .collect(),
+            }),
+            requests: m.requests,
+            latency: m.latency,
+            bytes_sent: m.bytes_sent,
+            object_cache: m.object_cache,
+            object_cache_evictions: m.object_cache_evictions,
+            object_cache_bytes: m.object_cache_bytes,
+            s3_requests: m.s3_requests,
+            s3_latency: m.s3_latency,
+            manifest_lookups: m.manifest_lookups,
+        };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.latency.clone()))?;
         registry.register(Box::new(m.bytes_sent.clone()))?;
@@ -109,6 +174,37 @@ impl EdgeMetrics {
         registry.register(Box::new(m.s3_latency.clone()))?;
         registry.register(Box::new(m.manifest_lookups.clone()))?;
         Ok(m)
+    }
+
+    /// Counts a finished request by status and cache result (`hit`, `miss`, `none`).
+    pub fn count_request(&self, status: u16, cache: &str) {
+        let c = CACHE_RESULTS.iter().position(|r| *r == cache).unwrap_or(2);
+        self.hot.requests[status_class_index(status) * CACHE_RESULTS.len() + c].inc();
+    }
+
+    /// Records a request's latency; `control` for the API, otherwise a site.
+    pub fn observe_latency(&self, control: bool, seconds: f64) {
+        match control {
+            true => self.hot.latency_control.observe(seconds),
+            false => self.hot.latency_site.observe(seconds),
+        }
+    }
+
+    /// Counts an object cache lookup.
+    pub fn object_cache_lookup(&self, hit: bool) {
+        match hit {
+            true => self.hot.object_hit.inc(),
+            false => self.hot.object_miss.inc(),
+        }
+    }
+
+    /// Counts a manifest lookup (`hit`, `loaded`, `missing`, `error`).
+    pub fn manifest_lookup(&self, result: &str) {
+        let i = MANIFEST_RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(3);
+        self.hot.manifests[i].inc();
     }
 }
 
@@ -141,5 +237,46 @@ impl ServeHttp for MetricsApp {
             .header(http::header::CONTENT_LENGTH, body.len())
             .body(body)
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolved_series_are_the_labelled_ones() {
+        let m = EdgeMetrics::new(&Registry::new()).unwrap();
+        for (status, cache, class, label) in [
+            (204, "hit", "2xx", "hit"),
+            (503, "miss", "5xx", "miss"),
+            (101, "none", "1xx", "none"),
+            (308, "none", "3xx", "none"),
+            (404, "none", "4xx", "none"),
+            (0, "other", "none", "none"),
+            (700, "hit", "none", "hit"),
+        ] {
+            let before = m.requests.with_label_values(&[class, label]).get();
+            m.count_request(status, cache);
+            assert_eq!(
+                m.requests.with_label_values(&[class, label]).get(),
+                before + 1,
+                "{status} {cache}"
+            );
+        }
+        m.object_cache_lookup(true);
+        m.object_cache_lookup(false);
+        m.object_cache_lookup(false);
+        assert_eq!(m.object_cache.with_label_values(&["miss"]).get(), 2);
+        for r in MANIFEST_RESULTS {
+            m.manifest_lookup(r);
+            assert_eq!(m.manifest_lookups.with_label_values(&[r]).get(), 1, "{r}");
+        }
+        m.observe_latency(true, 0.5);
+        assert_eq!(
+            m.latency.with_label_values(&["control"]).get_sample_count(),
+            1
+        );
+        assert_eq!(m.latency.with_label_values(&["site"]).get_sample_count(), 0);
     }
 }

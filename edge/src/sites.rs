@@ -260,7 +260,7 @@ impl SitesProxy {
             }
             if let Some(body) = self.objects.get(&cache_key) {
                 ctx.cache = "hit";
-                self.metrics.object_cache.with_label_values(&["hit"]).inc();
+                self.metrics.object_cache_lookup(true);
                 let body = match plan.range {
                     Some((start, end)) => body.slice(start as usize..=end as usize),
                     None => body,
@@ -274,7 +274,7 @@ impl SitesProxy {
             None => self.origin.layout().site_file(&id, &rel),
         };
         ctx.cache = "miss";
-        self.metrics.object_cache.with_label_values(&["miss"]).inc();
+        self.metrics.object_cache_lookup(false);
         ctx.target = Target::Object(Box::new(ObjectRequest {
             key,
             cache_key,
@@ -292,17 +292,6 @@ fn is_upgrade(req: &RequestHeader) -> bool {
     req.headers
         .get("upgrade")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-}
-
-fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
-    }
 }
 
 #[async_trait]
@@ -480,14 +469,9 @@ impl ProxyHttp for SitesProxy {
         } else {
             "site"
         };
+        self.metrics.count_request(status, ctx.cache);
         self.metrics
-            .requests
-            .with_label_values(&[status_class(status), ctx.cache])
-            .inc();
-        self.metrics
-            .latency
-            .with_label_values(&[kind])
-            .observe(ctx.started.elapsed().as_secs_f64());
+            .observe_latency(kind == "control", ctx.started.elapsed().as_secs_f64());
         self.metrics
             .bytes_sent
             .inc_by(session.body_bytes_sent() as u64);
