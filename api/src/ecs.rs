@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, watch, Mutex, Semaphore};
 
 use crate::logbus::LogBus;
 use crate::metrics::ApiMetrics;
+use crate::runner::LogArchive;
 use crate::runner::{Finished, Job, JobQueue, JobReceiver};
 use crate::store::Records;
 
@@ -99,6 +100,7 @@ pub struct EcsRunner {
     queue: JobQueue,
     rx: JobReceiver,
     watched: Arc<Mutex<HashMap<String, Watched>>>,
+    archive: Option<Arc<dyn LogArchive>>,
 }
 
 /// An ECS error as one line: the service's code and message, or what went wrong on the way.
@@ -138,8 +140,15 @@ impl EcsRunner {
             queue: queue.clone(),
             rx,
             watched: Arc::default(),
+            archive: None,
         };
         (runner, queue)
+    }
+
+    /// Archives each build's complete log when its task ends (the Redis stream expires).
+    pub fn with_log_archive(mut self, archive: Arc<dyn LogArchive>) -> Self {
+        self.archive = Some(archive);
+        self
     }
 
     /// Runs until `shutdown` resolves. Tasks keep running: a restarted runner finds them again.
@@ -280,6 +289,7 @@ impl EcsRunner {
             metrics: self.metrics.clone(),
             queue: self.queue.clone(),
             watched: self.watched.clone(),
+            archive: self.archive.clone(),
         }
     }
 }
@@ -300,6 +310,7 @@ fn task_end(task: aws_sdk_ecs::types::Task) -> TaskEnd {
 }
 
 struct Shared {
+    archive: Option<Arc<dyn LogArchive>>,
     config: EcsRunnerConfig,
     client: aws_sdk_ecs::Client,
     records: Records,
@@ -501,8 +512,35 @@ impl Shared {
         }
     }
 
-    /// A task stopped: unless the job inside it recorded an outcome, the build failed.
+    /// A task stopped: unless the job inside it recorded an outcome, the build failed. Either
+    /// way its complete log is archived.
     async fn task_ended(&self, id: &DeploymentId, end: TaskEnd) {
+        self.record_end(id, end).await;
+        self.archive_log(id).await;
+    }
+
+    async fn archive_log(&self, id: &DeploymentId) {
+        let Some(archive) = &self.archive else { return };
+        let records = match self.bus.read(id, 0).await {
+            Ok(records) if records.last().is_some_and(|r| r.is_final()) => records,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(%id, "cannot read the log to archive it: {e}");
+                return;
+            }
+        };
+        let mut ndjson = Vec::new();
+        for r in &records {
+            if serde_json::to_writer(&mut ndjson, r).is_ok() {
+                ndjson.push(b'\n');
+            }
+        }
+        if let Err(e) = archive.archive(id, ndjson).await {
+            tracing::warn!(%id, "cannot archive the log: {e}");
+        }
+    }
+
+    async fn record_end(&self, id: &DeploymentId, end: TaskEnd) {
         let recorded = self
             .records
             .get(id)

@@ -169,10 +169,27 @@ fn runner_config(cluster: &str, subnet: &str, sg: &str) -> EcsRunnerConfig {
     }
 }
 
+/// Keeps archived logs in memory.
+#[derive(Default)]
+struct MemoryArchive(std::sync::Mutex<std::collections::HashMap<DeploymentId, Vec<u8>>>);
+
+impl gitdeploy_api::LogArchive for MemoryArchive {
+    fn archive(&self, id: &DeploymentId, ndjson: Vec<u8>) -> gitdeploy_api::ArchiveFuture<'_, ()> {
+        self.0.lock().unwrap().insert(id.clone(), ndjson);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn fetch(&self, id: &DeploymentId) -> gitdeploy_api::ArchiveFuture<'_, Option<Vec<u8>>> {
+        let found = self.0.lock().unwrap().get(id).cloned();
+        Box::pin(async move { Ok(found) })
+    }
+}
+
 struct Platform {
     records: Records,
     bus: Arc<dyn LogBus>,
     store: Arc<RedisStore>,
+    archive: Arc<MemoryArchive>,
 }
 
 impl Platform {
@@ -193,6 +210,7 @@ impl Platform {
             records: Records::new(store.clone() as Arc<dyn Store>),
             bus: Arc::new(bus),
             store,
+            archive: Arc::default(),
         }
     }
 
@@ -201,14 +219,15 @@ impl Platform {
         config: EcsRunnerConfig,
         client: aws_sdk_ecs::Client,
     ) -> (EcsRunner, JobQueue) {
-        EcsRunner::new(
+        let (runner, queue) = EcsRunner::new(
             config,
             client,
             self.records.clone(),
             self.bus.clone(),
             Some(self.store.clone() as Arc<dyn SecretDrop>),
             ApiMetrics::unregistered(),
-        )
+        );
+        (runner.with_log_archive(self.archive.clone()), queue)
     }
 
     /// Records a deployment and queues it, as the API does.
@@ -419,8 +438,19 @@ async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
         error.contains("Essential container in task exited"),
         "{error}"
     );
+    // The complete log (ending with the failure) is archived when the task ends; the Redis
+    // stream expires later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let archived = loop {
+        if let Some(ndjson) = platform.archive.0.lock().unwrap().get(&a).cloned() {
+            break String::from_utf8(ndjson).unwrap();
+        }
+        assert!(Instant::now() < deadline, "the log was not archived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     let log = platform.bus.read(&a, 0).await.unwrap();
     assert!(log.last().unwrap().is_final(), "the log ends: {log:?}");
+    assert_eq!(archived.lines().count(), log.len());
 
     // A task whose job recorded its outcome stays as recorded.
     let b = platform.deploy(&queue, &[]).await;

@@ -401,6 +401,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
                 secret_drop.clone(),
                 api_metrics.clone(),
             );
+            let runner = runner.with_log_archive(origin.clone());
             (crate::runner_service::Runner::Ecs(runner), queue)
         }
         None => {
