@@ -308,6 +308,9 @@ fn render(opts: &Opts, rows: &[Row]) -> anyhow::Result<String> {
         opts.seconds,
         opts.connections
     )?;
+    if rows.is_empty() {
+        return Ok(out);
+    }
     writeln!(
         out,
         "| scenario | server | req/s | p50 | p99 | transfer/s | errors | peak RSS |"
