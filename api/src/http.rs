@@ -1008,7 +1008,7 @@ async fn stream_log(mut socket: WebSocket, mut follower: crate::logbus::Follower
     let mut client_reading = true;
     loop {
         tokio::select! {
-            next = follower.next() => match next {
+            next = follower.next_live() => match next {
                 Ok(Some(record)) => {
                     // Queue this record and every one already waiting, then write them out
                     // together: one flush per burst instead of one per line.
@@ -1016,16 +1016,23 @@ async fn stream_log(mut socket: WebSocket, mut follower: crate::logbus::Follower
                     let mut ended = false;
                     let mut pending = Some(record);
                     let mut queued = 0;
-                    while let Some(record) = pending.take() {
-                        let Ok(text) = serde_json::to_string(&record) else { return };
-                        if socket.feed(Message::Text(text.into())).await.is_err() {
+                    while let Some(live) = pending.take() {
+                        // The bus's own JSON when it has it: serialized once, not per follower.
+                        let text = match live.json.map(axum::extract::ws::Utf8Bytes::try_from) {
+                            Some(Ok(text)) => text,
+                            _ => match serde_json::to_string(&live.record) {
+                                Ok(text) => text.into(),
+                                Err(_) => return,
+                            },
+                        };
+                        if socket.feed(Message::Text(text)).await.is_err() {
                             return;
                         }
                         queued += 1;
                         if queued == 512 {
                             break;
                         }
-                        match follower.next().now_or_never() {
+                        match follower.next_live().now_or_never() {
                             Some(Ok(Some(next))) => pending = Some(next),
                             Some(Ok(None)) => ended = true,
                             Some(Err(e)) => {

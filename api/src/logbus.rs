@@ -53,11 +53,27 @@ pub trait LogBus: Send + Sync + 'static {
     async fn remove(&self, id: &DeploymentId) -> io::Result<()>;
 }
 
+/// A record as a follower receives it, with its JSON when the bus had it already (a record
+/// written live is serialized once, not once per follower).
+#[derive(Clone, Debug)]
+pub struct LiveRecord {
+    /// The record.
+    pub record: LogRecord,
+    /// Its JSON text, when known.
+    pub json: Option<bytes::Bytes>,
+}
+
+impl LiveRecord {
+    pub(crate) fn plain(record: LogRecord) -> Self {
+        LiveRecord { record, json: None }
+    }
+}
+
 /// The source behind a [`Follower`].
 #[async_trait]
 pub(crate) trait FollowSource: Send {
     /// The next record, or `None` after the final one.
-    async fn next(&mut self) -> io::Result<Option<LogRecord>>;
+    async fn next(&mut self) -> io::Result<Option<LiveRecord>>;
 }
 
 /// A reader of one deployment's log; see the module docs for its guarantees.
@@ -81,19 +97,24 @@ impl Follower {
 
     /// The next record, or `None` after the final record (or when the log does not exist).
     pub async fn next(&mut self) -> io::Result<Option<LogRecord>> {
+        Ok(self.next_live().await?.map(|live| live.record))
+    }
+
+    /// Like [`Follower::next`], with the record's JSON when the bus had it.
+    pub async fn next_live(&mut self) -> io::Result<Option<LiveRecord>> {
         if self.done {
             return Ok(None);
         }
-        let record = self.source.next().await?;
-        match &record {
-            Some(r) => {
+        let live = self.source.next().await?;
+        match &live {
+            Some(LiveRecord { record: r, .. }) => {
                 debug_assert_eq!(r.seq, self.next, "a follower skipped or repeated a record");
                 self.next = r.seq + 1;
                 self.done = r.is_final();
             }
             None => self.done = true,
         }
-        Ok(record)
+        Ok(live)
     }
 
     /// The seq the next record will have.
@@ -113,8 +134,8 @@ pub(crate) struct ArchivedLog(pub(crate) VecDeque<LogRecord>);
 
 #[async_trait]
 impl FollowSource for ArchivedLog {
-    async fn next(&mut self) -> io::Result<Option<LogRecord>> {
-        Ok(self.0.pop_front())
+    async fn next(&mut self) -> io::Result<Option<LiveRecord>> {
+        Ok(self.0.pop_front().map(LiveRecord::plain))
     }
 }
 
@@ -133,7 +154,7 @@ struct Inner {
 struct Topic {
     records: Vec<LogRecord>,
     file: File,
-    live: broadcast::Sender<LogRecord>,
+    live: broadcast::Sender<LiveRecord>,
 }
 
 impl FileLogBus {
@@ -268,8 +289,12 @@ impl Inner {
         topic.file.write_all(&json)?;
         topic.records.push(record.clone());
         self.metrics.log_lines.inc();
+        json.pop();
         // No receivers is fine: nobody is following.
-        let _ = topic.live.send(record.clone());
+        let _ = topic.live.send(LiveRecord {
+            record: record.clone(),
+            json: Some(json.into()),
+        });
         Ok(record)
     }
 
@@ -329,8 +354,8 @@ struct FileFollower {
     bus: Arc<Inner>,
     id: DeploymentId,
     next: u64,
-    backlog: VecDeque<LogRecord>,
-    live: Option<broadcast::Receiver<LogRecord>>,
+    backlog: VecDeque<LiveRecord>,
+    live: Option<broadcast::Receiver<LiveRecord>>,
 }
 
 impl FileFollower {
@@ -353,6 +378,7 @@ impl FileFollower {
                     .iter()
                     .skip(self.next as usize)
                     .cloned()
+                    .map(LiveRecord::plain)
                     .collect();
             }
             None => {
@@ -360,6 +386,7 @@ impl FileFollower {
                 self.backlog = read_file(&self.bus.path(&self.id))?
                     .into_iter()
                     .skip(self.next as usize)
+                    .map(LiveRecord::plain)
                     .collect();
             }
         }
@@ -369,9 +396,9 @@ impl FileFollower {
 
 #[async_trait]
 impl FollowSource for FileFollower {
-    async fn next(&mut self) -> io::Result<Option<LogRecord>> {
+    async fn next(&mut self) -> io::Result<Option<LiveRecord>> {
         loop {
-            let record = if let Some(r) = self.backlog.pop_front() {
+            let live = if let Some(r) = self.backlog.pop_front() {
                 r
             } else if let Some(live) = self.live.as_mut() {
                 match live.recv().await {
@@ -387,15 +414,16 @@ impl FollowSource for FileFollower {
             } else {
                 return Ok(None);
             };
-            if record.seq < self.next {
+            let seq = live.record.seq;
+            if seq < self.next {
                 continue; // already delivered from the backlog
             }
-            if record.seq > self.next {
+            if seq > self.next {
                 self.resync()?; // a gap: re-read instead of skipping
                 continue;
             }
-            self.next = record.seq + 1;
-            return Ok(Some(record));
+            self.next = seq + 1;
+            return Ok(Some(live));
         }
     }
 }

@@ -31,7 +31,7 @@ use redis::streams::{StreamRangeReply, StreamReadReply};
 use redis::{AsyncCommands, Script};
 use tokio::sync::broadcast;
 
-use crate::logbus::{FollowSource, Follower, LogBus};
+use crate::logbus::{FollowSource, Follower, LiveRecord, LogBus};
 use crate::metrics::ApiMetrics;
 use crate::projects::Project;
 use crate::store::{Deployment, Store, Versioned, Write};
@@ -470,12 +470,21 @@ fn entry_id(seq: u64) -> String {
 }
 
 fn parse_entries(ids: Vec<redis::streams::StreamId>) -> io::Result<Vec<LogRecord>> {
+    Ok(parse_live(ids)?.into_iter().map(|l| l.record).collect())
+}
+
+/// Stream entries as records, each with the JSON it was stored as (followers send it as is).
+fn parse_live(ids: Vec<redis::streams::StreamId>) -> io::Result<Vec<LiveRecord>> {
     ids.into_iter()
         .map(|entry| {
             let json: String = entry
                 .get("r")
                 .ok_or_else(|| io::Error::other(format!("log entry {} has no record", entry.id)))?;
-            serde_json::from_str(&json).map_err(io::Error::from)
+            let record = serde_json::from_str(&json)?;
+            Ok(LiveRecord {
+                record,
+                json: Some(json.into()),
+            })
         })
         .collect()
 }
@@ -509,6 +518,16 @@ impl Shared {
 
     /// Records with seq ≥ `since`, as of now.
     async fn range(&self, id: &DeploymentId, since: u64) -> io::Result<Vec<LogRecord>> {
+        Ok(self
+            .range_live(id, since)
+            .await?
+            .into_iter()
+            .map(|l| l.record)
+            .collect())
+    }
+
+    /// Records with seq ≥ `since`, as of now, with their JSON.
+    async fn range_live(&self, id: &DeploymentId, since: u64) -> io::Result<Vec<LiveRecord>> {
         let key = self.key("log", id);
         let mut out = Vec::new();
         let mut start = entry_id(since);
@@ -520,9 +539,9 @@ impl Shared {
                 .await
                 .map_err(io_err)?;
             let full = page.ids.len() == PAGE;
-            let records = parse_entries(page.ids)?;
+            let records = parse_live(page.ids)?;
             let Some(last) = records.last() else { break };
-            start = entry_id(last.seq + 1);
+            start = entry_id(last.record.seq + 1);
             out.extend(records);
             if !full {
                 break;
@@ -616,7 +635,7 @@ impl Shared {
 
 /// One reader's fan-out channel.
 struct Hub {
-    tx: broadcast::Sender<LogRecord>,
+    tx: broadcast::Sender<LiveRecord>,
 }
 
 /// Blocks on the stream and broadcasts each record until the final one, until nobody follows,
@@ -625,7 +644,7 @@ async fn read_into_hub(
     shared: Arc<Shared>,
     id: DeploymentId,
     since: u64,
-    tx: broadcast::Sender<LogRecord>,
+    tx: broadcast::Sender<LiveRecord>,
 ) {
     let key = shared.key("log", &id);
     let result: io::Result<()> = async {
@@ -650,10 +669,10 @@ async fn read_into_hub(
                 .await
                 .map_err(io_err)?;
             for stream in reply.map(|r| r.keys).unwrap_or_default() {
-                for record in parse_entries(stream.ids)? {
-                    after = entry_id(record.seq);
-                    let last = record.is_final();
-                    let _ = tx.send(record);
+                for live in parse_live(stream.ids)? {
+                    after = entry_id(live.record.seq);
+                    let last = live.record.is_final();
+                    let _ = tx.send(live);
                     if last {
                         return Ok(());
                     }
@@ -681,29 +700,34 @@ struct RedisFollower {
     shared: Arc<Shared>,
     id: DeploymentId,
     next: u64,
-    backlog: VecDeque<LogRecord>,
-    live: Option<(Arc<Hub>, broadcast::Receiver<LogRecord>)>,
+    backlog: VecDeque<LiveRecord>,
+    live: Option<(Arc<Hub>, broadcast::Receiver<LiveRecord>)>,
 }
 
 impl RedisFollower {
     async fn refill(&mut self) -> io::Result<()> {
-        self.backlog = self.shared.range(&self.id, self.next).await?.into();
+        self.backlog = self.shared.range_live(&self.id, self.next).await?.into();
         Ok(())
     }
 }
 
 #[async_trait]
 impl FollowSource for RedisFollower {
-    async fn next(&mut self) -> io::Result<Option<LogRecord>> {
+    async fn next(&mut self) -> io::Result<Option<LiveRecord>> {
         let mut reader_restarts = 0;
         loop {
-            if let Some(record) = self.backlog.pop_front() {
-                if record.seq < self.next {
+            if let Some(live) = self.backlog.pop_front() {
+                let seq = live.record.seq;
+                if seq < self.next {
                     continue;
                 }
-                if record.seq > self.next {
+                if seq > self.next {
                     self.refill().await?; // a gap: re-read rather than skip
-                    if self.backlog.front().is_some_and(|r| r.seq > self.next) {
+                    if self
+                        .backlog
+                        .front()
+                        .is_some_and(|r| r.record.seq > self.next)
+                    {
                         return Err(io::Error::other(format!(
                             "log records from {} on are no longer in Redis",
                             self.next
@@ -711,13 +735,13 @@ impl FollowSource for RedisFollower {
                     }
                     continue;
                 }
-                self.next = record.seq + 1;
-                return Ok(Some(record));
+                self.next = seq + 1;
+                return Ok(Some(live));
             }
             let Some((_, live)) = self.live.as_mut() else {
                 // A finished log needs no reader: what is stored is all there is.
                 self.refill().await?;
-                if self.backlog.back().is_some_and(LogRecord::is_final) {
+                if self.backlog.back().is_some_and(|l| l.record.is_final()) {
                     continue;
                 }
                 // Subscribe first, then read what is there: nothing falls between the two.
