@@ -403,10 +403,10 @@ async function projectPage(name) {
   const p = await api(`/api/projects/${encodeURIComponent(name)}`);
   setTitle(p.name);
   const notice = h("div", { "aria-live": "polite" });
-  const act = async (title, text, label, path, body) => {
+  const act = async (title, text, label, path, body, method = "POST") => {
     if (!(await confirmDialog(title, text, label))) return;
     try {
-      await api(path, { method: "POST", body });
+      await api(path, { method, body });
       await projectPage(name);
       document.getElementById("notice")?.replaceChildren(h("div", { class: "banner ok", role: "status" }, `${label}: done.`));
     } catch (err) { alertBanner(notice, err.message); }
@@ -418,10 +418,16 @@ async function projectPage(name) {
   const history = h("ul", { class: "list card", "aria-label": "Deployments" },
     ...(p.deployments.length ? p.deployments.map((d) => {
       const isProd = d.id === p.production;
-      const extra = isProd ? badge("production")
-        : d.status === "ready" ? h("button", { type: "button", class: "secondary promote", "data-id": d.id,
+      const finished = ["ready", "failed", "canceled"].includes(d.status);
+      const extra = isProd ? badge("production") : [
+        d.status === "ready" && h("button", { type: "button", class: "secondary promote", "data-id": d.id,
           onclick: () => act("Promote to production?", `${p.url} will serve ${d.id}. Nothing is rebuilt.`,
-            "Promote", `/api/projects/${p.name}/promote`, { deployment: d.id }) }, "Promote") : null;
+            "Promote", `/api/projects/${p.name}/promote`, { deployment: d.id }) }, "Promote"),
+        finished && h("button", { type: "button", class: "link delete", "data-id": d.id,
+          "aria-label": `Delete deployment ${d.id}`,
+          onclick: () => act("Delete this deployment?", `${d.id} and its files are removed for good.`,
+            "Delete", `/api/deployments/${d.id}`, undefined, "DELETE") }, "Delete"),
+      ];
       return deploymentRow(d, extra);
     }) : [h("li", { class: "empty" }, "No deployments yet.")]));
   main.replaceChildren(
@@ -436,7 +442,30 @@ async function projectPage(name) {
         h("dt", {}, "Production branch"), h("dd", {}, p.production_branch || "default branch")),
       h("div", { class: "actions" }, rollback)),
     h("h2", {}, "Deployments"), history,
+    h("h2", {}, "Deploy hook"), deployHook(p),
     h("h2", {}, "Settings"), settingsForm(p));
+}
+
+// A secret URL that builds the production branch when anything POSTs to it (a CMS, a cron).
+function deployHook(p) {
+  const change = async (on) => {
+    try {
+      await api(`/api/projects/${p.name}`, { method: "PATCH", body: { deploy_hook: on } });
+      await projectPage(p.name);
+      document.getElementById("notice")?.replaceChildren(h("div", { class: "banner ok", role: "status" },
+        on ? "Deploy hook created." : "Deploy hook revoked."));
+    } catch (err) { alertBanner(document.getElementById("notice"), err.message); }
+  };
+  if (!p.deploy_hook_url) {
+    return h("div", { class: "card" },
+      h("p", {}, "A secret URL that builds the production branch when anything POSTs to it."),
+      h("button", { type: "button", class: "secondary", onclick: () => change(true) }, "Create deploy hook"));
+  }
+  return h("div", { class: "card" },
+    h("label", { for: "deploy-hook" }, "Deploy hook URL ", h("span", { class: "hint" }, "(keep it secret: POST to it to deploy)")),
+    h("input", { id: "deploy-hook", type: "text", readonly: true, value: p.deploy_hook_url }),
+    h("div", { class: "actions" },
+      h("button", { type: "button", class: "danger", onclick: () => change(false) }, "Revoke deploy hook")));
 }
 
 function envRow(name, value, secret, stored) {

@@ -148,6 +148,15 @@ try {
   assert.equal(await page.getByLabel("Build command").inputValue(), "npm run build");
   await shot("10-settings");
 
+  step = "deploy hook";
+  await page.getByRole("button", { name: "Create deploy hook" }).click();
+  await page.getByText("Deploy hook created.").waitFor();
+  const hook = await page.getByLabel(/^Deploy hook URL/).inputValue();
+  assert.match(hook, /\/api\/hooks\/deploy\/dash-site\/[A-Za-z0-9]{32}$/);
+  await page.getByRole("button", { name: "Revoke deploy hook" }).click();
+  await page.getByText("Deploy hook revoked.").waitFor();
+  assert.equal(await page.getByLabel(/^Deploy hook URL/).count(), 0);
+
   step = "projects list";
   await page.getByRole("link", { name: "Projects" }).click();
   await page.getByRole("list", { name: "Projects" }).getByRole("link", { name: "dash-site", exact: true }).waitFor();
@@ -168,6 +177,15 @@ try {
     await shot(name, small);
   }
   await phone.close();
+
+  step = "delete a deployment";
+  await page.goto(`${GITDEPLOY_URL}/#/projects/dash-site`);
+  await page.locator(`button.delete[data-id="${first}"]`).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Delete" }).click();
+  await page.getByText("Delete: done.").waitFor();
+  assert.equal(await page.locator(`button.promote[data-id="${first}"]`).count(), 0);
+  assert.equal(await page.locator(`a[href="#/deployments/${first}"]`).count(), 0);
+  assert.equal(await page.locator(`button.delete[data-id="${second}"]`).count(), 0, "production cannot be deleted");
 
   step = "no console errors";
   // The refused token (401) and the refused repository (400) are expected answers.
