@@ -4,10 +4,9 @@
 //! still receive every line (lines lost by a late client).
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -51,30 +50,7 @@ impl Fixture {
             root.join("package.json"),
             r#"{"name":"logs","private":true,"scripts":{"build":"node build.js"}}"#,
         )?;
-        for args in [
-            &["init", "-q"][..],
-            &["add", "-A"],
-            &[
-                "-c",
-                "user.email=bench@example.com",
-                "-c",
-                "user.name=bench",
-                "commit",
-                "-q",
-                "-m",
-                "logs",
-            ],
-        ] {
-            if !Command::new("git")
-                .args(args)
-                .current_dir(&root)
-                .status()
-                .context("git")?
-                .success()
-            {
-                bail!("git {args:?} failed");
-            }
-        }
+        crate::site::commit_all(&root, "logs")?;
         Ok(Fixture {
             root,
             lines,

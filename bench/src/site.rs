@@ -52,29 +52,7 @@ impl Fixture {
             large.extend_from_slice(&block);
         }
         std::fs::write(root.join(LARGE_PATH.trim_start_matches('/')), large)?;
-        for args in [
-            &["init", "-q"][..],
-            &["add", "-A"],
-            &[
-                "-c",
-                "user.email=bench@example.com",
-                "-c",
-                "user.name=bench",
-                "commit",
-                "-q",
-                "-m",
-                "bench site",
-            ],
-        ] {
-            let status = Command::new("git")
-                .args(args)
-                .current_dir(&root)
-                .status()
-                .context("git")?;
-            if !status.success() {
-                bail!("git {args:?} failed");
-            }
-        }
+        commit_all(&root, "bench site")?;
         Ok(Fixture {
             root,
             _dir: dir,
@@ -112,33 +90,39 @@ impl Files {
             std::fs::write(path, body)?;
         }
         std::fs::write(root.join("index.html"), "<h1>files</h1>")?;
-        for args in [
-            &["init", "-q"][..],
-            &["add", "-A"],
-            &[
-                "-c",
-                "user.email=bench@example.com",
-                "-c",
-                "user.name=bench",
-                "commit",
-                "-q",
-                "-m",
-                "files",
-            ],
-        ] {
-            let status = Command::new("git")
-                .args(args)
-                .current_dir(&root)
-                .status()
-                .context("git")?;
-            if !status.success() {
-                bail!("git {args:?} failed");
-            }
-        }
+        commit_all(&root, "files")?;
         Ok(Files {
             root,
             bytes,
             _dir: dir,
         })
     }
+}
+
+/// Makes `root` a git repository with everything in it committed.
+pub fn commit_all(root: &std::path::Path, message: &str) -> anyhow::Result<()> {
+    for args in [
+        &["init", "-q"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.email=bench@example.com",
+            "-c",
+            "user.name=bench",
+            "commit",
+            "-q",
+            "-m",
+            message,
+        ],
+    ] {
+        let status = Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .status()
+            .context("git")?;
+        if !status.success() {
+            bail!("git {args:?} failed");
+        }
+    }
+    Ok(())
 }
