@@ -2,6 +2,8 @@
 //! `scripts/prereqs --test`), with state and logs in a real `redis-server`. moto runs no
 //! containers, so the test plays the part of the task where one would act.
 
+mod common;
+
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -18,7 +20,6 @@ use gitdeploy_core::{BuildJob, DeploymentId, DeploymentStatus};
 
 struct Server {
     child: Child,
-    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
@@ -78,35 +79,7 @@ fn moto() -> (Server, String) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    (
-        Server { child, _dir: None },
-        format!("http://127.0.0.1:{port}"),
-    )
-}
-
-fn redis() -> (Server, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("redis.sock");
-    let mut child = Command::new("redis-server")
-        .args(["--port", "0", "--save", "", "--appendonly", "no"])
-        .arg("--unixsocket")
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed (scripts/prereqs --test)");
-    wait_until(
-        "redis-server",
-        || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
-        &mut child,
-    );
-    let url = format!("redis+unix://{}", socket.display());
-    (
-        Server {
-            child,
-            _dir: Some(dir),
-        },
-        url,
-    )
+    (Server { child }, format!("http://127.0.0.1:{port}"))
 }
 
 /// The default VPC's first subnet and security group (moto creates them), via boto3.
@@ -362,7 +335,7 @@ async fn stop(
 #[tokio::test]
 async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
     let (_moto, endpoint) = moto();
-    let (_redis, redis_url) = redis();
+    let redis = common::Redis::start();
     let (subnet, sg) = default_network(&endpoint);
     let client = ecs_client(&endpoint);
     client
@@ -388,7 +361,7 @@ async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
         .send()
         .await
         .unwrap();
-    let platform = Platform::connect(&redis_url).await;
+    let platform = Platform::connect(&redis.url).await;
     let (runner, queue) = platform.runner(runner_config("builds", &subnet, &sg), client.clone());
     let (stop_runner, stopped) = tokio::sync::oneshot::channel::<()>();
     let first = tokio::spawn(runner.run(async {

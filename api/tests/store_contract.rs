@@ -1,8 +1,8 @@
 //! One contract, two backends: every test here runs against the embedded store and log bus
 //! (files) and against Redis (a real `redis-server` the test starts on a Unix socket).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,66 +14,16 @@ use gitdeploy_api::{
 use gitdeploy_core::job::{BuildSettings, ServingOptions};
 use gitdeploy_core::{DeploymentId, DeploymentStatus, LogStream, Outcome};
 
-/// A `redis-server` of the test's own, on a Unix socket in a temporary directory.
-struct Redis {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let dir = tempfile::tempdir().unwrap();
-        let socket: PathBuf = dir.path().join("redis.sock");
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--save", "", "--appendonly", "no"])
-            .arg("--unixsocket")
-            .arg(&socket)
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/prereqs --test)");
-        let url = format!("redis+unix://{}", socket.display());
-        // Ready when it answers PING (bounded).
-        let client = redis::Client::open(url.as_str()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut backoff = Duration::from_millis(5);
-        loop {
-            if let Ok(mut c) = client.get_connection() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_millis(100));
-        }
-        Redis {
-            child,
-            url,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 enum Backend {
     Files(tempfile::TempDir),
-    Redis(Redis),
+    Redis(common::Redis),
 }
 
 impl Backend {
     fn all() -> Vec<Backend> {
         vec![
             Backend::Files(tempfile::tempdir().unwrap()),
-            Backend::Redis(Redis::start()),
+            Backend::Redis(common::Redis::start()),
         ]
     }
 

@@ -438,15 +438,7 @@ async fn bad_requests_get_clear_errors_and_run_nothing() {
         assert!(!json["error"]["message"].as_str().unwrap().is_empty());
     }
     // Nothing was queued by any of them.
-    let list: serde_json::Value = gd
-        .http()
-        .get(gd.api("/api/deployments"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = gd.get_json("/api/deployments").await;
     assert_eq!(list["deployments"].as_array().unwrap().len(), 0);
 
     for path in [
@@ -503,15 +495,7 @@ async fn a_restart_keeps_sites_served_and_logs_readable() {
     assert_eq!(resp.text().await.unwrap(), "<p>deep page</p>");
     assert_eq!(gd.status(&id).await["status"], "ready");
     assert_eq!(gd.follow(&id, 0).await, log);
-    let list: serde_json::Value = gd
-        .http()
-        .get(gd.api("/api/deployments"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = gd.get_json("/api/deployments").await;
     assert_eq!(list["deployments"][0]["id"], id.as_str());
 }
 

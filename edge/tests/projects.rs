@@ -97,15 +97,7 @@ async fn production_promote_rollback_and_previews() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(project_page(&gd, "my-site").await, (200, "v2".into()));
-    let listed: Value = gd
-        .http()
-        .get(gd.api("/api/projects/my-site"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = gd.get_json("/api/projects/my-site").await;
     assert_eq!(listed["deployments"].as_array().unwrap().len(), 3);
     assert_eq!(
         listed["url"],
@@ -550,15 +542,7 @@ async fn project_settings_apply_to_deploys_and_secrets_stay_write_only() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);
-    let project: Value = gd
-        .http()
-        .get(gd.api("/api/projects/cfg"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let project: Value = gd.get_json("/api/projects/cfg").await;
     assert_eq!(project["build"]["env"]["GREETING"], "bonjour");
     assert_eq!(project["build"]["output_dir"], "out");
 }

@@ -281,8 +281,13 @@ impl Gitdeploy {
 
     /// GETs a deployment's status JSON.
     pub async fn status(&self, id: &str) -> Value {
+        self.get_json(&format!("/api/deployments/{id}")).await
+    }
+
+    /// GETs an API path and parses the JSON answer.
+    pub async fn get_json(&self, path: &str) -> Value {
         self.http
-            .get(self.api(&format!("/api/deployments/{id}")))
+            .get(self.api(path))
             .send()
             .await
             .unwrap()
