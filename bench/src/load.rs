@@ -95,6 +95,8 @@ pub struct WrkResult {
     pub transfer_per_sec: String,
     /// Socket errors plus non-2xx/3xx answers.
     pub errors: u64,
+    /// Requests completed.
+    pub requests: u64,
 }
 
 /// Runs wrk against `addr` (host:port) with `Host: host`.
@@ -133,6 +135,13 @@ pub fn parse(text: &str) -> anyhow::Result<WrkResult> {
             }
             (Some("Transfer/sec:"), Some(v)) => r.transfer_per_sec = v.to_owned(),
             _ => {}
+        }
+        if let (Some(n), Some("requests"), Some("in")) = (
+            line.split_whitespace().next(),
+            line.split_whitespace().nth(1),
+            line.split_whitespace().nth(2),
+        ) {
+            r.requests = n.parse().unwrap_or(0);
         }
         if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
             r.errors += rest.trim().parse::<u64>().unwrap_or(0);
@@ -176,6 +185,7 @@ Transfer/sec:    102.40MB
         assert_eq!(r.requests_per_sec, 50000.12);
         assert_eq!(r.transfer_per_sec, "102.40MB");
         assert_eq!(r.errors, 7);
+        assert_eq!(r.requests, 500000);
         assert!(parse("garbage").is_err());
     }
 

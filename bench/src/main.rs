@@ -4,7 +4,7 @@
 //! `bench/results/`). Results are meant to be read as ratios: the machine is shared and noisy.
 //!
 //! ```text
-//! apt-get install nginx wrk
+//! apt-get install nginx libnginx-mod-http-js wrk
 //! cargo run --release -p gitdeploy-bench -- all   # or: hot, cold, revalidate, large, node, deploy
 //! ```
 
@@ -20,7 +20,47 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
 use crate::load::{wrk, Load, WrkResult};
-use crate::peers::{Edge, Nginx, NodeProxy};
+use crate::peers::{
+    clock_ticks_per_second, cpu_ticks, Edge, Nginx, NodeProxy, ProxyCache, S3Server, Server,
+};
+
+const HOT: &str = "hot small files";
+const COLD: &str = "cold path (cache off)";
+const LARGE: &str = "50 MiB file, 20 clients";
+const NODE: &str = "original design vs edge";
+const NGINX_DISK: &str = "nginx from disk";
+const NGINX_CACHE: &str = "nginx caching proxy → signed S3 (identity)";
+const NGINX_PROXY: &str = "nginx proxy → signed S3 (njs SigV4), no cache";
+const NODE_PROXY: &str = "Node http-proxy → bucket (nginx), no cache";
+
+#[cfg(test)]
+mod tests {
+    use super::{bytes_per_second, latency_seconds};
+
+    #[test]
+    fn wrk_units() {
+        for (text, want) in [
+            ("737.00us", Some(737e-6)),
+            ("1.60ms", Some(1.6e-3)),
+            ("3.94s", Some(3.94)),
+            ("1.50m", Some(90.0)),
+            ("12", None),
+            ("1.0xs", None),
+        ] {
+            let got = latency_seconds(text);
+            assert!(
+                match (got, want) {
+                    (Some(a), Some(b)) => (a - b).abs() < 1e-9,
+                    (a, b) => a == b,
+                },
+                "{text}: {got:?}"
+            );
+        }
+        assert_eq!(bytes_per_second("2.00KB"), Some(2048.0));
+        assert_eq!(bytes_per_second("1.00GB"), Some(1073741824.0));
+        assert_eq!(bytes_per_second("nonsense"), None);
+    }
+}
 
 #[derive(Parser)]
 #[command(about = "Benchmark the GitDeploy edge against nginx")]
@@ -57,6 +97,36 @@ struct Row {
     server: String,
     result: WrkResult,
     peak_rss_kib: Option<u64>,
+    /// CPU time the server's processes spent per request, in microseconds: steadier than
+    /// requests/s on a shared machine, where the load tool competes for the same cores.
+    cpu_us_per_request: Option<f64>,
+}
+
+/// Loads `server` with `load` and measures it.
+fn measure(
+    scenario: &'static str,
+    name: String,
+    server: &dyn Server,
+    host: &str,
+    load: &Load,
+) -> anyhow::Result<Row> {
+    server.reset_peak_rss();
+    let before = cpu_ticks(&server.pids());
+    let result = wrk(server.addr(), host, load)?;
+    let after = cpu_ticks(&server.pids());
+    let cpu_us_per_request = match (before, after) {
+        (Some(b), Some(a)) if result.requests > 0 => Some(
+            (a.saturating_sub(b)) as f64 * 1e6 / clock_ticks_per_second() / result.requests as f64,
+        ),
+        _ => None,
+    };
+    Ok(Row {
+        scenario,
+        server: name,
+        peak_rss_kib: server.peak_rss_kib(),
+        result,
+        cpu_us_per_request,
+    })
 }
 
 #[tokio::main]
@@ -69,7 +139,8 @@ async fn main() -> anyhow::Result<()> {
     let dur = Duration::from_secs(opts.seconds);
 
     if run(Scenario::Hot) || run(Scenario::Revalidate) || run(Scenario::Large) {
-        let edge = Edge::start(&gitdeploy, &[]).await?;
+        let s3 = S3Server::start(&gitdeploy)?;
+        let edge = Edge::start_with(&gitdeploy, &[], Some(&s3)).await?;
         let id = edge.deploy(&site).await?;
         let nginx = Nginx::start_static(&site.root)?;
         let host = format!("{id}.localhost");
@@ -81,59 +152,69 @@ async fn main() -> anyhow::Result<()> {
                 ("gitdeploy edge (br)", "br"),
                 ("gitdeploy edge (identity)", "identity"),
             ] {
-                edge.reset_peak_rss();
-                let result = wrk(&edge.addr, &host, &small.with_encoding(encoding))?;
-                rows.push(Row {
-                    scenario: "hot small files",
-                    server: name.into(),
-                    result,
-                    peak_rss_kib: edge.peak_rss_kib(),
-                });
+                rows.push(measure(
+                    HOT,
+                    name.into(),
+                    &edge,
+                    &host,
+                    &small.with_encoding(encoding),
+                )?);
             }
-            let result = wrk(&nginx.addr, "localhost", &small.with_encoding("br"))?;
-            rows.push(Row {
-                scenario: "hot small files",
-                server: "nginx from disk".into(),
-                result,
-                peak_rss_kib: None,
-            });
+            rows.push(measure(
+                HOT,
+                NGINX_DISK.into(),
+                &nginx,
+                "localhost",
+                &small.with_encoding("br"),
+            )?);
+            let cached = Nginx::start_s3_proxy(&s3, &id, ProxyCache::Disk)?;
+            let identity = small.with_encoding("identity");
+            wrk(&cached.addr, "localhost", &identity)?;
+            rows.push(measure(
+                HOT,
+                NGINX_CACHE.into(),
+                &cached,
+                "localhost",
+                &identity,
+            )?);
         }
         if run(Scenario::Revalidate) {
             let etags = edge.etags(&host, &site.small_paths()).await?;
-            let result = wrk(&edge.addr, &host, &small.with_if_none_match(etags))?;
-            rows.push(Row {
-                scenario: "revalidation (304)",
-                server: "gitdeploy edge".into(),
-                result,
-                peak_rss_kib: edge.peak_rss_kib(),
-            });
-            let result = wrk(&nginx.addr, "localhost", &small.with_if_modified_since())?;
-            rows.push(Row {
-                scenario: "revalidation (304)",
-                server: "nginx from disk".into(),
-                result,
-                peak_rss_kib: None,
-            });
+            rows.push(measure(
+                "revalidation (304)",
+                "gitdeploy edge".into(),
+                &edge,
+                &host,
+                &small.with_if_none_match(etags),
+            )?);
+            rows.push(measure(
+                "revalidation (304)",
+                NGINX_DISK.into(),
+                &nginx,
+                "localhost",
+                &small.with_if_modified_since(),
+            )?);
         }
         if run(Scenario::Large) {
             let large = Load::new(vec![site::LARGE_PATH.to_owned()], dur, 20);
-            edge.reset_peak_rss();
-            let idle = edge.rss_kib();
-            let result = wrk(&edge.addr, &host, &large)?;
-            let peak = edge.peak_rss_kib();
-            rows.push(Row {
-                scenario: "50 MiB file, 20 clients",
-                server: format!("gitdeploy edge (idle RSS {} MiB)", idle.unwrap_or(0) / 1024),
-                result,
-                peak_rss_kib: peak,
-            });
-            let result = wrk(&nginx.addr, "localhost", &large)?;
-            rows.push(Row {
-                scenario: "50 MiB file, 20 clients",
-                server: "nginx from disk".into(),
-                result,
-                peak_rss_kib: None,
-            });
+            let idle = edge.rss_kib().unwrap_or(0) / 1024;
+            let name = format!("gitdeploy edge → signed S3 (idle RSS {idle} MiB)");
+            rows.push(measure(LARGE, name, &edge, &host, &large)?);
+            let proxy = Nginx::start_s3_proxy(&s3, &id, ProxyCache::Off)?;
+            rows.push(measure(
+                LARGE,
+                NGINX_PROXY.into(),
+                &proxy,
+                "localhost",
+                &large,
+            )?);
+            rows.push(measure(
+                LARGE,
+                NGINX_DISK.into(),
+                &nginx,
+                "localhost",
+                &large,
+            )?);
         }
     }
     if run(Scenario::Node) {
@@ -144,21 +225,14 @@ async fn main() -> anyhow::Result<()> {
         let host = format!("{id}.localhost");
         let small = Load::new(site.small_paths(), dur, opts.connections).with_encoding("identity");
         wrk(&edge.addr, &host, &small)?;
-        edge.reset_peak_rss();
-        let result = wrk(&edge.addr, &host, &small)?;
-        rows.push(Row {
-            scenario: "original design vs edge",
-            server: "gitdeploy edge (warm cache)".into(),
-            result,
-            peak_rss_kib: edge.peak_rss_kib(),
-        });
-        let result = wrk(&node.addr, &host, &small)?;
-        rows.push(Row {
-            scenario: "original design vs edge",
-            server: "Node http-proxy → bucket (nginx), no cache".into(),
-            result,
-            peak_rss_kib: None,
-        });
+        rows.push(measure(
+            NODE,
+            "gitdeploy edge (warm cache)".into(),
+            &edge,
+            &host,
+            &small,
+        )?);
+        rows.push(measure(NODE, NODE_PROXY.into(), &node, &host, &small)?);
     }
     let mut deploys = Vec::new();
     if run(Scenario::Deploy) {
@@ -194,28 +268,34 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if run(Scenario::Cold) {
-        let edge = Edge::start(&gitdeploy, &["--object-cache-max-object-bytes", "0"]).await?;
+        let s3 = S3Server::start(&gitdeploy)?;
+        let edge = Edge::start_with(
+            &gitdeploy,
+            &["--object-cache-max-object-bytes", "0"],
+            Some(&s3),
+        )
+        .await?;
         let id = edge.deploy(&site).await?;
-        let nginx = Nginx::start_static(&site.root)?;
+        let proxy = Nginx::start_s3_proxy(&s3, &id, ProxyCache::Off)?;
         let small = Load::new(site.small_paths(), dur, opts.connections).with_encoding("identity");
-        edge.reset_peak_rss();
-        let result = wrk(&edge.addr, &format!("{id}.localhost"), &small)?;
-        rows.push(Row {
-            scenario: "cold path (cache off)",
-            server: "gitdeploy edge → signed S3 GET".into(),
-            result,
-            peak_rss_kib: edge.peak_rss_kib(),
-        });
-        let result = wrk(&nginx.addr, "localhost", &small)?;
-        rows.push(Row {
-            scenario: "cold path (cache off)",
-            server: "nginx from disk (ceiling; no SigV4 proxy peer yet)".into(),
-            result,
-            peak_rss_kib: None,
-        });
+        rows.push(measure(
+            COLD,
+            "gitdeploy edge → signed S3".into(),
+            &edge,
+            &format!("{id}.localhost"),
+            &small,
+        )?);
+        rows.push(measure(
+            COLD,
+            NGINX_PROXY.into(),
+            &proxy,
+            "localhost",
+            &small,
+        )?);
     }
 
     let mut report = render(&opts, &rows)?;
+    report.push_str(&render_targets(&rows));
     if !deploys.is_empty() {
         report.push_str(&render_deploys(&deploys)?);
     }
@@ -294,6 +374,151 @@ fn render_deploys(rows: &[DeployRow]) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// A target of the issue: the edge's row against a peer's row of the same run.
+struct Target {
+    what: &'static str,
+    scenario: &'static str,
+    edge: &'static str,
+    peer: &'static str,
+    /// Least acceptable edge/peer ratio.
+    goal: f64,
+    /// Compare bytes/s instead of requests/s.
+    by_bytes: bool,
+    /// The edge's p99 must also be no worse than the peer's.
+    p99_no_worse: bool,
+}
+
+const TARGETS: [Target; 5] = [
+    Target {
+        what: "hot files at least as fast as nginx from disk, p99 no worse",
+        scenario: HOT,
+        edge: "gitdeploy edge (identity)",
+        peer: NGINX_DISK,
+        goal: 1.0,
+        by_bytes: false,
+        p99_no_worse: true,
+    },
+    Target {
+        what: "hot files against nginx caching the same S3",
+        scenario: HOT,
+        edge: "gitdeploy edge (identity)",
+        peer: NGINX_CACHE,
+        goal: 1.0,
+        by_bytes: false,
+        p99_no_worse: false,
+    },
+    Target {
+        what: "cold path at least 0.8x nginx proxying S3",
+        scenario: COLD,
+        edge: "gitdeploy edge",
+        peer: NGINX_PROXY,
+        goal: 0.8,
+        by_bytes: false,
+        p99_no_worse: false,
+    },
+    Target {
+        what: "50 MiB from S3 against nginx proxying S3 (bytes/s)",
+        scenario: LARGE,
+        edge: "gitdeploy edge",
+        peer: NGINX_PROXY,
+        goal: 0.8,
+        by_bytes: true,
+        p99_no_worse: false,
+    },
+    Target {
+        what: "at least 5x the original design's Node proxy",
+        scenario: NODE,
+        edge: "gitdeploy edge",
+        peer: NODE_PROXY,
+        goal: 5.0,
+        by_bytes: false,
+        p99_no_worse: false,
+    },
+];
+
+/// Seconds in a wrk latency (`737.00us`, `1.60ms`, `3.94s`, `1.02m`).
+fn latency_seconds(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (value, unit) = text.split_at(split);
+    let value: f64 = value.parse().ok()?;
+    let scale = match unit {
+        "us" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return None,
+    };
+    Some(value * scale)
+}
+
+/// Bytes per second in a wrk transfer rate (`253.80MB`, binary units).
+fn bytes_per_second(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (value, unit) = text.split_at(split);
+    let value: f64 = value.parse().ok()?;
+    let scale = match unit {
+        "B" => 1.0,
+        "KB" => 1024.0,
+        "MB" => 1024.0 * 1024.0,
+        "GB" => 1024.0 * 1024.0 * 1024.0,
+        "TB" => 1024.0f64.powi(4),
+        _ => return None,
+    };
+    Some(value * scale)
+}
+
+/// The targets whose rows this run measured, as ratios.
+fn render_targets(rows: &[Row]) -> String {
+    let find = |scenario: &str, server: &str| {
+        rows.iter()
+            .find(|r| r.scenario == scenario && r.server.starts_with(server))
+    };
+    let mut out = String::new();
+    for t in &TARGETS {
+        let (Some(edge), Some(peer)) = (find(t.scenario, t.edge), find(t.scenario, t.peer)) else {
+            continue;
+        };
+        if out.is_empty() {
+            out.push_str(
+                "\n## Targets (ratios of rows above, same run)\n\n\
+                 | target | edge | peer | ratio | goal | p99 edge / peer | met |\n\
+                 |---|---:|---:|---:|---:|---:|---|\n",
+            );
+        }
+        let (e, p, unit) = if t.by_bytes {
+            (
+                bytes_per_second(&edge.result.transfer_per_sec).unwrap_or(0.0) / 1e6,
+                bytes_per_second(&peer.result.transfer_per_sec).unwrap_or(0.0) / 1e6,
+                " MB/s",
+            )
+        } else {
+            (
+                edge.result.requests_per_sec,
+                peer.result.requests_per_sec,
+                " req/s",
+            )
+        };
+        let ratio = if p > 0.0 { e / p } else { 0.0 };
+        let p99 = (
+            latency_seconds(&edge.result.p99),
+            latency_seconds(&peer.result.p99),
+        );
+        let p99_ok = matches!(p99, (Some(a), Some(b)) if a <= b);
+        let met = ratio >= t.goal && (p99_ok || !t.p99_no_worse);
+        let _ = writeln!(
+            out,
+            "| {} | {e:.0}{unit} | {p:.0}{unit} | {ratio:.2}x | {:.1}x | {} / {} | {} |",
+            t.what,
+            t.goal,
+            edge.result.p99,
+            peer.result.p99,
+            if met { "yes" } else { "no" },
+        );
+    }
+    out
+}
+
 fn render(opts: &Opts, rows: &[Row]) -> anyhow::Result<String> {
     let mut out = String::new();
     writeln!(out, "# GitDeploy edge benchmark\n")?;
@@ -313,13 +538,13 @@ fn render(opts: &Opts, rows: &[Row]) -> anyhow::Result<String> {
     }
     writeln!(
         out,
-        "| scenario | server | req/s | p50 | p99 | transfer/s | errors | peak RSS |"
+        "| scenario | server | req/s | p50 | p99 | transfer/s | errors | CPU/request | peak RSS |"
     )?;
-    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|")?;
     for r in rows {
         writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.server,
             r.result.requests_per_sec,
@@ -327,6 +552,9 @@ fn render(opts: &Opts, rows: &[Row]) -> anyhow::Result<String> {
             r.result.p99,
             r.result.transfer_per_sec,
             r.result.errors,
+            r.cpu_us_per_request
+                .map(|us| format!("{us:.1} µs"))
+                .unwrap_or_else(|| "-".into()),
             r.peak_rss_kib
                 .map(|k| format!("{} MiB", k / 1024))
                 .unwrap_or_else(|| "-".into()),

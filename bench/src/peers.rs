@@ -9,6 +9,71 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+/// A server under load: where to send requests and which processes do its work.
+pub trait Server {
+    /// `127.0.0.1:port`.
+    fn addr(&self) -> &str;
+    /// Its processes (threads are counted with them).
+    fn pids(&self) -> Vec<u32>;
+    /// Starts a new peak-memory measurement, where the server reports one.
+    fn reset_peak_rss(&self) {}
+    /// Peak resident memory since the reset, in KiB.
+    fn peak_rss_kib(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// CPU time (user + system, all threads) of `pids` in clock ticks; `None` if one has gone.
+pub fn cpu_ticks(pids: &[u32]) -> Option<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        total += utime + stime;
+    }
+    Some(total)
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times.
+pub fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// `pid` and its direct children (nginx's workers).
+fn with_children(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let parent = std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s[s.rfind(')')? + 2..].to_owned();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                });
+            if parent == Some(pid) {
+                pids.push(child);
+            }
+        }
+    }
+    pids
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -50,11 +115,21 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// Starts the edge with extra `up` flags.
+    /// Starts the edge with extra `up` flags (embedded S3).
     pub async fn start(binary: &Path, flags: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(binary, flags, None).await
+    }
+
+    /// Starts the edge with extra `up` flags, storing sites in `s3` when given.
+    pub async fn start_with(
+        binary: &Path,
+        flags: &[&str],
+        s3: Option<&S3Server>,
+    ) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
         let (port, metrics) = (free_port()?, free_port()?);
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["up", "--listen", &format!("127.0.0.1:{port}")])
             .args([
                 "--metrics-listen",
@@ -63,7 +138,14 @@ impl Edge {
             ])
             .arg(data.path())
             .args(flags)
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", "error");
+        if let Some(s3) = s3 {
+            command
+                .args(["--s3-endpoint", &format!("http://{}", s3.addr)])
+                .env("AWS_ACCESS_KEY_ID", S3_KEY.0)
+                .env("AWS_SECRET_ACCESS_KEY", S3_KEY.1);
+        }
+        let child = command
             .stdout(Stdio::null())
             .spawn()
             .context("starting gitdeploy")?;
@@ -218,11 +300,83 @@ impl Edge {
     }
 }
 
+impl Server for Edge {
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+    fn pids(&self) -> Vec<u32> {
+        vec![self.child.id()]
+    }
+    fn reset_peak_rss(&self) {
+        Edge::reset_peak_rss(self)
+    }
+    fn peak_rss_kib(&self) -> Option<u64> {
+        Edge::peak_rss_kib(self)
+    }
+}
+
 impl Drop for Edge {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The bench's S3 access key: a throwaway for a loopback server.
+const S3_KEY: (&str, &str) = ("bench-access-key", "bench-secret-key-0123456789");
+/// The bucket `gitdeploy s3-server` creates.
+pub const S3_BUCKET: &str = "gitdeploy";
+/// The region everything signs for.
+const S3_REGION: &str = "us-east-1";
+
+/// `gitdeploy s3-server` (s3s + s3s-fs, SigV4 required) in its own process: the one S3 both the
+/// edge and nginx read from in the proxy scenarios.
+pub struct S3Server {
+    /// `127.0.0.1:port`.
+    pub addr: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    /// Starts the server on a free port with an empty store.
+    pub fn start(binary: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let child = Command::new(binary)
+            .args(["s3-server", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("AWS_ACCESS_KEY_ID", S3_KEY.0)
+            .env("AWS_SECRET_ACCESS_KEY", S3_KEY.1)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting gitdeploy s3-server")?;
+        let addr = format!("127.0.0.1:{port}");
+        wait_until("s3-server", || std::net::TcpStream::connect(&addr).is_ok())?;
+        Ok(S3Server {
+            addr,
+            child,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How nginx in front of S3 keeps what it fetched.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ProxyCache {
+    /// Every request goes to S3.
+    Off,
+    /// `proxy_cache` on local disk (the page cache, in practice), filled on first request.
+    Disk,
 }
 
 /// nginx serving a directory.
@@ -236,10 +390,82 @@ pub struct Nginx {
 impl Nginx {
     /// Serves `root` with a production-like static configuration.
     pub fn start_static(root: &Path) -> anyhow::Result<Self> {
+        let server = format!(
+            "open_file_cache max=1000 inactive=60s;
+  if_modified_since before;
+  types {{ text/html html; text/css css; application/javascript js; image/svg+xml svg; application/json json; }}
+  default_type application/octet-stream;
+  server {{ listen 127.0.0.1:{{port}}; root {root}; }}",
+            root = root.display(),
+        );
+        Self::start("", &server)
+    }
+
+    /// Proxies every path to the same object of a deployment in `s3` (`sites/<id>/<path>`),
+    /// each upstream GET signed with SigV4 by `bench/nginx/s3sign.js` (njs, as nginx's S3
+    /// gateway does; `apt-get install libnginx-mod-http-js`), over keep-alive connections.
+    /// Client headers never reach S3.
+    pub fn start_s3_proxy(
+        s3: &S3Server,
+        deployment: &str,
+        cache: ProxyCache,
+    ) -> anyhow::Result<Self> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/s3sign.js");
+        let caching = match cache {
+            ProxyCache::Off => "proxy_buffering off;".to_owned(),
+            ProxyCache::Disk => "proxy_cache sites; proxy_cache_key $uri; \
+                 proxy_cache_valid 200 1h; proxy_cache_lock on; \
+                 proxy_ignore_headers Cache-Control Expires Set-Cookie;"
+                .to_owned(),
+        };
+        let server = format!(
+            "js_import s3 from {script};
+  js_var $s3_amz_date;
+  js_var $s3_host {s3};
+  js_var $s3_region {S3_REGION};
+  js_var $s3_access_key {access};
+  js_var $s3_secret_key {secret};
+  js_set $s3_authorization s3.authorization;
+  js_set $s3_date s3.amzDate;
+  upstream s3 {{ server {s3}; keepalive 64; }}
+  proxy_cache_path {{dir}}/cache levels=1:2 keys_zone=sites:10m max_size=2g inactive=1h use_temp_path=off;
+  server {{
+    listen 127.0.0.1:{{port}};
+    location / {{
+      rewrite ^ /{S3_BUCKET}/sites/{deployment}$uri break;
+      proxy_pass http://s3;
+      proxy_http_version 1.1;
+      proxy_pass_request_headers off;
+      proxy_set_header Connection \"\";
+      proxy_set_header Host $s3_host;
+      proxy_set_header Authorization $s3_authorization;
+      proxy_set_header x-amz-date $s3_date;
+      proxy_set_header x-amz-content-sha256 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855;
+      proxy_hide_header x-amz-request-id;
+      {caching}
+    }}
+  }}",
+            script = script.display(),
+            s3 = s3.addr,
+            access = S3_KEY.0,
+            secret = S3_KEY.1,
+        );
+        Self::start(
+            "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;",
+            &server,
+        )
+    }
+
+    /// Starts nginx with `http` inside its `http` block (`{port}` and `{dir}` filled in).
+    fn start(main: &str, http: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
+        let http = http
+            .replace("{port}", &port.to_string())
+            .replace("{dir}", &dir.path().display().to_string());
         let conf = format!(
-            "worker_processes 2;
+            "{main}
+worker_processes 2;
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log error;
@@ -249,20 +475,29 @@ http {{
   sendfile on;
   tcp_nopush on;
   keepalive_requests 1000000;
-  open_file_cache max=1000 inactive=60s;
-  if_modified_since before;
-  types {{ text/html html; text/css css; application/javascript js; image/svg+xml svg; application/json json; }}
-  default_type application/octet-stream;
   client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fastcgi;
   uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
-  server {{ listen 127.0.0.1:{port}; root {root}; }}
+  {http}
 }}
 ",
             dir = dir.path().display(),
-            root = root.display(),
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
+        let check = Command::new("nginx")
+            .arg("-t")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .output()
+            .context("running nginx (apt-get install nginx)")?;
+        if !check.status.success() {
+            bail!(
+                "nginx rejected the bench configuration: {}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
         let child = Command::new("nginx")
             .args(["-p"])
             .arg(dir.path())
@@ -281,9 +516,25 @@ http {{
     }
 }
 
+impl Server for Nginx {
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+    fn pids(&self) -> Vec<u32> {
+        with_children(self.child.id())
+    }
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM: the master stops its workers (SIGKILL would leave them running).
+        let stopped = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
@@ -369,6 +620,15 @@ impl NodeProxy {
         let addr = format!("127.0.0.1:{port}");
         wait_until("node proxy", || std::net::TcpStream::connect(&addr).is_ok())?;
         Ok(NodeProxy { addr, child })
+    }
+}
+
+impl Server for NodeProxy {
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+    fn pids(&self) -> Vec<u32> {
+        vec![self.child.id()]
     }
 }
 

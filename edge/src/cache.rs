@@ -209,18 +209,32 @@ impl ObjectCache {
 pub struct AliasCache {
     cache: Cache<String, (u64, Option<DeploymentId>)>,
     records: gitdeploy_api::Records,
+    metrics: EdgeMetrics,
 }
 
 impl AliasCache {
     /// A cache over `records` whose entries live at most `ttl`.
-    pub fn new(records: gitdeploy_api::Records, ttl: std::time::Duration) -> Arc<Self> {
+    pub fn new(
+        records: gitdeploy_api::Records,
+        ttl: std::time::Duration,
+        metrics: EdgeMetrics,
+    ) -> Arc<Self> {
         Arc::new(AliasCache {
             cache: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
             records,
+            metrics,
         })
+    }
+
+    fn counted(&self, result: &str, id: Option<DeploymentId>) -> Option<DeploymentId> {
+        self.metrics.alias_lookup(match (result, &id) {
+            ("hit", None) | ("loaded", None) => "missing",
+            _ => result,
+        });
+        id
     }
 }
 
@@ -230,7 +244,7 @@ impl gitdeploy_api::AliasResolver for AliasCache {
         let generation = self.records.store().alias_generation();
         if let Some((seen, id)) = self.cache.get(project).await {
             if seen >= generation {
-                return id;
+                return self.counted("hit", id);
             }
             self.cache.invalidate(project).await;
         }
@@ -246,11 +260,11 @@ impl gitdeploy_api::AliasResolver for AliasCache {
             })
             .await;
         match found {
-            Ok((_, id)) => id,
+            Ok((_, id)) => self.counted("loaded", id),
             Err(e) => {
                 // Not cached: the next request asks again.
                 tracing::warn!(project, "cannot look up the project: {e}");
-                None
+                self.counted("error", None)
             }
         }
     }

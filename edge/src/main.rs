@@ -12,6 +12,7 @@
 mod build_task;
 mod cache;
 mod cli;
+mod coalesce;
 mod control;
 mod embedded_s3;
 mod metrics;

@@ -33,6 +33,8 @@ pub struct EdgeMetrics {
     pub s3_latency: HistogramVec,
     /// Manifest lookups by result (`hit`, `loaded`, `missing`, `error`).
     pub manifest_lookups: IntCounterVec,
+    /// Project alias lookups by result (`hit`, `loaded`, `missing`, `error`).
+    pub alias_lookups: IntCounterVec,
     /// The series every request touches, resolved once: a label lookup hashes the labels and
     /// takes a lock, which showed in the hot path's profile.
     hot: Arc<HotSeries>,
@@ -42,7 +44,7 @@ pub struct EdgeMetrics {
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 /// Cache results of a request in label order.
 const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "none"];
-/// Manifest lookup results in label order.
+/// Manifest and alias lookup results in label order.
 const MANIFEST_RESULTS: [&str; 4] = ["hit", "loaded", "missing", "error"];
 
 /// The metrics before their hot series are resolved.
@@ -56,6 +58,7 @@ struct Parts {
     s3_requests: IntCounterVec,
     s3_latency: HistogramVec,
     manifest_lookups: IntCounterVec,
+    alias_lookups: IntCounterVec,
 }
 
 struct HotSeries {
@@ -65,6 +68,7 @@ struct HotSeries {
     object_hit: IntCounter,
     object_miss: IntCounter,
     manifests: Vec<IntCounter>,
+    aliases: Vec<IntCounter>,
 }
 
 fn status_class_index(status: u16) -> usize {
@@ -137,6 +141,13 @@ impl EdgeMetrics {
                 ),
                 &["result"],
             )?,
+            alias_lookups: IntCounterVec::new(
+                Opts::new(
+                    "gitdeploy_alias_lookups_total",
+                    "Project alias (production deployment) lookups by result.",
+                ),
+                &["result"],
+            )?,
         };
         let m = EdgeMetrics {
             hot: Arc::new(HotSeries {
@@ -153,6 +164,10 @@ impl EdgeMetrics {
                     .iter()
                     .map(|r| m.manifest_lookups.with_label_values(&[r]))
                     .collect(),
+                aliases: MANIFEST_RESULTS
+                    .iter()
+                    .map(|r| m.alias_lookups.with_label_values(&[r]))
+                    .collect(),
             }),
             requests: m.requests,
             latency: m.latency,
@@ -163,6 +178,7 @@ impl EdgeMetrics {
             s3_requests: m.s3_requests,
             s3_latency: m.s3_latency,
             manifest_lookups: m.manifest_lookups,
+            alias_lookups: m.alias_lookups,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.latency.clone()))?;
@@ -173,6 +189,7 @@ impl EdgeMetrics {
         registry.register(Box::new(m.s3_requests.clone()))?;
         registry.register(Box::new(m.s3_latency.clone()))?;
         registry.register(Box::new(m.manifest_lookups.clone()))?;
+        registry.register(Box::new(m.alias_lookups.clone()))?;
         Ok(m)
     }
 
@@ -205,6 +222,15 @@ impl EdgeMetrics {
             .position(|r| *r == result)
             .unwrap_or(3);
         self.hot.manifests[i].inc();
+    }
+
+    /// Counts a project alias lookup (`hit`, `loaded`, `missing`, `error`).
+    pub fn alias_lookup(&self, result: &str) {
+        let i = MANIFEST_RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(3);
+        self.hot.aliases[i].inc();
     }
 }
 

@@ -19,6 +19,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::io::AsyncReadExt;
 
+use crate::coalesce::Coalescing;
 use crate::control::serve_http;
 use crate::sites::{HostRules, SitesProxy};
 use pingora_core::protocols::GetSocketDigest;
@@ -86,9 +87,15 @@ impl ServerApp for PublicApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let mut l4 = match stream.into_any().downcast::<L4Stream>() {
+        // A new connection, or a kept-alive one coming back from the sites proxy.
+        let returned = match stream.into_any().downcast::<L4Stream>() {
+            Ok(s) => Ok(*s),
+            Err(other) => Err(other.downcast::<Coalescing<L4Stream>>().map_err(|_| ())),
+        };
+        let mut l4 = match returned {
             Ok(s) => s,
-            Err(_) => {
+            Err(Ok(s)) => s.into_inner().await.ok()?,
+            Err(Err(())) => {
                 tracing::error!("the public port only serves plain TCP connections");
                 return None;
             }
@@ -105,7 +112,8 @@ impl ServerApp for PublicApp {
             serve_http(self.api.clone(), l4, peer, shutdown).await;
             return None;
         }
-        self.proxy.process_new(l4, shutdown).await
+        let stream: Stream = Box::new(Coalescing::new(l4));
+        self.proxy.process_new(stream, shutdown).await
     }
 
     async fn cleanup(&self) {

@@ -472,6 +472,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     let aliases = AliasCache::new(
         records.clone(),
         std::time::Duration::from_millis(opts.alias_cache_ttl_ms.max(1)),
+        edge_metrics.clone(),
     );
 
     // One Pingora server for all of it.

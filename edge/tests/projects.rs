@@ -109,6 +109,17 @@ async fn production_promote_rollback_and_previews() {
     let gd = Gitdeploy::start(data.path()).await;
     assert_eq!(project_page(&gd, "my-site").await, (200, "v2".into()));
     assert_eq!(project_page(&gd, "no-such-project").await.0, 404);
+    assert_eq!(project_page(&gd, "my-site").await, (200, "v2".into()));
+    // Alias lookups of the restarted process: loaded once, then from its cache.
+    for (result, want) in [
+        ("loaded", 1.0),
+        ("hit", 1.0),
+        ("missing", 1.0),
+        ("error", 0.0),
+    ] {
+        let series = format!(r#"gitdeploy_alias_lookups_total{{result="{result}"}}"#);
+        assert_eq!(gd.metric(&series).await, want, "{series}");
+    }
 }
 
 #[tokio::test]
