@@ -83,10 +83,32 @@ pub fn build_gitdeploy() -> anyhow::Result<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("workspace")?;
-    let status = Command::new(env!("CARGO"))
+    let mut build = Command::new(env!("CARGO"));
+    build
         .args(["build", "--release", "--bin", "gitdeploy"])
-        .current_dir(workspace)
-        .status()?;
+        .current_dir(workspace);
+    // Not the variables `cargo run` set for this process: crates that read them at compile
+    // time would be rebuilt on every run (and again by the next plain `cargo build`).
+    for (name, _) in std::env::vars_os() {
+        let cargo_run_var = name.to_str().is_some_and(|n| {
+            n == "LD_LIBRARY_PATH"
+                || n == "OUT_DIR"
+                || n.starts_with("CARGO_PKG_")
+                || matches!(
+                    n,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_RUSTC_CURRENT_DIR"
+                )
+        });
+        if cargo_run_var {
+            build.env_remove(name);
+        }
+    }
+    let status = build.status()?;
     if !status.success() {
         bail!("cargo build --release --bin gitdeploy failed");
     }
@@ -431,6 +453,9 @@ impl Nginx {
   proxy_cache_path {{dir}}/cache levels=1:2 keys_zone=sites:10m max_size=2g inactive=1h use_temp_path=off;
   server {{
     listen 127.0.0.1:{{port}};
+    # With TCP_CORK, cache hits of 64 KiB and more waited for a delayed ACK: 25 requests/s
+    # per connection instead of 20,000.
+    tcp_nopush off;
     location / {{
       rewrite ^ /{S3_BUCKET}/sites/{deployment}$uri break;
       proxy_pass http://s3;

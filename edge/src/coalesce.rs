@@ -58,9 +58,10 @@ where
 }
 
 impl<S: AsyncWrite + Unpin> Coalescing<S> {
-    /// The wrapped stream, after sending anything held.
+    /// The wrapped stream, flushed: nothing of a response may wait in a buffer while the
+    /// next request is awaited.
     pub async fn into_inner(mut self) -> io::Result<S> {
-        std::future::poll_fn(|cx| self.poll_send_held(cx)).await?;
+        std::future::poll_fn(|cx| Pin::new(&mut self).poll_flush(cx)).await?;
         Ok(self.inner)
     }
 
