@@ -71,6 +71,14 @@ struct HotSeries {
     aliases: Vec<IntCounter>,
 }
 
+/// Position of a lookup result in [`MANIFEST_RESULTS`]; anything unknown counts as `error`.
+fn lookup_result_index(result: &str) -> usize {
+    MANIFEST_RESULTS
+        .iter()
+        .position(|r| *r == result)
+        .unwrap_or(MANIFEST_RESULTS.len() - 1)
+}
+
 fn status_class_index(status: u16) -> usize {
     match status {
         100..=599 => usize::from(status / 100) - 1,
@@ -217,20 +225,12 @@ impl EdgeMetrics {
 
     /// Counts a manifest lookup (`hit`, `loaded`, `missing`, `error`).
     pub fn manifest_lookup(&self, result: &str) {
-        let i = MANIFEST_RESULTS
-            .iter()
-            .position(|r| *r == result)
-            .unwrap_or(3);
-        self.hot.manifests[i].inc();
+        self.hot.manifests[lookup_result_index(result)].inc();
     }
 
     /// Counts a project alias lookup (`hit`, `loaded`, `missing`, `error`).
     pub fn alias_lookup(&self, result: &str) {
-        let i = MANIFEST_RESULTS
-            .iter()
-            .position(|r| *r == result)
-            .unwrap_or(3);
-        self.hot.aliases[i].inc();
+        self.hot.aliases[lookup_result_index(result)].inc();
     }
 }
 
