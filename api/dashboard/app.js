@@ -318,11 +318,16 @@ function logView(d, onFinal) {
   function connect() {
     if (done || !pre.isConnected && ws) return;
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    const q = new URLSearchParams({ since: String(next) });
+    const q = new URLSearchParams({ since: String(next), batch: "1" });
     if (token()) q.set("access_token", token());
     ws = new WebSocket(`${proto}//${location.host}/api/deployments/${d.id}/logs/ws?${q}`);
     ws.onopen = () => { status.textContent = done ? "" : "Live"; retry = 500; };
-    ws.onmessage = (ev) => { try { add(JSON.parse(ev.data)); } catch (_) { /* ignore */ } };
+    // Batch mode: a frame carries the records that were ready together, one per line.
+    ws.onmessage = (ev) => {
+      for (const line of String(ev.data).split("\n")) {
+        try { add(JSON.parse(line)); } catch (_) { /* ignore */ }
+      }
+    };
     ws.onclose = () => {
       if (done || !pre.isConnected) return;
       status.textContent = `Connection lost; reconnecting from line ${next}…`;

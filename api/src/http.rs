@@ -9,6 +9,8 @@
 //! GET  /api/deployments/{id}/logs  NDJSON log records so far (?since=N); with ?follow=1,
 //!                                  Server-Sent Events to the end (resumes after Last-Event-ID)
 //! GET  /api/deployments/{id}/logs/ws  WebSocket: backlog, live lines, final record, close
+//!                                  (?since=N; ?batch=1: a text frame may carry several
+//!                                  records, one JSON object per line)
 //! POST /api/deployments/{id}/cancel  stop a queued or running build
 //! POST /api/projects               {"name", "repo", "production_branch"?} → 201
 //! GET  /api/projects               projects with their production URL and deployment
@@ -889,6 +891,9 @@ struct SinceQuery {
     /// Stream as Server-Sent Events until the final record.
     #[serde(default)]
     follow: Option<String>,
+    /// WebSocket: records that are ready together share one text frame, newline-separated.
+    #[serde(default)]
+    batch: Option<String>,
 }
 
 async fn read_logs(
@@ -933,7 +938,8 @@ async fn follow_logs_ws(
 ) -> Result<Response, ApiError> {
     let d = lookup(&cp, &id).await?;
     let follower = follow_log(&cp, &d, q.since).await?;
-    Ok(ws.on_upgrade(move |socket| stream_log(socket, follower)))
+    let batch = q.batch.as_deref().is_some_and(|b| b == "1" || b == "true");
+    Ok(ws.on_upgrade(move |socket| stream_log(socket, follower, batch)))
 }
 
 /// The archived log of a finished deployment whose log the bus no longer holds (Redis streams
@@ -1001,8 +1007,13 @@ fn sse_log(follower: crate::logbus::Follower) -> impl IntoResponse {
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
+/// A batch frame is sent once it holds this many bytes.
+const BATCH_BYTES: usize = 256 << 10;
+
 /// Sends records until the final one, then closes. Ends early when the client goes away.
-async fn stream_log(mut socket: WebSocket, mut follower: crate::logbus::Follower) {
+/// With `batch`, the records of one burst go out as one text frame, one JSON object per line:
+/// one frame to encode, send and parse instead of one per line.
+async fn stream_log(mut socket: WebSocket, mut follower: crate::logbus::Follower, batch: bool) {
     // A client's read side can end (a half-closed connection, as a proxy may leave it) while it
     // still receives: keep sending until a send fails or the client says close.
     let mut client_reading = true;
@@ -1016,6 +1027,7 @@ async fn stream_log(mut socket: WebSocket, mut follower: crate::logbus::Follower
                     let mut ended = false;
                     let mut pending = Some(record);
                     let mut queued = 0;
+                    let mut lines = String::new();
                     while let Some(live) = pending.take() {
                         // The bus's own JSON when it has it: serialized once, not per follower.
                         let text = match live.json.map(axum::extract::ws::Utf8Bytes::try_from) {
@@ -1025,10 +1037,18 @@ async fn stream_log(mut socket: WebSocket, mut follower: crate::logbus::Follower
                                 Err(_) => return,
                             },
                         };
-                        if socket.feed(Message::Text(text)).await.is_err() {
+                        queued += 1;
+                        if batch {
+                            if !lines.is_empty() {
+                                lines.push('\n');
+                            }
+                            lines.push_str(text.as_str());
+                            if lines.len() >= BATCH_BYTES {
+                                break;
+                            }
+                        } else if socket.feed(Message::Text(text)).await.is_err() {
                             return;
                         }
-                        queued += 1;
                         if queued == 512 {
                             break;
                         }
@@ -1041,6 +1061,9 @@ async fn stream_log(mut socket: WebSocket, mut follower: crate::logbus::Follower
                             }
                             None => {}
                         }
+                    }
+                    if !lines.is_empty() && socket.feed(Message::Text(lines.into())).await.is_err() {
+                        return;
                     }
                     if socket.flush().await.is_err() {
                         return;

@@ -62,6 +62,7 @@ impl Fixture {
 
 pub struct Row {
     followers: usize,
+    batch: bool,
     lines: u64,
     rate: u64,
     p50_us: u64,
@@ -78,22 +79,28 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// Follows the log to its end; returns the latencies (µs) of the timed lines.
-async fn follow(addr: String, id: String) -> anyhow::Result<Vec<u64>> {
-    let url = format!("ws://{addr}/api/deployments/{id}/logs/ws");
+/// Follows the log to its end (`batch`: several records per frame); returns the latencies
+/// (µs) of the timed lines.
+async fn follow(addr: String, id: String, batch: bool) -> anyhow::Result<Vec<u64>> {
+    let url = format!(
+        "ws://{addr}/api/deployments/{id}/logs/ws?batch={}",
+        u8::from(batch)
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
     let mut latencies = Vec::new();
     while let Some(msg) = ws.next().await {
         match msg? {
             Message::Text(text) => {
                 let received = now_us();
-                let record: serde_json::Value = serde_json::from_str(&text)?;
-                if let Some(t) = record["line"]
-                    .as_str()
-                    .and_then(|l| l.strip_prefix("t="))
-                    .and_then(|t| t.parse::<u64>().ok())
-                {
-                    latencies.push(received.saturating_sub(t));
+                for line in text.as_str().split('\n') {
+                    let record: serde_json::Value = serde_json::from_str(line)?;
+                    if let Some(t) = record["line"]
+                        .as_str()
+                        .and_then(|l| l.strip_prefix("t="))
+                        .and_then(|t| t.parse::<u64>().ok())
+                    {
+                        latencies.push(received.saturating_sub(t));
+                    }
                 }
             }
             Message::Close(_) => break,
@@ -104,7 +111,12 @@ async fn follow(addr: String, id: String) -> anyhow::Result<Vec<u64>> {
 }
 
 /// One deploy of the fixture with `followers` clients connected before its first line.
-pub async fn measure(edge: &Edge, fixture: &Fixture, followers: usize) -> anyhow::Result<Row> {
+pub async fn measure(
+    edge: &Edge,
+    fixture: &Fixture,
+    followers: usize,
+    batch: bool,
+) -> anyhow::Result<Row> {
     let answer: serde_json::Value = edge
         .http
         .post(format!("http://{}/api/deployments", edge.addr))
@@ -116,7 +128,7 @@ pub async fn measure(edge: &Edge, fixture: &Fixture, followers: usize) -> anyhow
     let id = answer["id"].as_str().context("no id")?.to_owned();
     let mut tasks = Vec::new();
     for _ in 0..followers {
-        tasks.push(tokio::spawn(follow(edge.addr.clone(), id.clone())));
+        tasks.push(tokio::spawn(follow(edge.addr.clone(), id.clone(), batch)));
     }
     let mut all = Vec::new();
     let mut lost = 0;
@@ -125,7 +137,7 @@ pub async fn measure(edge: &Edge, fixture: &Fixture, followers: usize) -> anyhow
         lost += fixture.lines.saturating_sub(latencies.len() as u64);
         all.extend(latencies);
     }
-    let late = follow(edge.addr.clone(), id).await?;
+    let late = follow(edge.addr.clone(), id, batch).await?;
     all.sort_unstable();
     let pick = |q: f64| {
         all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
@@ -134,6 +146,7 @@ pub async fn measure(edge: &Edge, fixture: &Fixture, followers: usize) -> anyhow
     };
     Ok(Row {
         followers,
+        batch,
         lines: fixture.lines,
         rate: fixture.rate,
         p50_us: pick(0.50),
@@ -150,14 +163,16 @@ pub fn render(rows: &[Row]) -> String {
          was written; WebSocket followers (connected before the first line) measure when each line \
          arrives: builder → runner → log bus → WebSocket, all on this machine. A plain pub/sub \
          subscriber that joins late loses every line published before it joined; the last column \
-         is what a client that connects after the build ended missed here.\n\n\
-         | followers | lines | rate | p50 | p99 | max | lines lost | lost by a late client |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         is what a client that connects after the build ended missed here. Frames: one record \
+         per WebSocket frame, or `?batch=1` (the records ready together share a frame).\n\n\
+         | followers | frames | lines | rate | p50 | p99 | max | lines lost | lost by a late client |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {}/s | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} |\n",
+            "| {} | {} | {} | {}/s | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} |\n",
             r.followers,
+            if r.batch { "batched" } else { "one per record" },
             r.lines,
             r.rate,
             r.p50_us as f64 / 1000.0,

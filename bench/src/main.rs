@@ -263,7 +263,9 @@ async fn main() -> anyhow::Result<()> {
         let edge = Edge::start(&gitdeploy, &["--api-rate-per-second", "0"]).await?;
         let fixture = logs::Fixture::create(10_000, 3)?;
         for followers in [1usize, 100, 1000] {
-            log_rows.push(logs::measure(&edge, &fixture, followers).await?);
+            for batch in [false, true] {
+                log_rows.push(logs::measure(&edge, &fixture, followers, batch).await?);
+            }
         }
     }
 

@@ -201,7 +201,7 @@ impl Client {
     /// Streams a log over the WebSocket, printing each line; returns the outcome status.
     async fn follow(&self, id: &str, since: u64) -> Result<Option<Outcome>, String> {
         let ws_url = format!(
-            "{}/api/deployments/{id}/logs/ws?since={since}",
+            "{}/api/deployments/{id}/logs/ws?since={since}&batch=1",
             self.api.replacen("http", "ws", 1)
         );
         let mut request = ws_url
@@ -233,11 +233,14 @@ impl Client {
                 Message::Close(_) => break,
                 _ => continue,
             };
-            let record: LogRecord =
-                serde_json::from_str(&text).map_err(|e| format!("bad log record: {e}"))?;
-            printer.print(&record);
-            if let Some(outcome) = record.outcome {
-                return Ok(Some(outcome));
+            // Batch mode: one record per line of the frame.
+            for line in text.as_str().split('\n') {
+                let record: LogRecord =
+                    serde_json::from_str(line).map_err(|e| format!("bad log record: {e}"))?;
+                printer.print(&record);
+                if let Some(outcome) = record.outcome {
+                    return Ok(Some(outcome));
+                }
             }
         }
         printer.clear_spinner();

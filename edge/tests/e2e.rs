@@ -248,6 +248,17 @@ async fn npm_site_builds_and_every_file_is_served() {
     // A follower that arrives after the end gets the whole log, and can start mid-way.
     assert_eq!(gd.follow(&id, 0).await, log);
     assert_eq!(gd.follow(&id, 3).await, log[3..].to_vec());
+    // In batch mode the same records arrive, in fewer frames (the log is complete: it is all
+    // ready at once).
+    let (batched, frames) = gd.follow_with(&id, 0, true).await;
+    assert_eq!(batched, log);
+    assert!(
+        frames < log.len(),
+        "{frames} frames for {} records",
+        log.len()
+    );
+    assert_eq!(gd.follow_with(&id, 3, true).await.0, log[3..].to_vec());
+    assert_eq!(gd.follow_with(&id, 0, false).await.1, log.len());
 }
 
 #[tokio::test]

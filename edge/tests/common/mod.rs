@@ -254,19 +254,36 @@ impl Gitdeploy {
 
     /// Follows the log over the WebSocket (from `since`) until the server closes it.
     pub async fn follow(&self, id: &str, since: u64) -> Vec<LogRecord> {
+        self.follow_with(id, since, false).await.0
+    }
+
+    /// [`Self::follow`], optionally in batch mode (several records per frame, one per line);
+    /// also returns how many text frames carried the records.
+    pub async fn follow_with(&self, id: &str, since: u64, batch: bool) -> (Vec<LogRecord>, usize) {
         let url = format!(
-            "ws://127.0.0.1:{}/api/deployments/{id}/logs/ws?since={since}",
-            self.port
+            "ws://127.0.0.1:{}/api/deployments/{id}/logs/ws?since={since}&batch={}",
+            self.port,
+            u8::from(batch)
         );
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         let mut records = Vec::new();
+        let mut frames = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
             let msg = tokio::time::timeout_at(deadline, ws.next())
                 .await
                 .expect("log follow timed out");
             match msg {
-                Some(Ok(Message::Text(t))) => records.push(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Text(t))) if batch => {
+                    frames += 1;
+                    let lines = t.as_str().split('\n');
+                    records.extend(lines.map(|l| serde_json::from_str::<LogRecord>(l).unwrap()));
+                }
+                // Without batch mode a frame is exactly one record.
+                Some(Ok(Message::Text(t))) => {
+                    frames += 1;
+                    records.push(serde_json::from_str(&t).unwrap());
+                }
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Ok(_)) => {}
                 Some(Err(e)) => panic!(
@@ -276,7 +293,7 @@ impl Gitdeploy {
                 ),
             }
         }
-        records
+        (records, frames)
     }
 
     /// GETs a deployment's status JSON.
