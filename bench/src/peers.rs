@@ -23,14 +23,19 @@ pub trait Server {
     }
 }
 
+/// The fields of `/proc/<pid>/stat` after the command name (which is in parentheses and may
+/// contain spaces): index 0 is the state, 1 the parent, 11 and 12 user and system time.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
 /// CPU time (user + system, all threads) of `pids` in clock ticks; `None` if one has gone.
 pub fn cpu_ticks(pids: &[u32]) -> Option<u64> {
     let mut total = 0;
     for pid in pids {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name, which is in parentheses and may contain spaces.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let fields = stat_fields(*pid)?;
         let utime: u64 = fields.get(11)?.parse().ok()?;
         let stime: u64 = fields.get(12)?.parse().ok()?;
         total += utime + stime;
@@ -60,12 +65,7 @@ fn with_children(pid: u32) -> Vec<u32> {
             else {
                 continue;
             };
-            let parent = std::fs::read_to_string(format!("/proc/{child}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let rest = s[s.rfind(')')? + 2..].to_owned();
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                });
+            let parent = stat_fields(child).and_then(|f| f.get(1)?.parse::<u32>().ok());
             if parent == Some(pid) {
                 pids.push(child);
             }
@@ -198,34 +198,11 @@ impl Edge {
 
     /// Deploys the fixture and waits until it is ready; returns the deployment id.
     pub async fn deploy(&self, site: &crate::site::Fixture) -> anyhow::Result<String> {
-        let answer: serde_json::Value = self
-            .http
-            .post(format!("http://{}/api/deployments", self.addr))
-            .json(&serde_json::json!({ "repo": site.root }))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let id = answer["id"]
+        let (_, record) = self.timed_deploy(&site.root).await?;
+        Ok(record["id"]
             .as_str()
             .context("no deployment id")?
-            .to_owned();
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let status: serde_json::Value = self
-                .http
-                .get(format!("http://{}/api/deployments/{id}", self.addr))
-                .send()
-                .await?
-                .json()
-                .await?;
-            match status["status"].as_str() {
-                Some("ready") => return Ok(id),
-                Some("failed") => bail!("the bench site failed to build: {}", status["error"]),
-                _ if Instant::now() > deadline => bail!("the bench site did not build in time"),
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+            .to_owned())
     }
 
     /// Deploys the repository at `repo`; returns the time from the request to the moment the

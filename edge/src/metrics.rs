@@ -45,7 +45,7 @@ const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 /// Cache results of a request in label order.
 const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "none"];
 /// Manifest and alias lookup results in label order.
-const MANIFEST_RESULTS: [&str; 4] = ["hit", "loaded", "missing", "error"];
+const LOOKUP_RESULTS: [&str; 4] = ["hit", "loaded", "missing", "error"];
 
 /// The metrics before their hot series are resolved.
 struct Parts {
@@ -71,12 +71,12 @@ struct HotSeries {
     aliases: Vec<IntCounter>,
 }
 
-/// Position of a lookup result in [`MANIFEST_RESULTS`]; anything unknown counts as `error`.
+/// Position of a lookup result in [`LOOKUP_RESULTS`]; anything unknown counts as `error`.
 fn lookup_result_index(result: &str) -> usize {
-    MANIFEST_RESULTS
+    LOOKUP_RESULTS
         .iter()
         .position(|r| *r == result)
-        .unwrap_or(MANIFEST_RESULTS.len() - 1)
+        .unwrap_or(LOOKUP_RESULTS.len() - 1)
 }
 
 fn status_class_index(status: u16) -> usize {
@@ -168,11 +168,11 @@ impl EdgeMetrics {
                 latency_control: m.latency.with_label_values(&["control"]),
                 object_hit: m.object_cache.with_label_values(&["hit"]),
                 object_miss: m.object_cache.with_label_values(&["miss"]),
-                manifests: MANIFEST_RESULTS
+                manifests: LOOKUP_RESULTS
                     .iter()
                     .map(|r| m.manifest_lookups.with_label_values(&[r]))
                     .collect(),
-                aliases: MANIFEST_RESULTS
+                aliases: LOOKUP_RESULTS
                     .iter()
                     .map(|r| m.alias_lookups.with_label_values(&[r]))
                     .collect(),
@@ -294,7 +294,7 @@ mod tests {
         m.object_cache_lookup(false);
         m.object_cache_lookup(false);
         assert_eq!(m.object_cache.with_label_values(&["miss"]).get(), 2);
-        for r in MANIFEST_RESULTS {
+        for r in LOOKUP_RESULTS {
             m.manifest_lookup(r);
             assert_eq!(m.manifest_lookups.with_label_values(&[r]).get(), 1, "{r}");
         }

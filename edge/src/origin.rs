@@ -260,6 +260,25 @@ impl S3Origin {
         Ok(out)
     }
 
+    /// A request for `path` on the endpoint with its SigV4 headers (`payload_sha256`: hex
+    /// SHA-256 of the body it will carry).
+    fn signed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        payload_sha256: &str,
+    ) -> Result<reqwest::RequestBuilder, OriginError> {
+        let scheme = if self.tls { "https" } else { "http" };
+        let headers = self.sign_with_payload(method.as_str(), path, payload_sha256)?;
+        let mut req = self
+            .http
+            .request(method, format!("{scheme}://{}{path}", self.connect));
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        Ok(req)
+    }
+
     /// Writes a whole object.
     pub async fn put(
         &self,
@@ -269,21 +288,12 @@ impl S3Origin {
     ) -> Result<(), OriginError> {
         use sha2::Digest;
         let path = self.object_path(key);
-        let scheme = if self.tls { "https" } else { "http" };
         let hash = hex::encode(sha2::Sha256::digest(&body));
-        let mut req = self
-            .http
-            .put(format!("{scheme}://{}{path}", self.connect))
-            .header("content-type", content_type);
-        for (name, value) in self.sign_with_payload("PUT", &path, &hash)? {
-            req = req.header(name, value);
-        }
-        let resp = req
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| OriginError::Transport(e.to_string()))?;
-        match resp.status().as_u16() {
+        let req = self
+            .signed(reqwest::Method::PUT, &path, &hash)?
+            .header("content-type", content_type)
+            .body(body);
+        match send(req).await?.status().as_u16() {
             200 | 201 | 204 => Ok(()),
             other => Err(OriginError::Status(other)),
         }
@@ -291,7 +301,6 @@ impl S3Origin {
 
     /// Every key under `prefix` (ListObjectsV2, page by page).
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, OriginError> {
-        let scheme = if self.tls { "https" } else { "http" };
         let mut keys = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -300,14 +309,7 @@ impl S3Origin {
                 query.push_str(&format!("&continuation-token={}", query_encode(t)));
             }
             let path = format!("{}/?{query}", self.bucket_path);
-            let mut req = self.http.get(format!("{scheme}://{}{path}", self.connect));
-            for (name, value) in self.sign("GET", &path)? {
-                req = req.header(name, value);
-            }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| OriginError::Transport(e.to_string()))?;
+            let resp = send(self.signed(reqwest::Method::GET, &path, EMPTY_SHA256)?).await?;
             if resp.status().as_u16() != 200 {
                 return Err(OriginError::Status(resp.status().as_u16()));
             }
@@ -328,18 +330,8 @@ impl S3Origin {
     /// Deletes one object (deleting a missing object succeeds).
     pub async fn delete(&self, key: &str) -> Result<(), OriginError> {
         let path = self.object_path(key);
-        let scheme = if self.tls { "https" } else { "http" };
-        let mut req = self
-            .http
-            .delete(format!("{scheme}://{}{path}", self.connect));
-        for (name, value) in self.sign("DELETE", &path)? {
-            req = req.header(name, value);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| OriginError::Transport(e.to_string()))?;
-        match resp.status().as_u16() {
+        let req = self.signed(reqwest::Method::DELETE, &path, EMPTY_SHA256)?;
+        match send(req).await?.status().as_u16() {
             200 | 204 | 404 => Ok(()),
             other => Err(OriginError::Status(other)),
         }
@@ -348,15 +340,7 @@ impl S3Origin {
     /// Reads a whole object; `Ok(None)` when it does not exist.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, OriginError> {
         let path = self.object_path(key);
-        let scheme = if self.tls { "https" } else { "http" };
-        let mut req = self.http.get(format!("{scheme}://{}{path}", self.connect));
-        for (name, value) in self.sign("GET", &path)? {
-            req = req.header(name, value);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| OriginError::Transport(e.to_string()))?;
+        let resp = send(self.signed(reqwest::Method::GET, &path, EMPTY_SHA256)?).await?;
         match resp.status().as_u16() {
             200 => Ok(Some(
                 resp.bytes()
@@ -367,6 +351,13 @@ impl S3Origin {
             other => Err(OriginError::Status(other)),
         }
     }
+}
+
+/// Sends a request built by [`S3Origin::signed`].
+async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, OriginError> {
+    req.send()
+        .await
+        .map_err(|e| OriginError::Transport(e.to_string()))
 }
 
 /// Percent-encodes a query parameter value (RFC 3986 unreserved characters stay).

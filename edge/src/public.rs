@@ -3,9 +3,11 @@
 //! proxy hop) when its host is the apex or `api.`, and to the sites proxy otherwise. The bytes
 //! read are pushed back onto the stream first, so each side sees the request untouched.
 //!
-//! The API closes its connections after one request, so every request reaches this routing; a
-//! keep-alive connection held by the sites proxy forwards control-plane requests to the API's
-//! private socket.
+//! The API closes its connections after one request, and a kept-alive site connection comes
+//! back here after each response, so every request is routed by its own head. Site
+//! connections go to the proxy wrapped in [`Coalescing`] (header and body in one write); the
+//! proxy still forwards a control-plane request it is handed (an absolute-form URI naming the
+//! API) to the API's private socket.
 
 use std::sync::Arc;
 use std::time::Duration;
