@@ -50,14 +50,22 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool, child: &mut Child) {
     }
 }
 
+/// A test tool from PyPI at the version `scripts/prereqs --test` pins, in the project's own
+/// virtualenv (never whatever version the machine happens to carry).
+fn test_tool(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../.tools/venv/bin")
+        .join(name)
+}
+
 fn moto() -> (Server, String) {
     let port = free_port();
-    let mut child = Command::new("moto_server")
+    let mut child = Command::new(test_tool("moto_server"))
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("moto_server is installed (scripts/prereqs --test: pip install moto[server])");
+        .expect("moto_server is installed in .tools/venv (scripts/prereqs --test)");
     wait_until(
         "moto_server",
         || TcpStream::connect(("127.0.0.1", port)).is_ok(),
@@ -70,7 +78,7 @@ fn moto() -> (Server, String) {
          json={{'model_name': 'ecs::task', 'transition': {{'progression': 'manual', 'times': 1000000}}}})\n\
          r.raise_for_status()\n"
     );
-    let out = Command::new("python3")
+    let out = Command::new(test_tool("python3"))
         .args(["-c", &script])
         .output()
         .unwrap();
@@ -93,7 +101,7 @@ fn default_network(endpoint: &str) -> (String, String) {
          sg = ec2.describe_security_groups(Filters=[{{'Name': 'vpc-id', 'Values': [vpc]}}])['SecurityGroups'][0]['GroupId']\n\
          print(sub, sg)\n"
     );
-    let out = Command::new("python3")
+    let out = Command::new(test_tool("python3"))
         .args(["-c", &script])
         .output()
         .unwrap();

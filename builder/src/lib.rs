@@ -9,15 +9,19 @@
 
 mod compress;
 mod config;
+mod confine;
 mod detect;
+mod disk;
 mod events;
 mod exec;
 mod lines;
+mod network;
 mod publish;
 mod sandbox;
 mod steps;
 
 pub use config::BuilderConfig;
+pub use confine::run_if_asked as confine_if_asked;
 
 /// Exit status: the site was published.
 pub const EXIT_READY: i32 = 0;
@@ -32,10 +36,19 @@ use gitdeploy_core::BuilderEvent;
 /// up) and removes its cgroups.
 pub async fn clean_up_after_kill(deployment: &str) {
     sandbox::Cgroups::leftovers(deployment).remove().await;
+    let _ = network::FilteredNetwork::remove(&steps::netns_name(deployment));
+}
+
+/// Makes this process undumpable: its memory and `/proc/<pid>/environ` (which hold storage
+/// credentials) can then not be read through /proc or ptrace by another process of the same
+/// user, such as a build's command where no other uid is available.
+pub fn make_undumpable() {
+    let _ = nix::sys::prctl::set_dumpable(false);
 }
 
 /// Runs the job described by the environment and returns the process exit status.
 pub async fn run_from_env() -> i32 {
+    make_undumpable();
     let emitter = events::Emitter::stdout();
     let config = match BuilderConfig::from_env() {
         Ok(c) => c,

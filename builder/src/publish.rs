@@ -35,6 +35,7 @@ async fn upload_multipart(
     bucket: &str,
     key: &str,
     file: &OutputFile,
+    opened: std::fs::File,
 ) -> Result<FileEntry, String> {
     use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
     use tokio::io::AsyncReadExt;
@@ -59,9 +60,7 @@ async fn upload_multipart(
         .ok_or("S3 returned no upload id")?
         .to_owned();
     let parts = async {
-        let mut source = tokio::fs::File::open(&file.source)
-            .await
-            .map_err(|e| format!("cannot read {}: {e}", file.relative))?;
+        let mut source = tokio::fs::File::from_std(opened);
         let mut hasher = Sha256::new();
         let mut parts = Vec::new();
         let mut size = 0u64;
@@ -147,19 +146,81 @@ pub struct OutputFile {
     pub source: PathBuf,
     /// Site-relative path, `/`-separated.
     pub relative: String,
+    /// The uid the file must belong to when it is opened for upload.
+    pub owner: Option<u32>,
 }
 
-/// Walks `root` and lists the files to publish. `from_repo_root` hides dotfiles (the repository
-/// itself is the site). Symlinks that resolve inside `root` are followed; any that point outside
-/// are refused, as are names that are not UTF-8.
-pub fn collect(
-    root: &Path,
-    from_repo_root: bool,
-    limits: &BuildLimits,
-) -> Result<Vec<OutputFile>, String> {
-    let canonical_root = root
+/// Where the files to publish come from and whose they must be.
+pub struct OutputSource<'a> {
+    /// The output directory (`output_dir`, or the root directory itself).
+    pub root: &'a Path,
+    /// The checkout: the output directory must resolve inside it, so an output directory that
+    /// is (or passes through) a symlink cannot publish a directory of the host.
+    pub checkout: &'a Path,
+    /// The uid the repository's commands ran as, when that was not the builder's own: every file
+    /// published must belong to it, so nothing the build merely linked (a hard link to a file of
+    /// the host) is read with the builder's privileges.
+    pub owner: Option<u32>,
+    /// The repository itself is the site: dotfiles stay private.
+    pub from_repo_root: bool,
+}
+
+/// The canonical output directory, refused unless it is a directory inside the checkout.
+pub fn confined_output_root(root: &Path, checkout: &Path) -> Result<PathBuf, String> {
+    let checkout = checkout
         .canonicalize()
-        .map_err(|e| format!("cannot read output directory: {e}"))?;
+        .map_err(|e| format!("cannot read the checkout: {e}"))?;
+    let canonical = root
+        .canonicalize()
+        .map_err(|e| format!("cannot read the output directory: {e}"))?;
+    if !canonical.starts_with(&checkout) {
+        return Err(
+            "the output directory resolves outside the repository (a symlink?); it must be a \
+             directory inside the checkout"
+                .into(),
+        );
+    }
+    if !canonical.is_dir() {
+        return Err("the output directory is not a directory".into());
+    }
+    Ok(canonical)
+}
+
+/// Opens a collected file for upload without following a symlink at its last component, and
+/// checks again that it is a regular file of the expected owner.
+pub fn open_output_file(file: &OutputFile) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(&file.source)
+        .map_err(|e| format!("cannot read {}: {e}", file.relative))?;
+    let meta = opened
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", file.relative))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", file.relative));
+    }
+    if let Some(owner) = file.owner {
+        if meta.uid() != owner {
+            return Err(foreign_file(&file.relative, meta.uid()));
+        }
+    }
+    Ok(opened)
+}
+
+fn foreign_file(relative: &str, uid: u32) -> String {
+    format!("{relative} was not written by the build (it belongs to uid {uid}, a link to a file outside?)")
+}
+
+/// Walks the output directory and lists the files to publish. Dotfiles are hidden when the
+/// repository itself is the site. Symlinks that resolve inside the output directory are
+/// followed; any that point outside are refused, as are names that are not UTF-8 and files that
+/// do not belong to the build.
+pub fn collect(source: &OutputSource<'_>, limits: &BuildLimits) -> Result<Vec<OutputFile>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let from_repo_root = source.from_repo_root;
+    let canonical_root = confined_output_root(source.root, source.checkout)?;
     let mut files = Vec::new();
     let mut total = 0u64;
     let mut dirs = vec![(canonical_root.clone(), String::new())];
@@ -207,6 +268,11 @@ pub fn collect(
             if meta.is_dir() {
                 dirs.push((path, relative));
             } else if meta.is_file() {
+                if let Some(owner) = source.owner {
+                    if meta.uid() != owner {
+                        return Err(foreign_file(&relative, meta.uid()));
+                    }
+                }
                 if meta.len() > limits.max_file_bytes {
                     return Err(format!(
                         "{relative} is {} bytes, over the limit of {} bytes per file",
@@ -230,6 +296,7 @@ pub fn collect(
                 files.push(OutputFile {
                     source: path,
                     relative,
+                    owner: source.owner,
                 });
             }
         }
@@ -350,18 +417,23 @@ pub async fn publish(
         let site_files = site_files.clone();
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
-            let size = tokio::fs::metadata(&file.source)
-                .await
+            let opened = open_output_file(&file)?;
+            let size = opened
+                .metadata()
                 .map_err(|e| format!("cannot read {}: {e}", file.relative))?
                 .len();
             if size > MULTIPART_THRESHOLD {
                 let key = layout.site_file(&id, &file.relative);
-                let entry = upload_multipart(&client, &bucket, &key, &file).await?;
+                let entry = upload_multipart(&client, &bucket, &key, &file, opened).await?;
                 return Ok::<_, String>((file.relative, entry, true));
             }
-            let bytes = tokio::fs::read(&file.source)
-                .await
-                .map_err(|e| format!("cannot read {}: {e}", file.relative))?;
+            let mut bytes = Vec::with_capacity(size as usize);
+            tokio::io::AsyncReadExt::read_to_end(
+                &mut tokio::fs::File::from_std(opened),
+                &mut bytes,
+            )
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", file.relative))?;
             let hash = hex::encode(Sha256::digest(&bytes));
             let content_type = detect::content_type(&file.relative);
             let (bytes, compressed) = {
@@ -481,8 +553,17 @@ mod tests {
 
         let names =
             |files: Vec<OutputFile>| files.into_iter().map(|f| f.relative).collect::<Vec<_>>();
+        let collect = |from_repo_root: bool, limits: &BuildLimits| {
+            let source = OutputSource {
+                root,
+                checkout: root,
+                owner: None,
+                from_repo_root,
+            };
+            collect(&source, limits)
+        };
         assert_eq!(
-            names(collect(root, true, &BuildLimits::default()).unwrap()),
+            names(collect(true, &BuildLimits::default()).unwrap()),
             [
                 "a/_headers",
                 "a/b/deep file.txt",
@@ -491,26 +572,72 @@ mod tests {
             ]
         );
         assert!(
-            names(collect(root, false, &BuildLimits::default()).unwrap())
-                .contains(&".env".to_owned())
+            names(collect(false, &BuildLimits::default()).unwrap()).contains(&".env".to_owned())
         );
         let tight = BuildLimits {
             max_files: 2,
             ..BuildLimits::default()
         };
-        assert!(collect(root, true, &tight)
+        assert!(collect(true, &tight)
             .unwrap_err()
             .contains("more than 2 files"));
         let tight = BuildLimits {
             max_output_bytes: 2,
             ..BuildLimits::default()
         };
-        assert!(collect(root, true, &tight)
+        assert!(collect(true, &tight)
             .unwrap_err()
             .contains("over the limit"));
 
         std::os::unix::fs::symlink("/etc/passwd", root.join("passwd")).unwrap();
-        let err = collect(root, true, &BuildLimits::default()).unwrap_err();
+        let err = collect(true, &BuildLimits::default()).unwrap_err();
         assert!(err.contains("points outside"), "{err}");
+    }
+
+    #[test]
+    fn the_output_root_and_its_files_must_be_the_builds() {
+        use std::os::unix::fs::MetadataExt;
+        let checkout = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("secret.txt"), "root only").unwrap();
+        std::os::unix::fs::symlink(host.path(), checkout.path().join("public")).unwrap();
+        std::fs::create_dir(checkout.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("../public", checkout.path().join("real/up")).unwrap();
+        let err =
+            confined_output_root(&checkout.path().join("public"), checkout.path()).unwrap_err();
+        assert!(err.contains("resolves outside the repository"), "{err}");
+        let err =
+            confined_output_root(&checkout.path().join("real/up"), checkout.path()).unwrap_err();
+        assert!(err.contains("resolves outside the repository"), "{err}");
+        assert!(confined_output_root(&checkout.path().join("real"), checkout.path()).is_ok());
+
+        let out = checkout.path().join("real");
+        std::fs::write(out.join("index.html"), "x").unwrap();
+        let mine = std::fs::metadata(out.join("index.html")).unwrap().uid();
+        let source = |owner| OutputSource {
+            root: &out,
+            checkout: checkout.path(),
+            owner,
+            from_repo_root: false,
+        };
+        std::fs::remove_file(out.join("up")).unwrap();
+        assert_eq!(
+            collect(&source(Some(mine)), &BuildLimits::default())
+                .unwrap()
+                .len(),
+            1
+        );
+        let err = collect(&source(Some(mine + 1)), &BuildLimits::default()).unwrap_err();
+        assert!(
+            err.contains("index.html was not written by the build"),
+            "{err}"
+        );
+        let files = collect(&source(Some(mine)), &BuildLimits::default()).unwrap();
+        assert!(open_output_file(&files[0]).is_ok());
+        let foreign = OutputFile {
+            owner: Some(mine + 1),
+            ..files.into_iter().next().unwrap()
+        };
+        assert!(open_output_file(&foreign).is_err());
     }
 }

@@ -1,18 +1,40 @@
 //! The sandbox around the user's install and build commands.
 //!
 //! Layers, each used where this machine allows it:
-//! - bubblewrap: read-only system, only the checkout, home and cache writable, private `/tmp`,
-//!   new PID/IPC/UTS namespaces (and network, when turned off), dies with its parent, so killing
-//!   it kills everything the build started;
-//! - an unprivileged user (when the builder runs as root), no capabilities, no new privileges;
+//! - bubblewrap: read-only system, only the checkout, home, cache and `/tmp` writable (all on
+//!   the work directory's disk, where [`crate::disk`] measures them), new PID/IPC/UTS/network
+//!   namespaces, dies with its parent, so killing it kills everything the build started;
+//! - the network: none, or a namespace of its own whose egress is filtered
+//!   ([`crate::network`]), entered with `nsenter` before anything else runs;
+//! - an unprivileged user (when the builder is root), no capabilities, no new privileges;
 //! - cgroups (v1 or v2, when writable): a memory cap and a process cap for the whole build;
 //! - rlimits via `prlimit`: CPU seconds, file size, core dumps, and processes when no cgroup.
+//!
+//! The user's environment reaches only the user's command. Every wrapper (the shell that joins
+//! the cgroups, `nsenter`, `prlimit`, `bwrap`) starts with the fixed [`WRAPPER_ENV`], so a
+//! variable such as `LD_PRELOAD` can never run code in a process that is still root or still
+//! outside the namespaces. The last wrapper is the builder's own executable
+//! ([`crate::confine`]): it reads the build's environment from a file only root can read, drops
+//! to the build user and then executes the command with exactly that environment.
 //!
 //! [`wrap`] builds the command line from a [`SandboxSpec`] and is a pure function.
 
 use std::path::{Path, PathBuf};
 
 use gitdeploy_core::job::BuildLimits;
+
+/// The environment of every wrapper process: nothing of the build's.
+pub const WRAPPER_ENV: &[(&str, &str)] = &[
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("LANG", "C.UTF-8"),
+];
+
+/// Where the builder's executable and the build's environment file appear inside bubblewrap.
+const SANDBOX_EXEC: &str = "/run/gitdeploy/exec";
+const SANDBOX_ENV: &str = "/run/gitdeploy/env";
 
 /// Everything that decides how a command is wrapped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,16 +43,39 @@ pub struct SandboxSpec {
     pub bwrap: Option<PathBuf>,
     /// User and group to run as (when the builder is root).
     pub run_as: Option<(u32, u32)>,
-    /// Network access.
-    pub network: bool,
+    /// Network access: none, or the filtered namespace at this path.
+    pub network: Network,
     /// Directories the build may write.
     pub writable: Vec<PathBuf>,
+    /// The directory that is `/tmp` inside bubblewrap.
+    pub tmp: PathBuf,
     /// Extra read-only directories (a Node.js installed outside `/usr`).
     pub read_only: Vec<PathBuf>,
     /// `cgroup.procs` files to join before anything else runs.
     pub cgroup_procs: Vec<PathBuf>,
+    /// The builder's own executable, the last wrapper ([`crate::confine`]).
+    pub exec_helper: PathBuf,
+    /// The file holding the command's environment (root-only when the builder is root).
+    pub env_file: PathBuf,
     /// Limits.
     pub limits: BuildLimits,
+}
+
+/// A build's network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Network {
+    /// No network at all (bubblewrap's empty namespace).
+    Off,
+    /// The filtered namespace at this path, with the `resolv.conf` the build sees.
+    Filtered {
+        /// `/run/netns/<name>`.
+        netns: PathBuf,
+        /// A file naming the namespace's own DNS server.
+        resolv_conf: PathBuf,
+    },
+    /// The builder's own network: only where no namespace can be made (no bubblewrap, e.g. a
+    /// container that is itself the boundary).
+    Host,
 }
 
 /// The command line that runs `argv` in `cwd` inside the sandbox.
@@ -51,6 +96,9 @@ pub fn wrap(spec: &SandboxSpec, argv: &[String], cwd: &Path) -> Vec<String> {
             s("sh"),
         ]);
     }
+    if let Network::Filtered { netns, .. } = &spec.network {
+        out.extend([s("nsenter"), format!("--net={}", netns.display()), s("--")]);
+    }
     out.extend([
         s("prlimit"),
         format!("--cpu={}", spec.limits.cpu_secs),
@@ -61,83 +109,102 @@ pub fn wrap(spec: &SandboxSpec, argv: &[String], cwd: &Path) -> Vec<String> {
         out.push(format!("--nproc={}", spec.limits.max_processes));
     }
     out.push(s("--"));
-    if let Some(bwrap) = &spec.bwrap {
-        out.push(bwrap.display().to_string());
-        for flag in [
-            "--die-with-parent",
-            "--new-session",
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-        ] {
-            out.push(s(flag));
+    let (exec_helper, env_file) = match &spec.bwrap {
+        Some(bwrap) => {
+            bwrap_args(spec, bwrap, cwd, &mut out);
+            (s(SANDBOX_EXEC), s(SANDBOX_ENV))
         }
-        if !spec.network {
-            out.push(s("--unshare-net"));
-        }
-        for dir in ["/usr", "/etc"] {
-            out.extend([s("--ro-bind"), s(dir), s(dir)]);
-        }
-        for (link, target) in [
-            ("/bin", "usr/bin"),
-            ("/sbin", "usr/sbin"),
-            ("/lib", "usr/lib"),
-            ("/lib64", "usr/lib64"),
-        ] {
-            out.extend([s("--symlink"), s(target), s(link)]);
-        }
-        for dir in &spec.read_only {
-            let d = dir.display().to_string();
-            out.extend([s("--ro-bind"), d.clone(), d]);
-        }
-        out.extend([
-            s("--proc"),
-            s("/proc"),
-            s("--dev"),
-            s("/dev"),
-            s("--tmpfs"),
-            s("/tmp"),
-        ]);
-        // bwrap would create the parents of the writable directories private to root, which
-        // the build user could not pass through.
-        let mut parents: Vec<&Path> = spec
-            .writable
-            .iter()
-            .flat_map(|d| d.ancestors().skip(1))
-            .collect();
-        parents
-            .retain(|p| *p != Path::new("/") && !p.starts_with("/usr") && !p.starts_with("/etc"));
-        parents.sort();
-        parents.dedup();
-        for parent in parents {
-            out.extend([
-                s("--perms"),
-                s("0755"),
-                s("--dir"),
-                parent.display().to_string(),
-            ]);
-        }
-        for dir in &spec.writable {
-            let d = dir.display().to_string();
-            out.extend([s("--bind"), d.clone(), d]);
-        }
-        out.extend([s("--chdir"), cwd.display().to_string(), s("--")]);
-    }
-    if let Some((uid, gid)) = spec.run_as {
-        out.extend([
-            s("setpriv"),
-            format!("--reuid={uid}"),
-            format!("--regid={gid}"),
-            s("--clear-groups"),
-            s("--inh-caps=-all"),
-            s("--bounding-set=-all"),
-            s("--no-new-privs"),
-            s("--"),
-        ]);
-    }
+        None => (
+            spec.exec_helper.display().to_string(),
+            spec.env_file.display().to_string(),
+        ),
+    };
+    out.extend([exec_helper, s(crate::confine::ARG), env_file]);
+    out.push(match spec.run_as {
+        Some((uid, gid)) => format!("{uid}:{gid}"),
+        None => s("-"),
+    });
+    out.push(s("--"));
     out.extend(argv.iter().cloned());
     out
+}
+
+fn bwrap_args(spec: &SandboxSpec, bwrap: &Path, cwd: &Path, out: &mut Vec<String>) {
+    let s = |v: &str| v.to_owned();
+    out.push(bwrap.display().to_string());
+    for flag in [
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+    ] {
+        out.push(s(flag));
+    }
+    if spec.network == Network::Off {
+        out.push(s("--unshare-net"));
+    }
+    for dir in ["/usr", "/etc"] {
+        out.extend([s("--ro-bind"), s(dir), s(dir)]);
+    }
+    if let Network::Filtered { resolv_conf, .. } = &spec.network {
+        out.extend([
+            s("--ro-bind"),
+            resolv_conf.display().to_string(),
+            s("/etc/resolv.conf"),
+        ]);
+    }
+    for (link, target) in [
+        ("/bin", "usr/bin"),
+        ("/sbin", "usr/sbin"),
+        ("/lib", "usr/lib"),
+        ("/lib64", "usr/lib64"),
+    ] {
+        out.extend([s("--symlink"), s(target), s(link)]);
+    }
+    for dir in &spec.read_only {
+        let d = dir.display().to_string();
+        out.extend([s("--ro-bind"), d.clone(), d]);
+    }
+    out.extend([
+        s("--ro-bind"),
+        spec.exec_helper.display().to_string(),
+        s(SANDBOX_EXEC),
+        s("--ro-bind"),
+        spec.env_file.display().to_string(),
+        s(SANDBOX_ENV),
+        s("--proc"),
+        s("/proc"),
+        s("--dev"),
+        s("/dev"),
+        s("--bind"),
+        spec.tmp.display().to_string(),
+        s("/tmp"),
+    ]);
+    // bwrap would create the parents of the writable directories private to root, which
+    // the build user could not pass through.
+    let mut parents: Vec<&Path> = spec
+        .writable
+        .iter()
+        .flat_map(|d| d.ancestors().skip(1))
+        .collect();
+    parents.retain(|p| *p != Path::new("/") && !p.starts_with("/usr") && !p.starts_with("/etc"));
+    parents.sort();
+    parents.dedup();
+    for parent in parents {
+        out.extend([
+            s("--perms"),
+            s("0755"),
+            s("--dir"),
+            parent.display().to_string(),
+        ]);
+    }
+    for dir in &spec.writable {
+        let d = dir.display().to_string();
+        out.extend([s("--bind"), d.clone(), d]);
+    }
+    out.extend([s("--chdir"), cwd.display().to_string(), s("--")]);
 }
 
 /// cgroups created for one build; removed (killing what is left in them) by [`Cgroups::remove`].
@@ -215,17 +282,7 @@ impl Cgroups {
     pub async fn remove(self) {
         for dir in &self.dirs {
             for _ in 0..100 {
-                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                let pids: Vec<i32> = procs
-                    .lines()
-                    .filter_map(|l| l.trim().parse().ok())
-                    .collect();
-                for pid in &pids {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(*pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+                kill_members(dir);
                 if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
                     break;
                 }
@@ -234,6 +291,35 @@ impl Cgroups {
             }
         }
     }
+
+    /// Kills every process still in the cgroups (one that escaped the sandbox's process tree)
+    /// and waits until they have left, keeping the cgroups.
+    pub async fn kill_all(&self) {
+        for dir in &self.dirs {
+            for _ in 0..100 {
+                if kill_members(dir) == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Sends SIGKILL to every member of the cgroup at `dir`; returns how many there were.
+fn kill_members(dir: &Path) -> usize {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    let pids: Vec<i32> = procs
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for pid in &pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    pids.len()
 }
 
 /// Finds a working bubblewrap: present on `PATH` and able to create its namespaces here.
@@ -300,10 +386,16 @@ mod tests {
         SandboxSpec {
             bwrap: Some("/usr/bin/bwrap".into()),
             run_as: Some((65534, 65534)),
-            network: true,
+            network: Network::Filtered {
+                netns: "/run/netns/gd-x".into(),
+                resolv_conf: "/w/sandbox/resolv.conf".into(),
+            },
             writable: vec!["/w/src".into(), "/w/home".into()],
+            tmp: "/w/tmp".into(),
             read_only: vec![],
             cgroup_procs: vec!["/sys/fs/cgroup/pids/gitdeploy/x/cgroup.procs".into()],
+            exec_helper: "/opt/gitdeploy".into(),
+            env_file: "/w/sandbox/env".into(),
             limits: BuildLimits::default(),
         }
     }
@@ -322,11 +414,33 @@ mod tests {
         };
         assert_eq!(cmd[0], "/bin/sh");
         assert!(cmd[2].contains("echo $$ > '/sys/fs/cgroup/pids/gitdeploy/x/cgroup.procs'"));
+        assert!(pos("nsenter") < pos("prlimit"));
+        assert!(cmd.contains(&"--net=/run/netns/gd-x".to_owned()));
         assert!(pos("prlimit") < pos("/usr/bin/bwrap"));
-        assert!(pos("/usr/bin/bwrap") < pos("setpriv"));
-        assert_eq!(&cmd[cmd.len() - 2..], &argv()[..]);
+        let helper = cmd.len() - 7;
+        assert!(pos("/usr/bin/bwrap") < helper);
+        assert_eq!(
+            &cmd[helper..],
+            [
+                SANDBOX_EXEC,
+                crate::confine::ARG,
+                SANDBOX_ENV,
+                "65534:65534",
+                "--",
+                "npm",
+                "ci"
+            ],
+            "the builder's helper drops privileges and sets the environment last"
+        );
         assert!(cmd.contains(&"--die-with-parent".to_owned()));
-        assert!(!cmd.contains(&"--unshare-net".to_owned()));
+        assert!(
+            !cmd.contains(&"--unshare-net".to_owned()),
+            "the filtered namespace is entered instead"
+        );
+        assert!(cmd
+            .windows(3)
+            .any(|w| w == ["--ro-bind", "/w/sandbox/resolv.conf", "/etc/resolv.conf"]));
+        assert!(cmd.windows(3).any(|w| w == ["--bind", "/w/tmp", "/tmp"]));
         assert!(
             !cmd.iter().any(|a| a.starts_with("--nproc")),
             "the pids cgroup caps processes"
@@ -336,7 +450,7 @@ mod tests {
             .filter(|w| w[0] == "--bind")
             .map(|w| w[1].clone())
             .collect();
-        assert_eq!(binds, ["/w/src", "/w/home"]);
+        assert_eq!(binds, ["/w/tmp", "/w/src", "/w/home"]);
         assert!(cmd.windows(3).any(|w| w == ["--ro-bind", "/usr", "/usr"]));
         let dirs: Vec<_> = cmd
             .windows(2)
@@ -348,22 +462,34 @@ mod tests {
             ["/w"],
             "parents of the writable directories are made passable"
         );
+        assert!(!cmd.iter().any(|a| a == "setpriv"));
     }
 
     #[test]
     fn degrades_to_what_is_available() {
         let mut s = spec();
-        s.network = false;
-        assert!(wrap(&s, &argv(), Path::new("/w")).contains(&"--unshare-net".to_owned()));
+        s.network = Network::Off;
+        let cmd = wrap(&s, &argv(), Path::new("/w"));
+        assert!(cmd.contains(&"--unshare-net".to_owned()));
+        assert!(!cmd.iter().any(|a| a == "nsenter"));
         s.bwrap = None;
         s.run_as = None;
+        s.network = Network::Host;
         s.cgroup_procs.clear();
         let cmd = wrap(&s, &argv(), Path::new("/w"));
         assert_eq!(cmd[0], "prlimit");
         assert!(cmd.iter().any(|a| a.starts_with("--nproc=")));
         assert_eq!(
-            &cmd[cmd.len() - 3..],
-            &["--".to_owned(), "npm".into(), "ci".into()]
+            &cmd[cmd.len() - 7..],
+            [
+                "/opt/gitdeploy",
+                crate::confine::ARG,
+                "/w/sandbox/env",
+                "-",
+                "--",
+                "npm",
+                "ci"
+            ]
         );
     }
 }

@@ -7,12 +7,15 @@ use gitdeploy_core::job::BuildJob;
 use gitdeploy_core::repo::{redact_repo_url, validate_repo_url, RepoScheme};
 use gitdeploy_core::BuilderEvent;
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
 use crate::config::BuilderConfig;
 use crate::events::Emitter;
 use crate::exec::{self, Exit};
 use crate::lines::Redactor;
-use crate::sandbox::{self, Cgroups, SandboxSpec};
-use crate::{detect, publish, EXIT_BUILD_FAILED, EXIT_INTERNAL, EXIT_READY};
+use crate::network::{self, FilteredNetwork};
+use crate::sandbox::{self, Cgroups, Network, SandboxSpec};
+use crate::{confine, detect, disk, publish, EXIT_BUILD_FAILED, EXIT_INTERNAL, EXIT_READY};
 
 /// The unprivileged user builds run as when the builder is root (`nobody`).
 const BUILD_UID: u32 = 65534;
@@ -114,18 +117,33 @@ async fn steps(
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout);
     let home = config.work_dir.join("home");
     let src = config.work_dir.join("src");
+    let tmp = config.work_dir.join("tmp");
     let cache = config
         .cache_dir
         .clone()
         .unwrap_or_else(|| config.work_dir.join("cache"))
         .join(cache_dir_name(job.cache_key.as_deref()));
-    for dir in [&home, &src, &cache] {
+    for dir in [&home, &src, &cache, &tmp] {
         std::fs::create_dir_all(dir)
             .map_err(|e| Failure::Internal(format!("cannot create {}: {e}", dir.display())))?;
     }
+    // The sandbox's own files (the build's environment, its resolv.conf): the builder's only.
+    let private = config.work_dir.join("sandbox");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Ok(()),
+            _ => Err(e),
+        })
+        .map_err(|e| Failure::Internal(format!("cannot create {}: {e}", private.display())))?;
     let base_env = exec::scrubbed_env(&home, &cache);
+    let disk = DiskWatch {
+        roots: vec![src.clone(), home.clone(), cache.clone(), tmp.clone()],
+        limit: job.limits.max_disk_bytes,
+    };
 
-    let commit = clone(job, emitter, &src, &base_env, deadline).await?;
+    let commit = clone(job, emitter, &src, &base_env, deadline, &disk).await?;
 
     // Detect, in the root directory (a monorepo subfolder when configured).
     let root = match &job.build.root_dir {
@@ -160,10 +178,34 @@ async fn steps(
     let plan = detect::plan(&files, &job.build).map_err(build_failure)?;
     emitter.system(&format!("Detected: {}", plan.reason));
 
-    // Install and build, sandboxed.
+    // Install and build, sandboxed. `ran_as` is the uid the repository's commands ran as when
+    // it is not the builder's own: everything published must then be theirs.
+    let mut ran_as = None;
     if plan.install.is_some() || plan.build.is_some() {
-        let spec = prepare_sandbox(job, emitter, cgroups, notes, &[&src, &home, &cache]).await?;
+        if let Some(name) = job
+            .build
+            .env
+            .keys()
+            .chain(job.build.secrets.keys())
+            .find(|k| confine::is_loader_variable(k))
+        {
+            return Err(build_failure(format!(
+                "{name} changes how programs are loaded and is not allowed in a build's environment"
+            )));
+        }
+        let dirs = SandboxDirs {
+            writable: vec![src.clone(), home.clone(), cache.clone()],
+            tmp: tmp.clone(),
+            private: private.clone(),
+        };
+        let (spec, _network) = prepare_sandbox(job, emitter, cgroups, notes, &dirs).await?;
         let mut env = base_env.clone();
+        let tmp_inside = if spec.bwrap.is_some() {
+            "/tmp".to_owned()
+        } else {
+            tmp.display().to_string()
+        };
+        env.push(("TMPDIR".into(), tmp_inside));
         env.extend(
             job.build
                 .env
@@ -171,6 +213,11 @@ async fn steps(
                 .chain(&job.build.secrets)
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
+        write_private(&spec.env_file, &confine::encode_env(&env))?;
+        let wrapper_env: Vec<(String, String)> = sandbox::WRAPPER_ENV
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         for (what, argv) in [("Install", &plan.install), ("Build", &plan.build)] {
             let Some(argv) = argv else { continue };
             let step = Instant::now();
@@ -181,10 +228,19 @@ async fn steps(
             };
             emitter.system(&format!("{what}: {shown}"));
             let wrapped = sandbox::wrap(&spec, argv, &root);
-            run_step(emitter, &wrapped, &root, &env, deadline, &shown, timeout).await?;
+            let run = Step {
+                argv: &wrapped,
+                cwd: &root,
+                env: &wrapper_env,
+                label: &shown,
+            };
+            run_step(emitter, &run, deadline, timeout, &disk).await?;
             emitter.system(&format!("{what} finished in {}", secs(step)));
             emitter.phase(&what.to_ascii_lowercase(), step);
         }
+        ran_as = spec.run_as.map(|(uid, _)| uid);
+        // Nothing the build started may still run while its output is read.
+        cgroups.kill_all().await;
     }
 
     // Collect the output.
@@ -195,9 +251,15 @@ async fn steps(
         format!("{output}/ ({})", plan.output_reason)
     };
     emitter.system(&format!("Publishing {shown}"));
-    let output_dir = root.join(&output);
-    let files =
-        publish::collect(&output_dir, output.is_empty(), &job.limits).map_err(build_failure)?;
+    let output_dir = publish::confined_output_root(&root.join(&output), &src)
+        .map_err(|e| build_failure(format!("{shown}: {e}")))?;
+    let source = publish::OutputSource {
+        root: &output_dir,
+        checkout: &src,
+        owner: ran_as,
+        from_repo_root: output.is_empty(),
+    };
+    let files = publish::collect(&source, &job.limits).map_err(build_failure)?;
     if files.is_empty() {
         return Err(build_failure(format!("{shown} has no files to publish")));
     }
@@ -237,6 +299,7 @@ async fn clone(
     src: &Path,
     env: &[(String, String)],
     deadline: tokio::time::Instant,
+    disk: &DiskWatch,
 ) -> Result<String, Failure> {
     let all = [
         RepoScheme::Https,
@@ -283,7 +346,13 @@ async fn clone(
         ]),
         git(&["checkout", "--quiet", "--detach", "FETCH_HEAD"]),
     ] {
-        run_step(emitter, &argv, src, &git_env, deadline, "git", timeout).await?;
+        let step = Step {
+            argv: &argv,
+            cwd: src,
+            env: &git_env,
+            label: "git",
+        };
+        run_step(emitter, &step, deadline, timeout, disk).await?;
     }
     if src.join(".gitmodules").exists() {
         emitter.system("Checking out submodules (https only)");
@@ -298,16 +367,13 @@ async fn clone(
             "--depth",
             "1",
         ]);
-        run_step(
-            emitter,
-            &argv,
-            src,
-            &sub_env,
-            deadline,
-            "git submodule update",
-            timeout,
-        )
-        .await?;
+        let step = Step {
+            argv: &argv,
+            cwd: src,
+            env: &sub_env,
+            label: "git submodule update",
+        };
+        run_step(emitter, &step, deadline, timeout, disk).await?;
     }
     let commit = rev_parse_head(src).await?;
     emitter.system(&format!("Cloned commit {commit} in {}", secs(step)));
@@ -315,18 +381,33 @@ async fn clone(
     Ok(commit)
 }
 
+/// The directories a sandbox is made of.
+struct SandboxDirs {
+    /// Checkout, home and package cache.
+    writable: Vec<PathBuf>,
+    /// What the build sees as `/tmp`.
+    tmp: PathBuf,
+    /// The builder's own: the build's environment file and `resolv.conf`.
+    private: PathBuf,
+}
+
+/// The name of a build's network namespace.
+pub(crate) fn netns_name(deployment: &str) -> String {
+    format!("gd-{deployment}")
+}
+
 async fn prepare_sandbox(
     job: &BuildJob,
     emitter: &Emitter,
     cgroups: &Cgroups,
     notes: Vec<String>,
-    writable: &[&PathBuf],
-) -> Result<SandboxSpec, Failure> {
+    dirs: &SandboxDirs,
+) -> Result<(SandboxSpec, Option<FilteredNetwork>), Failure> {
     let bwrap = sandbox::probe_bwrap().await;
     let is_root = nix::unistd::Uid::effective().is_root();
     let run_as = is_root.then_some((BUILD_UID, BUILD_GID));
     if let Some((uid, gid)) = run_as {
-        for dir in writable {
+        for dir in dirs.writable.iter().chain([&dirs.tmp]) {
             sandbox::chown_tree(dir, uid, gid).map_err(|e| {
                 Failure::Internal(format!(
                     "cannot hand {} to the build user: {e}",
@@ -335,7 +416,26 @@ async fn prepare_sandbox(
             })?;
         }
     }
-    let network = job.build.network.unwrap_or(true);
+    let wants_network = job.build.network.unwrap_or(true);
+    let (network, filtered) = match (wants_network, &bwrap) {
+        (false, Some(_)) => (Network::Off, None),
+        (false, None) => {
+            return Err(Failure::Internal(
+                "network off needs bubblewrap, which is not available".into(),
+            ))
+        }
+        (true, Some(_)) if is_root => {
+            let filtered = FilteredNetwork::start(&netns_name(job.deployment.as_str()))
+                .await
+                .map_err(Failure::Internal)?;
+            let resolv_conf = dirs.private.join("resolv.conf");
+            write_private(&resolv_conf, network::resolv_conf().as_bytes())?;
+            set_mode(&resolv_conf, 0o644)?;
+            let netns = filtered.path();
+            (Network::Filtered { netns, resolv_conf }, Some(filtered))
+        }
+        (true, _) => (Network::Host, None),
+    };
     let mut layers = vec![];
     layers.push(if bwrap.is_some() {
         "bubblewrap"
@@ -350,39 +450,89 @@ async fn prepare_sandbox(
     if !cgroups.procs_files().is_empty() {
         layers.push("cgroup memory and process caps");
     }
-    layers.push(if network { "network on" } else { "network off" });
+    layers.push(match network {
+        Network::Off => "network off",
+        Network::Filtered { .. } => {
+            "network on (internet only: no host, private or link-local addresses)"
+        }
+        Network::Host => "network on, not filtered (needs bubblewrap and root)",
+    });
     emitter.system(&format!("Sandbox: {}", layers.join(", ")));
     for note in notes {
         emitter.system(&format!("Sandbox: {note}"));
     }
-    if !network && bwrap.is_none() {
-        return Err(Failure::Internal(
-            "network off needs bubblewrap, which is not available".into(),
-        ));
-    }
-    Ok(SandboxSpec {
-        bwrap,
-        run_as,
-        network,
-        writable: writable.iter().map(|d| d.to_path_buf()).collect(),
-        read_only: sandbox::toolchain_dirs(),
-        cgroup_procs: cgroups.procs_files(),
-        limits: job.limits.clone(),
-    })
+    let exec_helper = std::env::current_exe()
+        .map_err(|e| Failure::Internal(format!("cannot find the builder's executable: {e}")))?;
+    Ok((
+        SandboxSpec {
+            bwrap,
+            run_as,
+            network,
+            writable: dirs.writable.clone(),
+            tmp: dirs.tmp.clone(),
+            read_only: sandbox::toolchain_dirs(),
+            cgroup_procs: cgroups.procs_files(),
+            exec_helper,
+            env_file: dirs.private.join("env"),
+            limits: job.limits.clone(),
+        },
+        filtered,
+    ))
+}
+
+/// Writes a file only the builder's user can read (created afresh, never through a link).
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(contents))
+        .map_err(|e| Failure::Internal(format!("cannot write {}: {e}", path.display())))
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Failure::Internal(format!("cannot set the mode of {}: {e}", path.display())))
+}
+
+/// What the disk watch measures and its limit.
+struct DiskWatch {
+    roots: Vec<PathBuf>,
+    limit: u64,
+}
+
+/// One command of the build.
+struct Step<'a> {
+    argv: &'a [String],
+    cwd: &'a Path,
+    env: &'a [(String, String)],
+    label: &'a str,
 }
 
 async fn run_step(
     emitter: &Emitter,
-    argv: &[String],
-    cwd: &Path,
-    env: &[(String, String)],
+    step: &Step<'_>,
     deadline: tokio::time::Instant,
-    label: &str,
     timeout_secs: u64,
+    disk: &DiskWatch,
 ) -> Result<(), Failure> {
-    let exit = exec::run(emitter, argv, cwd, env, deadline)
-        .await
-        .map_err(|e| Failure::Internal(format!("cannot run `{label}`: {e}")))?;
+    let label = step.label;
+    let exit = tokio::select! {
+        exit = exec::run(emitter, step.argv, step.cwd, step.env, deadline) => exit
+            .map_err(|e| Failure::Internal(format!("cannot run `{label}`: {e}")))?,
+        used = disk::exceeded(disk.roots.clone(), disk.limit) => {
+            // Dropping the command kills it (and the sandbox with everything in it).
+            return Err(build_failure(format!(
+                "the build wrote {} to disk, over its limit of {}; `{label}` was stopped",
+                disk::human(used),
+                disk::human(disk.limit)
+            )));
+        }
+    };
     if emitter.over_budget() {
         return Err(build_failure(
             "the build log exceeded its size limit".into(),

@@ -129,7 +129,38 @@ pub struct BuildSettings {
 pub const MIN_SECRET_LEN: usize = 4;
 
 /// Names the build environment keeps for itself.
-const RESERVED_ENV: &[&str] = &["PATH", "HOME", "PWD", "SHELL", "USER", "LOGNAME"];
+const RESERVED_ENV: &[&str] = &["PATH", "HOME", "PWD", "SHELL", "USER", "LOGNAME", "TMPDIR"];
+
+/// Whether `name` changes how programs are loaded or how shells start (`LD_PRELOAD`,
+/// `GCONV_PATH`, `BASH_ENV`, exported shell functions...): such variables are refused in a
+/// build's environment, since they turn any program that starts into code of the repository's
+/// choosing. The list is glibc's own for privileged programs plus the shells' start-up hooks.
+pub fn is_loader_variable(name: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "TZDIR",
+        "BASH_ENV",
+        "ENV",
+        "IFS",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "PROMPT_COMMAND",
+    ];
+    name.starts_with("LD_")
+        || name.starts_with("MALLOC_")
+        || name.starts_with("BASH_FUNC_")
+        || NAMES.contains(&name)
+}
 
 fn safe_relative_dir(what: &str, dir: &str) -> Result<(), String> {
     let ok = !dir.is_empty()
@@ -191,6 +222,11 @@ impl BuildSettings {
             if RESERVED_ENV.contains(&name.as_str()) || name.starts_with("GITDEPLOY_") {
                 return Err(format!(
                     "{name} is set by GitDeploy and cannot be overridden"
+                ));
+            }
+            if is_loader_variable(name) {
+                return Err(format!(
+                    "{name} changes how programs are loaded and is not allowed in a build's environment"
                 ));
             }
             if value.len() > 32 * 1024 || value.contains('\0') {
@@ -281,6 +317,8 @@ pub struct BuildLimits {
     pub max_processes: u64,
     /// CPU seconds per process.
     pub cpu_secs: u64,
+    /// Bytes the build may write to disk: checkout, home, package cache and `/tmp` together.
+    pub max_disk_bytes: u64,
 }
 
 impl Default for BuildLimits {
@@ -294,6 +332,7 @@ impl Default for BuildLimits {
             memory_bytes: 4 << 30,
             max_processes: 512,
             cpu_secs: 1800,
+            max_disk_bytes: 8 << 30,
         }
     }
 }
@@ -479,6 +518,13 @@ mod tests {
             ok(|s| s.build_command = Some(" ".into())),
             ok(|s| s.env = [("PATH".into(), "/x".into())].into()),
             ok(|s| s.env = [("GITDEPLOY_JOB".into(), "x".into())].into()),
+            ok(|s| s.env = [("LD_PRELOAD".into(), "/x.so".into())].into()),
+            ok(|s| s.env = [("LD_LIBRARY_PATH".into(), "/x".into())].into()),
+            ok(|s| s.secrets = [("LD_AUDIT".into(), "/x.so".into())].into()),
+            ok(|s| s.env = [("GCONV_PATH".into(), "/x".into())].into()),
+            ok(|s| s.env = [("BASH_ENV".into(), "/x".into())].into()),
+            ok(|s| s.env = [("BASH_FUNC_ls%%".into(), "() { x; }".into())].into()),
+            ok(|s| s.env = [("TMPDIR".into(), "/x".into())].into()),
             ok(|s| s.env = [("1BAD".into(), "x".into())].into()),
             ok(|s| s.env = [("A-B".into(), "x".into())].into()),
             ok(|s| s.secrets = [("SHORT".into(), "abc".into())].into()),

@@ -56,6 +56,8 @@ enum Command {
 }
 
 fn main() {
+    // A build's sandbox ends in this executable (the builder's `confine` step); it never returns.
+    gitdeploy_builder::confine_if_asked();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Up(opts) => {
@@ -90,6 +92,9 @@ fn main() {
         }
         Command::Client(command) => cli::run(cli.api, command),
         Command::BuildTask => {
+            // Its environment holds the Redis URL and the task's credential source: nothing of
+            // the build may read it through /proc or ptrace.
+            gitdeploy_builder::make_undumpable();
             init_tracing();
             build_task::run()
         }

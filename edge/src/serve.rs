@@ -130,6 +130,8 @@ struct BuildsSection {
     max_processes: u64,
     #[serde(default = "gib")]
     max_output_bytes: u64,
+    #[serde(default = "eight_gib")]
+    max_disk_bytes: u64,
     #[serde(default)]
     ecs: Option<EcsSection>,
 }
@@ -142,6 +144,7 @@ impl Default for BuildsSection {
             timeout_secs: fifteen_minutes(),
             max_processes: processes(),
             max_output_bytes: gib(),
+            max_disk_bytes: eight_gib(),
             ecs: None,
         }
     }
@@ -209,6 +212,9 @@ fn quarter_gib() -> u64 {
 }
 fn gib() -> u64 {
     1 << 30
+}
+fn eight_gib() -> u64 {
+    8 << 30
 }
 fn five_seconds() -> u64 {
     5000
@@ -419,6 +425,7 @@ impl Config {
         opts.build_timeout = self.builds.timeout_secs;
         opts.build_max_processes = self.builds.max_processes;
         opts.build_max_output_bytes = self.builds.max_output_bytes;
+        opts.build_max_disk_bytes = self.builds.max_disk_bytes;
         let ecs = match (self.builds.runner.as_str(), self.builds.ecs) {
             ("ecs", Some(ecs)) => Some(gitdeploy_api::EcsRunnerConfig {
                 cluster: ecs.cluster,

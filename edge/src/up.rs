@@ -64,6 +64,10 @@ pub struct UpOptions {
     /// Bytes a build may publish.
     #[arg(long, default_value_t = 1 << 30)]
     pub(crate) build_max_output_bytes: u64,
+    /// Bytes a build may write to disk (checkout, home, package cache, `/tmp`); the build fails
+    /// when it goes over.
+    #[arg(long, default_value_t = 8 << 30)]
+    pub(crate) build_max_disk_bytes: u64,
     /// Token the API requires (`Authorization: Bearer <token>`); without one the API is open.
     #[arg(long, env = "GITDEPLOY_API_TOKEN", hide_env_values = true)]
     pub(crate) api_token: Option<String>,
@@ -310,6 +314,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         timeout_secs: opts.build_timeout,
         max_processes: opts.build_max_processes,
         max_output_bytes: opts.build_max_output_bytes,
+        max_disk_bytes: opts.build_max_disk_bytes,
         ..BuildLimits::default()
     };
     let registry = Arc::new(prometheus::Registry::new());

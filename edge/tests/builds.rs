@@ -435,33 +435,6 @@ async fn pnpm_lockfile_v6_builds_with_pnpm_8_through_corepack() {
 }
 
 #[tokio::test]
-async fn a_build_without_network_cannot_reach_anything() {
-    let probe = r#"node -e "const s=require('net').connect(+process.env.PORT,'127.0.0.1');s.on('connect',()=>{console.log('reachable');process.exit(0)});s.on('error',e=>{console.log('unreachable '+e.code);process.exit(0)})" && mkdir -p out && echo ok > out/index.html"#;
-    let mut git = GitServer::new();
-    git.add_repo("probe", &[("README.md", "probe")]);
-    git.start();
-    let data = tempfile::tempdir().unwrap();
-    let gd = Gitdeploy::start(data.path()).await;
-    for (network, want) in [(true, "reachable"), (false, "unreachable")] {
-        let (_, log) = deploy(
-            &gd,
-            json!({"repo": git.url("probe"), "build": {
-                "build_command": probe, "output_dir": "out", "network": network,
-                "env": {"PORT": gd.port.to_string()},
-            }}),
-        )
-        .await;
-        let all = text(&log);
-        assert_eq!(outcome(&log).0, DeploymentStatus::Ready, "{all}");
-        assert!(
-            all.lines().any(|l| l.starts_with(want)),
-            "network {network}: {all}"
-        );
-        assert_eq!(all.contains("network off"), !network, "{all}");
-    }
-}
-
-#[tokio::test]
 async fn canceling_stops_a_running_build_and_skips_a_queued_one() {
     let marker = format!("sleep {}", 200_000 + std::process::id() % 50_000);
     let mut git = GitServer::new();

@@ -18,6 +18,16 @@ fn json(rel: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{rel} is not JSON: {e}"))
 }
 
+/// A test tool from PyPI at the version `scripts/prereqs --test` pins, in the project's own
+/// virtualenv (never whatever version the machine happens to carry).
+fn test_tool(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../.tools/venv/bin")
+        .join(name)
+        .display()
+        .to_string()
+}
+
 fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
@@ -184,7 +194,7 @@ fn prometheus_files_pass_promtool() {
 #[test]
 fn dockerfiles_pass_hadolint() {
     run(
-        "hadolint",
+        &test_tool("hadolint"),
         &[
             "--failure-threshold",
             "info",
@@ -234,7 +244,7 @@ fn compose_file_refers_to_files_that_exist() {
                   print(c['services']['s3']['build']['dockerfile'])\n\
                   for v in c['services']['edge']['volumes']:\n\
                   \x20   print(v.split(':')[0])\n";
-    let out = run("python3", &["-c", script]);
+    let out = run(&test_tool("python3"), &["-c", script]);
     let mut lines = out.lines();
     let dockerfile = lines.next().unwrap();
     assert!(
