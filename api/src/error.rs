@@ -103,6 +103,65 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The machine code of an error status that reached a client without an [`ApiError`] (an
+/// extractor's rejection, the router's 405).
+pub fn code_for_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        406 => "not_acceptable",
+        408 => "timeout",
+        411 => "length_required",
+        413 => "too_large",
+        415 => "unsupported_media_type",
+        422 => "invalid",
+        426 => "upgrade_required",
+        429 => "rate_limited",
+        _ if status.is_client_error() => "client_error",
+        _ => "internal",
+    }
+}
+
+/// Makes every error answer of the API the JSON error shape: responses that are not JSON
+/// already (extractor rejections are plain text) get `{"error": {"code", "message"}}` with the
+/// text as the message (a 5xx's text stays in the server log).
+pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let message = if status.is_server_error() {
+        tracing::error!("internal error answered as {status}: {text}");
+        "internal error".to_owned()
+    } else if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "the request body is too large".to_owned()
+    } else if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(status, code_for_status(status), message).into_response();
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 impl ApiError {
     pub(crate) fn code_for_tests(&self) -> &'static str {

@@ -86,6 +86,7 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
             require_token,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(crate::error::json_errors))
         .with_state(cp)
 }
 

@@ -1,7 +1,7 @@
-//! The control plane hosted inside Pingora: hyper serving the API's axum router on a connection,
-//! upgrades (WebSocket) included. The public port hands it control-plane connections directly
-//! ([`crate::public`]); [`ApiApp`] also serves it on a private socket for control-plane requests
-//! that arrive on a connection the sites proxy holds.
+//! The control plane hosted inside Pingora: hyper serving the API's axum router, upgrades
+//! (WebSocket) included, on a private Unix socket. The public port's proxy routes each
+//! control-plane request there ([`crate::sites`]) and names the client it stands for in
+//! [`CLIENT_HEADER`], which only the proxy can set: nothing else reaches the socket.
 
 use std::sync::Arc;
 
@@ -38,10 +38,14 @@ impl ServerApp for ApiApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        serve_http(self.router.clone(), stream, None, shutdown).await;
+        serve_http(self.router.clone(), stream, shutdown).await;
         None
     }
 }
+
+/// The header in which the proxy names the client a control-plane request stands for (any
+/// such header from the client itself is replaced).
+pub const CLIENT_HEADER: &str = "x-gitdeploy-client";
 
 /// The client a request stands for: the connection's peer, unless the peer is a proxy inside
 /// the network (loopback or a private address, as a load balancer in the VPC is) that says whom
@@ -63,31 +67,26 @@ pub fn client_ip(peer: std::net::IpAddr, forwarded_for: Option<&str>) -> std::ne
 }
 
 /// Serves HTTP/1.1 on `io` with `router` until the connection ends, shutting down gracefully
-/// when the server does. Requests carry the client's address (for rate limits) when the
-/// connection's peer is known.
-pub async fn serve_http<IO>(
-    router: axum::Router,
-    io: IO,
-    peer: Option<std::net::IpAddr>,
-    shutdown: &ShutdownWatch,
-) where
+/// when the server does. Requests carry the client's address (for rate limits) that the proxy
+/// named in [`CLIENT_HEADER`].
+pub async fn serve_http<IO>(router: axum::Router, io: IO, shutdown: &ShutdownWatch)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let router = match peer {
-        Some(peer) => router.layer(axum::middleware::map_request(
-            move |mut req: Request| async move {
-                let forwarded = req
-                    .headers()
-                    .get("x-forwarded-for")
-                    .and_then(|v| v.to_str().ok());
-                let ip = client_ip(peer, forwarded);
+    let router = router.layer(axum::middleware::map_request(
+        |mut req: Request| async move {
+            let client = req
+                .headers()
+                .get(CLIENT_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<std::net::IpAddr>().ok());
+            if let Some(ip) = client {
                 req.extensions_mut()
                     .insert(gitdeploy_api::ratelimit::ClientAddr(ip));
-                req
-            },
-        )),
-        None => router,
-    };
+            }
+            req
+        },
+    ));
     let service = TowerToHyperService::new(router);
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(io), service)
@@ -124,23 +123,6 @@ pub fn only_control_plane_hosts(router: axum::Router, hosts: HostRules) -> axum:
                     _ => misdirected(),
                 }
             }
-        },
-    ))
-}
-
-/// Ends each connection after one response (except a protocol switch, which keeps it for the
-/// WebSocket): the next request may be for a site, which the public port must route again.
-pub fn one_request_per_connection(router: axum::Router) -> axum::Router {
-    router.layer(axum::middleware::from_fn(
-        |req: Request, next: Next| async move {
-            let mut resp = next.run(req).await;
-            if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                resp.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-            }
-            resp
         },
     ))
 }

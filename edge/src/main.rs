@@ -12,9 +12,10 @@
 mod build_task;
 mod cache;
 mod cli;
-mod coalesce;
+mod client_stream;
 mod control;
 mod embedded_s3;
+mod head_guard;
 mod metrics;
 mod origin;
 mod public;

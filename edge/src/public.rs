@@ -1,121 +1,93 @@
-//! The public port's application: reads a connection's first request head and hands the
-//! connection to the control plane (hyper serving the API, WebSocket upgrades included, with no
-//! proxy hop) when its host is the apex or `api.`, and to the sites proxy otherwise. The bytes
-//! read are pushed back onto the stream first, so each side sees the request untouched.
+//! The public port's application: every connection, whatever host its requests name, goes to
+//! the sites proxy, wrapped in a [`ClientStream`] (header and body in one write; limits on
+//! request heads). Pingora parses each request once and [`crate::sites`] routes each request
+//! by its own host in `request_filter`, so there is one parse, one routing decision and one set
+//! of limits per request: kept-alive connections, pipelined requests (answered in order) and,
+//! later, TLS and HTTP/2 all take the same path. Control-plane requests are forwarded by the
+//! proxy to the API's private socket.
 //!
-//! The API closes its connections after one request, and a kept-alive site connection comes
-//! back here after each response, so every request is routed by its own head. Site
-//! connections go to the proxy wrapped in [`Coalescing`] (header and body in one write); the
-//! proxy still forwards a control-plane request it is handed (an absolute-form URI naming the
-//! API) to the API's private socket.
+//! Connections beyond the configured maximum are answered `503` at once and closed, so the
+//! process never runs out of file descriptors and the connections it holds keep being served.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use gitdeploy_core::host::{normalize_host, route_host, HostRoute};
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
-use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
 
-use crate::coalesce::Coalescing;
-use crate::control::serve_http;
-use crate::sites::{HostRules, SitesProxy};
-use pingora_core::protocols::GetSocketDigest;
+use crate::client_stream::ClientStream;
+use crate::head_guard::HeadLimits;
+use crate::sites::SitesProxy;
 
-/// Largest request head read to decide the route.
-const MAX_HEAD: usize = 16 * 1024;
-/// How long a client may take to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The answer to a connection over the limit.
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 43\r\nretry-after: 1\r\nconnection: close\r\n\r\nThe server is at its connection limit now.\n";
+
+/// Limits of the public port's connections.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Request head limits of each connection.
+    pub head: HeadLimits,
+    /// Connections held at once; more are answered `503` and closed.
+    pub max_connections: usize,
+}
 
 /// The public port.
 pub struct PublicApp {
     proxy: Arc<HttpProxy<SitesProxy>>,
-    api: axum::Router,
-    hosts: HostRules,
+    limits: ConnectionLimits,
+    open: Arc<AtomicUsize>,
 }
 
 impl PublicApp {
-    /// Routes between `proxy` and `api` by host.
-    pub fn new(proxy: HttpProxy<SitesProxy>, api: axum::Router, hosts: HostRules) -> Self {
+    /// Serves every connection with `proxy`, within `limits`.
+    pub fn new(proxy: HttpProxy<SitesProxy>, limits: ConnectionLimits) -> Self {
         PublicApp {
             proxy: Arc::new(proxy),
-            api: crate::control::one_request_per_connection(api),
-            hosts,
+            limits,
+            open: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
 
-/// The `Host` header of an HTTP/1 request head, if the head is complete enough to have one.
-pub fn host_of_head(head: &[u8]) -> Option<&str> {
-    let text = std::str::from_utf8(head).ok()?;
-    text.split("\r\n")
-        .skip(1)
-        .take_while(|line| !line.is_empty())
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.trim()
-                .eq_ignore_ascii_case("host")
-                .then(|| value.trim())
-        })
-}
+/// Counts a connection while it lives.
+struct Held(Arc<AtomicUsize>);
 
-async fn read_head(stream: &mut L4Stream) -> Option<Vec<u8>> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 4096];
-    let read = async {
-        loop {
-            let n = stream.read(&mut buf).await.ok()?;
-            if n == 0 {
-                return (!head.is_empty()).then_some(());
-            }
-            head.extend_from_slice(&buf[..n]);
-            if head.windows(4).any(|w| w == b"\r\n\r\n") || head.len() >= MAX_HEAD {
-                return Some(());
-            }
-        }
-    };
-    tokio::time::timeout(HEAD_TIMEOUT, read).await.ok()??;
-    Some(head)
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[async_trait]
 impl ServerApp for PublicApp {
     async fn process_new(
         self: &Arc<Self>,
-        stream: Stream,
+        mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // A new connection, or a kept-alive one coming back from the sites proxy.
-        let returned = match stream.into_any().downcast::<L4Stream>() {
-            Ok(s) => Ok(*s),
-            Err(other) => Err(other.downcast::<Coalescing<L4Stream>>().map_err(|_| ())),
-        };
-        let mut l4 = match returned {
-            Ok(s) => s,
-            Err(Ok(s)) => s.into_inner().await.ok()?,
-            Err(Err(())) => {
-                tracing::error!("the public port only serves plain TCP connections");
-                return None;
-            }
-        };
-        let head = read_head(&mut l4).await?;
-        l4.rewind(&head);
-        let route = host_of_head(&head)
-            .and_then(normalize_host)
-            .map(|h| route_host(&h, &self.hosts.domain, &self.hosts.control_hosts));
-        if route == Some(HostRoute::ControlPlane) {
-            let peer = l4
-                .get_socket_digest()
-                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-            serve_http(self.api.clone(), l4, peer, shutdown).await;
+        let held = Held(self.open.clone());
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.limits.max_connections {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                stream.write_all(OVERLOADED).await?;
+                stream.flush().await
+            })
+            .await;
+            drop(held);
             return None;
         }
-        let stream: Stream = Box::new(Coalescing::new(l4));
-        self.proxy.process_new(stream, shutdown).await
+        let Ok(l4) = stream.into_any().downcast::<L4Stream>() else {
+            tracing::error!("the public port only serves plain TCP connections");
+            return None;
+        };
+        let stream: Stream = Box::new(ClientStream::new(*l4, self.limits.head));
+        let _ = self.proxy.process_new(stream, shutdown).await;
+        drop(held);
+        None
     }
 
     async fn cleanup(&self) {
@@ -125,33 +97,13 @@ impl ServerApp for PublicApp {
 
 #[cfg(test)]
 mod tests {
-    use super::host_of_head;
-
     #[test]
-    fn host_table() {
-        for (head, want) in [
-            (
-                &b"GET / HTTP/1.1\r\nHost: localhost:8080\r\n\r\n"[..],
-                Some("localhost:8080"),
-            ),
-            (
-                b"GET / HTTP/1.1\r\nUser-Agent: x\r\nhOsT:  api.example.app \r\n\r\n",
-                Some("api.example.app"),
-            ),
-            (
-                b"GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\nHost: smuggled\r\n",
-                None,
-            ),
-            (b"GET / HTTP/1.0\r\n\r\n", None),
-            (b"Host: first-line\r\n\r\n", None),
-            (b"\xff\xfe", None),
-        ] {
-            assert_eq!(
-                host_of_head(head),
-                want,
-                "{:?}",
-                String::from_utf8_lossy(head)
-            );
-        }
+    fn the_overload_answer_is_well_formed() {
+        let text = std::str::from_utf8(super::OVERLOADED).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{text}"
+        );
     }
 }

@@ -33,6 +33,8 @@ struct Config {
     redis: RedisSection,
     s3: S3Section,
     #[serde(default)]
+    clients: ClientsSection,
+    #[serde(default)]
     cache: CacheSection,
     #[serde(default)]
     builds: BuildsSection,
@@ -51,6 +53,43 @@ struct ServerSection {
     data_dir: PathBuf,
     #[serde(default = "two")]
     threads: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientsSection {
+    #[serde(default = "ten_thousand")]
+    max_connections: usize,
+    #[serde(default = "sixty_seconds_ms")]
+    idle_timeout_ms: u64,
+    #[serde(default = "ten_seconds_ms")]
+    header_timeout_ms: u64,
+    #[serde(default = "sixty_four_kib")]
+    max_header_bytes: usize,
+}
+
+impl Default for ClientsSection {
+    fn default() -> Self {
+        ClientsSection {
+            max_connections: ten_thousand(),
+            idle_timeout_ms: sixty_seconds_ms(),
+            header_timeout_ms: ten_seconds_ms(),
+            max_header_bytes: sixty_four_kib(),
+        }
+    }
+}
+
+fn ten_thousand() -> usize {
+    10_000
+}
+fn sixty_seconds_ms() -> u64 {
+    60_000
+}
+fn ten_seconds_ms() -> u64 {
+    10_000
+}
+fn sixty_four_kib() -> usize {
+    64 * 1024
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -407,6 +446,10 @@ impl Config {
         opts.domain = self.server.domain.clone();
         opts.data_dir = self.server.data_dir.clone();
         opts.threads = self.server.threads;
+        opts.max_connections = self.clients.max_connections;
+        opts.client_idle_timeout_ms = self.clients.idle_timeout_ms;
+        opts.client_header_timeout_ms = self.clients.header_timeout_ms;
+        opts.max_header_bytes = self.clients.max_header_bytes;
         opts.api_token = token;
         opts.insecure_open_api = self.api.insecure_open;
         opts.max_queued = self.api.max_queued;

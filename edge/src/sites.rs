@@ -22,12 +22,14 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::cache::{Claim, FillGuard, ManifestCache, ManifestError, ObjectCache, ObjectKey};
+use crate::control::{client_ip, CLIENT_HEADER};
 use crate::metrics::EdgeMetrics;
 use crate::origin::S3Origin;
 use crate::respond::{error_page, html_response, send, send_error, FilePlan};
 use crate::serving::conditional::{self, Conditions, Precondition};
 use crate::serving::encoding;
 use crate::serving::range::{self, RangeOutcome};
+use crate::serving::request_head;
 use gitdeploy_api::AliasResolver;
 
 /// How long one write to a slow client may take before the connection is dropped.
@@ -114,19 +116,24 @@ struct ObjectRequest {
 }
 
 impl SitesProxy {
-    fn request_host(session: &Session) -> Option<String> {
+    /// The normalized host a request names; `Err` with the reason when the head is
+    /// malformed or ambiguous (which is answered `400`).
+    fn request_host(session: &Session) -> std::result::Result<Option<String>, &'static str> {
         let req = session.req_header();
-        let authority = req
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                req.headers
-                    .get("host")
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })?;
-        normalize_host(&authority)
+        let hosts: Vec<&[u8]> = req
+            .headers
+            .get_all(http::header::HOST)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        let host = request_head::request_host(
+            req.method.as_str(),
+            req.raw_path(),
+            req.version == http::Version::HTTP_2,
+            req.uri.authority().map(|a| a.as_str()),
+            &hosts,
+        )?;
+        Ok(normalize_host(host))
     }
 
     /// Decides a site request; `Ok(true)` when the response was already sent.
@@ -307,12 +314,26 @@ impl ProxyHttp for SitesProxy {
         }
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Pipelined requests are answered in order (RFC 9112 §9.3.2), not dropped.
+        session.as_downstream_mut().set_pipelining_enabled(true);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let route = match Self::request_host(session) {
-            Some(host) => route_host(&host, &self.hosts.domain, &self.hosts.control_hosts),
-            None => HostRoute::Unknown,
-        };
         let head = session.req_header().method == http::Method::HEAD;
+        let route = match Self::request_host(session) {
+            Ok(Some(host)) => route_host(&host, &self.hosts.domain, &self.hosts.control_hosts),
+            Ok(None) => HostRoute::Unknown,
+            Err(why) => {
+                session.set_keepalive(None);
+                return send_error(session, 400, &format!("Bad request: {why}."), head).await;
+            }
+        };
         match route {
             HostRoute::ControlPlane => {
                 ctx.target = Target::ControlPlane;
@@ -350,12 +371,31 @@ impl ProxyHttp for SitesProxy {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Target::Object(obj) = &ctx.target else {
-            return Ok(());
+        let obj = match &ctx.target {
+            Target::Object(obj) => obj,
+            Target::ControlPlane => {
+                // The API learns whom the request stands for from us alone.
+                let forwarded = upstream
+                    .headers
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                upstream.remove_header(CLIENT_HEADER);
+                if let Some(peer) = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip())
+                {
+                    let client = client_ip(peer, forwarded.as_deref());
+                    upstream.insert_header(CLIENT_HEADER, client.to_string())?;
+                }
+                return Ok(());
+            }
+            Target::Answered => return Ok(()),
         };
         let method = if obj.head { "HEAD" } else { "GET" };
         let path = self.origin.object_path(&obj.key);

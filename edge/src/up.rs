@@ -30,9 +30,10 @@ use rand::distr::{Alphanumeric, SampleString};
 use crate::cache::{AliasCache, ManifestCache, ObjectCache};
 use crate::control::{only_control_plane_hosts, ApiApp};
 use crate::embedded_s3::EmbeddedS3;
+use crate::head_guard::HeadLimits;
 use crate::metrics::{metrics_server, EdgeMetrics};
 use crate::origin::{OriginSettings, S3Origin};
-use crate::public::PublicApp;
+use crate::public::{ConnectionLimits, PublicApp};
 use crate::runner_service::RunnerService;
 use crate::sites::{HostRules, SitesProxy};
 
@@ -90,6 +91,18 @@ pub struct UpOptions {
         env = "GITDEPLOY_METRICS_LISTEN"
     )]
     pub(crate) metrics_listen: SocketAddr,
+    /// Connections the public port holds at once; more are answered 503 and closed.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) max_connections: usize,
+    /// How long a client connection may wait silently for its next request, in ms.
+    #[arg(long, default_value_t = 60_000)]
+    pub(crate) client_idle_timeout_ms: u64,
+    /// How long a client may take to send one whole request head, in ms (408 beyond).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) client_header_timeout_ms: u64,
+    /// Largest request head a client may send, in bytes (431 beyond).
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub(crate) max_header_bytes: usize,
     /// Worker threads of each service.
     #[arg(long, default_value_t = 2)]
     pub(crate) threads: usize,
@@ -559,7 +572,16 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     );
     let mut proxy = HttpProxy::new(proxy, server.configuration.clone());
     proxy.handle_init_modules();
-    let mut sites = Service::new("public".into(), PublicApp::new(proxy, api_router, hosts));
+    let limits = ConnectionLimits {
+        head: HeadLimits {
+            idle: std::time::Duration::from_millis(opts.client_idle_timeout_ms.max(1)),
+            head: std::time::Duration::from_millis(opts.client_header_timeout_ms.max(1)),
+            max_bytes: opts.max_header_bytes.max(1024),
+        },
+        max_connections: opts.max_connections.max(1),
+    };
+    raise_open_file_limit(limits.max_connections);
+    let mut sites = Service::new("public".into(), PublicApp::new(proxy, limits));
     sites.add_tcp(&opts.listen.to_string());
 
     let s3 = s3.map(|s3| {
@@ -637,4 +659,26 @@ fn api_socket_path(run_dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     Ok(dir.join("api.sock"))
+}
+
+/// Raises this process's open-file limit to its hard limit: each client connection holds one
+/// descriptor (upstream connections are pooled), and the soft limit (often 1024) would refuse
+/// accepts long before the connection limit. Says so when the hard limit is below what the limit needs.
+fn raise_open_file_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+        tracing::warn!("cannot raise the open-file limit from {soft} to {hard}");
+    }
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(1024);
+    if hard < needed {
+        tracing::warn!(
+            "the open-file limit ({hard}) is below what {max_connections} connections need \
+             ({needed}); lower --max-connections or raise the limit"
+        );
+    }
 }

@@ -1,21 +1,29 @@
-//! A client stream that sends a response's header and body in one system call.
+//! The public port's client connection: Pingora's stream with two duties added, one per
+//! direction.
 //!
-//! Pingora writes a response header, then its body, as two writes. Its stream buffers writes
-//! smaller than one segment, so the header waits in the buffer; but a body larger than the
-//! buffer first flushes the header on its own and is then written separately: two `sendto`
-//! calls, two TCP pushes and two wake-ups of the client per response (measured with `strace`:
-//! 1.95 sends per request on the hot-file benchmark). This wrapper holds a small write back
-//! and sends it together with the next one in a single vectored write; a flush (Pingora
-//! flushes whenever it needs bytes on the wire: a header without body, the end of a body, a
-//! 1xx) sends it on its own. Holding is what Pingora's own buffer already does for writes under
-//! one segment; this only lets the next write join it instead of overtaking the flush.
+//! **Writes: a response's header and body in one system call.** Pingora writes a response
+//! header, then its body, as two writes. Its stream buffers writes smaller than one segment, so
+//! the header waits in the buffer; but a body larger than the buffer first flushes the header
+//! on its own and is then written separately: two `sendto` calls, two TCP pushes and two
+//! wake-ups of the client per response (measured with `strace`: 1.95 sends per request on the
+//! hot-file benchmark). This stream holds a small write back and sends it together with the
+//! next one in a single vectored write; a flush (Pingora flushes whenever it needs bytes on the
+//! wire: a header without body, the end of a body, a 1xx) sends it on its own. Holding is what
+//! Pingora's own buffer already does for writes under one segment; this only lets the next
+//! write join it instead of overtaking the flush.
+//!
+//! **Reads: limits on request heads.** Every read and write goes through a [`HeadGuard`]: a
+//! connection idle past its idle timeout reads as closed; a request head that is too slow in
+//! total or too large is answered `408`/`431` (best effort) and the read fails, before Pingora
+//! buffers more of it.
 
 use std::fmt;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::protocols::raw_connect::ProxyDigest;
@@ -25,46 +33,63 @@ use pingora_core::protocols::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::head_guard::{Cutoff, HeadGuard, HeadLimits};
+
 /// Writes up to this size are held back to join the next write (response headers are a few
 /// hundred bytes).
 const HOLD_MAX: usize = 4096;
 
-/// A stream whose small writes wait to be sent with the next write or flush.
-pub struct Coalescing<S> {
+/// A client connection: small writes wait to be sent with the next write or flush, and reads
+/// are held to the head limits.
+pub struct ClientStream<S> {
     inner: S,
     held: Vec<u8>,
+    guard: HeadGuard,
+    /// Fires at the guard's deadline; reset whenever the deadline moves.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    timer_at: Option<Instant>,
 }
 
-impl<S> Coalescing<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S) -> Self {
-        Coalescing {
+impl<S> ClientStream<S> {
+    /// Wraps `inner`, a connection accepted now.
+    pub fn new(inner: S, limits: HeadLimits) -> Self {
+        let now = Instant::now();
+        ClientStream {
             inner,
             held: Vec::new(),
+            guard: HeadGuard::new(limits, now),
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timer_at: None,
         }
+    }
+
+    /// Points the timer at the guard's deadline when it moved.
+    fn arm_timer(&mut self) -> Option<Cutoff> {
+        let (at, cutoff) = self.guard.deadline()?;
+        if self.timer_at != Some(at) {
+            self.timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(at));
+            self.timer_at = Some(at);
+        }
+        Some(cutoff)
     }
 }
 
-impl<S> fmt::Debug for Coalescing<S>
+impl<S> fmt::Debug for ClientStream<S>
 where
     S: fmt::Debug,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Coalescing")
+        f.debug_struct("ClientStream")
             .field("inner", &self.inner)
             .field("held", &self.held.len())
+            .field("guard", &self.guard)
             .finish()
     }
 }
 
-impl<S: AsyncWrite + Unpin> Coalescing<S> {
-    /// The wrapped stream, flushed: nothing of a response may wait in a buffer while the
-    /// next request is awaited.
-    pub async fn into_inner(mut self) -> io::Result<S> {
-        std::future::poll_fn(|cx| Pin::new(&mut self).poll_flush(cx)).await?;
-        Ok(self.inner)
-    }
-
+impl<S: AsyncWrite + Unpin> ClientStream<S> {
     /// Sends what is held; `Ready(Ok)` once nothing is.
     fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.held.is_empty() {
@@ -78,13 +103,14 @@ impl<S: AsyncWrite + Unpin> Coalescing<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.guard.on_write(buf, Instant::now());
         if this.held.is_empty() {
             if buf.len() <= HOLD_MAX {
                 this.held.extend_from_slice(buf);
@@ -130,18 +156,63 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Coalescing<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                match this.guard.on_read(read, Instant::now()) {
+                    Ok(()) => Poll::Ready(Ok(())),
+                    Err(cutoff) => {
+                        buf.set_filled(before);
+                        this.cut_off(cx, cutoff)
+                    }
+                }
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match this.arm_timer() {
+                Some(cutoff) if this.timer.as_mut().poll(cx).is_ready() => this.cut_off(cx, cutoff),
+                _ => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> ClientStream<S> {
+    /// Ends the connection for `cutoff`: its response, if it has one, is written if the
+    /// socket takes it at once; an idle connection reads as closed, the others fail.
+    fn cut_off(&mut self, cx: &mut Context<'_>, cutoff: Cutoff) -> Poll<io::Result<()>> {
+        if let Some(response) = cutoff.response() {
+            self.held.clear();
+            let _ = Pin::new(&mut self.inner).poll_write(cx, response);
+            let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        }
+        match cutoff {
+            Cutoff::Idle => Poll::Ready(Ok(())),
+            Cutoff::HeadTimeout => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head timeout",
+            ))),
+            Cutoff::HeadTooLarge => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too large",
+            ))),
+            Cutoff::BadRequestLine => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed request line",
+            ))),
+        }
     }
 }
 
 #[async_trait]
-impl<S: AsyncWrite + Shutdown + Unpin + Send> Shutdown for Coalescing<S> {
+impl<S: AsyncWrite + Shutdown + Unpin + Send> Shutdown for ClientStream<S> {
     async fn shutdown(&mut self) {
         if std::future::poll_fn(|cx| self.poll_send_held(cx))
             .await
@@ -152,15 +223,15 @@ impl<S: AsyncWrite + Shutdown + Unpin + Send> Shutdown for Coalescing<S> {
     }
 }
 
-impl<S: UniqueID> UniqueID for Coalescing<S> {
+impl<S: UniqueID> UniqueID for ClientStream<S> {
     fn id(&self) -> UniqueIDType {
         self.inner.id()
     }
 }
 
-impl<S> Ssl for Coalescing<S> {}
+impl<S> Ssl for ClientStream<S> {}
 
-impl<S: GetTimingDigest> GetTimingDigest for Coalescing<S> {
+impl<S: GetTimingDigest> GetTimingDigest for ClientStream<S> {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
         self.inner.get_timing_digest()
     }
@@ -172,7 +243,7 @@ impl<S: GetTimingDigest> GetTimingDigest for Coalescing<S> {
     }
 }
 
-impl<S: GetProxyDigest> GetProxyDigest for Coalescing<S> {
+impl<S: GetProxyDigest> GetProxyDigest for ClientStream<S> {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
         self.inner.get_proxy_digest()
     }
@@ -181,7 +252,7 @@ impl<S: GetProxyDigest> GetProxyDigest for Coalescing<S> {
     }
 }
 
-impl<S: GetSocketDigest> GetSocketDigest for Coalescing<S> {
+impl<S: GetSocketDigest> GetSocketDigest for ClientStream<S> {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
         self.inner.get_socket_digest()
     }
@@ -191,7 +262,7 @@ impl<S: GetSocketDigest> GetSocketDigest for Coalescing<S> {
 }
 
 #[async_trait]
-impl<S: Peek + Send> Peek for Coalescing<S> {
+impl<S: Peek + Send> Peek for ClientStream<S> {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         self.inner.try_peek(buf).await
     }
@@ -246,7 +317,7 @@ mod tests {
 
     #[tokio::test]
     async fn header_and_body_leave_in_one_call() {
-        let mut s = Coalescing::new(Calls::default());
+        let mut s = ClientStream::new(Calls::default(), HeadLimits::default());
         let body = vec![7u8; 50_000];
         s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
         assert!(s.inner.writes.is_empty(), "a small write waits");
@@ -258,7 +329,7 @@ mod tests {
 
     #[tokio::test]
     async fn flush_sends_what_is_held() {
-        let mut s = Coalescing::new(Calls::default());
+        let mut s = ClientStream::new(Calls::default(), HeadLimits::default());
         s.write_all(b"HTTP/1.1 304 Not Modified\r\n\r\n")
             .await
             .unwrap();
@@ -275,10 +346,13 @@ mod tests {
     #[tokio::test]
     async fn partial_writes_keep_every_byte_in_order() {
         for limit in [1, 3, 10, 4096, 4097, 9000] {
-            let mut s = Coalescing::new(Calls {
-                limit: Some(limit),
-                ..Calls::default()
-            });
+            let mut s = ClientStream::new(
+                Calls {
+                    limit: Some(limit),
+                    ..Calls::default()
+                },
+                HeadLimits::default(),
+            );
             let head: Vec<u8> = (0..100u8).collect();
             let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
             s.write_all(&head).await.unwrap();
