@@ -186,6 +186,7 @@ impl EcsRunner {
                         limits: &self.config.limits,
                         heartbeat: self.config.heartbeat,
                         watching,
+                        archive: self.archive.as_deref(),
                     };
                     if let Err(e) = reconciler.run_once().await {
                         tracing::warn!("heartbeat and reconcile failed: {e}");

@@ -263,6 +263,32 @@ impl LocalRunner {
             limits: &self.config.limits,
             heartbeat: self.config.heartbeat,
             watching: Vec::new(),
+            archive: self.config.archive.as_deref(),
+        }
+    }
+
+    /// Removes what builds of an earlier run of this runner left in its work root (a server
+    /// killed mid-build leaves its work directories, cgroups and network namespaces behind).
+    /// The work root is this runner's alone, and nothing runs in it yet.
+    async fn sweep_work_root(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.config.work_root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let (Some(id), Some(after_kill)) =
+                (DeploymentId::parse(&name), &self.config.after_kill)
+            {
+                after_kill(id).await;
+            }
+            match tokio::fs::remove_dir_all(entry.path()).await {
+                Ok(()) => {
+                    tracing::info!(dir = %entry.path().display(), "removed a work directory left by an earlier run")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %entry.path().display(), "cannot remove a left-over work directory: {e}")
+                }
+            }
         }
     }
 
@@ -272,6 +298,7 @@ impl LocalRunner {
 
     /// Runs jobs until `shutdown` resolves. Builds still running then are killed.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        self.sweep_work_root().await;
         if let Err(e) = self.reconcile().await {
             tracing::error!("cannot settle builds of stopped runners: {e}");
         }
@@ -357,6 +384,8 @@ pub(crate) struct Reconciler<'a> {
     /// Builds whose task this runner watches: taken over rather than failed when their holder
     /// stopped (an edge restarted while its build tasks ran on).
     pub(crate) watching: Vec<DeploymentId>,
+    /// Where the logs of builds it fails are archived.
+    pub(crate) archive: Option<&'a dyn LogArchive>,
 }
 
 impl Reconciler<'_> {
@@ -407,14 +436,14 @@ impl Reconciler<'_> {
                 }
                 DeploymentStatus::Building => {
                     Job::new(self.records, self.bus, self.metrics, d.id.clone())
-                        .finish(lost(
+                        .finish_and_archive(self.archive, lost(
                             "the runner of this build stopped (server restarted or lost) while it was running",
                         ))
                         .await;
                 }
                 DeploymentStatus::Queued if !d.build.secrets.is_empty() => {
                     Job::new(self.records, self.bus, self.metrics, d.id.clone())
-                        .finish(lost(
+                        .finish_and_archive(self.archive, lost(
                             "the runner holding this build stopped before it started, and its secrets are not stored: deploy again",
                         ))
                         .await;

@@ -163,6 +163,25 @@ pub struct OutputSource<'a> {
     pub owner: Option<u32>,
     /// The repository itself is the site: dotfiles stay private.
     pub from_repo_root: bool,
+    /// Longest site-relative path whose objects (and their variants) the bucket accepts.
+    pub max_path_bytes: usize,
+}
+
+/// Why a site-relative path cannot be published, if it cannot: the bucket would refuse its key,
+/// or a URL could never name it (control characters, backslashes).
+pub fn unpublishable_path(relative: &str, max_path_bytes: usize) -> Option<String> {
+    if let Some(c) = relative.chars().find(|c| c.is_control() || *c == '\\') {
+        return Some(format!(
+            "{relative:?} has a character no URL can name ({c:?}); rename the file"
+        ));
+    }
+    if relative.len() > max_path_bytes {
+        return Some(format!(
+            "{relative:?} is {} bytes long; the storage accepts paths of up to {max_path_bytes} bytes here",
+            relative.len()
+        ));
+    }
+    None
 }
 
 /// The canonical output directory, refused unless it is a directory inside the checkout.
@@ -265,6 +284,9 @@ pub fn collect(source: &OutputSource<'_>, limits: &BuildLimits) -> Result<Vec<Ou
             } else {
                 (path, meta)
             };
+            if let Some(why) = unpublishable_path(&relative, source.max_path_bytes) {
+                return Err(why);
+            }
             if meta.is_dir() {
                 dirs.push((path, relative));
             } else if meta.is_file() {
@@ -463,7 +485,9 @@ pub async fn publish(
             };
             put(layout.site_file(&id, &file.relative), bytes, None)
                 .await
-                .map_err(|e| format!("upload of {} failed: {}", file.relative, error_chain(&e)))?;
+                .map_err(|e| {
+                    format!("upload of {} failed: {}", file.relative, storage_error(&e))
+                })?;
             for (encoding, body) in compressed {
                 let variant = Variant {
                     size: body.len() as u64,
@@ -480,7 +504,7 @@ pub async fn publish(
                         "upload of {}{} failed: {}",
                         file.relative,
                         encoding.suffix(),
-                        error_chain(&e)
+                        storage_error(&e)
                     )
                 })?;
                 entry.encodings.insert(encoding, variant);
@@ -519,8 +543,35 @@ pub async fn publish(
         .body(ByteStream::from(body))
         .send()
         .await
-        .map_err(|e| format!("writing the manifest failed: {}", error_chain(&e)))?;
+        .map_err(|e| format!("writing the manifest failed: {}", storage_error(&e)))?;
     Ok(totals)
+}
+
+/// What went wrong with a storage request, in words: the storage's own error code and
+/// message when it answered, or whether it could not be reached or did not answer in time.
+fn storage_error<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_s3::error::SdkError;
+    match e {
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            match (err.code(), err.message()) {
+                (Some(code), Some(message)) => {
+                    format!("the storage answered {code}: {message}")
+                }
+                (Some(code), None) => format!("the storage answered {code}"),
+                _ => format!("the storage refused the request: {}", error_chain(e)),
+            }
+        }
+        SdkError::TimeoutError(_) => "the storage did not answer in time".into(),
+        SdkError::DispatchFailure(_) => {
+            format!("the storage could not be reached: {}", error_chain(e))
+        }
+        _ => error_chain(e),
+    }
 }
 
 /// An error with its sources, one line (the SDK's top-level message alone says little).
@@ -559,6 +610,7 @@ mod tests {
                 checkout: root,
                 owner: None,
                 from_repo_root,
+                max_path_bytes: 1000,
             };
             collect(&source, limits)
         };
@@ -595,6 +647,29 @@ mod tests {
     }
 
     #[test]
+    fn paths_the_storage_or_a_url_cannot_hold_are_named() {
+        for ok in ["index.html", "a b/c\u{e9}.html", "deep/very/long.txt"] {
+            assert_eq!(unpublishable_path(ok, 100), None, "{ok}");
+        }
+        for bad in [
+            "new\nline.html",
+            "cr\r.html",
+            "tab\t.txt",
+            "back\\slash.txt",
+            "del\u{7f}",
+        ] {
+            let why = unpublishable_path(bad, 100).unwrap();
+            assert!(why.contains("no URL can name"), "{why}");
+        }
+        let long = "a/".repeat(60);
+        let why = unpublishable_path(&long, 100).unwrap();
+        assert!(
+            why.contains("120 bytes long") && why.contains("up to 100 bytes"),
+            "{why}"
+        );
+    }
+
+    #[test]
     fn the_output_root_and_its_files_must_be_the_builds() {
         use std::os::unix::fs::MetadataExt;
         let checkout = tempfile::tempdir().unwrap();
@@ -619,6 +694,7 @@ mod tests {
             checkout: checkout.path(),
             owner,
             from_repo_root: false,
+            max_path_bytes: 1000,
         };
         std::fs::remove_file(out.join("up")).unwrap();
         assert_eq!(

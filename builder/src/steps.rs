@@ -258,6 +258,9 @@ async fn steps(
         checkout: &src,
         owner: ran_as,
         from_repo_root: output.is_empty(),
+        // The longest key is a precompressed variant's (`<path>.br`).
+        max_path_bytes: (job.limits.max_key_bytes as usize)
+            .saturating_sub(config.layout.site_prefix(&job.deployment).len() + 3),
     };
     let files = publish::collect(&source, &job.limits).map_err(build_failure)?;
     if files.is_empty() {

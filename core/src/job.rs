@@ -319,6 +319,8 @@ pub struct BuildLimits {
     pub cpu_secs: u64,
     /// Bytes the build may write to disk: checkout, home, package cache and `/tmp` together.
     pub max_disk_bytes: u64,
+    /// Longest object key the bucket accepts (S3: 1,024 bytes; the embedded store less).
+    pub max_key_bytes: u64,
 }
 
 impl Default for BuildLimits {
@@ -333,6 +335,7 @@ impl Default for BuildLimits {
             max_processes: 512,
             cpu_secs: 1800,
             max_disk_bytes: 8 << 30,
+            max_key_bytes: 1024,
         }
     }
 }

@@ -21,6 +21,22 @@ pub struct EmbeddedS3 {
 }
 
 impl EmbeddedS3 {
+    /// The longest object key this store holds in `bucket`. s3s-fs keeps each object's
+    /// metadata in a file named after the base64 of bucket and key (`.bucket-<b64>.object-<b64>
+    /// .upload-<uuid>.metadata.json`), and a file name has at most 255 bytes; S3 itself allows
+    /// 1,024. Builds refuse longer paths with a message naming the file.
+    pub fn max_key_bytes(bucket: &str) -> u64 {
+        let b64 = |n: usize| n.div_ceil(3) * 4;
+        let fixed = ".bucket-".len()
+            + b64(bucket.len())
+            + ".object-".len()
+            + ".upload-".len()
+            + 36
+            + ".metadata.json".len();
+        // The largest key whose base64 still fits.
+        (255usize.saturating_sub(fixed) / 4 * 3) as u64
+    }
+
     /// Binds `addr` (`127.0.0.1:0` for any free port) and prepares a server over `root` with
     /// `bucket` created. Returns the server and the address it will answer on.
     pub fn bind(
@@ -82,5 +98,26 @@ impl BackgroundService for EmbeddedS3 {
                 let _ = conn.await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod key_limit_tests {
+    #[test]
+    fn the_longest_key_fits_a_file_name() {
+        let limit = super::EmbeddedS3::max_key_bytes("gitdeploy") as usize;
+        let b64 = |n: usize| n.div_ceil(3) * 4;
+        let name = |key: usize| {
+            ".bucket-".len()
+                + b64(9)
+                + ".object-".len()
+                + b64(key)
+                + ".upload-".len()
+                + 36
+                + ".metadata.json".len()
+        };
+        assert!(name(limit) <= 255, "{limit}");
+        assert!(name(limit + 3) > 255, "{limit} is not the largest");
+        assert!(limit > 100, "{limit}");
     }
 }

@@ -328,6 +328,10 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         max_processes: opts.build_max_processes,
         max_output_bytes: opts.build_max_output_bytes,
         max_disk_bytes: opts.build_max_disk_bytes,
+        max_key_bytes: match &s3 {
+            Some(_) => EmbeddedS3::max_key_bytes(&bucket),
+            None => BuildLimits::default().max_key_bytes,
+        },
         ..BuildLimits::default()
     };
     let registry = Arc::new(prometheus::Registry::new());

@@ -331,3 +331,117 @@ fn common_usage(dir: &std::path::Path) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
+
+#[tokio::test]
+async fn file_names_the_storage_or_a_url_cannot_hold_are_refused_by_name() {
+    let mut gits = GitServer::new();
+    gits.add_repo("names", &[("README.md", "names")]);
+    gits.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start(data.path()).await;
+    let build = |script: &str| json!({"repo": gits.url("names"), "build": {"build_command": script, "output_dir": "out"}});
+    // A long path that the embedded store holds is published and served.
+    let ok_path = format!("{}/page.html", "d".repeat(80));
+    let (id, log) = deploy(
+        &gd,
+        build(&format!(
+            "mkdir -p out/{} && echo long > out/{ok_path} && echo hi > out/index.html",
+            "d".repeat(80)
+        )),
+    )
+    .await;
+    assert_eq!(outcome(&log).0, DeploymentStatus::Ready, "{}", text(&log));
+    let resp = gd
+        .site(Method::GET, &id, &format!("/{ok_path}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "long\n");
+    // Longer than the store's keys, and names no URL can hold: refused, naming the file.
+    for (script, named) in [
+        (
+            format!(
+                "mkdir -p out/{0} && echo x > out/{0}/{0}.html",
+                "e".repeat(120)
+            ),
+            "is 120 bytes long; the storage accepts paths of up to 104 bytes",
+        ),
+        (
+            "mkdir -p out && printf x > \"out/new\nline.html\"".to_owned(),
+            "new\\nline.html",
+        ),
+        (
+            "mkdir -p out && printf x > 'out/back\\slash.html'".to_owned(),
+            "back\\\\slash.html",
+        ),
+        (
+            "mkdir -p out && printf x > \"out/tab\t.html\"".to_owned(),
+            "tab\\t.html",
+        ),
+    ] {
+        let (_, log) = deploy(&gd, build(&script)).await;
+        let (status, error) = outcome(&log);
+        assert_eq!(status, DeploymentStatus::Failed, "{}", text(&log));
+        assert!(error.contains(named), "{named}: {error}");
+        assert!(!error.contains("unhandled error"), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn a_server_killed_mid_build_leaves_nothing_behind_after_restart() {
+    let mut gits = GitServer::new();
+    gits.add_repo("hang", &[("README.md", "hang")]);
+    gits.start();
+    let data = tempfile::tempdir().unwrap();
+    let flags = ["--heartbeat-interval-ms", "200"];
+    let gd = Gitdeploy::start_with(data.path(), &flags).await;
+    let marker = format!("hang-{}", std::process::id());
+    let script = format!("echo {marker}; while true; do sleep 0.1; done");
+    let (status, answer) = gd
+        .deploy(json!({"repo": gits.url("hang"), "build": {"build_command": script}}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while processes_with(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "the build never started");
+        tokio::task::yield_now().await;
+    }
+    let work = data.path().join("work").join(&id);
+    assert!(work.is_dir());
+    gd.kill();
+
+    let gd = Gitdeploy::start_with(data.path(), &flags).await;
+    // The new server's reconciler fails the build whose runner is gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gd.status(&id).await["status"] == "building" {
+        assert!(Instant::now() < deadline, "the build was never settled");
+        tokio::task::yield_now().await;
+    }
+    let log = gd.follow(&id, 0).await;
+    let (status, error) = outcome(&log);
+    assert_eq!(status, DeploymentStatus::Failed);
+    assert!(error.contains("runner of this build stopped"), "{error}");
+    assert!(!work.exists(), "the work directory outlived the restart");
+    let archived = data
+        .path()
+        .join("s3/gitdeploy/logs")
+        .join(format!("{id}.ndjson"));
+    let archive = std::fs::read_to_string(&archived).expect("the log was archived");
+    assert!(
+        archive.contains("Build: echo") && archive.contains("\"outcome\""),
+        "{archive}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_with(&marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the build's processes outlived its server"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(!std::path::Path::new("/run/netns")
+        .join(format!("gd-{id}"))
+        .exists());
+}
