@@ -33,7 +33,7 @@ use pingora_core::protocols::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::head_guard::{Cutoff, HeadGuard, HeadLimits};
+use gitdeploy_core::head_guard::{Cutoff, HeadGuard, HeadLimits};
 
 /// Writes up to this size are held back to join the next write (response headers are a few
 /// hundred bytes).

@@ -15,7 +15,6 @@ mod cli;
 mod client_stream;
 mod control;
 mod embedded_s3;
-mod head_guard;
 mod metrics;
 mod origin;
 mod public;

@@ -21,8 +21,8 @@ use pingora_proxy::HttpProxy;
 use tokio::io::AsyncWriteExt;
 
 use crate::client_stream::ClientStream;
-use crate::head_guard::HeadLimits;
 use crate::sites::SitesProxy;
+use gitdeploy_core::head_guard::HeadLimits;
 
 /// The answer to a connection over the limit.
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 43\r\nretry-after: 1\r\nconnection: close\r\n\r\nThe server is at its connection limit now.\n";

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use gitdeploy_core::host::{normalize_host, route_host, HostRoute};
+use gitdeploy_core::host::{normalize_host, request_host, route_host, HostRoute};
 use gitdeploy_core::id::looks_like_deployment_id;
 use gitdeploy_core::{DeploymentId, Resolution, SitePath};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -29,7 +29,6 @@ use crate::respond::{error_page, html_response, send, send_error, FilePlan};
 use crate::serving::conditional::{self, Conditions, Precondition};
 use crate::serving::encoding;
 use crate::serving::range::{self, RangeOutcome};
-use crate::serving::request_head;
 use gitdeploy_api::AliasResolver;
 
 /// How long one write to a slow client may take before the connection is dropped.
@@ -126,7 +125,7 @@ impl SitesProxy {
             .iter()
             .map(|v| v.as_bytes())
             .collect();
-        let host = request_head::request_host(
+        let host = request_host(
             req.method.as_str(),
             req.raw_path(),
             req.version == http::Version::HTTP_2,

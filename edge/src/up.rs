@@ -30,12 +30,12 @@ use rand::distr::{Alphanumeric, SampleString};
 use crate::cache::{AliasCache, ManifestCache, ObjectCache};
 use crate::control::{only_control_plane_hosts, ApiApp};
 use crate::embedded_s3::EmbeddedS3;
-use crate::head_guard::HeadLimits;
 use crate::metrics::{metrics_server, EdgeMetrics};
 use crate::origin::{OriginSettings, S3Origin};
 use crate::public::{ConnectionLimits, PublicApp};
 use crate::runner_service::RunnerService;
 use crate::sites::{HostRules, SitesProxy};
+use gitdeploy_core::head_guard::HeadLimits;
 
 /// Bucket of the embedded S3 server.
 const BUCKET: &str = "gitdeploy";

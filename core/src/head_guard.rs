@@ -3,7 +3,7 @@
 //!
 //! Pingora's own read timeout applies to each read, so a client that sends one header line just
 //! before every timeout holds a connection (and its buffer) forever, and it buffers up to 1 MiB
-//! of head before refusing one. The public port's stream ([`crate::client_stream`]) feeds every
+//! of head before refusing one. The edge's client stream feeds every
 //! read and write through a [`HeadGuard`], which knows where a request head begins and ends
 //! without parsing it:
 //!
