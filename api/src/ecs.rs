@@ -411,11 +411,18 @@ impl Shared {
     async fn start_task(&self, job: &BuildJob) -> Result<String, String> {
         let id = job.deployment.as_str();
         let mut visible = job.clone();
-        if !visible.build.secrets.is_empty() {
+        visible.repo = gitdeploy_core::repo::redact_repo_url(&job.repo);
+        let withheld = gitdeploy_core::job::WithheldFromTask {
+            secrets: job.build.secrets.clone(),
+            repo: (visible.repo != job.repo).then(|| job.repo.clone()),
+        };
+        if !withheld.secrets.is_empty() || withheld.repo.is_some() {
             let Some(drop) = &self.secrets else {
-                return Err("secrets need Redis to reach the build task".into());
+                return Err(
+                    "secrets and repository credentials need Redis to reach the build task".into(),
+                );
             };
-            let values = serde_json::to_string(&job.build.secrets).map_err(|e| e.to_string())?;
+            let values = serde_json::to_string(&withheld).map_err(|e| e.to_string())?;
             drop.put(&job.deployment, values)
                 .await
                 .map_err(|e| format!("cannot hand the secrets to the task: {e}"))?;

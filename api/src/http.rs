@@ -284,10 +284,12 @@ async fn queue_deployment(
     build: BuildSettings,
 ) -> Result<Deployment, ApiError> {
     let place = cp.queue.reserve().map_err(submit_error)?;
+    let stored_repo = gitdeploy_core::repo::redact_repo_url(&repo);
     let deployment = Deployment {
         id: DeploymentId::random(),
         project,
-        repo: repo.clone(),
+        repo_credentials_withheld: stored_repo != repo,
+        repo: stored_repo,
         git_ref: git_ref.clone(),
         serving: serving.clone(),
         build: build.without_secret_values(),

@@ -441,10 +441,12 @@ impl Reconciler<'_> {
                         ))
                         .await;
                 }
-                DeploymentStatus::Queued if !d.build.secrets.is_empty() => {
+                DeploymentStatus::Queued
+                    if !d.build.secrets.is_empty() || d.repo_credentials_withheld =>
+                {
                     Job::new(self.records, self.bus, self.metrics, d.id.clone())
                         .finish_and_archive(self.archive, lost(
-                            "the runner holding this build stopped before it started, and its secrets are not stored: deploy again",
+                            "the runner holding this build stopped before it started, and its secrets or repository credentials are not stored: deploy again",
                         ))
                         .await;
                 }

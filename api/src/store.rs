@@ -29,8 +29,13 @@ pub struct Deployment {
     /// Project it belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
-    /// Repository URL as submitted (may hold credentials: show [`Deployment::repo_display`]).
+    /// Repository URL without its credentials: like secret values, credentials are never
+    /// stored with a deployment (they travel with the queued job only).
     pub repo: String,
+    /// The submitted URL held credentials, which were not stored: a runner that did not
+    /// receive the job cannot build it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repo_credentials_withheld: bool,
     /// Requested branch, tag or commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_ref: Option<String>,
@@ -692,6 +697,7 @@ mod tests {
             id: DeploymentId::parse("aaaaaaaaaaa1").unwrap(),
             project: None,
             repo: "https://u:secret@example.com/r".into(),
+            repo_credentials_withheld: false,
             git_ref: None,
             serving: ServingOptions::default(),
             build: BuildSettings::default(),

@@ -239,6 +239,7 @@ impl Platform {
                 finished_unix_ms: None,
                 runner: Some(queue.instance().to_owned()),
                 cancel_requested: false,
+                repo_credentials_withheld: false,
             })
             .await
             .unwrap();

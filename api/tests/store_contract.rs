@@ -83,6 +83,7 @@ fn deployment(n: u32, project: Option<&str>, at: u64) -> Deployment {
         finished_unix_ms: None,
         runner: Some("runner-a".into()),
         cancel_requested: false,
+        repo_credentials_withheld: false,
     }
 }
 

@@ -43,7 +43,14 @@ fn build_failure(error: String) -> Failure {
 pub async fn run(config: &BuilderConfig, emitter: &Emitter) -> i32 {
     let job = &config.job;
     let emitter = emitter.configured(
-        Redactor::new(job.build.secrets.values().map(String::as_str)),
+        // Secret values and the repository URL's credentials (git prints URLs in its errors).
+        Redactor::new(
+            job.build
+                .secrets
+                .values()
+                .map(String::as_str)
+                .chain(gitdeploy_core::repo::url_credentials(&job.repo)),
+        ),
         job.limits.max_log_bytes,
     );
     let started = Instant::now();

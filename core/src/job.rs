@@ -125,6 +125,19 @@ pub struct BuildSettings {
     pub secrets: BTreeMap<String, String>,
 }
 
+/// What a build task receives through Redis rather than through the ECS API (where anyone who
+/// may describe tasks would read it): secret values, and the repository URL when it holds
+/// credentials. The task reads it once.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithheldFromTask {
+    /// Secret values by name.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// The repository URL with its credentials (the job carries it redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+}
+
 /// Shortest secret value accepted: shorter ones would redact ordinary text from the log.
 pub const MIN_SECRET_LEN: usize = 4;
 

@@ -113,6 +113,28 @@ pub fn redact_repo_url(url: &str) -> String {
     url.to_owned()
 }
 
+/// The credentials part of a URL (`user:password` in `https://user:password@host/…`), and the
+/// password alone when there is one: what a build log must never show, whatever tool prints
+/// the URL.
+pub fn url_credentials(url: &str) -> Vec<&str> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    let end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..end].rfind('@') else {
+        return Vec::new();
+    };
+    let userinfo = &rest[..at];
+    let mut out = vec![userinfo];
+    if let Some((_, password)) = userinfo.split_once(':') {
+        if password.len() >= 4 {
+            out.push(password);
+        }
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
 /// A stable, filesystem-safe key for a repository (FNV-1a of its URL without credentials), so
 /// builds of one repository share a package cache and other repositories never see it.
 pub fn cache_key(url: &str) -> String {
@@ -128,6 +150,25 @@ pub fn cache_key(url: &str) -> String {
 mod tests {
     use super::*;
     use RepoScheme::*;
+
+    #[test]
+    fn credentials_of_urls() {
+        assert_eq!(
+            url_credentials("https://u:p4ssw0rd@example.com/r"),
+            ["u:p4ssw0rd", "p4ssw0rd"]
+        );
+        assert_eq!(
+            url_credentials("https://ghp_token@example.com/r"),
+            ["ghp_token"]
+        );
+        assert_eq!(
+            url_credentials("https://u:pw@example.com/r"),
+            ["u:pw"],
+            "too short alone"
+        );
+        assert!(url_credentials("https://example.com/a@b").is_empty());
+        assert!(url_credentials("/local/path").is_empty());
+    }
 
     #[test]
     fn validate_table() {

@@ -83,10 +83,18 @@ async fn run_job() -> anyhow::Result<bool> {
         .await
         .context("cannot connect to Redis")?;
     if let Some(secrets) = store.take_secrets(&job.deployment).await? {
-        let values: std::collections::BTreeMap<String, String> =
+        let withheld: gitdeploy_core::job::WithheldFromTask =
             serde_json::from_str(&secrets).context("unreadable secrets")?;
-        job.build.secrets.extend(values);
+        job.build.secrets.extend(withheld.secrets);
+        if let Some(repo) = withheld.repo {
+            job.repo = repo;
+        }
     }
+    // The runner redacts a URL's credentials in the job and hands them over with the secrets.
+    anyhow::ensure!(
+        !job.repo.contains("://***@"),
+        "the repository's credentials did not reach the task (taken already?)"
+    );
     let missing: Vec<&String> = job
         .build
         .secrets

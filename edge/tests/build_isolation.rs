@@ -445,3 +445,44 @@ async fn a_server_killed_mid_build_leaves_nothing_behind_after_restart() {
         .join(format!("gd-{id}"))
         .exists());
 }
+
+#[tokio::test]
+async fn credentials_in_a_repository_url_are_never_stored_or_logged() {
+    let mut gits = GitServer::new();
+    gits.add_repo("private", &[("index.html", "private site")]);
+    gits.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start(data.path()).await;
+    let url = gits
+        .url("private")
+        .replacen("git://", "git://builder:pw-7f3a9c2e@", 1);
+    // git:// has no credentials: the clone fails, and git's error names the URL it was given.
+    let (id, log) = deploy(&gd, json!({"repo": url})).await;
+    let all = text(&log);
+    let (_, error) = outcome(&log);
+    assert!(all.contains("unable to look up"), "{all}");
+    assert!(
+        !all.contains("pw-7f3a9c2e") && !error.contains("pw-7f3a9c2e"),
+        "{all}"
+    );
+    assert!(gd.status(&id).await["repo"]
+        .as_str()
+        .unwrap()
+        .contains("***@"));
+    let mut stack = vec![data.path().join("state")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                assert!(
+                    !text.contains("pw-7f3a9c2e"),
+                    "{} holds the password",
+                    path.display()
+                );
+            }
+        }
+    }
+}

@@ -297,6 +297,7 @@ async fn a_build_task_records_its_own_outcome_in_redis() {
             finished_unix_ms: None,
             runner: None,
             cancel_requested: false,
+            repo_credentials_withheld: false,
         })
         .await
         .unwrap();
