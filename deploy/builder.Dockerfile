@@ -13,17 +13,23 @@ COPY . .
 RUN cargo build --release --locked --bin gitdeploy
 
 FROM node:20-bookworm-slim
-# git for clones, CA certificates for registries, bubblewrap and util-linux for the sandbox
-# layers that a host allows (on Fargate the task itself is the isolation boundary).
+# git for clones, CA certificates for registries, bubblewrap, util-linux and slirp4netns for the
+# sandbox layers a host allows. On Fargate (no namespaces) the task is the outer boundary, and
+# inside it the repository's commands still run as another user (nobody) than the builder, with
+# no capabilities and no way to read the builder's environment or memory.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends git ca-certificates bubblewrap util-linux \
+       slirp4netns iproute2 \
     && rm -rf /var/lib/apt/lists/* \
-    && corepack enable \
-    && useradd --system --create-home --uid 10001 gitdeploy
+    && corepack enable
 COPY --from=build /src/target/release/gitdeploy /usr/local/bin/gitdeploy
 ENV GITDEPLOY_WORK_ROOT=/tmp/gitdeploy \
     COREPACK_ENABLE_DOWNLOAD_PROMPT=0
-USER 10001
+# Root inside the task, so that the builder can drop the repository's commands to another user
+# (as the same user, they could read the builder's credentials); the builder itself is
+# undumpable. The task definition grants no extra capabilities.
+# hadolint ignore=DL3002
+USER 0
 ENTRYPOINT ["/usr/local/bin/gitdeploy"]
 CMD ["build-task"]

@@ -5,9 +5,11 @@
 //!
 //! ```text
 //! apt-get install nginx libnginx-mod-http-js wrk
-//! cargo run --release -p gitdeploy-bench -- all   # or: hot, cold, revalidate, large, node, deploy
+//! cargo run --release -p gitdeploy-bench -- all   # or: hot, cold, revalidate, large, node, deploy,
+//!                                                  # logs, clients
 //! ```
 
+mod clients;
 mod load;
 mod logs;
 mod peers;
@@ -89,6 +91,8 @@ enum Scenario {
     Deploy,
     /// Log latency from the build's write to WebSocket clients at 1, 100 and 1,000 followers.
     Logs,
+    /// Hostile clients: idle floods, slow heads, huge heads (memory and cut-off times).
+    Clients,
 }
 
 /// One row of a results table.
@@ -269,6 +273,12 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let mut clients_report = None;
+    if run(Scenario::Clients) {
+        let edge = Edge::start(&gitdeploy, &["--max-connections", "20000"]).await?;
+        clients_report = Some(clients::measure(&edge).await?);
+    }
+
     if run(Scenario::Cold) {
         let s3 = S3Server::start(&gitdeploy)?;
         let edge = Edge::start_with(
@@ -303,6 +313,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if !log_rows.is_empty() {
         report.push_str(&logs::render(&log_rows));
+    }
+    if let Some(r) = &clients_report {
+        report.push_str(&clients::render(r));
     }
     println!("{report}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");

@@ -283,6 +283,15 @@ impl Edge {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
     }
 
+    /// Descriptors the edge holds open now.
+    pub fn open_fds(&self) -> Option<usize> {
+        Some(
+            std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+                .ok()?
+                .count(),
+        )
+    }
+
     /// Resident memory now, in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
         self.status_field("VmRSS:")

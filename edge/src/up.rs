@@ -676,9 +676,7 @@ fn raise_open_file_limit(max_connections: usize) {
     if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
         tracing::warn!("cannot raise the open-file limit from {soft} to {hard}");
     }
-    let needed = (max_connections as u64)
-        .saturating_mul(2)
-        .saturating_add(1024);
+    let needed = (max_connections as u64).saturating_add(1024);
     if hard < needed {
         tracing::warn!(
             "the open-file limit ({hard}) is below what {max_connections} connections need \

@@ -301,8 +301,12 @@ async fn a_build_task_records_its_own_outcome_in_redis() {
         })
         .await
         .unwrap();
+    let withheld = gitdeploy_core::job::WithheldFromTask {
+        secrets: build.secrets.clone(),
+        repo: None,
+    };
     store
-        .put(&id, serde_json::to_string(&build.secrets).unwrap())
+        .put(&id, serde_json::to_string(&withheld).unwrap())
         .await
         .unwrap();
     let job = BuildJob {
@@ -538,4 +542,105 @@ runner = "local"
     assert_eq!(page, "served by serve");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// An ECS task has no bubblewrap (no namespaces on Fargate). `gitdeploy build-task` run as such a
+/// task (here: a PATH without `bwrap`): the repository's commands still run as another user, and
+/// nothing of the task's environment (the Redis URL, storage credentials) can be read from them,
+/// not through `/proc/<pid>/environ` of any process.
+#[tokio::test]
+async fn a_build_task_without_bubblewrap_keeps_its_environment_from_the_build() {
+    use gitdeploy_core::job::{BuildLimits, BuildSettings, ServingOptions};
+    use gitdeploy_core::{BuildJob, DeploymentId};
+
+    // Every program of the machine but bwrap.
+    let bin = tempfile::tempdir().unwrap();
+    for dir in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin"] {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let link = bin.path().join(&name);
+            if name != "bwrap" && !link.exists() {
+                std::os::unix::fs::symlink(entry.path(), link).unwrap();
+            }
+        }
+    }
+    let redis = Redis::start();
+    let s3 = S3Server::start();
+    let mut git_server = GitServer::new();
+    git_server.add_repo("snoop", &[("README", "snoop")]);
+    git_server.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = edge(&redis, &s3, data.path()).await;
+    let snoop = "id -u; for f in /proc/[0-9]*/environ; do cat \"$f\" 2>/dev/null | tr '\\0' '\\n'; done | grep -c -e GITDEPLOY_REDIS_URL -e AWS_SECRET_ACCESS_KEY || true; mkdir -p out && echo ok > out/index.html";
+    let id = DeploymentId::random();
+    let job = BuildJob {
+        deployment: id.clone(),
+        repo: git_server.url("snoop"),
+        git_ref: None,
+        serving: ServingOptions::default(),
+        build: BuildSettings {
+            build_command: Some(snoop.into()),
+            output_dir: Some("out".into()),
+            ..BuildSettings::default()
+        },
+        limits: BuildLimits::default(),
+        cache_key: None,
+    };
+    let store = gitdeploy_api::RedisStore::connect(&redis.url, "gitdeploy:")
+        .await
+        .unwrap();
+    let records = gitdeploy_api::Records::new(std::sync::Arc::new(store));
+    records
+        .insert(gitdeploy_api::Deployment {
+            id: id.clone(),
+            project: None,
+            repo: job.repo.clone(),
+            git_ref: None,
+            serving: ServingOptions::default(),
+            build: job.build.clone(),
+            status: DeploymentStatus::Building,
+            error: None,
+            commit: None,
+            created_unix_ms: 1,
+            started_unix_ms: Some(1),
+            finished_unix_ms: None,
+            runner: None,
+            cancel_requested: false,
+            repo_credentials_withheld: false,
+        })
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+        .arg("build-task")
+        .env_clear()
+        .env("PATH", bin.path())
+        .env("GITDEPLOY_JOB", serde_json::to_string(&job).unwrap())
+        .env("GITDEPLOY_REDIS_URL", &redis.url)
+        .env("GITDEPLOY_WORK_ROOT", work.path())
+        .env("GITDEPLOY_S3_ENDPOINT", &s3.endpoint)
+        .env("GITDEPLOY_S3_BUCKET", "gitdeploy")
+        .env("GITDEPLOY_S3_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", S3_KEY.0)
+        .env("AWS_SECRET_ACCESS_KEY", S3_KEY.1)
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "build-task exited with {status}");
+    let log = gd.follow(id.as_str(), 0).await;
+    let lines: Vec<&str> = log.iter().map(|r| r.line.as_str()).collect();
+    assert_eq!(outcome(&log).status, DeploymentStatus::Ready, "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("no bubblewrap")),
+        "the task's situation: {lines:#?}"
+    );
+    let at = lines
+        .iter()
+        .position(|l| *l == "65534")
+        .expect("another uid");
+    assert_eq!(
+        lines[at + 1],
+        "0",
+        "the build read the task's environment: {lines:#?}"
+    );
 }
