@@ -400,7 +400,7 @@ async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
     assert!(env.contains(&("GITDEPLOY_S3_BUCKET".into(), "sites".into())));
     assert_eq!(
         platform.store.take_secrets(&a).await.unwrap().as_deref(),
-        Some(r#"{"TOKEN":"s3cr3t-value"}"#),
+        Some(r#"{"secrets":{"TOKEN":"s3cr3t-value"}}"#),
         "the task reads its secrets from Redis, once"
     );
     assert!(platform.store.take_secrets(&a).await.unwrap().is_none());

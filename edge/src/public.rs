@@ -8,6 +8,11 @@
 //!
 //! Connections beyond the configured maximum are answered `503` at once and closed, so the
 //! process never runs out of file descriptors and the connections it holds keep being served.
+//!
+//! When the server stops listening (shutdown, or a graceful upgrade that hands the sockets to a
+//! new process) the port [`Draining`]: every further response says `Connection: close`, so each
+//! busy connection ends cleanly after its next response and its client reconnects (to the new
+//! process); only then, or after [`DRAIN_WAIT`], are the connections still idle closed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,6 +28,24 @@ use tokio::io::AsyncWriteExt;
 use crate::client_stream::ClientStream;
 use crate::sites::SitesProxy;
 use gitdeploy_core::head_guard::HeadLimits;
+
+/// How long a stopping public port waits for its connections to end on their own.
+pub const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Set once the public port stops listening: responses then close their connections.
+#[derive(Clone, Debug, Default)]
+pub struct Draining(Arc<std::sync::atomic::AtomicBool>);
+
+impl Draining {
+    /// Whether the port is draining.
+    pub fn is_on(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn start(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
 
 /// The answer to a connection over the limit.
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 43\r\nretry-after: 1\r\nconnection: close\r\n\r\nThe server is at its connection limit now.\n";
@@ -41,15 +64,17 @@ pub struct PublicApp {
     proxy: Arc<HttpProxy<SitesProxy>>,
     limits: ConnectionLimits,
     open: Arc<AtomicUsize>,
+    draining: Draining,
 }
 
 impl PublicApp {
-    /// Serves every connection with `proxy`, within `limits`.
-    pub fn new(proxy: HttpProxy<SitesProxy>, limits: ConnectionLimits) -> Self {
+    /// Serves every connection with `proxy` (built with the same `draining`), within `limits`.
+    pub fn new(proxy: HttpProxy<SitesProxy>, limits: ConnectionLimits, draining: Draining) -> Self {
         PublicApp {
             proxy: Arc::new(proxy),
             limits,
             open: Arc::new(AtomicUsize::new(0)),
+            draining,
         }
     }
 }
@@ -91,6 +116,12 @@ impl ServerApp for PublicApp {
     }
 
     async fn cleanup(&self) {
+        self.draining.start();
+        let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
+        while self.open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Then the connections still waiting for a request are closed.
         ServerApp::cleanup(self.proxy.as_ref()).await;
     }
 }

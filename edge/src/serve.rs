@@ -22,6 +22,9 @@ pub struct ServeOptions {
     /// Validate the file and exit.
     #[arg(long)]
     check_config: bool,
+    /// Take over the sockets of the running server (graceful upgrade; see `gitdeploy up --help`).
+    #[arg(long)]
+    upgrade: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -527,7 +530,9 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    crate::up::run(config.into_options()?)
+    let mut up = config.into_options()?;
+    up.upgrade = opts.upgrade;
+    crate::up::run(up)
 }
 
 #[cfg(test)]

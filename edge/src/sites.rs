@@ -25,6 +25,7 @@ use crate::cache::{Claim, FillGuard, ManifestCache, ManifestError, ObjectCache, 
 use crate::control::{client_ip, CLIENT_HEADER};
 use crate::metrics::EdgeMetrics;
 use crate::origin::S3Origin;
+use crate::public::Draining;
 use crate::respond::{error_page, html_response, send, send_error, FilePlan};
 use crate::serving::conditional::{self, Conditions, Precondition};
 use crate::serving::encoding;
@@ -55,6 +56,7 @@ pub struct SitesProxy {
     control_plane: HttpPeer,
     metrics: EdgeMetrics,
     aliases: Arc<dyn AliasResolver>,
+    draining: Draining,
 }
 
 impl SitesProxy {
@@ -76,7 +78,14 @@ impl SitesProxy {
             control_plane,
             metrics,
             aliases,
+            draining: Draining::default(),
         }
+    }
+
+    /// Responses close their connections once `draining` is on (see [`crate::public`]).
+    pub fn with_draining(mut self, draining: Draining) -> Self {
+        self.draining = draining;
+        self
     }
 }
 
@@ -320,6 +329,9 @@ impl ProxyHttp for SitesProxy {
     ) -> Result<()> {
         // Pipelined requests are answered in order (RFC 9112 §9.3.2), not dropped.
         session.as_downstream_mut().set_pipelining_enabled(true);
+        if self.draining.is_on() {
+            session.set_keepalive(None);
+        }
         Ok(())
     }
 

@@ -32,7 +32,7 @@ use crate::control::{only_control_plane_hosts, ApiApp};
 use crate::embedded_s3::EmbeddedS3;
 use crate::metrics::{metrics_server, EdgeMetrics};
 use crate::origin::{OriginSettings, S3Origin};
-use crate::public::{ConnectionLimits, PublicApp};
+use crate::public::{ConnectionLimits, Draining, PublicApp};
 use crate::runner_service::RunnerService;
 use crate::sites::{HostRules, SitesProxy};
 use gitdeploy_core::head_guard::HeadLimits;
@@ -106,6 +106,11 @@ pub struct UpOptions {
     /// Worker threads of each service.
     #[arg(long, default_value_t = 2)]
     pub(crate) threads: usize,
+    /// Take over the listening sockets of the server running on this data directory (Pingora's
+    /// graceful upgrade): start this one with `--upgrade`, then send the old one SIGQUIT; it
+    /// hands its sockets over, finishes its requests and exits, and no connection is refused.
+    #[arg(long)]
+    pub(crate) upgrade: bool,
     /// Keep state and logs in Redis (`redis://[:password@]host:port[/db]`) instead of the data
     /// directory, so several edges can share them.
     #[arg(long, env = "GITDEPLOY_REDIS_URL", hide_env_values = true)]
@@ -508,7 +513,11 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         upgrade_sock: run_dir.join("upgrade.sock").display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora_core::server::configuration::Opt {
+        upgrade: opts.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let mut control_hosts = vec![];
@@ -574,7 +583,11 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         edge_metrics,
         aliases,
     );
-    let mut proxy = HttpProxy::new(proxy, server.configuration.clone());
+    let draining = Draining::default();
+    let mut proxy = HttpProxy::new(
+        proxy.with_draining(draining.clone()),
+        server.configuration.clone(),
+    );
     proxy.handle_init_modules();
     let limits = ConnectionLimits {
         head: HeadLimits {
@@ -585,7 +598,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         max_connections: opts.max_connections.max(1),
     };
     raise_open_file_limit(limits.max_connections);
-    let mut sites = Service::new("public".into(), PublicApp::new(proxy, limits));
+    let mut sites = Service::new("public".into(), PublicApp::new(proxy, limits, draining));
     sites.add_tcp(&opts.listen.to_string());
 
     let s3 = s3.map(|s3| {

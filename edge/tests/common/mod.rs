@@ -157,7 +157,51 @@ impl Gitdeploy {
     /// Like [`Gitdeploy::start_with`], with extra environment variables.
     pub async fn start_with_env(data_dir: &Path, flags: &[&str], envs: &[(&str, &str)]) -> Self {
         let (port, metrics_port) = (free_port(), free_port());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+        let child = Self::launch(data_dir, port, metrics_port, flags, envs);
+        Self::attach(child, data_dir, port, metrics_port).await
+    }
+
+    /// A graceful upgrade: starts a new server on this one's data directory and ports with
+    /// `--upgrade`, has this one hand its sockets over (SIGQUIT) once the new one waits for
+    /// them, and returns the new server after the old one has exited.
+    pub async fn upgrade(mut self, flags: &[&str]) -> Self {
+        let upgrade_sock = self.data_dir.join("run/upgrade.sock");
+        let mut all = flags.to_vec();
+        all.push("--upgrade");
+        let mut child = Self::launch(&self.data_dir, self.port, self.metrics_port, &all, &[]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !upgrade_sock.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the new server exited with {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the new server never asked for the sockets"
+            );
+            tokio::task::yield_now().await;
+        }
+        let old = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGQUIT).unwrap();
+        let new = Self::attach(child, &self.data_dir, self.port, self.metrics_port).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the old server did not exit"
+            );
+            tokio::task::yield_now().await;
+        }
+        new
+    }
+
+    fn launch(
+        data_dir: &Path,
+        port: u16,
+        metrics_port: u16,
+        flags: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
             .args(["up", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .arg("--data-dir")
@@ -171,7 +215,10 @@ impl Gitdeploy {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start gitdeploy");
+            .expect("start gitdeploy")
+    }
+
+    async fn attach(mut child: Child, data_dir: &Path, port: u16, metrics_port: u16) -> Self {
         // The banner names the embedded S3 endpoint; read it, then keep draining stdout.
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut s3_endpoint = String::new();
