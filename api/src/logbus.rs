@@ -382,8 +382,15 @@ impl FileFollower {
                     .collect();
             }
             None => {
+                let records = read_file(&self.bus.path(&self.id))?;
+                if records.last().is_some_and(|r| !r.is_final()) {
+                    // An unfinished log of an earlier run (its server stopped mid-build): it is
+                    // still open, and its final record (the reconciler's) is still to come.
+                    self.bus.topic(&self.id)?;
+                    return self.resync();
+                }
                 self.live = None;
-                self.backlog = read_file(&self.bus.path(&self.id))?
+                self.backlog = records
                     .into_iter()
                     .skip(self.next as usize)
                     .map(LiveRecord::plain)

@@ -40,6 +40,47 @@ fn io_err(e: redis::RedisError) -> io::Error {
     io::Error::other(format!("redis: {e}"))
 }
 
+/// How long a write waits for Redis to come back (a restart, a failover) before it fails.
+const OUTAGE: Duration = Duration::from_secs(120);
+
+/// Whether `e` says Redis is away for a moment (connection refused or dropped, a timeout, still
+/// loading its data after a restart) rather than that it refused the command.
+fn is_transient(e: &redis::RedisError) -> bool {
+    use redis::RetryMethod;
+    e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || matches!(
+            e.retry_method(),
+            RetryMethod::Reconnect | RetryMethod::RetryImmediately | RetryMethod::WaitAndRetry
+        )
+}
+
+/// Runs a write until Redis answers it, waiting out an outage of up to [`OUTAGE`] with backoff;
+/// an error that is not an outage is returned at once. Each attempt must be safe to repeat.
+async fn through_outage<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, redis::RedisError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
+{
+    let deadline = tokio::time::Instant::now() + OUTAGE;
+    let mut backoff = Duration::from_millis(20);
+    let mut warned = false;
+    loop {
+        match attempt().await {
+            Err(e) if is_transient(&e) && tokio::time::Instant::now() < deadline => {
+                if !warned {
+                    tracing::warn!("redis unavailable for {what}, retrying: {e}");
+                    warned = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Connects with a response timeout suited to ordinary commands.
 async fn manager(client: &redis::Client) -> io::Result<ConnectionManager> {
     let config = ConnectionManagerConfig::new()
@@ -358,10 +399,13 @@ impl Store for RedisStore {
                 }
             }
         }
-        let applied: i64 = invocation
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(io_err)?;
+        let applied: i64 = through_outage("a commit", || {
+            let mut conn = self.conn.clone();
+            let invocation = &invocation;
+            async move { invocation.invoke_async(&mut conn).await }
+        })
+        .await
+        .map_err(io_err)?;
         if applied == 2 {
             // This process moved an alias: its caches must not wait for the announcement.
             self.generation
@@ -603,17 +647,29 @@ impl Shared {
             line,
             outcome,
         };
-        let _: String = redis::cmd("XADD")
-            .arg(&key)
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&key)
             .arg("MAXLEN")
             .arg("~")
             .arg(self.settings.max_len)
             .arg(entry_id(seq))
             .arg("r")
-            .arg(serde_json::to_string(&record)?)
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(io_err)?;
+            .arg(serde_json::to_string(&record)?);
+        let added: Result<String, _> = through_outage("a log line", || {
+            let mut conn = self.conn.clone();
+            let xadd = &xadd;
+            async move { xadd.query_async(&mut conn).await }
+        })
+        .await;
+        match added {
+            Ok(_) => {}
+            // The entry id is the record's own: an attempt whose answer was lost in the outage
+            // already wrote it.
+            Err(e)
+                if e.to_string()
+                    .contains("equal or smaller than the target stream top") => {}
+            Err(e) => return Err(io_err(e)),
+        }
         *next = Some(seq + 1);
         self.metrics.log_lines.inc();
         Ok(record)

@@ -53,6 +53,9 @@ pub struct LocalRunnerConfig {
     pub heartbeat: Duration,
 }
 
+/// How long a finished build keeps trying to record its outcome while the store is away.
+const OUTCOME_PATIENCE: Duration = Duration::from_secs(120);
+
 /// Cleanup run after a builder was killed (the builder's sandbox leftovers).
 pub type AfterKill = Arc<
     dyn Fn(DeploymentId) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
@@ -586,21 +589,35 @@ impl<'a> Job<'a> {
     /// it). `false` when the deployment had already ended (canceled, or failed by the
     /// reconciler) or is gone: its log is already final.
     async fn record_outcome(&self, f: &Finished) -> bool {
-        let finished = self
-            .records
-            .finish(
-                &self.id,
-                |d| {
-                    d.status = f.outcome.status;
-                    d.error = f.outcome.error.clone();
-                    d.finished_unix_ms = Some(now_ms());
-                    if f.commit.is_some() {
-                        d.commit = f.commit.clone();
-                    }
-                },
-                |d, project| project.is_production_ref(d.git_ref.as_deref()),
-            )
-            .await;
+        // The store may be away for a moment (Redis restarting): an outcome is not given up
+        // before [`OUTCOME_PATIENCE`].
+        let deadline = tokio::time::Instant::now() + OUTCOME_PATIENCE;
+        let mut backoff = Duration::from_millis(50);
+        let finished = loop {
+            let finished = self
+                .records
+                .finish(
+                    &self.id,
+                    |d| {
+                        d.status = f.outcome.status;
+                        d.error = f.outcome.error.clone();
+                        d.finished_unix_ms = Some(now_ms());
+                        if f.commit.is_some() {
+                            d.commit = f.commit.clone();
+                        }
+                    },
+                    |d, project| project.is_production_ref(d.git_ref.as_deref()),
+                )
+                .await;
+            match finished {
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(id = %self.id, "cannot record the outcome yet: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                other => break other,
+            }
+        };
         let (d, promoted) = match finished {
             Ok(Some(done)) => done,
             Ok(None) => return false,

@@ -396,6 +396,11 @@ impl ProxyHttp for SitesProxy {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
                 upstream.remove_header(CLIENT_HEADER);
+                // Hop-by-hop: the client's `Connection: close` ends the client's connection,
+                // not the pooled one to the API (which would then be reused closed: a 502).
+                if !is_upgrade(upstream) {
+                    upstream.remove_header(&http::header::CONNECTION);
+                }
                 if let Some(peer) = session
                     .client_addr()
                     .and_then(|a| a.as_inet())

@@ -79,3 +79,64 @@ async fn a_graceful_upgrade_under_load_fails_no_request() {
     assert_eq!(failed, 0, "requests failed during the upgrade");
     assert_eq!(gd.status(&id).await["status"], "ready");
 }
+
+#[tokio::test]
+async fn redis_crashing_mid_build_loses_no_log_line_and_no_outcome() {
+    let mut redis = common::Redis::start_persistent();
+    let s3 = common::S3Server::start();
+    let mut gits = GitServer::new();
+    gits.add_repo("chatty", &[("README.md", "chatty")]);
+    gits.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start_with_env(
+        data.path(),
+        &["--redis-url", &redis.url, "--s3-endpoint", &s3.endpoint],
+        &[
+            ("AWS_ACCESS_KEY_ID", common::S3_KEY.0),
+            ("AWS_SECRET_ACCESS_KEY", common::S3_KEY.1),
+        ],
+    )
+    .await;
+    // 300 lines, one every 10 ms; the marker line says the build is under way.
+    let script = "echo chatty-started; i=0; while [ $i -lt 300 ]; do echo line $i; i=$((i+1)); sleep 0.01; done; mkdir -p out && echo ok > out/index.html";
+    let (status, answer) = gd
+        .deploy(serde_json::json!({"repo": gits.url("chatty"), "build": {"build_command": script, "output_dir": "out"}}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", "chatty-started"])
+            .output()
+            .unwrap();
+        if !out.stdout.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the build never started");
+        tokio::task::yield_now().await;
+    }
+    redis.crash_and_restart();
+    // The API answers again once the edge has reconnected (clients retry meanwhile).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gd.status_code(&id).await != 200 {
+        assert!(Instant::now() < deadline, "the API never came back");
+        tokio::task::yield_now().await;
+    }
+    let log = gd.follow(&id, 0).await;
+    assert_complete_log(&log);
+    let lines: Vec<&str> = log.iter().map(|r| r.line.as_str()).collect();
+    let numbered: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("line "))
+        .collect();
+    let want: Vec<String> = (0..300).map(|i| format!("line {i}")).collect();
+    assert_eq!(numbered, want, "log lines were lost or repeated");
+    assert_eq!(
+        log.last().unwrap().outcome.as_ref().unwrap().status,
+        DeploymentStatus::Ready,
+        "{lines:#?}"
+    );
+    assert_eq!(gd.status(&id).await["status"], "ready");
+}

@@ -458,25 +458,54 @@ pub fn assert_complete_log(records: &[LogRecord]) {
 pub struct Redis {
     child: Child,
     pub url: String,
-    _dir: tempfile::TempDir,
+    socket: std::path::PathBuf,
+    persistent: bool,
+    dir: tempfile::TempDir,
 }
 
 impl Redis {
+    /// A server that keeps nothing on disk.
     pub fn start() -> Redis {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), false)
+    }
+
+    /// A server that writes every change to its append-only file before answering, as a
+    /// production Redis with persistence does: a restart loses nothing.
+    pub fn start_persistent() -> Redis {
+        Self::start_in(tempfile::tempdir().unwrap(), true)
+    }
+
+    fn start_in(dir: tempfile::TempDir, persistent: bool) -> Redis {
         let socket = dir.path().join("redis.sock");
+        let child = Self::spawn(dir.path(), &socket, persistent);
+        Redis {
+            child,
+            url: format!("redis+unix://{}", socket.display()),
+            socket,
+            persistent,
+            dir,
+        }
+    }
+
+    fn spawn(dir: &Path, socket: &Path, persistent: bool) -> Child {
+        let persistence: &[&str] = if persistent {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--save", "", "--appendonly", "no"]
+        };
         let mut child = Command::new("redis-server")
-            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .args(["--port", "0"])
+            .args(persistence)
             .arg("--unixsocket")
-            .arg(&socket)
+            .arg(socket)
             .arg("--dir")
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/prereqs --test)");
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut backoff = Duration::from_millis(5);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("redis-server exited early with {status}");
             }
@@ -484,11 +513,15 @@ impl Redis {
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_millis(100));
         }
-        Redis {
-            child,
-            url: format!("redis+unix://{}", socket.display()),
-            _dir: dir,
-        }
+        child
+    }
+
+    /// Kills the server (SIGKILL, as a crash) and starts it again on the same socket and data.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = Self::spawn(self.dir.path(), &self.socket, self.persistent);
     }
 }
 
