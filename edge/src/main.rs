@@ -15,6 +15,7 @@ mod cli;
 mod client_stream;
 mod control;
 mod embedded_s3;
+mod memory;
 mod metrics;
 mod origin;
 mod public;

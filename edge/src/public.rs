@@ -26,6 +26,7 @@ use pingora_proxy::HttpProxy;
 use tokio::io::AsyncWriteExt;
 
 use crate::client_stream::ClientStream;
+use crate::memory::Trimmer;
 use crate::sites::SitesProxy;
 use gitdeploy_core::head_guard::HeadLimits;
 
@@ -65,6 +66,7 @@ pub struct PublicApp {
     limits: ConnectionLimits,
     open: Arc<AtomicUsize>,
     draining: Draining,
+    trimmer: Arc<Trimmer>,
 }
 
 impl PublicApp {
@@ -75,16 +77,21 @@ impl PublicApp {
             limits,
             open: Arc::new(AtomicUsize::new(0)),
             draining,
+            trimmer: Arc::default(),
         }
     }
 }
 
 /// Counts a connection while it lives.
-struct Held(Arc<AtomicUsize>);
+struct Held {
+    open: Arc<AtomicUsize>,
+    trimmer: Arc<Trimmer>,
+}
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let left = self.open.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        self.trimmer.closed(left);
     }
 }
 
@@ -95,8 +102,13 @@ impl ServerApp for PublicApp {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let held = Held(self.open.clone());
-        if self.open.fetch_add(1, Ordering::Relaxed) >= self.limits.max_connections {
+        let held = Held {
+            open: self.open.clone(),
+            trimmer: self.trimmer.clone(),
+        };
+        let before = self.open.fetch_add(1, Ordering::Relaxed);
+        self.trimmer.opened(before + 1);
+        if before >= self.limits.max_connections {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
                 stream.write_all(OVERLOADED).await?;
                 stream.flush().await

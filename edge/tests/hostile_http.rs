@@ -362,3 +362,44 @@ async fn every_api_error_has_the_json_shape() {
         assert!(!body["error"]["message"].as_str().unwrap().is_empty());
     }
 }
+
+#[tokio::test]
+async fn memory_comes_back_after_a_burst_of_connections() {
+    // This test holds 2,000 sockets itself.
+    let _ = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg("--nofile=16384:16384")
+        .status();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start_with(data.path(), &["--max-connections", "5000"]).await;
+    let rss = || gd.rss_kib();
+    let idle = rss();
+    let burst: Vec<TcpStream> = (0..2000).map(|_| connect(&gd)).collect();
+    // Held: the edge has accepted them all (its memory grew with them).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gd.open_fds() < 2000 {
+        assert!(
+            Instant::now() < deadline,
+            "the edge did not accept the burst"
+        );
+        tokio::task::yield_now().await;
+    }
+    let held = rss();
+    drop(burst);
+    // Back near its idle level within a few trim intervals.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut now = rss();
+    while now > idle + (held - idle) / 4 {
+        assert!(
+            Instant::now() < deadline,
+            "RSS stayed at {now} KiB after the burst (idle {idle}, held {held})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = rss();
+    }
+    eprintln!("RSS: idle {idle} KiB, 2000 connections {held} KiB, after {now} KiB");
+    assert!(
+        held > idle + 10_000,
+        "the burst did not cost memory: {idle} → {held}"
+    );
+}

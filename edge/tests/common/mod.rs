@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -104,6 +105,7 @@ impl GitServer {
     pub fn start(&mut self) {
         self.port = free_port();
         let mut child = Command::new("git")
+            .process_group(0)
             .arg("daemon")
             .arg("--reuseaddr")
             .arg("--export-all")
@@ -126,8 +128,10 @@ impl GitServer {
 
 impl Drop for GitServer {
     fn drop(&mut self) {
+        // `git daemon` serves through a `git-daemon` child: the whole process group goes.
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            let group = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
             let _ = c.wait();
         }
     }
@@ -425,6 +429,23 @@ impl Gitdeploy {
             })
             .map(|v| v.trim().parse().unwrap())
             .unwrap_or(0.0)
+    }
+
+    /// The server's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Descriptors the server holds open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// Stops the server abruptly (as a crash would).
