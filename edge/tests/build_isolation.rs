@@ -7,31 +7,12 @@ mod common;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{assert_complete_log, git, GitServer, Gitdeploy};
-use gitdeploy_core::{DeploymentStatus, LogRecord};
+use common::{
+    deploy_and_follow as deploy, git, log_text as text, outcome_of as outcome, GitServer, Gitdeploy,
+};
+use gitdeploy_core::DeploymentStatus;
 use reqwest::Method;
-use serde_json::{json, Value};
-
-async fn deploy(gd: &Gitdeploy, body: Value) -> (String, Vec<LogRecord>) {
-    let (status, answer) = gd.deploy(body).await;
-    assert_eq!(status, 202, "{answer}");
-    let id = answer["id"].as_str().unwrap().to_owned();
-    let log = gd.follow(&id, 0).await;
-    assert_complete_log(&log);
-    (id, log)
-}
-
-fn outcome(log: &[LogRecord]) -> (DeploymentStatus, String) {
-    let o = log.last().unwrap().outcome.clone().unwrap();
-    (o.status, o.error.unwrap_or_default())
-}
-
-fn text(log: &[LogRecord]) -> String {
-    log.iter()
-        .map(|r| r.line.as_str())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
+use serde_json::json;
 
 /// A directory of the host with a root-only file in it, as the data directory's `state/` is.
 fn host_secret_dir() -> tempfile::TempDir {

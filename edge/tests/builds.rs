@@ -4,10 +4,12 @@
 
 mod common;
 
-use common::{assert_complete_log, GitServer, Gitdeploy};
-use gitdeploy_core::{DeploymentStatus, LogRecord};
+use common::{
+    deploy_and_follow as deploy, log_text as text, outcome_of as outcome, GitServer, Gitdeploy,
+};
+use gitdeploy_core::DeploymentStatus;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const LOCKFILE: &str = r#"{
   "name": "fixture-lock",
@@ -24,27 +26,6 @@ const LOCKFILE: &str = r#"{
   }
 }
 "#;
-
-async fn deploy(gd: &Gitdeploy, body: Value) -> (String, Vec<LogRecord>) {
-    let (status, answer) = gd.deploy(body).await;
-    assert_eq!(status, 202, "{answer}");
-    let id = answer["id"].as_str().unwrap().to_owned();
-    let log = gd.follow(&id, 0).await;
-    assert_complete_log(&log);
-    (id, log)
-}
-
-fn outcome(log: &[LogRecord]) -> (DeploymentStatus, String) {
-    let o = log.last().unwrap().outcome.clone().unwrap();
-    (o.status, o.error.unwrap_or_default())
-}
-
-fn text(log: &[LogRecord]) -> String {
-    log.iter()
-        .map(|r| r.line.as_str())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// Processes on this machine whose command line contains `marker`.
 fn processes_matching(marker: &str) -> usize {

@@ -462,6 +462,30 @@ impl Drop for Gitdeploy {
     }
 }
 
+/// Deploys `body` (which must be accepted) and follows its log to the end.
+pub async fn deploy_and_follow(gd: &Gitdeploy, body: Value) -> (String, Vec<LogRecord>) {
+    let (status, answer) = gd.deploy(body).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let log = gd.follow(&id, 0).await;
+    assert_complete_log(&log);
+    (id, log)
+}
+
+/// The status and error of a complete log's outcome.
+pub fn outcome_of(log: &[LogRecord]) -> (gitdeploy_core::DeploymentStatus, String) {
+    let o = log.last().unwrap().outcome.clone().unwrap();
+    (o.status, o.error.unwrap_or_default())
+}
+
+/// A log's lines, one per line.
+pub fn log_text(log: &[LogRecord]) -> String {
+    log.iter()
+        .map(|r| r.line.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Asserts `records` are numbered 0.. without gaps and only the last is final.
 pub fn assert_complete_log(records: &[LogRecord]) {
     assert!(!records.is_empty(), "empty log");
