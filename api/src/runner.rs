@@ -676,8 +676,16 @@ impl<'a> Job<'a> {
                             ndjson.push(b'\n');
                         }
                     }
-                    if let Err(e) = archive.archive(&self.id, ndjson).await {
-                        tracing::warn!(id = %self.id, "cannot archive the log: {e}");
+                    // A store that is starting or briefly away gets a few more tries.
+                    for attempt in 0..4u32 {
+                        match archive.archive(&self.id, ndjson.clone()).await {
+                            Ok(()) => break,
+                            Err(e) if attempt < 3 => {
+                                tracing::debug!(id = %self.id, "archiving the log failed, retrying: {e}");
+                                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+                            }
+                            Err(e) => tracing::warn!(id = %self.id, "cannot archive the log: {e}"),
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(id = %self.id, "cannot read the log to archive it: {e}"),

@@ -610,6 +610,10 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         "local runner",
         RunnerService::new(runner),
     ));
+    // The runner settles earlier builds at once (archiving their logs): the store must run.
+    if let Some(s3) = &s3 {
+        runner.add_dependencies([s3]);
+    }
     let mut metrics = Service::new("metrics".into(), metrics_server(registry));
     metrics.add_tcp(&opts.metrics_listen.to_string());
     server.add_service(metrics);
