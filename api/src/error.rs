@@ -90,6 +90,10 @@ impl IntoResponse for ApiError {
                 "retry-after",
                 axum::http::HeaderValue::from(self.retry_after.unwrap_or(30)),
             )),
+            StatusCode::SERVICE_UNAVAILABLE if self.retry_after.is_some() => Some((
+                "retry-after",
+                axum::http::HeaderValue::from(self.retry_after.unwrap_or(1)),
+            )),
             StatusCode::UNAUTHORIZED => Some((
                 "www-authenticate",
                 axum::http::HeaderValue::from_static("Bearer"),
@@ -171,6 +175,33 @@ impl ApiError {
 
 impl From<std::io::Error> for ApiError {
     fn from(e: std::io::Error) -> Self {
-        ApiError::internal(e)
+        use std::io::ErrorKind::*;
+        match e.kind() {
+            // The state store is away for a moment (Redis restarting): the client may retry.
+            NotConnected | ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut => {
+                tracing::warn!("state store unavailable: {e}");
+                let mut err =
+                    ApiError::unavailable("the state store is unavailable; try again shortly");
+                err.retry_after = Some(1);
+                err
+            }
+            _ => ApiError::internal(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod io_error_tests {
+    use super::*;
+
+    #[test]
+    fn outages_are_503_and_other_failures_500() {
+        let outage: ApiError =
+            std::io::Error::new(std::io::ErrorKind::NotConnected, "redis: gone").into();
+        assert_eq!((outage.status.as_u16(), outage.code), (503, "unavailable"));
+        let resp = outage.into_response();
+        assert_eq!(resp.headers()["retry-after"], "1");
+        let other: ApiError = std::io::Error::other("disk on fire").into();
+        assert_eq!((other.status.as_u16(), other.code), (500, "internal"));
     }
 }

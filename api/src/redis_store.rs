@@ -36,8 +36,15 @@ use crate::metrics::ApiMetrics;
 use crate::projects::Project;
 use crate::store::{Deployment, Store, Versioned, Write};
 
+/// A Redis error as I/O: an outage (see [`is_transient`]) is `NotConnected`, which the API
+/// answers 503 rather than 500.
 fn io_err(e: redis::RedisError) -> io::Error {
-    io::Error::other(format!("redis: {e}"))
+    let kind = if is_transient(&e) {
+        io::ErrorKind::NotConnected
+    } else {
+        io::ErrorKind::Other
+    };
+    io::Error::new(kind, format!("redis: {e}"))
 }
 
 /// How long a write waits for Redis to come back (a restart, a failover) before it fails.

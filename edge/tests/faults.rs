@@ -140,3 +140,65 @@ async fn redis_crashing_mid_build_loses_no_log_line_and_no_outcome() {
     );
     assert_eq!(gd.status(&id).await["status"], "ready");
 }
+
+#[tokio::test]
+async fn storage_stopping_during_upload_fails_the_build_cleanly() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut s3 = common::S3Server::start();
+    let mut gits = GitServer::new();
+    gits.add_repo("many", &[("README.md", "many files")]);
+    gits.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start_with_env(
+        data.path(),
+        &["--s3-endpoint", &s3.endpoint],
+        &[
+            ("AWS_ACCESS_KEY_ID", common::S3_KEY.0),
+            ("AWS_SECRET_ACCESS_KEY", common::S3_KEY.1),
+        ],
+    )
+    .await;
+    // 3,000 small files: the upload takes seconds, and the storage stops as it begins.
+    let script = "mkdir -p out && i=0; while [ $i -lt 3000 ]; do echo \"file $i\" > out/f$i.txt; i=$((i+1)); done; echo hi > out/index.html";
+    let (status, answer) = gd
+        .deploy(serde_json::json!({"repo": gits.url("many"), "build": {"build_command": script, "output_dir": "out"}}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let url = format!("ws://127.0.0.1:{}/api/deployments/{id}/logs/ws", gd.port);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut lines = vec![];
+    let mut stopped = false;
+    while let Some(msg) = ws.next().await {
+        match msg.unwrap() {
+            Message::Text(t) => {
+                let record: gitdeploy_core::LogRecord = serde_json::from_str(&t).unwrap();
+                if !stopped && record.line.starts_with("Publishing") {
+                    s3.stop();
+                    stopped = true;
+                }
+                lines.push(record);
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert!(stopped, "the build never reached its upload");
+    assert_complete_log(&lines);
+    let outcome = lines.last().unwrap().outcome.clone().unwrap();
+    assert_eq!(outcome.status, DeploymentStatus::Failed);
+    let error = outcome.error.unwrap_or_default();
+    assert!(
+        error.contains("the storage could not be reached"),
+        "{error}"
+    );
+    assert_eq!(gd.status(&id).await["status"], "failed");
+    // Nothing of the half-uploaded deployment is served.
+    let resp = gd
+        .site(Method::GET, &id, "/index.html")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status(), 200);
+}
