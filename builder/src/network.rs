@@ -10,12 +10,12 @@
 //! addresses, link-local (`169.254.0.0/16`, where the ECS and EC2 metadata endpoints live), the
 //! private and shared ranges (RFC 1918, RFC 6598), multicast and reserved space.
 //!
-//! Why slirp4netns and not passt or a veth pair: a veth pair would need NAT and firewall rules
-//! in the host's own namespace (shared, global state); slirp4netns needs neither, answers DNS on
-//! its own address (so the build's `resolv.conf` never points at a private resolver), and is
-//! packaged by Debian at a version that supports `--netns-type=path` and `--ready-fd`. passt
-//! offers the same isolation, but this version maps the gateway to the host unless told not
-//! to, and it brings no DNS answer of its own.
+//! Why slirp4netns: a veth pair would need NAT and firewall rules in the host's own namespace
+//! (shared, global state); slirp4netns needs neither, answers DNS on its own address (so the
+//! build's `resolv.conf` never points at a private resolver), and Debian's version supports
+//! `--netns-type=path` and `--ready-fd`. passt offers the same kind of isolation with better
+//! throughput; slirp4netns is the one checked here end to end (the tests run builds through it),
+//! and the routes inside the namespace do the filtering whichever forwarder is used.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
