@@ -247,6 +247,21 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
             "--api-token must be at least 16 characters"
         );
     }
+    if !opts.upgrade {
+        // Pingora would retry a taken address forever; say so at once instead (an upgrade takes
+        // over addresses that are taken on purpose).
+        for (flag, addr) in [
+            ("--listen", opts.listen),
+            ("--metrics-listen", opts.metrics_listen),
+        ] {
+            std::net::TcpListener::bind(addr).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {addr} ({flag}): {e}; is another gitdeploy running there? \
+                     Pass {flag} with a free address"
+                )
+            })?;
+        }
+    }
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
     let data = opts.data_dir.canonicalize()?;

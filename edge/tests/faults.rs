@@ -202,3 +202,36 @@ async fn storage_stopping_during_upload_fails_the_build_cleanly() {
         .unwrap();
     assert_ne!(resp.status(), 200);
 }
+
+#[tokio::test]
+async fn a_second_server_on_a_taken_port_stops_with_a_clear_message() {
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start(data.path()).await;
+    let other = tempfile::tempdir().unwrap();
+    for (listen, metrics, flag) in [
+        (common::free_port(), gd.metrics_port, "--metrics-listen"),
+        (gd.port, common::free_port(), "--listen"),
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+            .args(["up", "--listen", &format!("127.0.0.1:{listen}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .arg("--data-dir")
+            .arg(other.path())
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(30), out)
+            .await
+            .expect("the second server kept trying")
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("({flag})")) && err.contains("free address"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        gd.status_code("nosuchdeployment").await,
+        404,
+        "the first one still serves"
+    );
+}
