@@ -140,6 +140,11 @@ impl HeadGuard {
         }
     }
 
+    /// Whether a request head has begun and not yet ended.
+    pub fn in_head(&self) -> bool {
+        matches!(self.phase, Phase::Head { .. })
+    }
+
     /// The moment at which the connection is cut off if nothing changes, and why.
     pub fn deadline(&self) -> Option<(Instant, Cutoff)> {
         match self.phase {
@@ -254,9 +259,12 @@ mod tests {
         let s = |n| t0 + Duration::from_secs(n);
         let mut g = HeadGuard::new(limits(), t0);
         assert_eq!(g.deadline(), Some((s(60), Cutoff::Idle)));
+        assert!(!g.in_head());
         g.on_read(b"GET / HTTP/1.1\r\nHost: a\r\n", s(5)).unwrap();
+        assert!(g.in_head());
         assert_eq!(g.deadline(), Some((s(15), Cutoff::HeadTimeout)));
         g.on_read(b"\r\n", s(6)).unwrap();
+        assert!(!g.in_head());
         assert_eq!(g.deadline(), None, "complete head: no deadline of ours");
         g.on_write(b"HTTP/1.1 200 OK\r\n", s(7));
         assert_eq!(g.deadline(), Some((s(67), Cutoff::Idle)));

@@ -14,8 +14,10 @@
 //!
 //! **Reads: limits on request heads.** Every read and write goes through a [`HeadGuard`]: a
 //! connection idle past its idle timeout reads as closed; a request head that is too slow in
-//! total or too large is answered `408`/`431` (best effort) and the read fails, before Pingora
-//! buffers more of it.
+//! total, too large or malformed in its request line is answered `408`/`431`/`400` (best effort)
+//! and the connection then reads as closed. The bytes of a head are held here until the head is
+//! whole (at most the head limit), so Pingora only ever parses whole heads and sees a cut-off
+//! connection as a client that left (no error logged per attack connection).
 
 use std::fmt;
 use std::future::Future;
@@ -45,6 +47,12 @@ pub struct ClientStream<S> {
     inner: S,
     held: Vec<u8>,
     guard: HeadGuard,
+    /// Bytes of a request head not yet complete (at most the head limit).
+    holding: Vec<u8>,
+    /// Bytes of a completed head (and what followed it) that did not fit the last read.
+    released: Vec<u8>,
+    /// Cut off: reads as closed from now on.
+    cut: bool,
     /// Fires at the guard's deadline; reset whenever the deadline moves.
     timer: Pin<Box<tokio::time::Sleep>>,
     timer_at: Option<Instant>,
@@ -58,6 +66,9 @@ impl<S> ClientStream<S> {
             inner,
             held: Vec::new(),
             guard: HeadGuard::new(limits, now),
+            holding: Vec::new(),
+            released: Vec::new(),
+            cut: false,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             timer_at: None,
         }
@@ -163,51 +174,74 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientStream<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.cut {
+            return Poll::Ready(Ok(()));
+        }
+        if !this.released.is_empty() {
+            let n = this.released.len().min(buf.remaining());
+            buf.put_slice(&this.released[..n]);
+            this.released.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                let read = &buf.filled()[before..];
-                match this.guard.on_read(read, Instant::now()) {
-                    Ok(()) => Poll::Ready(Ok(())),
-                    Err(cutoff) => {
-                        buf.set_filled(before);
-                        this.cut_off(cx, cutoff)
+        loop {
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {
+                    let read = &buf.filled()[before..];
+                    if read.is_empty() {
+                        // The client closed; a head it never finished is dropped with it.
+                        this.holding.clear();
+                        return Poll::Ready(Ok(()));
                     }
+                    if let Err(cutoff) = this.guard.on_read(read, Instant::now()) {
+                        buf.set_filled(before);
+                        return this.cut_off(cx, cutoff);
+                    }
+                    if this.guard.in_head() {
+                        // Held until the head is whole: Pingora sees whole heads only.
+                        this.holding.extend_from_slice(read);
+                        buf.set_filled(before);
+                        continue;
+                    }
+                    if !this.holding.is_empty() {
+                        // The head ended: what was held goes first, then this read.
+                        let mut released = std::mem::take(&mut this.holding);
+                        released.extend_from_slice(read);
+                        buf.set_filled(before);
+                        let n = released.len().min(buf.remaining());
+                        buf.put_slice(&released[..n]);
+                        released.drain(..n);
+                        this.released = released;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    return match this.arm_timer() {
+                        Some(cutoff) if this.timer.as_mut().poll(cx).is_ready() => {
+                            this.cut_off(cx, cutoff)
+                        }
+                        _ => Poll::Pending,
+                    };
                 }
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match this.arm_timer() {
-                Some(cutoff) if this.timer.as_mut().poll(cx).is_ready() => this.cut_off(cx, cutoff),
-                _ => Poll::Pending,
-            },
         }
     }
 }
 
 impl<S: AsyncWrite + Unpin> ClientStream<S> {
-    /// Ends the connection for `cutoff`: its response, if it has one, is written if the
-    /// socket takes it at once; an idle connection reads as closed, the others fail.
+    /// Ends the connection for `cutoff`: its response, if it has one, is written if the socket
+    /// takes it at once, and the connection then reads as closed. Pingora, which has seen no
+    /// byte of the unfinished head (it is held here), closes it as a client that went away.
     fn cut_off(&mut self, cx: &mut Context<'_>, cutoff: Cutoff) -> Poll<io::Result<()>> {
         if let Some(response) = cutoff.response() {
             self.held.clear();
             let _ = Pin::new(&mut self.inner).poll_write(cx, response);
             let _ = Pin::new(&mut self.inner).poll_flush(cx);
         }
-        match cutoff {
-            Cutoff::Idle => Poll::Ready(Ok(())),
-            Cutoff::HeadTimeout => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "request head timeout",
-            ))),
-            Cutoff::HeadTooLarge => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request head too large",
-            ))),
-            Cutoff::BadRequestLine => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "malformed request line",
-            ))),
-        }
+        self.cut = true;
+        self.holding = Vec::new();
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -363,5 +397,37 @@ mod tests {
             let want = [head.as_slice(), body.as_slice(), b"tail"].concat();
             assert_eq!(sent, want, "limit {limit}");
         }
+    }
+
+    #[tokio::test]
+    async fn heads_are_handed_on_whole_and_cut_offs_read_as_closed() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut s = ClientStream::new(server, HeadLimits::default());
+        client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        let mut buf = [0u8; 8];
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(50), s.read(&mut buf)).await;
+        assert!(early.is_err(), "half a head is not handed on");
+        client.write_all(b"st: a\r\n\r\nGET /next").await.unwrap();
+        let want = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next";
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let n = s.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(
+            got, b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next",
+            "in order, in small reads"
+        );
+        // A malformed request line: the 400 goes out, and the stream reads as closed.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut s = ClientStream::new(server, HeadLimits::default());
+        client.write_all(b"GET /a b HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(s.read(&mut buf).await.unwrap(), 0);
+        let mut answer = vec![0u8; 12];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 400");
     }
 }
