@@ -234,6 +234,11 @@ impl<S: AsyncWrite + Unpin> ClientStream<S> {
     /// takes it at once, and the connection then reads as closed. Pingora, which has seen no
     /// byte of the unfinished head (it is held here), closes it as a client that went away.
     fn cut_off(&mut self, cx: &mut Context<'_>, cutoff: Cutoff) -> Poll<io::Result<()>> {
+        tracing::debug!(
+            ?cutoff,
+            held = self.holding.len(),
+            "client connection cut off"
+        );
         if let Some(response) = cutoff.response() {
             self.held.clear();
             let _ = Pin::new(&mut self.inner).poll_write(cx, response);

@@ -366,9 +366,14 @@ impl ProxyHttp for SitesProxy {
             Target::ControlPlane if is_upgrade(session.req_header()) => {
                 // A WebSocket upgrade on a pooled keep-alive connection can see the upgraded
                 // stream end at once (observed with pingora 0.9), so upgrades always get a
-                // fresh connection: a peer of their own never finds a pooled one.
+                // fresh connection. The pool key must be unique per upgrade: with one shared
+                // key, an upgraded connection that went back to the pool was reused by the
+                // next upgrade, which then ended at once (a follower saw a reset under load).
+                static UPGRADES: std::sync::atomic::AtomicU64 =
+                    std::sync::atomic::AtomicU64::new(0);
+                let n = UPGRADES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut peer = self.control_plane.clone();
-                peer.sni = "upgrade".into();
+                peer.sni = format!("upgrade-{n}");
                 Ok(Box::new(peer))
             }
             Target::ControlPlane => Ok(Box::new(self.control_plane.clone())),
