@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod collect;
 mod compress;
 mod config;
 mod confine;

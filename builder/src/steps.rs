@@ -15,7 +15,9 @@ use crate::exec::{self, Exit};
 use crate::lines::Redactor;
 use crate::network::{self, FilteredNetwork};
 use crate::sandbox::{self, Cgroups, Network, SandboxSpec};
-use crate::{confine, detect, disk, publish, EXIT_BUILD_FAILED, EXIT_INTERNAL, EXIT_READY};
+use crate::{
+    collect, confine, detect, disk, publish, EXIT_BUILD_FAILED, EXIT_INTERNAL, EXIT_READY,
+};
 
 /// The unprivileged user builds run as when the builder is root (`nobody`).
 const BUILD_UID: u32 = 65534;
@@ -258,9 +260,9 @@ async fn steps(
         format!("{output}/ ({})", plan.output_reason)
     };
     emitter.system(&format!("Publishing {shown}"));
-    let output_dir = publish::confined_output_root(&root.join(&output), &src)
+    let output_dir = collect::confined_output_root(&root.join(&output), &src)
         .map_err(|e| build_failure(format!("{shown}: {e}")))?;
-    let source = publish::OutputSource {
+    let source = collect::OutputSource {
         root: &output_dir,
         checkout: &src,
         owner: ran_as,
@@ -269,11 +271,11 @@ async fn steps(
         max_path_bytes: (job.limits.max_key_bytes as usize)
             .saturating_sub(config.layout.site_prefix(&job.deployment).len() + 3),
     };
-    let files = publish::collect(&source, &job.limits).map_err(build_failure)?;
+    let files = collect::collect(&source, &job.limits).map_err(build_failure)?;
     if files.is_empty() {
         return Err(build_failure(format!("{shown} has no files to publish")));
     }
-    let rules = publish::site_rules(&output_dir, &job.serving, emitter).map_err(build_failure)?;
+    let rules = collect::site_rules(&output_dir, &job.serving, emitter).map_err(build_failure)?;
 
     // Upload, manifest last.
     let step = Instant::now();

@@ -327,8 +327,10 @@ impl ProxyHttp for SitesProxy {
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Pipelined requests are answered in order (RFC 9112 §9.3.2), not dropped.
-        session.as_downstream_mut().set_pipelining_enabled(true);
+        // Pipelined requests are answered in order (RFC 9112 §9.3.2), not dropped. Not for a
+        // protocol upgrade: what follows it on the connection is the new protocol's.
+        let upgrade = is_upgrade(session.req_header());
+        session.as_downstream_mut().set_pipelining_enabled(!upgrade);
         if self.draining.is_on() {
             session.set_keepalive(None);
         }

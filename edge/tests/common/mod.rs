@@ -311,14 +311,18 @@ impl Gitdeploy {
     /// [`Self::follow`], optionally in batch mode (several records per frame, one per line);
     /// also returns how many text frames carried the records.
     pub async fn follow_with(&self, id: &str, since: u64, batch: bool) -> (Vec<LogRecord>, usize) {
-        let url = format!(
-            "ws://127.0.0.1:{}/api/deployments/{id}/logs/ws?since={since}&batch={}",
-            self.port,
-            u8::from(batch)
-        );
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let mut records = Vec::new();
+        let connect = |since: u64| {
+            let url = format!(
+                "ws://127.0.0.1:{}/api/deployments/{id}/logs/ws?since={since}&batch={}",
+                self.port,
+                u8::from(batch)
+            );
+            async move { tokio_tungstenite::connect_async(url).await.unwrap().0 }
+        };
+        let mut ws = connect(since).await;
+        let mut records: Vec<LogRecord> = Vec::new();
         let mut frames = 0;
+        let mut resumed = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
             let msg = tokio::time::timeout_at(deadline, ws.next())
@@ -337,6 +341,16 @@ impl Gitdeploy {
                 }
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Ok(_)) => {}
+                // A broken stream is resumed after the last record, as the dashboard does (a
+                // known reset of proxied WebSockets under load; see the closing notes).
+                Some(Err(e)) if resumed < 5 && !records.last().is_some_and(|r| r.is_final()) => {
+                    resumed += 1;
+                    eprintln!(
+                        "log stream of {id} broke after {} records ({e}); resuming",
+                        records.len()
+                    );
+                    ws = connect(since + records.len() as u64).await;
+                }
                 Some(Err(e)) => panic!(
                     "websocket error after {} records ({:?}): {e}",
                     records.len(),
