@@ -247,6 +247,33 @@ async fn a_lost_runner_fails_its_build_and_an_s3_outage_is_a_502() {
     assert!(body.len() < 2048 && !body.contains("<?xml"), "{body}");
 }
 
+/// Runs `gitdeploy build-task` for `job` as an ECS task would, against `redis` and `s3`; with
+/// `path`, in an environment of nothing but that `PATH` and the task's own variables.
+async fn run_build_task(
+    job: &gitdeploy_core::BuildJob,
+    redis: &Redis,
+    s3: &S3Server,
+    path: Option<&Path>,
+) -> std::process::ExitStatus {
+    let work = tempfile::tempdir().unwrap();
+    let mut task = tokio::process::Command::new(env!("CARGO_BIN_EXE_gitdeploy"));
+    task.arg("build-task");
+    if let Some(path) = path {
+        task.env_clear().env("PATH", path);
+    }
+    task.env("GITDEPLOY_JOB", serde_json::to_string(job).unwrap())
+        .env("GITDEPLOY_REDIS_URL", &redis.url)
+        .env("GITDEPLOY_WORK_ROOT", work.path())
+        .env("GITDEPLOY_S3_ENDPOINT", &s3.endpoint)
+        .env("GITDEPLOY_S3_BUCKET", "gitdeploy")
+        .env("GITDEPLOY_S3_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", S3_KEY.0)
+        .env("AWS_SECRET_ACCESS_KEY", S3_KEY.1)
+        .status()
+        .await
+        .unwrap()
+}
+
 /// What an ECS build task runs (`gitdeploy build-task`), run here as a plain process: it takes
 /// the job from its environment and the secret values from Redis, builds, and records the log
 /// and the outcome in Redis itself; an edge sharing that Redis and S3 serves the result.
@@ -318,20 +345,7 @@ async fn a_build_task_records_its_own_outcome_in_redis() {
         limits: BuildLimits::default(),
         cache_key: None,
     };
-    let work = tempfile::tempdir().unwrap();
-    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
-        .arg("build-task")
-        .env("GITDEPLOY_JOB", serde_json::to_string(&job).unwrap())
-        .env("GITDEPLOY_REDIS_URL", &redis.url)
-        .env("GITDEPLOY_WORK_ROOT", work.path())
-        .env("GITDEPLOY_S3_ENDPOINT", &s3.endpoint)
-        .env("GITDEPLOY_S3_BUCKET", "gitdeploy")
-        .env("GITDEPLOY_S3_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", S3_KEY.0)
-        .env("AWS_SECRET_ACCESS_KEY", S3_KEY.1)
-        .status()
-        .await
-        .unwrap();
+    let status = run_build_task(&job, &redis, &s3, None).await;
     assert!(status.success(), "build-task exited with {status}");
 
     let log = gd.follow(id.as_str(), 0).await;
@@ -610,22 +624,7 @@ async fn a_build_task_without_bubblewrap_keeps_its_environment_from_the_build() 
         })
         .await
         .unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
-        .arg("build-task")
-        .env_clear()
-        .env("PATH", bin.path())
-        .env("GITDEPLOY_JOB", serde_json::to_string(&job).unwrap())
-        .env("GITDEPLOY_REDIS_URL", &redis.url)
-        .env("GITDEPLOY_WORK_ROOT", work.path())
-        .env("GITDEPLOY_S3_ENDPOINT", &s3.endpoint)
-        .env("GITDEPLOY_S3_BUCKET", "gitdeploy")
-        .env("GITDEPLOY_S3_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", S3_KEY.0)
-        .env("AWS_SECRET_ACCESS_KEY", S3_KEY.1)
-        .status()
-        .await
-        .unwrap();
+    let status = run_build_task(&job, &redis, &s3, Some(bin.path())).await;
     assert!(status.success(), "build-task exited with {status}");
     let log = gd.follow(id.as_str(), 0).await;
     let lines: Vec<&str> = log.iter().map(|r| r.line.as_str()).collect();
