@@ -1,13 +1,18 @@
 //! The ECS runner: each build is one ECS task (Fargate in production).
 //!
-//! The edge starts the task with `RunTask` (the job, secret values removed, travels in the
-//! container's environment; secret values go through Redis and are read once by the task, so
-//! they never appear in the ECS API), marks the deployment building, and watches the task with
-//! batched `DescribeTasks`. Inside the task, `gitdeploy ecs-job` runs the same job code as the
-//! local runner and records the log and the outcome in Redis itself. When a task stops without
-//! having recorded an outcome, the runner fails the build with the task's stop reason and exit
-//! code; a cancel is a `StopTask`. After a restart, tasks this platform started are found again
-//! with `ListTasks` (`startedBy`) and watched again.
+//! The edge claims the deployment (building, held by this runner), gives the task its access
+//! (`task_access`: a Redis user of its own and, with an upload role, a storage session limited
+//! to its own objects), and starts it with `RunTask`. The job, secret values removed, travels
+//! in the container's environment; secret values, repository credentials and the storage
+//! session go through Redis and are taken once by the task, so they never appear in the ECS
+//! API. The edge watches the task with batched `DescribeTasks` and its report in Redis. Inside
+//! the task, `gitdeploy build-task` runs the same job code as the local runner, writes the log
+//! and reports the ending into its own report; the edge applies it (status, alias move, the
+//! log's final record, the archive) and then removes the task's access. When a task stops
+//! without a report, the runner fails the build with the task's stop reason and exit code; a
+//! cancel is a `StopTask`. After a restart, tasks this platform started are found again with
+//! `ListTasks` (`startedBy`) and watched again; a report whose edge is gone is applied by any
+//! edge's reconciler.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -68,14 +73,64 @@ pub struct EcsRunnerConfig {
     pub heartbeat: Duration,
     /// Attempts at `RunTask` when ECS has no capacity right now.
     pub run_attempts: u32,
+    /// Give each task a Redis user of its own, limited to its build's keys (`task_access`).
+    /// Needs a Redis that allows `ACL SETUSER`; without it the task uses the Redis URL of its
+    /// task definition as it is.
+    pub scoped_redis_users: bool,
+    /// ARN of the role whose sessions, each limited to one deployment's objects, tasks publish
+    /// with (see [`EcsRunner::with_upload_role`]); `None`: tasks publish with their task role's
+    /// own credentials.
+    pub upload_role_arn: Option<String>,
 }
 
-/// Hands a task's secret values to it through the store, out of sight of the ECS API.
-#[async_trait::async_trait]
-pub trait SecretDrop: Send + Sync {
-    /// Keeps `secrets` (JSON) for deployment `id` until the task takes them.
-    async fn put(&self, id: &DeploymentId, secrets: String) -> std::io::Result<()>;
+/// The role tasks publish with, one session per build.
+#[derive(Clone, Debug)]
+pub struct UploadRole {
+    /// STS, as the edge reaches it.
+    pub sts: aws_sdk_sts::Client,
+    /// ARN of the upload role (it trusts the edge's role and may put `sites/*`, `manifests/*`).
+    pub role_arn: String,
+    /// The bucket, for the session policy.
+    pub bucket: String,
+    /// Where objects live in it.
+    pub layout: gitdeploy_core::ObjectLayout,
 }
+
+/// The Redis user a task connects as.
+#[derive(Clone)]
+pub struct TaskGrant {
+    /// User name (`gitdeploy-build-<id>`).
+    pub user: String,
+    /// Its password (random; Redis keeps only its hash).
+    pub password: String,
+}
+
+impl std::fmt::Debug for TaskGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskGrant")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the ECS runner hands a task through the store, out of sight of the ECS API.
+#[async_trait::async_trait]
+pub trait TaskAccess: Send + Sync {
+    /// Keeps `withheld` (JSON: secret values, repository credentials, a storage session) for
+    /// deployment `id` until the task takes it.
+    async fn put_withheld(&self, id: &DeploymentId, withheld: String) -> std::io::Result<()>;
+    /// Creates the Redis user of `id`'s task (`task_access::acl_rules`).
+    async fn grant(&self, id: &DeploymentId) -> std::io::Result<TaskGrant>;
+    /// Creates that user again when Redis lost it (a restart); nothing for an unknown build.
+    async fn renew(&self, id: &DeploymentId) -> std::io::Result<()>;
+}
+
+/// Environment of a task naming its Redis user and password.
+pub const REDIS_USER_ENV: &str = "GITDEPLOY_REDIS_USER";
+/// See [`REDIS_USER_ENV`].
+pub const REDIS_PASSWORD_ENV: &str = "GITDEPLOY_REDIS_PASSWORD";
+/// How often a watched task's report is read.
+const REPORT_POLL: Duration = Duration::from_millis(500);
 
 /// How a task ended, as ECS tells it.
 #[derive(Debug)]
@@ -95,12 +150,13 @@ pub struct EcsRunner {
     client: aws_sdk_ecs::Client,
     records: Records,
     bus: Arc<dyn LogBus>,
-    secrets: Option<Arc<dyn SecretDrop>>,
+    access: Option<Arc<dyn TaskAccess>>,
     metrics: ApiMetrics,
     queue: JobQueue,
     rx: JobReceiver,
     watched: Arc<Mutex<HashMap<String, Watched>>>,
     archive: Option<Arc<dyn LogArchive>>,
+    upload_role: Option<UploadRole>,
 }
 
 /// An ECS error as one line: the service's code and message, or what went wrong on the way.
@@ -126,7 +182,7 @@ impl EcsRunner {
         client: aws_sdk_ecs::Client,
         records: Records,
         bus: Arc<dyn LogBus>,
-        secrets: Option<Arc<dyn SecretDrop>>,
+        access: Option<Arc<dyn TaskAccess>>,
         metrics: ApiMetrics,
     ) -> (Self, JobQueue) {
         let (queue, rx) = JobQueue::new(config.max_queued, metrics.clone());
@@ -135,14 +191,21 @@ impl EcsRunner {
             client,
             records,
             bus,
-            secrets,
+            access,
             metrics,
             queue: queue.clone(),
             rx,
             watched: Arc::default(),
             archive: None,
+            upload_role: None,
         };
         (runner, queue)
+    }
+
+    /// Hands each task a session of `role` limited to its own deployment's objects.
+    pub fn with_upload_role(mut self, role: UploadRole) -> Self {
+        self.upload_role = Some(role);
+        self
     }
 
     /// Archives each build's complete log when its task ends (the Redis stream expires).
@@ -167,6 +230,7 @@ impl EcsRunner {
         let runner = Arc::new(self.shared());
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
         let mut running = tokio::task::JoinSet::new();
+        let rx = &mut self.rx;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -191,11 +255,22 @@ impl EcsRunner {
                     if let Err(e) = reconciler.run_once().await {
                         tracing::warn!("heartbeat and reconcile failed: {e}");
                     }
+                    if let (Some(access), true) = (&self.access, self.config.scoped_redis_users) {
+                        for id in &reconciler.watching {
+                            if let Err(e) = access.renew(id).await {
+                                tracing::warn!(%id, "cannot renew the build's Redis user: {e}");
+                            }
+                        }
+                    }
                 }
-                job = self.rx.recv() => {
-                    let Some((job, cancel)) = job else { break };
+                // A job is taken only with a free slot, and waiting for one never holds up the
+                // heartbeat above (both futures are cancel-safe).
+                next = async {
+                    let permit = permits.clone().acquire_owned().await.ok()?;
+                    Some((permit, rx.recv().await?))
+                } => {
+                    let Some((permit, (job, cancel))) = next else { break };
                     self.queue.taken();
-                    let Ok(permit) = permits.clone().acquire_owned().await else { break };
                     let runner = runner.clone();
                     running.spawn(async move {
                         let id = job.deployment.clone();
@@ -286,11 +361,12 @@ impl EcsRunner {
             client: self.client.clone(),
             records: self.records.clone(),
             bus: self.bus.clone(),
-            secrets: self.secrets.clone(),
+            access: self.access.clone(),
             metrics: self.metrics.clone(),
             queue: self.queue.clone(),
             watched: self.watched.clone(),
             archive: self.archive.clone(),
+            upload_role: self.upload_role.clone(),
         }
     }
 }
@@ -312,11 +388,12 @@ fn task_end(task: aws_sdk_ecs::types::Task) -> TaskEnd {
 
 struct Shared {
     archive: Option<Arc<dyn LogArchive>>,
+    upload_role: Option<UploadRole>,
     config: EcsRunnerConfig,
     client: aws_sdk_ecs::Client,
     records: Records,
     bus: Arc<dyn LogBus>,
-    secrets: Option<Arc<dyn SecretDrop>>,
+    access: Option<Arc<dyn TaskAccess>>,
     metrics: ApiMetrics,
     queue: JobQueue,
     watched: Arc<Mutex<HashMap<String, Watched>>>,
@@ -334,6 +411,30 @@ impl Shared {
             self.job(&id).finish(Finished::canceled()).await;
             return;
         }
+        // Building and held by this runner from now on: every edge's reconciler sees the
+        // build as alive while this runner heartbeats or the task does.
+        let instance = self.queue.instance().to_owned();
+        let mut claimed = false;
+        let marked = self
+            .records
+            .update(&id, |d| {
+                claimed = d.status == DeploymentStatus::Queued;
+                if claimed {
+                    d.status = DeploymentStatus::Building;
+                    d.started_unix_ms = Some(crate::now_ms());
+                    d.runner = Some(instance.clone());
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+        match marked {
+            Ok(Some(_)) if claimed => {}
+            Ok(_) => return, // deleted, or ended while queued
+            Err(e) => {
+                tracing::error!(%id, "cannot record the build start: {e}");
+                return;
+            }
+        }
         let arn = match self.start_task(&job).await {
             Ok(arn) => arn,
             Err(e) => {
@@ -343,26 +444,11 @@ impl Shared {
                         None,
                     ))
                     .await;
+                self.forget(&id).await;
                 return;
             }
         };
         self.metrics.builds_started.inc();
-        // Building from now on; the job inside the task takes the record over when it starts.
-        let instance = self.queue.instance().to_owned();
-        let marked = self
-            .records
-            .update(&id, |d| {
-                if d.status == DeploymentStatus::Queued {
-                    d.status = DeploymentStatus::Building;
-                    d.started_unix_ms = Some(crate::now_ms());
-                    d.runner = Some(instance.clone());
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-        if let Err(e) = marked {
-            tracing::error!(%id, "cannot record the build start: {e}");
-        }
         self.job(&id)
             .system(format!("Build task started on ECS: {arn}"))
             .await;
@@ -374,37 +460,126 @@ impl Shared {
                 ended: tx,
             },
         );
-        tokio::select! {
-            end = ended => {
-                if let Ok(end) = end {
-                    self.task_ended(&id, end).await;
-                }
-            }
-            _ = async { drop(cancel.wait_for(|c| *c).await) } => {
-                let stopped = self
-                    .client
-                    .stop_task()
-                    .cluster(&self.config.cluster)
-                    .task(&arn)
-                    .reason("canceled by a user")
-                    .send()
-                    .await;
-                self.watched.lock().await.remove(&arn);
-                match stopped {
-                    Ok(_) => self.job(&id).finish(Finished::canceled()).await,
-                    Err(e) => {
-                        let e = ecs_error(e);
-                        tracing::error!(%id, %arn, "StopTask failed: {e}");
-                        self.job(&id)
-                            .finish(Finished::failed(
-                                format!("canceled, but ECS did not stop the task: {e}"),
-                                None,
-                            ))
-                            .await;
+        let mut ended = ended;
+        let mut poll = tokio::time::interval(REPORT_POLL);
+        loop {
+            tokio::select! {
+                _ = poll.tick() => {
+                    if let Ok(Some(f)) = self.reported(&id).await {
+                        self.watched.lock().await.remove(&arn);
+                        self.settle(&id, f).await;
+                        return;
                     }
+                }
+                end = &mut ended => {
+                    if let Ok(end) = end {
+                        self.task_ended(&id, end).await;
+                    }
+                    return;
+                }
+                _ = async { drop(cancel.wait_for(|c| *c).await) } => {
+                    self.stop(&id, &arn).await;
+                    return;
                 }
             }
         }
+    }
+
+    /// Stops a canceled build's task.
+    async fn stop(&self, id: &DeploymentId, arn: &str) {
+        let stopped = self
+            .client
+            .stop_task()
+            .cluster(&self.config.cluster)
+            .task(arn)
+            .reason("canceled by a user")
+            .send()
+            .await;
+        self.watched.lock().await.remove(arn);
+        match stopped {
+            Ok(_) => self.job(id).finish(Finished::canceled()).await,
+            Err(e) => {
+                let e = ecs_error(e);
+                tracing::error!(%id, %arn, "StopTask failed: {e}");
+                self.job(id)
+                    .finish(Finished::failed(
+                        format!("canceled, but ECS did not stop the task: {e}"),
+                        None,
+                    ))
+                    .await;
+            }
+        }
+        self.forget(id).await;
+    }
+
+    /// The ending the task of `id` reported, if it has.
+    async fn reported(&self, id: &DeploymentId) -> std::io::Result<Option<Finished>> {
+        Ok(self
+            .records
+            .store()
+            .task_report(id)
+            .await?
+            .and_then(|r| r.ended)
+            .map(crate::redis_task::finished_from))
+    }
+
+    /// Applies a task's ending as the outcome (status, alias move, archive, final record),
+    /// then removes the task's access.
+    async fn settle(&self, id: &DeploymentId, f: Finished) {
+        self.job(id)
+            .finish_and_archive(self.archive.as_deref(), f)
+            .await;
+        self.forget(id).await;
+    }
+
+    async fn forget(&self, id: &DeploymentId) {
+        if let Err(e) = self.records.store().forget_task(id).await {
+            tracing::warn!(%id, "cannot remove the build task's access: {e}");
+        }
+    }
+
+    /// A storage session for `id` alone, from the upload role.
+    async fn upload_session(
+        &self,
+        id: &DeploymentId,
+    ) -> Result<Option<gitdeploy_core::job::SessionCredentials>, String> {
+        let Some(role) = &self.upload_role else {
+            return Ok(None);
+        };
+        let answer = role
+            .sts
+            .assume_role()
+            .role_arn(&role.role_arn)
+            .role_session_name(format!("gitdeploy-build-{id}"))
+            .policy(crate::task_access::s3_session_policy(
+                &role.bucket,
+                &role.layout,
+                id,
+            ))
+            .duration_seconds(crate::task_access::session_seconds(
+                self.config.limits.timeout_secs,
+            ))
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error() {
+                Some(se) => format!(
+                    "STS refused the upload session: {}: {}",
+                    aws_sdk_sts::error::ProvideErrorMetadata::code(se).unwrap_or("error"),
+                    aws_sdk_sts::error::ProvideErrorMetadata::message(se).unwrap_or("no message")
+                ),
+                None => format!(
+                    "STS could not be reached: {}",
+                    aws_sdk_sts::error::DisplayErrorContext(&e)
+                ),
+            })?;
+        let c = answer
+            .credentials
+            .ok_or("STS answered without credentials")?;
+        Ok(Some(gitdeploy_core::job::SessionCredentials {
+            access_key_id: c.access_key_id,
+            secret_access_key: c.secret_access_key,
+            session_token: c.session_token,
+        }))
     }
 
     /// `RunTask`, retried while ECS reports no capacity.
@@ -415,15 +590,26 @@ impl Shared {
         let withheld = gitdeploy_core::job::WithheldFromTask {
             secrets: job.build.secrets.clone(),
             repo: (visible.repo != job.repo).then(|| job.repo.clone()),
+            storage: self.upload_session(&job.deployment).await?,
         };
-        if !withheld.secrets.is_empty() || withheld.repo.is_some() {
-            let Some(drop) = &self.secrets else {
+        let mut access_env = Vec::new();
+        if let (Some(access), true) = (&self.access, self.config.scoped_redis_users) {
+            let grant = access
+                .grant(&job.deployment)
+                .await
+                .map_err(|e| e.to_string())?;
+            access_env.push((REDIS_USER_ENV.to_owned(), grant.user));
+            access_env.push((REDIS_PASSWORD_ENV.to_owned(), grant.password));
+        }
+        if !withheld.secrets.is_empty() || withheld.repo.is_some() || withheld.storage.is_some() {
+            let Some(access) = &self.access else {
                 return Err(
-                    "secrets and repository credentials need Redis to reach the build task".into(),
+                    "secrets, repository credentials and storage sessions need Redis to reach the build task".into(),
                 );
             };
             let values = serde_json::to_string(&withheld).map_err(|e| e.to_string())?;
-            drop.put(&job.deployment, values)
+            access
+                .put_withheld(&job.deployment, values)
                 .await
                 .map_err(|e| format!("cannot hand the secrets to the task: {e}"))?;
             visible.build = visible.build.without_secret_values();
@@ -434,6 +620,7 @@ impl Shared {
             (DEPLOYMENT_ENV.to_owned(), id.to_owned()),
         ]
         .into_iter()
+        .chain(access_env)
         .chain(self.config.env.iter().cloned())
         .map(|(k, v)| KeyValuePair::builder().name(k).value(v).build())
         .collect();
@@ -520,58 +707,26 @@ impl Shared {
         }
     }
 
-    /// A task stopped: unless the job inside it recorded an outcome, the build failed. Either
-    /// way its complete log is archived.
+    /// A task stopped: the ending it reported is applied; without one, the build failed.
+    /// Either way its complete log is archived and its access removed.
     async fn task_ended(&self, id: &DeploymentId, end: TaskEnd) {
-        self.record_end(id, end).await;
-        self.archive_log(id).await;
-    }
-
-    async fn archive_log(&self, id: &DeploymentId) {
-        let Some(archive) = &self.archive else { return };
-        let records = match self.bus.read(id, 0).await {
-            Ok(records) if records.last().is_some_and(|r| r.is_final()) => records,
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!(%id, "cannot read the log to archive it: {e}");
-                return;
+        let f = match self.reported(id).await {
+            Ok(Some(f)) => f,
+            Ok(None) | Err(_) => {
+                let exit = end
+                    .exit_code
+                    .map(|c| format!(", exit code {c}"))
+                    .unwrap_or_default();
+                Finished::failed(
+                    format!(
+                        "the build task stopped before reporting an outcome: {}{exit}",
+                        end.reason
+                    ),
+                    end.exit_code,
+                )
             }
         };
-        let mut ndjson = Vec::new();
-        for r in &records {
-            if serde_json::to_writer(&mut ndjson, r).is_ok() {
-                ndjson.push(b'\n');
-            }
-        }
-        if let Err(e) = archive.archive(id, ndjson).await {
-            tracing::warn!(%id, "cannot archive the log: {e}");
-        }
-    }
-
-    async fn record_end(&self, id: &DeploymentId, end: TaskEnd) {
-        let recorded = self
-            .records
-            .get(id)
-            .await
-            .ok()
-            .flatten()
-            .is_none_or(|d| d.status.is_terminal());
-        if recorded {
-            return;
-        }
-        let exit = end
-            .exit_code
-            .map(|c| format!(", exit code {c}"))
-            .unwrap_or_default();
-        self.job(id)
-            .finish(Finished::failed(
-                format!(
-                    "the build task stopped before recording an outcome: {}{exit}",
-                    end.reason
-                ),
-                end.exit_code,
-            ))
-            .await;
+        self.settle(id, f).await;
     }
 }
 

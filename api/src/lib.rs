@@ -14,8 +14,10 @@ pub mod metrics;
 pub mod projects;
 pub mod ratelimit;
 pub mod redis_store;
+mod redis_task;
 pub mod runner;
 pub mod store;
+pub mod task_access;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -24,13 +26,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::RepoScheme;
 
-pub use ecs::{EcsRunner, EcsRunnerConfig, SecretDrop};
+pub use ecs::{EcsRunner, EcsRunnerConfig, TaskAccess, TaskGrant};
 pub use error::ApiError;
 pub use http::token_sha256;
 pub use logbus::{FileLogBus, Follower, LogBus};
 pub use metrics::ApiMetrics;
 pub use projects::{AliasResolver, Project, ProjectError};
 pub use redis_store::{RedisLogBus, RedisLogSettings, RedisStore};
+pub use redis_task::TaskSide;
 pub use runner::{
     run_single_job, AfterKill, ArchiveFuture, JobQueue, LocalRunner, LocalRunnerConfig, LogArchive,
     SiteStorage, SubmitError,

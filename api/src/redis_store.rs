@@ -9,7 +9,9 @@
 //! project-deployments:<p>   the same, per project
 //! projects                  set of project names
 //! active                    set of ids still queued or building
-//! runner:<instance>         a runner's heartbeat (expires)
+//! runner:<instance>         a runner's heartbeat (expires); `task-<id>` for an ECS task
+//! job-secrets:<id>          what the ECS runner withheld from the ECS API, taken once
+//! task:<id>                 hash {acl, claimed, ended}: an ECS task's report (task_access)
 //! log:<id>                  stream: one entry per log record, entry id <seq+1>-0, field r = JSON
 //! log-open:<id>             the log exists but has no final record yet
 //! aliases                   pub/sub channel: names of projects whose production moved
@@ -38,7 +40,7 @@ use crate::store::{Deployment, Store, Versioned, Write};
 
 /// A Redis error as I/O: an outage (see [`is_transient`]) is `NotConnected`, which the API
 /// answers 503 rather than 500.
-fn io_err(e: redis::RedisError) -> io::Error {
+pub(crate) fn io_err(e: redis::RedisError) -> io::Error {
     let kind = if is_transient(&e) {
         io::ErrorKind::NotConnected
     } else {
@@ -65,7 +67,10 @@ fn is_transient(e: &redis::RedisError) -> bool {
 
 /// Runs a write until Redis answers it, waiting out an outage of up to [`OUTAGE`] with backoff;
 /// an error that is not an outage is returned at once. Each attempt must be safe to repeat.
-async fn through_outage<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, redis::RedisError>
+pub(crate) async fn through_outage<T, F, Fut>(
+    what: &str,
+    mut attempt: F,
+) -> Result<T, redis::RedisError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
@@ -89,7 +94,7 @@ where
 }
 
 /// Connects with a response timeout suited to ordinary commands.
-async fn manager(client: &redis::Client) -> io::Result<ConnectionManager> {
+pub(crate) async fn manager(client: &redis::Client) -> io::Result<ConnectionManager> {
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(Duration::from_secs(5)))
         .set_connection_timeout(Some(Duration::from_secs(5)));
@@ -205,8 +210,16 @@ impl RedisStore {
         })
     }
 
-    fn key(&self, kind: &str, name: &str) -> String {
+    pub(crate) fn key(&self, kind: &str, name: &str) -> String {
         format!("{}{kind}:{name}", self.prefix)
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
     }
 
     async fn load<T: serde::de::DeserializeOwned>(
@@ -250,33 +263,6 @@ impl RedisStore {
             .flatten()
             .map(|json| serde_json::from_str(&json).map_err(io::Error::from))
             .collect()
-    }
-}
-
-#[async_trait]
-impl crate::ecs::SecretDrop for RedisStore {
-    async fn put(&self, id: &DeploymentId, secrets: String) -> io::Result<()> {
-        let _: () = redis::cmd("SET")
-            .arg(self.key("job-secrets", id.as_str()))
-            .arg(secrets)
-            .arg("EX")
-            .arg(24 * 3600)
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(io_err)?;
-        Ok(())
-    }
-}
-
-impl RedisStore {
-    /// The secret values an ECS runner left for deployment `id`, removed as they are read (a
-    /// task reads them once).
-    pub async fn take_secrets(&self, id: &DeploymentId) -> io::Result<Option<String>> {
-        redis::cmd("GETDEL")
-            .arg(self.key("job-secrets", id.as_str()))
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(io_err)
     }
 }
 
@@ -475,6 +461,17 @@ impl Store for RedisStore {
             .map_err(io_err)
     }
 
+    async fn task_report(
+        &self,
+        id: &DeploymentId,
+    ) -> io::Result<Option<crate::task_access::TaskReport>> {
+        self.read_task_report(id).await
+    }
+
+    async fn forget_task(&self, id: &DeploymentId) -> io::Result<()> {
+        self.forget_task_access(id).await
+    }
+
     fn alias_changes(&self) -> broadcast::Receiver<String> {
         self.aliases.subscribe()
     }
@@ -547,7 +544,14 @@ impl RedisLogBus {
         settings: RedisLogSettings,
         metrics: ApiMetrics,
     ) -> io::Result<Self> {
-        let client = client(url)?;
+        RedisLogBus::from_client(client(url)?, settings, metrics).await
+    }
+
+    pub(crate) async fn from_client(
+        client: redis::Client,
+        settings: RedisLogSettings,
+        metrics: ApiMetrics,
+    ) -> io::Result<Self> {
         let conn = manager(&client).await?;
         Ok(RedisLogBus {
             shared: Arc::new(Shared {

@@ -438,11 +438,29 @@ impl Reconciler<'_> {
                         .await?;
                 }
                 DeploymentStatus::Building => {
-                    Job::new(self.records, self.bus, self.metrics, d.id.clone())
-                        .finish_and_archive(self.archive, lost(
+                    // An ECS task may outlive the edge that started it: its report settles the
+                    // build, and while it heartbeats the build is alive.
+                    let reported = store
+                        .task_report(&d.id)
+                        .await?
+                        .and_then(|r| r.ended)
+                        .map(crate::redis_task::finished_from);
+                    let finished = match reported {
+                        Some(f) => f,
+                        None if store
+                            .runner_alive(&crate::task_access::task_instance(&d.id))
+                            .await? =>
+                        {
+                            continue
+                        }
+                        None => lost(
                             "the runner of this build stopped (server restarted or lost) while it was running",
-                        ))
+                        ),
+                    };
+                    Job::new(self.records, self.bus, self.metrics, d.id.clone())
+                        .finish_and_archive(self.archive, finished)
                         .await;
+                    store.forget_task(&d.id).await?;
                 }
                 DeploymentStatus::Queued
                     if !d.build.secrets.is_empty() || d.repo_credentials_withheld =>
@@ -492,39 +510,37 @@ impl Reconciler<'_> {
     }
 }
 
-/// Runs one job in this process, as the job inside a build task does: the runner of record is
-/// this process (its heartbeat keeps the build alive for every edge's reconciler) and it records
-/// the outcome and the log itself. Returns whether the build ended ready.
+/// Runs one job in this process, as the job inside a build task does: it heartbeats as the
+/// task's instance (so every edge's reconciler knows the build is alive), writes the log, and
+/// reports the outcome into the task's own report, which an edge applies (the task holds no
+/// right to the shared records). Returns whether the build ended ready.
 pub async fn run_single_job(
     config: LocalRunnerConfig,
-    records: Records,
+    task: crate::redis_task::TaskSide,
     bus: Arc<dyn LogBus>,
     metrics: ApiMetrics,
     job: BuildJob,
 ) -> bool {
-    let instance = new_instance_id();
-    let ttl = config.heartbeat * 3;
-    let store = records.store().clone();
-    let beat = instance.clone();
-    let id = job.deployment.clone();
+    let task = Arc::new(task);
     let (cancel_tx, cancel_rx) = watch::channel(false);
-    let watched = id.clone();
+    let beat = task.clone();
+    let interval = config.heartbeat;
     let heartbeat = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(ttl / 3);
+        let mut tick = tokio::time::interval(interval);
         loop {
             tick.tick().await;
-            if let Err(e) = store.heartbeat(&beat, ttl.as_millis() as u64).await {
+            if let Err(e) = beat.heartbeat(interval * 3).await {
                 tracing::warn!("heartbeat failed: {e}");
             }
             // A cancel asked on any edge reaches the task here.
-            if let Ok(Some(d)) = store.deployment(&watched).await {
-                if d.value.cancel_requested {
-                    let _ = cancel_tx.send(true);
-                }
+            if beat.cancel_requested().await.unwrap_or(false) {
+                let _ = cancel_tx.send(true);
             }
         }
     });
-    let record = Job::new(&records, &bus, &metrics, id.clone());
+    let id = job.deployment.clone();
+    let instance = crate::task_access::task_instance(&id);
+    let record = Job::new(task.as_ref(), &bus, &metrics, id.clone());
     run_job(
         &config,
         record,
@@ -535,17 +551,90 @@ pub async fn run_single_job(
     )
     .await;
     heartbeat.abort();
-    records
-        .get(&id)
-        .await
-        .ok()
-        .flatten()
-        .is_some_and(|d| d.status == DeploymentStatus::Ready)
+    task.stopped().await
+}
+
+/// Where a build's state changes go: the records (a local runner, an edge) or, inside an ECS
+/// task, the task's own report (`task_access`), which an edge then applies.
+#[async_trait::async_trait]
+pub(crate) trait Ledger: Send + Sync {
+    /// Marks the build started by `instance`; `false` when it may not start (deleted, ended,
+    /// or started by another).
+    async fn claim(&self, id: &DeploymentId, claim: Claim, instance: &str)
+        -> std::io::Result<bool>;
+    /// Records how the build ended.
+    async fn record(&self, id: &DeploymentId, f: &Finished) -> std::io::Result<Recorded>;
+}
+
+/// What recording an outcome did.
+pub(crate) enum Recorded {
+    /// The status changed; `promoted` names the project whose production moved to it, and
+    /// `preview_of` the project it is a preview of.
+    Ended {
+        promoted: Option<String>,
+        preview_of: Option<String>,
+    },
+    /// The deployment had already ended (canceled, or failed by the reconciler) or is gone.
+    AlreadyEnded,
+    /// Reported for an edge to apply; the edge also writes the log's final record.
+    Reported,
+}
+
+#[async_trait::async_trait]
+impl Ledger for Records {
+    async fn claim(
+        &self,
+        id: &DeploymentId,
+        claim: Claim,
+        instance: &str,
+    ) -> std::io::Result<bool> {
+        let mut claimed = false;
+        let started = self
+            .update(id, |d| {
+                claimed = d.status == DeploymentStatus::Queued
+                    || (claim == Claim::QueuedOrBuilding && d.status == DeploymentStatus::Building);
+                if claimed {
+                    d.status = DeploymentStatus::Building;
+                    d.started_unix_ms = Some(now_ms());
+                    d.runner = Some(instance.to_owned());
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await?;
+        Ok(started.is_some() && claimed)
+    }
+
+    /// The status change and, for a ready build of a project's production branch, the alias
+    /// move, in one atomic commit (a client that sees "ready" finds the project URL serving
+    /// it).
+    async fn record(&self, id: &DeploymentId, f: &Finished) -> std::io::Result<Recorded> {
+        let finished = self
+            .finish(
+                id,
+                |d| {
+                    d.status = f.outcome.status;
+                    d.error = f.outcome.error.clone();
+                    d.finished_unix_ms = Some(now_ms());
+                    if f.commit.is_some() {
+                        d.commit = f.commit.clone();
+                    }
+                },
+                |d, project| project.is_production_ref(d.git_ref.as_deref()),
+            )
+            .await?;
+        Ok(match finished {
+            None => Recorded::AlreadyEnded,
+            Some((d, promoted)) => Recorded::Ended {
+                promoted: promoted.map(|p| p.name),
+                preview_of: d.project.filter(|_| d.status == DeploymentStatus::Ready),
+            },
+        })
+    }
 }
 
 /// One deployment's bookkeeping: log lines and the final status.
 pub(crate) struct Job<'a> {
-    records: &'a Records,
+    ledger: &'a dyn Ledger,
     bus: &'a Arc<dyn LogBus>,
     metrics: &'a ApiMetrics,
     id: DeploymentId,
@@ -553,13 +642,13 @@ pub(crate) struct Job<'a> {
 
 impl<'a> Job<'a> {
     pub(crate) fn new(
-        records: &'a Records,
+        ledger: &'a dyn Ledger,
         bus: &'a Arc<dyn LogBus>,
         metrics: &'a ApiMetrics,
         id: DeploymentId,
     ) -> Self {
         Job {
-            records,
+            ledger,
             bus,
             metrics,
             id,
@@ -584,32 +673,15 @@ impl<'a> Job<'a> {
         }
     }
 
-    /// The status change and, for a ready build of a project's production branch, the alias
-    /// move, in one atomic commit (a client that sees "ready" finds the project URL serving
-    /// it). `false` when the deployment had already ended (canceled, or failed by the
-    /// reconciler) or is gone: its log is already final.
+    /// Records the outcome in the ledger; `true` when this job should now write the log's
+    /// final record.
     async fn record_outcome(&self, f: &Finished) -> bool {
         // The store may be away for a moment (Redis restarting): an outcome is not given up
         // before [`OUTCOME_PATIENCE`].
         let deadline = tokio::time::Instant::now() + OUTCOME_PATIENCE;
         let mut backoff = Duration::from_millis(50);
-        let finished = loop {
-            let finished = self
-                .records
-                .finish(
-                    &self.id,
-                    |d| {
-                        d.status = f.outcome.status;
-                        d.error = f.outcome.error.clone();
-                        d.finished_unix_ms = Some(now_ms());
-                        if f.commit.is_some() {
-                            d.commit = f.commit.clone();
-                        }
-                    },
-                    |d, project| project.is_production_ref(d.git_ref.as_deref()),
-                )
-                .await;
-            match finished {
+        let recorded = loop {
+            match self.ledger.record(&self.id, f).await {
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(id = %self.id, "cannot record the outcome yet: {e}");
                     tokio::time::sleep(backoff).await;
@@ -618,28 +690,31 @@ impl<'a> Job<'a> {
                 other => break other,
             }
         };
-        let (d, promoted) = match finished {
-            Ok(Some(done)) => done,
-            Ok(None) => return false,
-            Err(e) => {
-                tracing::error!(id = %self.id, "cannot record outcome: {e}");
-                return true;
+        match recorded {
+            Ok(Recorded::Ended {
+                promoted: Some(p), ..
+            }) => {
+                self.system(format!("Promoted to production of project {p}"))
+                    .await;
+                true
             }
-        };
-        match (promoted, d.project.as_deref()) {
-            (Some(p), _) => {
-                self.system(format!("Promoted to production of project {}", p.name))
-                    .await
-            }
-            (None, Some(name)) if d.status == DeploymentStatus::Ready => {
+            Ok(Recorded::Ended {
+                preview_of: Some(name),
+                ..
+            }) => {
                 self.system(format!(
                     "Preview of project {name}: production is unchanged"
                 ))
-                .await
+                .await;
+                true
             }
-            _ => {}
+            Ok(Recorded::Ended { .. }) => true,
+            Ok(Recorded::AlreadyEnded | Recorded::Reported) => false,
+            Err(e) => {
+                tracing::error!(id = %self.id, "cannot record outcome: {e}");
+                true
+            }
         }
-        true
     }
 
     /// The log's final record.
@@ -652,7 +727,11 @@ impl<'a> Job<'a> {
 
     /// [`Job::finish`], archiving the complete log (final record included) first, so a client
     /// that sees the final record can already read the archive.
-    async fn finish_and_archive(&self, archive: Option<&dyn LogArchive>, finished: Finished) {
+    pub(crate) async fn finish_and_archive(
+        &self,
+        archive: Option<&dyn LogArchive>,
+        finished: Finished,
+    ) {
         if !self.record_outcome(&finished).await {
             return;
         }
@@ -697,8 +776,8 @@ impl<'a> Job<'a> {
 
 /// How a build ended, as recorded in the store and the log's final record.
 pub(crate) struct Finished {
-    outcome: Outcome,
-    commit: Option<String>,
+    pub(crate) outcome: Outcome,
+    pub(crate) commit: Option<String>,
 }
 
 impl Finished {
@@ -759,23 +838,9 @@ pub(crate) async fn run_job(
     claim: Claim,
     instance: &str,
 ) {
-    let mut claimed = false;
-    let started = job
-        .records
-        .update(&job.id, |d| {
-            claimed = d.status == DeploymentStatus::Queued
-                || (claim == Claim::QueuedOrBuilding && d.status == DeploymentStatus::Building);
-            if claimed {
-                d.status = DeploymentStatus::Building;
-                d.started_unix_ms = Some(now_ms());
-                d.runner = Some(instance.to_owned());
-            }
-            Ok::<_, std::io::Error>(())
-        })
-        .await;
-    match started {
-        Ok(Some(_)) if claimed => {}
-        Ok(_) => return, // deleted, or ended (reconciled) while queued
+    match job.ledger.claim(&job.id, claim, instance).await {
+        Ok(true) => {}
+        Ok(false) => return, // deleted, ended (reconciled) while queued, or started elsewhere
         Err(e) => {
             tracing::error!(id = %job.id, "cannot record build start: {e}");
             return;

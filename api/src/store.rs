@@ -134,6 +134,17 @@ pub trait Store: Send + Sync + 'static {
     async fn heartbeat(&self, instance: &str, ttl_ms: u64) -> io::Result<()>;
     /// Whether runner `instance` has sent a heartbeat that has not expired.
     async fn runner_alive(&self, instance: &str) -> io::Result<bool>;
+    /// What the ECS task of `id` reported (see `task_access`); a store without tasks has none.
+    async fn task_report(
+        &self,
+        _id: &DeploymentId,
+    ) -> io::Result<Option<crate::task_access::TaskReport>> {
+        Ok(None)
+    }
+    /// Forgets the task of `id` once its outcome is settled: its report and its access.
+    async fn forget_task(&self, _id: &DeploymentId) -> io::Result<()> {
+        Ok(())
+    }
     /// Names of projects whose production deployment changed, and `-<id>` for a deleted
     /// deployment; `"*"` means "anything" (sent after a reconnect, when changes may have been
     /// missed).

@@ -13,7 +13,7 @@ use aws_sdk_ecs::types::{Compatibility, ContainerDefinition, NetworkMode};
 use gitdeploy_api::ecs::{DEPLOYMENT_ENV, DEPLOYMENT_TAG, STARTED_BY};
 use gitdeploy_api::{
     ApiMetrics, Deployment, EcsRunner, EcsRunnerConfig, JobQueue, LogBus, Records, RedisLogBus,
-    RedisLogSettings, RedisStore, SecretDrop, Store,
+    RedisLogSettings, RedisStore, Store, TaskAccess,
 };
 use gitdeploy_core::job::{BuildLimits, BuildSettings, ServingOptions};
 use gitdeploy_core::{BuildJob, DeploymentId, DeploymentStatus};
@@ -30,11 +30,18 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    // Below the ephemeral range, in a stretch of this process's own.
+    // Below the ephemeral range, in a stretch of this process's own; each port is handed out
+    // once, so tests starting servers at the same time never pick the same one.
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
     let base = 20_000 + (std::process::id() % 50) as u16 * 100;
-    (base..base + 100)
-        .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .expect("a free port")
+    for _ in 0..100 {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{}", base + 100)
 }
 
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool, child: &mut Child) {
@@ -147,6 +154,8 @@ fn runner_config(cluster: &str, subnet: &str, sg: &str) -> EcsRunnerConfig {
         poll_interval: Duration::from_millis(50),
         heartbeat: Duration::from_millis(200),
         run_attempts: 2,
+        scoped_redis_users: true,
+        upload_role_arn: None,
     }
 }
 
@@ -205,7 +214,7 @@ impl Platform {
             client,
             self.records.clone(),
             self.bus.clone(),
-            Some(self.store.clone() as Arc<dyn SecretDrop>),
+            Some(self.store.clone() as Arc<dyn TaskAccess>),
             ApiMetrics::unregistered(),
         );
         (runner.with_log_archive(self.archive.clone()), queue)
@@ -347,29 +356,7 @@ async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
     let redis = common::Redis::start();
     let (subnet, sg) = default_network(&endpoint);
     let client = ecs_client(&endpoint);
-    client
-        .create_cluster()
-        .cluster_name("builds")
-        .send()
-        .await
-        .unwrap();
-    client
-        .register_task_definition()
-        .family("gitdeploy-builder")
-        .requires_compatibilities(Compatibility::Fargate)
-        .network_mode(NetworkMode::Awsvpc)
-        .cpu("1024")
-        .memory("2048")
-        .container_definitions(
-            ContainerDefinition::builder()
-                .name("builder")
-                .image("gitdeploy/builder")
-                .memory(2048)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    ecs_platform(&client).await;
     let platform = Platform::connect(&redis.url).await;
     let (runner, queue) = platform.runner(runner_config("builds", &subnet, &sg), client.clone());
     let (stop_runner, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -398,12 +385,15 @@ async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
     assert!(env.iter().all(|(_, v)| !v.contains("s3cr3t-value")));
     assert!(env.contains(&(DEPLOYMENT_ENV.into(), a.to_string())));
     assert!(env.contains(&("GITDEPLOY_S3_BUCKET".into(), "sites".into())));
+    let task_a = TaskUser::of(&redis.url, &env).await;
+    assert_eq!(task_a.user, format!("gitdeploy-build-{a}"));
+    let side = task_a.side(&a).await;
     assert_eq!(
-        platform.store.take_secrets(&a).await.unwrap().as_deref(),
+        side.take_withheld().await.unwrap().as_deref(),
         Some(r#"{"secrets":{"TOKEN":"s3cr3t-value"}}"#),
         "the task reads its secrets from Redis, once"
     );
-    assert!(platform.store.take_secrets(&a).await.unwrap().is_none());
+    assert!(side.take_withheld().await.unwrap().is_none());
     platform.until(&a, DeploymentStatus::Building).await;
 
     // The task stops without having recorded an outcome: the build fails with ECS's reason.
@@ -438,20 +428,30 @@ async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
     let b = platform.deploy(&queue, &[]).await;
     let task_b = task_of(&client, "builds", &b).await;
     platform.until(&b, DeploymentStatus::Building).await;
-    platform
-        .records
-        .finish(&b, |d| d.status = DeploymentStatus::Ready, |_, _| false)
+    // The task reports its ending into its own report; the runner applies it (status, the
+    // log's final record, the archive) and removes the task's access.
+    let task_b = TaskUser::of(&redis.url, &env_of(&task_b)).await;
+    let mut conn = task_b.connect().await.unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("ecs:task:{b}"))
+        .arg("ended")
+        .arg(r#"{"outcome":{"status":"ready","files":3,"bytes":42},"commit":"abc123"}"#)
+        .query_async(&mut conn)
         .await
-        .unwrap()
         .unwrap();
-    stop(
-        &client,
-        "builds",
-        &task_b,
-        "Essential container in task exited",
-    )
-    .await;
-
+    let ready = platform.until(&b, DeploymentStatus::Ready).await;
+    assert_eq!(ready.commit.as_deref(), Some("abc123"));
+    let log = platform.bus.read(&b, 0).await.unwrap();
+    assert_eq!(log.last().unwrap().line, "Deployment is ready", "{log:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while task_b.connect().await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the task's access outlived its build"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(platform.store.task_report(&b).await.unwrap().is_none());
     // Cancel is a StopTask.
     let c = platform.deploy(&queue, &[]).await;
     let task_c = task_of(&client, "builds", &c).await;
@@ -526,5 +526,278 @@ async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
     assert!(
         error.starts_with("ECS could not start the build task: ClusterNotFoundException"),
         "{error}"
+    );
+}
+
+/// The Redis user a task was started with (from its environment), as the task connects.
+struct TaskUser {
+    url: String,
+    user: String,
+    password: String,
+}
+
+impl TaskUser {
+    async fn of(url: &str, env: &[(String, String)]) -> TaskUser {
+        let get = |name: &str| {
+            env.iter()
+                .find(|(k, _)| k == name)
+                .unwrap_or_else(|| panic!("the task has no {name}"))
+                .1
+                .clone()
+        };
+        TaskUser {
+            url: url.into(),
+            user: get(gitdeploy_api::ecs::REDIS_USER_ENV),
+            password: get(gitdeploy_api::ecs::REDIS_PASSWORD_ENV),
+        }
+    }
+
+    async fn connect(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        use redis::IntoConnectionInfo;
+        let info = self.url.as_str().into_connection_info()?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_username(&self.user)
+            .set_password(&self.password);
+        redis::Client::open(info.set_redis_settings(settings))?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    async fn side(&self, id: &DeploymentId) -> gitdeploy_api::TaskSide {
+        gitdeploy_api::TaskSide::connect(
+            &self.url,
+            Some((&self.user, &self.password)),
+            "ecs:",
+            id.clone(),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// The cluster `builds` and the builder's task definition.
+async fn ecs_platform(client: &aws_sdk_ecs::Client) {
+    client
+        .create_cluster()
+        .cluster_name("builds")
+        .send()
+        .await
+        .unwrap();
+    client
+        .register_task_definition()
+        .family("gitdeploy-builder")
+        .requires_compatibilities(Compatibility::Fargate)
+        .network_mode(NetworkMode::Awsvpc)
+        .cpu("1024")
+        .memory("2048")
+        .container_definitions(
+            ContainerDefinition::builder()
+                .name("builder")
+                .image("gitdeploy/builder")
+                .memory(2048)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+/// What a task holds opens its own build and nothing else (#13): its Redis user may write its
+/// log, heartbeat and report and read its own record, and is refused every other key, every
+/// channel, key listing and admin command; its storage session (from the upload role, through
+/// Redis) is limited by a session policy to its own objects, and nothing of it is in the ECS
+/// API.
+#[tokio::test]
+async fn each_build_task_holds_access_to_its_own_build_only() {
+    let (_moto, endpoint) = moto();
+    let redis = common::Redis::start();
+    let (subnet, sg) = default_network(&endpoint);
+    let client = ecs_client(&endpoint);
+    ecs_platform(&client).await;
+    let platform = Platform::connect(&redis.url).await;
+    let mut config = runner_config("builds", &subnet, &sg);
+    config.upload_role_arn = Some("arn:aws:iam::123456789012:role/gitdeploy-upload".into());
+    let sts = aws_sdk_sts::Client::from_conf(
+        aws_sdk_sts::Config::builder()
+            .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+            .region(aws_sdk_sts::config::Region::new("us-east-1"))
+            .endpoint_url(&endpoint)
+            .credentials_provider(aws_sdk_sts::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .build(),
+    );
+    let (runner, queue) = platform.runner(config, client.clone());
+    let runner = runner.with_upload_role(gitdeploy_api::ecs::UploadRole {
+        sts,
+        role_arn: "arn:aws:iam::123456789012:role/gitdeploy-upload".into(),
+        bucket: "sites".into(),
+        layout: gitdeploy_core::ObjectLayout::new(""),
+    });
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(runner.run(async {
+        let _ = stopped.await;
+    }));
+    let a = platform.deploy(&queue, &[]).await;
+    let other = platform.deploy(&queue, &[]).await;
+    let env = env_of(&task_of(&client, "builds", &a).await);
+    platform.until(&a, DeploymentStatus::Building).await;
+
+    // The storage session travels through Redis, never in the ECS API.
+    let task = TaskUser::of(&redis.url, &env).await;
+    let withheld: gitdeploy_core::job::WithheldFromTask = serde_json::from_str(
+        &task
+            .side(&a)
+            .await
+            .take_withheld()
+            .await
+            .unwrap()
+            .expect("the storage session"),
+    )
+    .unwrap();
+    let session = withheld.storage.expect("a session of the upload role");
+    assert!(!session.session_token.is_empty());
+    for (k, v) in &env {
+        assert!(
+            !v.contains(&session.secret_access_key) && !k.starts_with("AWS_"),
+            "{k} in the ECS API"
+        );
+    }
+
+    let mut conn = task.connect().await.unwrap();
+    let allowed: &[&[&str]] = &[
+        &["XADD", &format!("ecs:log:{a}"), "*", "r", "{}"],
+        &["SET", &format!("ecs:runner:task-{a}"), "1", "PX", "1000"],
+        &["HSET", &format!("ecs:task:{a}"), "claimed", "me"],
+        &["HGET", &format!("ecs:d:{a}"), "j"],
+        &["PING"],
+    ];
+    for command in allowed {
+        let mut cmd = redis::cmd(command[0]);
+        cmd.arg(&command[1..]);
+        let answer: redis::RedisResult<redis::Value> = cmd.query_async(&mut conn).await;
+        assert!(answer.is_ok(), "{command:?}: {answer:?}");
+    }
+    let refused: &[&[&str]] = &[
+        // Its own record is read-only: the project (and so the alias it moves) is the edge's.
+        &["HSET", &format!("ecs:d:{a}"), "j", "{}"],
+        &["DEL", &format!("ecs:d:{a}")],
+        &["HGET", &format!("ecs:d:{other}"), "j"],
+        &["XADD", &format!("ecs:log:{other}"), "1-0", "r", "{}"],
+        &["GETDEL", &format!("ecs:job-secrets:{other}")],
+        &["HSET", &format!("ecs:task:{other}"), "ended", "{}"],
+        &["HSET", "ecs:p:site", "a", &a.to_string()],
+        &["SADD", "ecs:active", "x"],
+        &["ZRANGE", "ecs:deployments", "0", "-1"],
+        &["SET", "ecs:runner:some-edge", "1"],
+        &["PUBLISH", "ecs:aliases", "site"],
+        &["KEYS", "*"],
+        &["SCAN", "0"],
+        &[
+            "EVAL",
+            "return redis.call('HSET', KEYS[1], 'j', '{}')",
+            "1",
+            "ecs:p:site",
+        ],
+        &["ACL", "SETUSER", "evil", "on", "+@all", "~*"],
+        &["CONFIG", "GET", "*"],
+        &["FLUSHALL"],
+    ];
+    for command in refused {
+        let mut cmd = redis::cmd(command[0]);
+        cmd.arg(&command[1..]);
+        let answer: redis::RedisResult<redis::Value> = cmd.query_async(&mut conn).await;
+        let e = answer.expect_err(&format!("{command:?} was allowed"));
+        assert!(
+            e.to_string().contains("NOPERM") || e.to_string().contains("permission"),
+            "{command:?}: {e}"
+        );
+    }
+
+    // After a Redis restart the users are gone; the runner creates the task's user again.
+    let mut admin = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&task.user)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while task.connect().await.is_err() {
+        assert!(Instant::now() < deadline, "the task's user was not renewed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// While every build slot is busy and more builds wait, the ECS runner keeps sending its
+/// heartbeat (before, it waited for a slot inside its loop, and other edges could have
+/// declared its builds lost).
+#[tokio::test]
+async fn the_ecs_runner_keeps_its_heartbeat_while_every_slot_is_busy() {
+    let (_moto, endpoint) = moto();
+    let redis = common::Redis::start();
+    let (subnet, sg) = default_network(&endpoint);
+    let client = ecs_client(&endpoint);
+    ecs_platform(&client).await;
+    let platform = Platform::connect(&redis.url).await;
+    let mut config = runner_config("builds", &subnet, &sg);
+    config.concurrency = 1;
+    let (runner, queue) = platform.runner(config, client.clone());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(runner.run(async {
+        let _ = stopped.await;
+    }));
+    let first = platform.deploy(&queue, &[]).await;
+    platform.until(&first, DeploymentStatus::Building).await;
+    let waiting = platform.deploy(&queue, &[]).await;
+    let mut admin = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("ecs:runner:{}", queue.instance());
+    let beat = |admin: &mut redis::aio::MultiplexedConnection| {
+        let mut admin = admin.clone();
+        let key = key.clone();
+        async move {
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async::<Option<u64>>(&mut admin)
+                .await
+                .unwrap()
+        }
+    };
+    // The slot is taken and a build waits: five more heartbeats must still come.
+    let mut last = beat(&mut admin).await;
+    for _ in 0..5 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = beat(&mut admin).await;
+            if now.is_some() && now != last {
+                last = now;
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no heartbeat while every slot is busy"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(
+        platform
+            .records
+            .get(&waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        DeploymentStatus::Queued
     );
 }

@@ -136,6 +136,29 @@ pub struct WithheldFromTask {
     /// The repository URL with its credentials (the job carries it redacted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo: Option<String>,
+    /// Storage credentials of this build alone (an upload-role session limited to its own
+    /// objects), when the platform hands them out; otherwise the task's own role is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<SessionCredentials>,
+}
+
+/// Temporary AWS credentials (an STS session).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCredentials {
+    /// `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: String,
+    /// `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: String,
+    /// `AWS_SESSION_TOKEN`.
+    pub session_token: String,
+}
+
+impl std::fmt::Debug for SessionCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Shortest secret value accepted: shorter ones would redact ordinary text from the log.

@@ -11,9 +11,9 @@ use pingora_core::services::background::BackgroundService;
 /// The build runner the server was configured with.
 pub enum Runner {
     /// Builds as sandboxed child processes.
-    Local(LocalRunner),
+    Local(Box<LocalRunner>),
     /// Builds as ECS tasks.
-    Ecs(EcsRunner),
+    Ecs(Box<EcsRunner>),
 }
 
 /// Wraps the runner, which runs once.

@@ -211,6 +211,14 @@ struct EcsSection {
     poll_interval_ms: u64,
     #[serde(default = "five")]
     run_attempts: u32,
+    #[serde(default = "yes")]
+    scoped_redis_users: bool,
+    #[serde(default)]
+    upload_role_arn: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn https() -> String {
@@ -405,6 +413,19 @@ impl Config {
                 if ecs.poll_interval_ms < 100 {
                     return Err("builds.ecs.poll_interval_ms: at least 100".into());
                 }
+                if let Some(arn) = &ecs.upload_role_arn {
+                    if !arn.starts_with("arn:") || !arn.contains(":role/") {
+                        return Err(format!(
+                            "builds.ecs.upload_role_arn: {arn:?} is not a role ARN"
+                        ));
+                    }
+                    let most = gitdeploy_api::task_access::MAX_SESSION_BUILD_SECS;
+                    if self.builds.timeout_secs > most {
+                        return Err(format!(
+                            "builds.timeout_secs: at most {most} with an upload role (its sessions last an hour at most)"
+                        ));
+                    }
+                }
             }
             (other, _) => {
                 return Err(format!(
@@ -489,6 +510,8 @@ impl Config {
                 poll_interval: std::time::Duration::from_millis(ecs.poll_interval_ms),
                 heartbeat: std::time::Duration::from_secs(5),
                 run_attempts: ecs.run_attempts,
+                scoped_redis_users: ecs.scoped_redis_users,
+                upload_role_arn: ecs.upload_role_arn,
             }),
             _ => None,
         };
@@ -608,6 +631,21 @@ security_groups = []
                 "s3.endpoint",
             ),
             (format!("{MINIMAL}{ecs}"), "security_groups"),
+            (
+                format!(
+                    "{MINIMAL}{}upload_role_arn = \"gitdeploy-upload\"\n",
+                    ecs.replace("[]", "[\"g\"]")
+                ),
+                "not a role ARN",
+            ),
+            (
+                format!(
+                    "{MINIMAL}{}upload_role_arn = \"arn:aws:iam::1:role/u\"\n",
+                    ecs.replace("[]", "[\"g\"]")
+                        .replace("runner = \"ecs\"", "runner = \"ecs\"\ntimeout_secs = 7200")
+                ),
+                "at most 3000",
+            ),
             (
                 format!("{MINIMAL}[builds]\nrunner = \"ecs\"\n"),
                 "[builds.ecs]",

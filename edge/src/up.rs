@@ -370,7 +370,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
             .block_on(origin.use_aws_credentials(&region, control_rt.handle()))
             .map_err(anyhow::Error::msg)?;
     }
-    let mut secret_drop: Option<Arc<dyn gitdeploy_api::SecretDrop>> = None;
+    let mut task_access: Option<Arc<dyn gitdeploy_api::TaskAccess>> = None;
     let (store, bus): (Arc<dyn Store>, Arc<dyn LogBus>) = match &opts.redis_url {
         Some(url) => control_rt.block_on(async {
             let shown = redact_repo_url(url);
@@ -386,7 +386,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot connect to Redis at {shown}"))?;
             let store = Arc::new(store);
-            secret_drop = Some(store.clone());
+            task_access = Some(store.clone());
             anyhow::Ok((store as Arc<dyn Store>, Arc::new(bus) as Arc<dyn LogBus>))
         })?,
         None => (
@@ -428,23 +428,33 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
                     .filter(|(k, _)| !k.starts_with("AWS_"))
                     .cloned(),
             );
-            let client = control_rt.block_on(async {
-                let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            let aws = control_rt.block_on(
+                aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .region(aws_config::Region::new(region.clone()))
-                    .load()
-                    .await;
-                aws_sdk_ecs::Client::new(&config)
-            });
+                    .load(),
+            );
+            let upload_role =
+                ecs.upload_role_arn
+                    .clone()
+                    .map(|role_arn| gitdeploy_api::ecs::UploadRole {
+                        sts: aws_sdk_sts::Client::new(&aws),
+                        role_arn,
+                        bucket: opts.s3_bucket.clone(),
+                        layout: gitdeploy_core::ObjectLayout::new(&s3_prefix),
+                    });
             let (runner, queue) = gitdeploy_api::EcsRunner::new(
                 ecs,
-                client,
+                aws_sdk_ecs::Client::new(&aws),
                 records.clone(),
                 bus.clone(),
-                secret_drop.clone(),
+                task_access.clone(),
                 api_metrics.clone(),
             );
-            let runner = runner.with_log_archive(origin.clone());
-            (crate::runner_service::Runner::Ecs(runner), queue)
+            let mut runner = runner.with_log_archive(origin.clone());
+            if let Some(role) = upload_role {
+                runner = runner.with_upload_role(role);
+            }
+            (crate::runner_service::Runner::Ecs(Box::new(runner)), queue)
         }
         None => {
             let (runner, queue) = LocalRunner::new(
@@ -468,7 +478,10 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
                 bus.clone(),
                 api_metrics,
             );
-            (crate::runner_service::Runner::Local(runner), queue)
+            (
+                crate::runner_service::Runner::Local(Box::new(runner)),
+                queue,
+            )
         }
     };
     let port = opts.listen.port();

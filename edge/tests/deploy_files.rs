@@ -62,7 +62,13 @@ fn task_definitions_carry_what_ecs_and_gitdeploy_need() {
     ] {
         let td = json(file);
         assert_eq!(td["networkMode"], "awsvpc", "{file}");
-        assert!(td["taskRoleArn"].is_string() && td["executionRoleArn"].is_string());
+        assert!(td["executionRoleArn"].is_string());
+        // A build task holds no role of its own: it publishes with its build's upload session.
+        assert_eq!(
+            td["taskRoleArn"].is_string(),
+            container == "edge",
+            "{file}: taskRoleArn"
+        );
         let containers = td["containerDefinitions"].as_array().unwrap();
         assert_eq!(containers.len(), 1, "{file}");
         let c = &containers[0];
@@ -119,7 +125,7 @@ fn strings(v: &Value) -> Vec<String> {
 #[test]
 fn iam_policies_are_least_privilege() {
     for file in [
-        "iam/builder-task-policy.json",
+        "iam/upload-role-policy.json",
         "iam/edge-task-policy.json",
         "iam/execution-role-policy.json",
     ] {
@@ -137,24 +143,32 @@ fn iam_policies_are_least_privilege() {
             }
         }
     }
-    // The builder writes sites, manifests and logs, and nothing else.
-    let builder = statements("iam/builder-task-policy.json");
-    let mut actions: Vec<String> = builder.iter().flat_map(|s| strings(&s["Action"])).collect();
+    // Builds publish sites and manifests, and nothing else (each session narrows this to one
+    // deployment: gitdeploy_api::task_access::s3_session_policy).
+    let upload = statements("iam/upload-role-policy.json");
+    let mut actions: Vec<String> = upload.iter().flat_map(|s| strings(&s["Action"])).collect();
     actions.sort();
     assert_eq!(actions, ["s3:AbortMultipartUpload", "s3:PutObject"]);
-    let resources: Vec<String> = builder
+    let resources: Vec<String> = upload
         .iter()
         .flat_map(|s| strings(&s["Resource"]))
         .collect();
     for r in &resources {
         assert!(
-            ["/sites/*", "/manifests/*", "/logs/*"]
-                .iter()
-                .any(|p| r.ends_with(p)),
-            "builder may write {r}"
+            ["/sites/*", "/manifests/*"].iter().any(|p| r.ends_with(p)),
+            "builds may write {r}"
         );
     }
-    // The edge reads, runs/watches/stops tasks, and passes only the builder's roles.
+    // Only the edge may assume the upload role.
+    let trust = statements("iam/upload-role-trust-policy.json");
+    assert_eq!(trust.len(), 1);
+    assert_eq!(
+        trust[0]["Principal"]["AWS"],
+        "arn:aws:iam::123456789012:role/gitdeploy-edge"
+    );
+    assert_eq!(trust[0]["Action"], "sts:AssumeRole");
+    // The edge reads, runs/watches/stops tasks, assumes the upload role and passes only the
+    // builder's execution role.
     let edge = statements("iam/edge-task-policy.json");
     let edge_actions: Vec<String> = edge.iter().flat_map(|s| strings(&s["Action"])).collect();
     for needed in [
@@ -164,6 +178,7 @@ fn iam_policies_are_least_privilege() {
         "ecs:StopTask",
         "ecs:ListTasks",
         "iam:PassRole",
+        "sts:AssumeRole",
     ] {
         assert!(
             edge_actions.iter().any(|a| a == needed),

@@ -247,14 +247,20 @@ async fn a_lost_runner_fails_its_build_and_an_s3_outage_is_a_502() {
     assert!(body.len() < 2048 && !body.contains("<?xml"), "{body}");
 }
 
-/// Runs `gitdeploy build-task` for `job` as an ECS task would, against `redis` and `s3`; with
-/// `path`, in an environment of nothing but that `PATH` and the task's own variables.
+/// Runs `gitdeploy build-task` for `job` as an ECS task would, against `redis` and `s3`, as the
+/// build's own Redis user (created here as the ECS runner does before `RunTask`); with `path`,
+/// in an environment of nothing but that `PATH` and the task's own variables.
 async fn run_build_task(
     job: &gitdeploy_core::BuildJob,
     redis: &Redis,
     s3: &S3Server,
     path: Option<&Path>,
 ) -> std::process::ExitStatus {
+    use gitdeploy_api::TaskAccess;
+    let store = gitdeploy_api::RedisStore::connect(&redis.url, "gitdeploy:")
+        .await
+        .unwrap();
+    let grant = store.grant(&job.deployment).await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let mut task = tokio::process::Command::new(env!("CARGO_BIN_EXE_gitdeploy"));
     task.arg("build-task");
@@ -263,6 +269,8 @@ async fn run_build_task(
     }
     task.env("GITDEPLOY_JOB", serde_json::to_string(job).unwrap())
         .env("GITDEPLOY_REDIS_URL", &redis.url)
+        .env("GITDEPLOY_REDIS_USER", &grant.user)
+        .env("GITDEPLOY_REDIS_PASSWORD", &grant.password)
         .env("GITDEPLOY_WORK_ROOT", work.path())
         .env("GITDEPLOY_S3_ENDPOINT", &s3.endpoint)
         .env("GITDEPLOY_S3_BUCKET", "gitdeploy")
@@ -275,11 +283,12 @@ async fn run_build_task(
 }
 
 /// What an ECS build task runs (`gitdeploy build-task`), run here as a plain process: it takes
-/// the job from its environment and the secret values from Redis, builds, and records the log
-/// and the outcome in Redis itself; an edge sharing that Redis and S3 serves the result.
+/// the job from its environment and the secret values from Redis, builds, writes the log and
+/// reports its ending as the build's own Redis user; an edge sharing that Redis and S3 applies
+/// the outcome (with no edge watching the task: its reconciler does) and serves the result.
 #[tokio::test]
-async fn a_build_task_records_its_own_outcome_in_redis() {
-    use gitdeploy_api::{Deployment, Records, RedisStore, SecretDrop, Store};
+async fn a_build_task_reports_its_outcome_and_an_edge_applies_it() {
+    use gitdeploy_api::{Deployment, Records, RedisStore, Store, TaskAccess};
     use gitdeploy_core::job::{BuildLimits, BuildSettings, ServingOptions};
     use gitdeploy_core::{BuildJob, DeploymentId};
     use std::sync::Arc;
@@ -331,9 +340,10 @@ async fn a_build_task_records_its_own_outcome_in_redis() {
     let withheld = gitdeploy_core::job::WithheldFromTask {
         secrets: build.secrets.clone(),
         repo: None,
+        storage: None,
     };
     store
-        .put(&id, serde_json::to_string(&withheld).unwrap())
+        .put_withheld(&id, serde_json::to_string(&withheld).unwrap())
         .await
         .unwrap();
     let job = BuildJob {
@@ -358,10 +368,27 @@ async fn a_build_task_records_its_own_outcome_in_redis() {
         page(&gd, id.as_str(), "/").await,
         (200, "task build\n".into())
     );
-    assert!(
-        store.take_secrets(&id).await.unwrap().is_none(),
-        "secrets are read once"
+    let mut admin = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let left: u32 = redis::cmd("EXISTS")
+        .arg(format!("gitdeploy:job-secrets:{id}"))
+        .arg(format!("gitdeploy:task:{id}"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        left, 0,
+        "secrets are read once, and the report goes with the build"
     );
+    let users: Vec<String> = redis::cmd("ACL")
+        .arg("USERS")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(users, ["default"], "the task's user goes with the build");
 }
 
 /// Redis keeps a finished log for `--log-ttl` seconds; after that the API serves the S3 archive,
@@ -585,7 +612,7 @@ async fn a_build_task_without_bubblewrap_keeps_its_environment_from_the_build() 
     git_server.start();
     let data = tempfile::tempdir().unwrap();
     let gd = edge(&redis, &s3, data.path()).await;
-    let snoop = "id -u; for f in /proc/[0-9]*/environ; do cat \"$f\" 2>/dev/null | tr '\\0' '\\n'; done | grep -c -e GITDEPLOY_REDIS_URL -e AWS_SECRET_ACCESS_KEY || true; mkdir -p out && echo ok > out/index.html";
+    let snoop = "id -u; for f in /proc/[0-9]*/environ; do cat \"$f\" 2>/dev/null | tr '\\0' '\\n'; done | grep -c -e GITDEPLOY_REDIS -e AWS_SECRET_ACCESS_KEY || true; mkdir -p out && echo ok > out/index.html";
     let id = DeploymentId::random();
     let job = BuildJob {
         deployment: id.clone(),
