@@ -49,7 +49,7 @@ impl EmbeddedS3 {
         std::fs::create_dir_all(root.join(bucket))?;
         let fs = s3s_fs::FileSystem::new(root)
             .map_err(|e| anyhow::anyhow!("embedded S3 storage: {e:?}"))?;
-        let mut builder = S3ServiceBuilder::new(fs);
+        let mut builder = S3ServiceBuilder::new(InWords(fs));
         builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
@@ -120,4 +120,75 @@ mod key_limit_tests {
         assert!(name(limit + 3) > 255, "{limit} is not the largest");
         assert!(limit > 100, "{limit}");
     }
+}
+
+/// s3s-fs with its internal errors said in words: s3s-fs answers `InternalError` with no
+/// message for any I/O failure, so a full disk read as "InternalError" to the builder. The I/O
+/// error's own text becomes the message, and a full disk is `InsufficientStorage` (507).
+struct InWords(s3s_fs::FileSystem);
+
+/// The words for an s3s-fs error.
+fn in_words(mut e: s3s::S3Error) -> s3s::S3Error {
+    if e.message().is_some() {
+        return e;
+    }
+    let mut io = None;
+    let mut source: Option<&(dyn std::error::Error + 'static)> =
+        e.source().map(|s| s as &(dyn std::error::Error + 'static));
+    while let Some(inner) = source {
+        if let Some(found) = inner.downcast_ref::<std::io::Error>() {
+            io = Some((found.raw_os_error(), found.to_string()));
+            break;
+        }
+        source = inner.source();
+    }
+    let Some((os, text)) = io else { return e };
+    if os == Some(libc::ENOSPC) || os == Some(libc::EDQUOT) {
+        let mut full = s3s::S3Error::with_message(
+            s3s::S3ErrorCode::Custom("InsufficientStorage".into()),
+            format!("the storage's disk is full ({text})"),
+        );
+        full.set_status_code(http::StatusCode::INSUFFICIENT_STORAGE);
+        return full;
+    }
+    e.set_message(text);
+    e
+}
+
+macro_rules! in_words {
+    ($($name:ident: $input:ident => $output:ident,)*) => {
+        #[async_trait]
+        impl s3s::S3 for InWords {
+            $(
+                async fn $name(
+                    &self,
+                    req: s3s::S3Request<s3s::dto::$input>,
+                ) -> s3s::S3Result<s3s::S3Response<s3s::dto::$output>> {
+                    self.0.$name(req).await.map_err(in_words)
+                }
+            )*
+        }
+    };
+}
+
+in_words! {
+    create_bucket: CreateBucketInput => CreateBucketOutput,
+    copy_object: CopyObjectInput => CopyObjectOutput,
+    delete_bucket: DeleteBucketInput => DeleteBucketOutput,
+    delete_object: DeleteObjectInput => DeleteObjectOutput,
+    delete_objects: DeleteObjectsInput => DeleteObjectsOutput,
+    get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput,
+    get_object: GetObjectInput => GetObjectOutput,
+    head_bucket: HeadBucketInput => HeadBucketOutput,
+    head_object: HeadObjectInput => HeadObjectOutput,
+    list_buckets: ListBucketsInput => ListBucketsOutput,
+    list_objects: ListObjectsInput => ListObjectsOutput,
+    list_objects_v2: ListObjectsV2Input => ListObjectsV2Output,
+    put_object: PutObjectInput => PutObjectOutput,
+    create_multipart_upload: CreateMultipartUploadInput => CreateMultipartUploadOutput,
+    upload_part: UploadPartInput => UploadPartOutput,
+    upload_part_copy: UploadPartCopyInput => UploadPartCopyOutput,
+    list_parts: ListPartsInput => ListPartsOutput,
+    complete_multipart_upload: CompleteMultipartUploadInput => CompleteMultipartUploadOutput,
+    abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput,
 }

@@ -25,6 +25,7 @@ mod serve;
 mod serving;
 mod sites;
 mod up;
+mod upgrade;
 
 use clap::{Parser, Subcommand};
 

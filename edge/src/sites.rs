@@ -303,6 +303,20 @@ impl SitesProxy {
     }
 }
 
+impl SitesProxy {
+    /// Whom a control-plane request stands for: the peer, or the client a trusted proxy in
+    /// front of us names.
+    fn client_of(session: &Session) -> Option<std::net::IpAddr> {
+        let forwarded = session
+            .req_header()
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let peer = session.client_addr()?.as_inet()?.ip();
+        Some(client_ip(peer, forwarded))
+    }
+}
+
 fn is_upgrade(req: &RequestHeader) -> bool {
     req.headers
         .get("upgrade")
@@ -348,6 +362,21 @@ impl ProxyHttp for SitesProxy {
             }
         };
         match route {
+            HostRoute::ControlPlane if is_upgrade(session.req_header()) => {
+                // Relayed by us: Pingora's own upgrade proxying can close the stream at once
+                // (see `upgrade`).
+                let socket = match &self.control_plane._address {
+                    pingora_core::protocols::l4::socket::SocketAddr::Unix(addr) => {
+                        addr.as_pathname().map(std::path::Path::to_owned)
+                    }
+                    _ => None,
+                };
+                let Some(socket) = socket else {
+                    return send_error(session, 502, "The API cannot be reached.", head).await;
+                };
+                let client = Self::client_of(session);
+                crate::upgrade::relay(session, &socket, client).await
+            }
             HostRoute::ControlPlane => {
                 ctx.target = Target::ControlPlane;
                 Ok(false)
@@ -361,23 +390,10 @@ impl ProxyHttp for SitesProxy {
 
     async fn upstream_peer(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         match ctx.target {
-            Target::ControlPlane if is_upgrade(session.req_header()) => {
-                // A WebSocket upgrade on a pooled keep-alive connection can see the upgraded
-                // stream end at once (observed with pingora 0.9), so upgrades always get a
-                // fresh connection. The pool key must be unique per upgrade: with one shared
-                // key, an upgraded connection that went back to the pool was reused by the
-                // next upgrade, which then ended at once (a follower saw a reset under load).
-                static UPGRADES: std::sync::atomic::AtomicU64 =
-                    std::sync::atomic::AtomicU64::new(0);
-                let n = UPGRADES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let mut peer = self.control_plane.clone();
-                peer.sni = format!("upgrade-{n}");
-                Ok(Box::new(peer))
-            }
             Target::ControlPlane => Ok(Box::new(self.control_plane.clone())),
             Target::Object(_) => Ok(Box::new(self.origin.peer())),
             Target::Answered => Error::e_explain(
@@ -397,23 +413,11 @@ impl ProxyHttp for SitesProxy {
             Target::Object(obj) => obj,
             Target::ControlPlane => {
                 // The API learns whom the request stands for from us alone.
-                let forwarded = upstream
-                    .headers
-                    .get("x-forwarded-for")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
                 upstream.remove_header(CLIENT_HEADER);
                 // Hop-by-hop: the client's `Connection: close` ends the client's connection,
                 // not the pooled one to the API (which would then be reused closed: a 502).
-                if !is_upgrade(upstream) {
-                    upstream.remove_header(&http::header::CONNECTION);
-                }
-                if let Some(peer) = session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip())
-                {
-                    let client = client_ip(peer, forwarded.as_deref());
+                upstream.remove_header(&http::header::CONNECTION);
+                if let Some(client) = Self::client_of(session) {
                     upstream.insert_header(CLIENT_HEADER, client.to_string())?;
                 }
                 return Ok(());

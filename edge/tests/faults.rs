@@ -235,3 +235,121 @@ async fn a_second_server_on_a_taken_port_stops_with_a_clear_message() {
         "the first one still serves"
     );
 }
+
+/// A tmpfs of `mib` MiB mounted on a directory of its own, unmounted when dropped.
+struct SmallDisk {
+    dir: Option<tempfile::TempDir>,
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(mib: u32) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        SmallDisk {
+            path: dir.path().to_owned(),
+            dir: Some(dir),
+        }
+    }
+
+    /// The directory itself, for a server to keep its data in (unmounted by the guard).
+    fn take(&mut self) -> tempfile::TempDir {
+        self.dir.take().unwrap()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// The storage's disk fills during an upload: the build fails saying so, its log is complete,
+/// nothing of it is served, the sites already published are still served, and once there is
+/// room again the same deployment request succeeds.
+#[tokio::test]
+async fn a_full_storage_disk_during_upload_fails_the_build_cleanly() {
+    let mut disk = SmallDisk::mount(24);
+    let filler = disk.path.join("filler");
+    let s3 = common::S3Server::start_in(disk.take());
+    let mut gits = GitServer::new();
+    gits.add_repo("small", &[("index.html", "<p>small</p>")]);
+    gits.add_repo("big", &[("README.md", "big")]);
+    gits.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start_with_env(
+        data.path(),
+        &["--s3-endpoint", &s3.endpoint],
+        &[
+            ("AWS_ACCESS_KEY_ID", common::S3_KEY.0),
+            ("AWS_SECRET_ACCESS_KEY", common::S3_KEY.1),
+        ],
+    )
+    .await;
+    let (small, log) =
+        common::deploy_and_follow(&gd, serde_json::json!({"repo": gits.url("small")})).await;
+    assert_eq!(common::outcome_of(&log).0, DeploymentStatus::Ready);
+
+    // Leave about 4 MiB free, then publish 12 MiB that do not compress.
+    let df = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(&disk.path)
+        .output()
+        .unwrap();
+    let free: u64 = String::from_utf8_lossy(&df.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df prints the free bytes");
+    std::fs::write(&filler, vec![0u8; (free - 4 * 1024 * 1024) as usize]).unwrap();
+    let big = serde_json::json!({"repo": gits.url("big"), "build": {
+        "build_command": "mkdir -p out && for i in 1 2 3 4 5 6; do head -c 2097152 /dev/urandom > out/blob$i.bin; done && echo hi > out/index.html",
+        "output_dir": "out"}});
+    let (failed, log) = common::deploy_and_follow(&gd, big.clone()).await;
+    assert_complete_log(&log);
+    let (status, error) = common::outcome_of(&log);
+    assert_eq!(status, DeploymentStatus::Failed, "{log:#?}");
+    assert!(
+        error.contains("InsufficientStorage: the storage's disk is full (No space left on device"),
+        "{error}"
+    );
+    assert_eq!(gd.status(&failed).await["status"], "failed");
+    let resp = gd
+        .site(Method::GET, &failed, "/index.html")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status(), 200, "a half-published deployment is served");
+    let resp = gd.site(Method::GET, &small, "/").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "<p>small</p>");
+
+    // Room again: the same request publishes.
+    std::fs::remove_file(&filler).unwrap();
+    let (again, log) = common::deploy_and_follow(&gd, big).await;
+    assert_eq!(
+        common::outcome_of(&log).0,
+        DeploymentStatus::Ready,
+        "{log:#?}"
+    );
+    let resp = gd
+        .site(Method::GET, &again, "/index.html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -602,7 +602,11 @@ pub const S3_KEY: (&str, &str) = ("test-access-key", "test-secret-key-0123456789
 
 impl S3Server {
     pub fn start() -> S3Server {
-        let dir = tempfile::tempdir().unwrap();
+        S3Server::start_in(tempfile::tempdir().unwrap())
+    }
+
+    /// Keeps its objects in `dir` (a small file system, say).
+    pub fn start_in(dir: tempfile::TempDir) -> S3Server {
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
             .args(["s3-server", "--listen", &format!("127.0.0.1:{port}")])
