@@ -31,6 +31,7 @@ use crate::metrics::ApiMetrics;
 use crate::runner::LogArchive;
 use crate::runner::{Finished, Job, JobQueue, JobReceiver};
 use crate::store::Records;
+use crate::task_access::TaskAccess;
 
 /// `startedBy` of every build task (ListTasks finds them again by it).
 pub const STARTED_BY: &str = "gitdeploy";
@@ -96,39 +97,6 @@ pub struct UploadRole {
     pub layout: gitdeploy_core::ObjectLayout,
 }
 
-/// The Redis user a task connects as.
-#[derive(Clone)]
-pub struct TaskGrant {
-    /// User name (`gitdeploy-build-<id>`).
-    pub user: String,
-    /// Its password (random; Redis keeps only its hash).
-    pub password: String,
-}
-
-impl std::fmt::Debug for TaskGrant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskGrant")
-            .field("user", &self.user)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What the ECS runner hands a task through the store, out of sight of the ECS API.
-#[async_trait::async_trait]
-pub trait TaskAccess: Send + Sync {
-    /// Keeps `withheld` (JSON: secret values, repository credentials, a storage session) for
-    /// deployment `id` until the task takes it.
-    async fn put_withheld(&self, id: &DeploymentId, withheld: String) -> std::io::Result<()>;
-    /// Creates the Redis user of `id`'s task (`task_access::acl_rules`).
-    async fn grant(&self, id: &DeploymentId) -> std::io::Result<TaskGrant>;
-    /// Creates that user again when Redis lost it (a restart); nothing for an unknown build.
-    async fn renew(&self, id: &DeploymentId) -> std::io::Result<()>;
-}
-
-/// Environment of a task naming its Redis user and password.
-pub const REDIS_USER_ENV: &str = "GITDEPLOY_REDIS_USER";
-/// See [`REDIS_USER_ENV`].
-pub const REDIS_PASSWORD_ENV: &str = "GITDEPLOY_REDIS_PASSWORD";
 /// How often a watched task's report is read.
 const REPORT_POLL: Duration = Duration::from_millis(500);
 
@@ -520,7 +488,7 @@ impl Shared {
             .task_report(id)
             .await?
             .and_then(|r| r.ended)
-            .map(crate::redis_task::finished_from))
+            .map(Finished::from_task))
     }
 
     /// Applies a task's ending as the outcome (status, alias move, archive, final record),
@@ -598,8 +566,11 @@ impl Shared {
                 .grant(&job.deployment)
                 .await
                 .map_err(|e| e.to_string())?;
-            access_env.push((REDIS_USER_ENV.to_owned(), grant.user));
-            access_env.push((REDIS_PASSWORD_ENV.to_owned(), grant.password));
+            access_env.push((crate::task_access::REDIS_USER_ENV.to_owned(), grant.user));
+            access_env.push((
+                crate::task_access::REDIS_PASSWORD_ENV.to_owned(),
+                grant.password,
+            ));
         }
         if !withheld.secrets.is_empty() || withheld.repo.is_some() || withheld.storage.is_some() {
             let Some(access) = &self.access else {

@@ -313,7 +313,7 @@ async fn queue_deployment(
             serving,
             build,
             limits: cp.config.limits.clone(),
-            cache_key: Some(deployment_cache_key(&deployment)),
+            cache_key: Some(deployment.cache_key()),
         })
         .map_err(submit_error)?;
     tracing::info!(%id, repo = %deployment.repo_display(), "deployment queued");
@@ -324,14 +324,6 @@ fn submit_error(e: SubmitError) -> ApiError {
     match e {
         SubmitError::Full(_) => ApiError::too_many(e.to_string()),
         SubmitError::Stopped => ApiError::unavailable(e.to_string()),
-    }
-}
-
-/// Builds of one project (or, without a project, of one repository) share a package cache.
-pub(crate) fn deployment_cache_key(d: &Deployment) -> String {
-    match &d.project {
-        Some(p) => format!("project-{p}"),
-        None => gitdeploy_core::repo::cache_key(&d.repo),
     }
 }
 

@@ -26,19 +26,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::RepoScheme;
 
-pub use ecs::{EcsRunner, EcsRunnerConfig, TaskAccess, TaskGrant};
+pub use ecs::{EcsRunner, EcsRunnerConfig};
 pub use error::ApiError;
 pub use http::token_sha256;
 pub use logbus::{FileLogBus, Follower, LogBus};
 pub use metrics::ApiMetrics;
 pub use projects::{AliasResolver, Project, ProjectError};
 pub use redis_store::{RedisLogBus, RedisLogSettings, RedisStore};
-pub use redis_task::TaskSide;
+pub use redis_task::{run_single_job, TaskSide};
 pub use runner::{
-    run_single_job, AfterKill, ArchiveFuture, JobQueue, LocalRunner, LocalRunnerConfig, LogArchive,
-    SiteStorage, SubmitError,
+    AfterKill, ArchiveFuture, JobQueue, LocalRunner, LocalRunnerConfig, LogArchive, SiteStorage,
+    SubmitError,
 };
 pub use store::{Deployment, FileStore, Records, Store};
+pub use task_access::{TaskAccess, TaskGrant};
 
 /// How the outside world reaches sites and the API, for the URLs the API hands out.
 #[derive(Clone, Debug)]

@@ -5,22 +5,24 @@
 //!   outcome is settled; it reads reports (`Store::task_report`).
 //! - The task ([`TaskSide`]): connects as its own user, takes what was withheld from the ECS
 //!   API, heartbeats, sees a cancel in its (read-only) record, and reports its claim and its
-//!   ending into `task:<id>` (fields `claimed`, `ended`).
+//!   ending into `task:<id>` (fields `claimed`, `ended`); [`run_single_job`] is its run.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gitdeploy_core::{DeploymentId, DeploymentStatus};
+use gitdeploy_core::{BuildJob, DeploymentId, DeploymentStatus};
 use redis::aio::ConnectionManager;
 use redis::IntoConnectionInfo;
+use tokio::sync::watch;
 
-use crate::ecs::{TaskAccess, TaskGrant};
+use crate::logbus::LogBus;
 use crate::metrics::ApiMetrics;
 use crate::redis_store::{io_err, manager, through_outage, RedisLogBus, RedisLogSettings};
-use crate::runner::{Claim, Finished, Ledger, Recorded};
+use crate::runner::{run_job, Claim, Finished, Job, Ledger, LocalRunnerConfig, Recorded};
 use crate::store::Deployment;
-use crate::task_access::{self, TaskEnding, TaskReport};
+use crate::task_access::{self, TaskAccess, TaskEnding, TaskGrant, TaskReport};
 use crate::RedisStore;
 
 /// A new random password (32 bytes, hex) and its SHA-256 (hex), as `ACL SETUSER #` takes it.
@@ -328,14 +330,46 @@ impl Ledger for TaskSide {
     }
 }
 
-/// Turns a task's reported ending into the outcome an edge records; an ending a task may not
-/// report becomes a failure that says so.
-pub(crate) fn finished_from(ending: TaskEnding) -> Finished {
-    match task_access::check_ending(&ending) {
-        Ok(()) => Finished {
-            outcome: ending.outcome,
-            commit: ending.commit,
-        },
-        Err(e) => Finished::failed(e, None),
-    }
+/// Runs one job in this process, as the job inside a build task does: it heartbeats as the
+/// task's instance (so every edge's reconciler knows the build is alive), writes the log, and
+/// reports the outcome into the task's own report, which an edge applies (the task holds no
+/// right to the shared records). Returns whether the build ended ready.
+pub async fn run_single_job(
+    config: LocalRunnerConfig,
+    task: TaskSide,
+    bus: Arc<dyn LogBus>,
+    metrics: ApiMetrics,
+    job: BuildJob,
+) -> bool {
+    let task = Arc::new(task);
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let beat = task.clone();
+    let interval = config.heartbeat;
+    let heartbeat = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            if let Err(e) = beat.heartbeat(interval * 3).await {
+                tracing::warn!("heartbeat failed: {e}");
+            }
+            // A cancel asked on any edge reaches the task here.
+            if beat.cancel_requested().await.unwrap_or(false) {
+                let _ = cancel_tx.send(true);
+            }
+        }
+    });
+    let id = job.deployment.clone();
+    let instance = task_access::task_instance(&id);
+    let record = Job::new(task.as_ref(), &bus, &metrics, id.clone());
+    run_job(
+        &config,
+        record,
+        job,
+        cancel_rx,
+        Claim::QueuedOrBuilding,
+        &instance,
+    )
+    .await;
+    heartbeat.abort();
+    task.stopped().await
 }

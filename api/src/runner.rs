@@ -444,7 +444,7 @@ impl Reconciler<'_> {
                         .task_report(&d.id)
                         .await?
                         .and_then(|r| r.ended)
-                        .map(crate::redis_task::finished_from);
+                        .map(Finished::from_task);
                     let finished = match reported {
                         Some(f) => f,
                         None if store
@@ -504,54 +504,10 @@ impl Reconciler<'_> {
             serving: d.serving.clone(),
             build: d.build.clone(),
             limits: self.limits.clone(),
-            cache_key: Some(crate::http::deployment_cache_key(d)),
+            cache_key: Some(d.cache_key()),
         });
         Ok(())
     }
-}
-
-/// Runs one job in this process, as the job inside a build task does: it heartbeats as the
-/// task's instance (so every edge's reconciler knows the build is alive), writes the log, and
-/// reports the outcome into the task's own report, which an edge applies (the task holds no
-/// right to the shared records). Returns whether the build ended ready.
-pub async fn run_single_job(
-    config: LocalRunnerConfig,
-    task: crate::redis_task::TaskSide,
-    bus: Arc<dyn LogBus>,
-    metrics: ApiMetrics,
-    job: BuildJob,
-) -> bool {
-    let task = Arc::new(task);
-    let (cancel_tx, cancel_rx) = watch::channel(false);
-    let beat = task.clone();
-    let interval = config.heartbeat;
-    let heartbeat = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        loop {
-            tick.tick().await;
-            if let Err(e) = beat.heartbeat(interval * 3).await {
-                tracing::warn!("heartbeat failed: {e}");
-            }
-            // A cancel asked on any edge reaches the task here.
-            if beat.cancel_requested().await.unwrap_or(false) {
-                let _ = cancel_tx.send(true);
-            }
-        }
-    });
-    let id = job.deployment.clone();
-    let instance = crate::task_access::task_instance(&id);
-    let record = Job::new(task.as_ref(), &bus, &metrics, id.clone());
-    run_job(
-        &config,
-        record,
-        job,
-        cancel_rx,
-        Claim::QueuedOrBuilding,
-        &instance,
-    )
-    .await;
-    heartbeat.abort();
-    task.stopped().await
 }
 
 /// Where a build's state changes go: the records (a local runner, an edge) or, inside an ECS
@@ -785,6 +741,18 @@ impl Finished {
         let mut f = Finished::failed("canceled".into(), None);
         f.outcome.status = DeploymentStatus::Canceled;
         f
+    }
+
+    /// The outcome an edge records for a task's reported ending; an ending a task may not
+    /// report becomes a failure that says so.
+    pub(crate) fn from_task(ending: crate::task_access::TaskEnding) -> Self {
+        match crate::task_access::check_ending(&ending) {
+            Ok(()) => Finished {
+                outcome: ending.outcome,
+                commit: ending.commit,
+            },
+            Err(e) => Finished::failed(e, None),
+        }
     }
 
     pub(crate) fn failed(error: String, exit_code: Option<i32>) -> Self {

@@ -72,6 +72,15 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// The package cache its build shares: builds of one project (or, without a project, of
+    /// one repository) share one.
+    pub fn cache_key(&self) -> String {
+        match &self.project {
+            Some(p) => format!("project-{p}"),
+            None => gitdeploy_core::repo::cache_key(&self.repo),
+        }
+    }
+
     /// The repository URL with credentials hidden.
     pub fn repo_display(&self) -> String {
         redact_repo_url(&self.repo)

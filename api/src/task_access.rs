@@ -17,11 +17,46 @@
 //! and applies it: the status change, the alias move and the log's final record, as for a local
 //! build.
 //!
-//! Only pure rules live here; `redis_task` speaks them to Redis.
+//! The rules live here as pure functions, with the [`TaskAccess`] contract the ECS runner hands
+//! access over through; `redis_task` speaks them to Redis.
 
 use gitdeploy_core::keys::ObjectLayout;
 use gitdeploy_core::{DeploymentId, Outcome};
 use serde::{Deserialize, Serialize};
+
+/// The Redis user a task connects as.
+#[derive(Clone)]
+pub struct TaskGrant {
+    /// User name (`gitdeploy-build-<id>`).
+    pub user: String,
+    /// Its password (random; Redis keeps only its hash).
+    pub password: String,
+}
+
+impl std::fmt::Debug for TaskGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskGrant")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the ECS runner hands a task through the store, out of sight of the ECS API.
+#[async_trait::async_trait]
+pub trait TaskAccess: Send + Sync {
+    /// Keeps `withheld` (JSON: secret values, repository credentials, a storage session) for
+    /// deployment `id` until the task takes it.
+    async fn put_withheld(&self, id: &DeploymentId, withheld: String) -> std::io::Result<()>;
+    /// Creates the Redis user of `id`'s task ([`acl_rules`]).
+    async fn grant(&self, id: &DeploymentId) -> std::io::Result<TaskGrant>;
+    /// Creates that user again when Redis lost it (a restart); nothing for an unknown build.
+    async fn renew(&self, id: &DeploymentId) -> std::io::Result<()>;
+}
+
+/// Environment of a task naming its Redis user and password.
+pub const REDIS_USER_ENV: &str = "GITDEPLOY_REDIS_USER";
+/// See [`REDIS_USER_ENV`].
+pub const REDIS_PASSWORD_ENV: &str = "GITDEPLOY_REDIS_PASSWORD";
 
 /// The Redis user of deployment `id`'s task.
 pub fn redis_user(id: &DeploymentId) -> String {

@@ -547,8 +547,8 @@ impl TaskUser {
         };
         TaskUser {
             url: url.into(),
-            user: get(gitdeploy_api::ecs::REDIS_USER_ENV),
-            password: get(gitdeploy_api::ecs::REDIS_PASSWORD_ENV),
+            user: get(gitdeploy_api::task_access::REDIS_USER_ENV),
+            password: get(gitdeploy_api::task_access::REDIS_PASSWORD_ENV),
         }
     }
 

@@ -45,32 +45,6 @@ pub mod env {
     ];
 }
 
-/// Where a deployment is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeploymentStatus {
-    /// Accepted, waiting for a builder.
-    Queued,
-    /// A builder is working on it.
-    Building,
-    /// Built and published; served by the edge.
-    Ready,
-    /// The build failed; nothing is served.
-    Failed,
-    /// Canceled before it finished; nothing is served.
-    Canceled,
-}
-
-impl DeploymentStatus {
-    /// True once the deployment can no longer change.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            DeploymentStatus::Ready | DeploymentStatus::Failed | DeploymentStatus::Canceled
-        )
-    }
-}
-
 /// The builder's input (`GITDEPLOY_JOB`, JSON). Credentials never travel in here.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildJob {

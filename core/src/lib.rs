@@ -16,10 +16,12 @@ pub mod manifest;
 pub mod path;
 pub mod repo;
 pub mod rules;
+pub mod status;
 
 pub use id::DeploymentId;
-pub use job::{BuildJob, BuilderEvent, DeploymentStatus};
+pub use job::{BuildJob, BuilderEvent};
 pub use keys::ObjectLayout;
 pub use log::{LogRecord, LogStream, Outcome};
 pub use manifest::{Encoding, FileEntry, Manifest, Resolution, SiteRules, Variant};
 pub use path::{PathError, SitePath};
+pub use status::DeploymentStatus;

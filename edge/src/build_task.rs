@@ -19,7 +19,7 @@ use gitdeploy_api::{run_single_job, ApiMetrics, LocalRunnerConfig, RedisLogSetti
 use gitdeploy_core::job::env;
 use gitdeploy_core::BuildJob;
 
-use gitdeploy_api::ecs::{REDIS_PASSWORD_ENV, REDIS_USER_ENV};
+use gitdeploy_api::task_access::{REDIS_PASSWORD_ENV, REDIS_USER_ENV};
 
 /// Settings of the task beyond the job, from its environment (the task definition's).
 const REDIS_URL: &str = "GITDEPLOY_REDIS_URL";

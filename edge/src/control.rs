@@ -17,7 +17,14 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::sites::HostRules;
+/// Host rules of the proxy.
+#[derive(Clone, Debug)]
+pub struct HostRules {
+    /// The platform domain.
+    pub domain: String,
+    /// Further hosts that reach the control plane (the address `up` listens on).
+    pub control_hosts: Vec<String>,
+}
 
 /// The API as a Pingora application on its private socket.
 pub struct ApiApp {

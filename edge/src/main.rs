@@ -14,6 +14,7 @@ mod cache;
 mod cli;
 mod client_stream;
 mod control;
+mod draining;
 mod embedded_s3;
 mod memory;
 mod metrics;

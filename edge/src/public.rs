@@ -26,27 +26,13 @@ use pingora_proxy::HttpProxy;
 use tokio::io::AsyncWriteExt;
 
 use crate::client_stream::ClientStream;
+use crate::draining::Draining;
 use crate::memory::Trimmer;
 use crate::sites::SitesProxy;
 use gitdeploy_core::head_guard::HeadLimits;
 
 /// How long a stopping public port waits for its connections to end on their own.
 pub const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Set once the public port stops listening: responses then close their connections.
-#[derive(Clone, Debug, Default)]
-pub struct Draining(Arc<std::sync::atomic::AtomicBool>);
-
-impl Draining {
-    /// Whether the port is draining.
-    pub fn is_on(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    fn start(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
 
 /// The answer to a connection over the limit.
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 43\r\nretry-after: 1\r\nconnection: close\r\n\r\nThe server is at its connection limit now.\n";

@@ -22,10 +22,10 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::cache::{Claim, FillGuard, ManifestCache, ManifestError, ObjectCache, ObjectKey};
-use crate::control::{client_ip, CLIENT_HEADER};
+use crate::control::{client_ip, HostRules, CLIENT_HEADER};
+use crate::draining::Draining;
 use crate::metrics::EdgeMetrics;
 use crate::origin::S3Origin;
-use crate::public::Draining;
 use crate::respond::{error_page, html_response, send, send_error, FilePlan};
 use crate::serving::conditional::{self, Conditions, Precondition};
 use crate::serving::encoding;
@@ -37,15 +37,6 @@ const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request waits for another request's fill of the same object before going to S3
 /// itself.
 const FILL_WAIT: Duration = Duration::from_secs(10);
-
-/// Host rules of the proxy.
-#[derive(Clone, Debug)]
-pub struct HostRules {
-    /// The platform domain.
-    pub domain: String,
-    /// Further hosts that reach the control plane (the address `up` listens on).
-    pub control_hosts: Vec<String>,
-}
 
 /// The sites proxy.
 pub struct SitesProxy {

@@ -28,13 +28,15 @@ use pingora_proxy::HttpProxy;
 use rand::distr::{Alphanumeric, SampleString};
 
 use crate::cache::{AliasCache, ManifestCache, ObjectCache};
+use crate::control::HostRules;
 use crate::control::{only_control_plane_hosts, ApiApp};
+use crate::draining::Draining;
 use crate::embedded_s3::EmbeddedS3;
 use crate::metrics::{metrics_server, EdgeMetrics};
 use crate::origin::{OriginSettings, S3Origin};
-use crate::public::{ConnectionLimits, Draining, PublicApp};
+use crate::public::{ConnectionLimits, PublicApp};
 use crate::runner_service::RunnerService;
-use crate::sites::{HostRules, SitesProxy};
+use crate::sites::SitesProxy;
 use gitdeploy_core::head_guard::HeadLimits;
 
 /// Bucket of the embedded S3 server.
