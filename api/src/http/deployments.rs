@@ -1,0 +1,294 @@
+//! Deployments over HTTP: create (validate, record, queue), list, show, delete, cancel.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use gitdeploy_core::job::{validate_git_ref, BuildSettings, ServingOptions};
+use gitdeploy_core::repo::validate_repo_url;
+use gitdeploy_core::{BuildJob, DeploymentId, DeploymentStatus};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::error::ApiError;
+use crate::runner::SubmitError;
+use crate::store::Deployment;
+use crate::{now_ms, ControlPlane};
+
+/// The body of a deploy request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeployRequest {
+    repo: String,
+    #[serde(default, rename = "ref")]
+    git_ref: Option<String>,
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    serving: ServingOptions,
+    #[serde(default)]
+    build: BuildSettings,
+}
+
+pub(super) fn parse_deploy_request(body: &[u8]) -> Result<DeployRequest, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "the request body must be a JSON object with a \"repo\" field",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let message = e.to_string();
+        let code = if message.starts_with("missing field") {
+            "missing_field"
+        } else {
+            "invalid_body"
+        };
+        ApiError::bad_request(code, format!("invalid deploy request: {message}"))
+    })
+}
+
+pub(super) async fn create_deployment(
+    State(cp): State<ControlPlane>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req = parse_deploy_request(&body)?;
+    let repo = req.repo.trim().to_owned();
+    validate_repo_url(&repo, &cp.config.allowed_repo_schemes)
+        .map_err(|e| ApiError::bad_request("invalid_repo", e))?;
+    if let Some(r) = &req.git_ref {
+        validate_git_ref(r).map_err(|e| ApiError::bad_request("invalid_ref", e))?;
+    }
+    if let Some(p) = &req.project {
+        validate_project_name(p)?;
+    }
+    req.build
+        .validate(cp.config.limits.timeout_secs)
+        .map_err(|e| ApiError::bad_request("invalid_build", e))?;
+    // A project's saved settings fill what the request leaves out.
+    let build = match &req.project {
+        Some(name) => {
+            let project = cp
+                .records
+                .ensure_project(name, &repo, req.git_ref.as_deref(), now_ms())
+                .await
+                .map_err(project_error)?;
+            project.build.overlay(&req.build)
+        }
+        None => req.build,
+    };
+    build
+        .validate(cp.config.limits.timeout_secs)
+        .map_err(|e| ApiError::bad_request("invalid_build", e))?;
+    let deployment =
+        queue_deployment(&cp, repo, req.git_ref, req.project, req.serving, build).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(deployment_json(&cp, &deployment)),
+    )
+        .into_response())
+}
+
+/// Records a validated deployment and queues its build; nothing is recorded when the queue is
+/// full.
+pub(super) async fn queue_deployment(
+    cp: &ControlPlane,
+    repo: String,
+    git_ref: Option<String>,
+    project: Option<String>,
+    serving: ServingOptions,
+    build: BuildSettings,
+) -> Result<Deployment, ApiError> {
+    let place = cp.queue.reserve().map_err(submit_error)?;
+    let stored_repo = gitdeploy_core::repo::redact_repo_url(&repo);
+    let deployment = Deployment {
+        id: DeploymentId::random(),
+        project,
+        repo_credentials_withheld: stored_repo != repo,
+        repo: stored_repo,
+        git_ref: git_ref.clone(),
+        serving: serving.clone(),
+        build: build.without_secret_values(),
+        status: DeploymentStatus::Queued,
+        error: None,
+        commit: None,
+        created_unix_ms: now_ms(),
+        started_unix_ms: None,
+        finished_unix_ms: None,
+        runner: Some(cp.queue.instance().to_owned()),
+        cancel_requested: false,
+    };
+    let id = deployment.id.clone();
+    cp.bus.create(&id).await?;
+    cp.records.insert(deployment.clone()).await?;
+    place
+        .submit(BuildJob {
+            deployment: id.clone(),
+            repo,
+            git_ref,
+            serving,
+            build,
+            limits: cp.config.limits.clone(),
+            cache_key: Some(deployment.cache_key()),
+        })
+        .map_err(submit_error)?;
+    tracing::info!(%id, repo = %deployment.repo_display(), "deployment queued");
+    Ok(deployment)
+}
+
+pub(super) fn submit_error(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::Full(_) => ApiError::too_many(e.to_string()),
+        SubmitError::Stopped => ApiError::unavailable(e.to_string()),
+    }
+}
+
+pub(super) async fn lookup(cp: &ControlPlane, raw: &str) -> Result<Deployment, ApiError> {
+    let found = match DeploymentId::parse(raw) {
+        Some(id) => cp.records.get(&id).await?,
+        None => None,
+    };
+    found.ok_or_else(|| ApiError::not_found(format!("no deployment {raw:?}")))
+}
+
+pub(super) async fn list_deployments(
+    State(cp): State<ControlPlane>,
+) -> Result<Json<Value>, ApiError> {
+    let list: Vec<Value> = cp
+        .records
+        .list(LIST_LIMIT)
+        .await?
+        .iter()
+        .map(|d| deployment_json(&cp, d))
+        .collect();
+    Ok(Json(json!({ "deployments": list })))
+}
+
+pub(super) async fn show_deployment(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let d = lookup(&cp, &id).await?;
+    Ok(Json(deployment_json(&cp, &d)))
+}
+
+/// Removes a finished deployment: its files, log and record. Refused while it builds and while
+/// it is its project's production deployment.
+pub(super) async fn delete_deployment(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let d = lookup(&cp, &id).await?;
+    if !d.status.is_terminal() {
+        return Err(ApiError::conflict(
+            "still_building",
+            format!(
+                "deployment {} is {}: cancel it first",
+                d.id,
+                status_name(d.status)
+            ),
+        ));
+    }
+    if let Some(name) = &d.project {
+        // Out of the project's history, unless it serves production (checked in the same
+        // commit, so a concurrent promote cannot slip in between).
+        cp.records
+            .update_project(name, |p| {
+                if p.production.as_ref() == Some(&d.id) {
+                    return Err(ApiError::conflict(
+                        "is_production",
+                        format!(
+                            "deployment {} serves project {name}: promote another deployment first",
+                            d.id
+                        ),
+                    ));
+                }
+                p.history.retain(|h| h != &d.id);
+                Ok(())
+            })
+            .await?;
+    }
+    if let Some(storage) = &cp.storage {
+        let removed = storage.delete_deployment(&d.id).await.map_err(|e| {
+            ApiError::unavailable(format!("cannot delete the stored files (try again): {e}"))
+        })?;
+        tracing::info!(id = %d.id, objects = removed, "deployment files deleted");
+    }
+    cp.bus.remove(&d.id).await?;
+    cp.records.delete(&d.id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Cancels a queued or running build.
+pub(super) async fn cancel_deployment(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut d = lookup(&cp, &id).await?;
+    let canceling = || {
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"id": d.id, "canceling": true})),
+        )
+            .into_response())
+    };
+    if !d.status.is_terminal() && cp.queue.cancel(&d.id) {
+        return canceling();
+    }
+    // Held by another edge (or an ECS task): its runner stops it at its next heartbeat.
+    if !d.status.is_terminal() {
+        let flagged = cp
+            .records
+            .update(&d.id, |rec| {
+                if !rec.status.is_terminal() {
+                    rec.cancel_requested = true;
+                }
+                Ok::<_, ApiError>(())
+            })
+            .await?;
+        match flagged {
+            Some(rec) if !rec.status.is_terminal() => return canceling(),
+            Some(rec) => d = rec,
+            None => return Err(ApiError::not_found(format!("no deployment {id:?}"))),
+        }
+    }
+    Err(ApiError::conflict(
+        "not_cancelable",
+        format!(
+            "deployment {} is {}; only queued or building deployments can be canceled",
+            d.id,
+            status_name(d.status)
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_request_errors_name_the_problem() {
+        for (body, code) in [
+            (&b""[..], "invalid_body"),
+            (b"{", "invalid_body"),
+            (b"[]", "invalid_body"),
+            (b"{}", "missing_field"),
+            (b"{\"repo\": 5}", "invalid_body"),
+            (b"{\"repo\": \"x\", \"extra\": 1}", "invalid_body"),
+        ] {
+            let err = parse_deploy_request(body).err().expect("must fail");
+            assert_eq!(
+                err.code_for_tests(),
+                code,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let ok = parse_deploy_request(br#"{"repo":"https://h/r","ref":"main"}"#)
+            .ok()
+            .unwrap();
+        assert_eq!(ok.git_ref.as_deref(), Some("main"));
+    }
+}
