@@ -26,10 +26,11 @@ use gitdeploy_core::job::env;
 use gitdeploy_core::{BuildJob, DeploymentId, DeploymentStatus};
 use tokio::sync::{oneshot, watch, Mutex, Semaphore};
 
+use crate::archive::LogArchive;
+use crate::job::{Finished, Job};
 use crate::logbus::LogBus;
 use crate::metrics::ApiMetrics;
-use crate::runner::LogArchive;
-use crate::runner::{Finished, Job, JobQueue, JobReceiver};
+use crate::queue::{JobQueue, JobReceiver};
 use crate::store::Records;
 use crate::task_access::TaskAccess;
 
@@ -210,7 +211,7 @@ impl EcsRunner {
                         .values()
                         .map(|w| w.deployment.clone())
                         .collect();
-                    let reconciler = crate::runner::Reconciler {
+                    let reconciler = crate::reconciler::Reconciler {
                         records: &self.records,
                         bus: &self.bus,
                         metrics: &self.metrics,

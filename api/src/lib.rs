@@ -5,14 +5,18 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod archive;
 mod dashboard;
 pub mod ecs;
 mod error;
 mod http;
+mod job;
 pub mod logbus;
 pub mod metrics;
 pub mod projects;
+mod queue;
 pub mod ratelimit;
+mod reconciler;
 pub mod redis_store;
 mod redis_task;
 pub mod runner;
@@ -26,18 +30,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::RepoScheme;
 
+pub use archive::{ArchiveFuture, LogArchive, SiteStorage};
 pub use ecs::{EcsRunner, EcsRunnerConfig};
 pub use error::ApiError;
 pub use http::token_sha256;
 pub use logbus::{FileLogBus, Follower, LogBus};
 pub use metrics::ApiMetrics;
 pub use projects::{AliasResolver, Project, ProjectError};
+pub use queue::{JobQueue, Reservation, SubmitError};
 pub use redis_store::{RedisLogBus, RedisLogSettings, RedisStore};
 pub use redis_task::{run_single_job, TaskSide};
-pub use runner::{
-    AfterKill, ArchiveFuture, JobQueue, LocalRunner, LocalRunnerConfig, LogArchive, SiteStorage,
-    SubmitError,
-};
+pub use runner::{AfterKill, LocalRunner, LocalRunnerConfig};
 pub use store::{Deployment, FileStore, Records, Store};
 pub use task_access::{TaskAccess, TaskGrant};
 

@@ -17,10 +17,11 @@ use redis::aio::ConnectionManager;
 use redis::IntoConnectionInfo;
 use tokio::sync::watch;
 
+use crate::job::{Claim, Finished, Job, Ledger, Recorded};
 use crate::logbus::LogBus;
 use crate::metrics::ApiMetrics;
 use crate::redis_store::{io_err, manager, through_outage, RedisLogBus, RedisLogSettings};
-use crate::runner::{run_job, Claim, Finished, Job, Ledger, LocalRunnerConfig, Recorded};
+use crate::runner::{run_job, LocalRunnerConfig};
 use crate::store::Deployment;
 use crate::task_access::{self, TaskAccess, TaskEnding, TaskGrant, TaskReport};
 use crate::RedisStore;

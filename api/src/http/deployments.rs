@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::error::ApiError;
-use crate::runner::SubmitError;
+use crate::queue::SubmitError;
 use crate::store::Deployment;
 use crate::{now_ms, ControlPlane};
 
