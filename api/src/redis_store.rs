@@ -36,7 +36,7 @@ use tokio::sync::broadcast;
 use crate::logbus::{FollowSource, Follower, LiveRecord, LogBus};
 use crate::metrics::ApiMetrics;
 use crate::projects::Project;
-use crate::store::{Deployment, Store, Versioned, Write};
+use crate::store::{AliasChange, Deployment, Store, Versioned, Write};
 
 /// A Redis error as I/O: an outage (see [`is_transient`]) is `NotConnected`, which the API
 /// answers 503 rather than 500.
@@ -178,7 +178,7 @@ return 1
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
-    aliases: broadcast::Sender<String>,
+    aliases: broadcast::Sender<AliasChange>,
     generation: Arc<std::sync::atomic::AtomicU64>,
     commit: Script,
     delete: Script,
@@ -271,7 +271,7 @@ impl RedisStore {
 async fn listen_for_aliases(
     client: redis::Client,
     channel: String,
-    tx: broadcast::WeakSender<String>,
+    tx: broadcast::WeakSender<AliasChange>,
     generation: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let bump = || generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -283,14 +283,24 @@ async fn listen_for_aliases(
                     backoff = Duration::from_millis(100);
                     let Some(sender) = tx.upgrade() else { return };
                     bump();
-                    let _ = sender.send("*".into());
+                    let _ = sender.send(AliasChange::MaybeMissed);
                     drop(sender);
                     let mut messages = pubsub.on_message();
                     while let Some(msg) = messages.next().await {
                         let Some(sender) = tx.upgrade() else { return };
-                        if let Ok(name) = msg.get_payload::<String>() {
-                            bump();
-                            let _ = sender.send(name);
+                        match msg
+                            .get_payload::<String>()
+                            .ok()
+                            .as_deref()
+                            .and_then(AliasChange::from_wire)
+                        {
+                            Some(change) => {
+                                bump();
+                                let _ = sender.send(change);
+                            }
+                            None => {
+                                tracing::warn!("an alias announcement of unknown form was ignored")
+                            }
                         }
                     }
                     tracing::warn!("lost the Redis alias subscription; reconnecting");
@@ -472,7 +482,7 @@ impl Store for RedisStore {
         self.forget_task_access(id).await
     }
 
-    fn alias_changes(&self) -> broadcast::Receiver<String> {
+    fn alias_changes(&self) -> broadcast::Receiver<AliasChange> {
         self.aliases.subscribe()
     }
 

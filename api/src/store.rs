@@ -154,14 +154,39 @@ pub trait Store: Send + Sync + 'static {
     async fn forget_task(&self, _id: &DeploymentId) -> io::Result<()> {
         Ok(())
     }
-    /// Names of projects whose production deployment changed, and `-<id>` for a deleted
-    /// deployment; `"*"` means "anything" (sent after a reconnect, when changes may have been
-    /// missed).
-    fn alias_changes(&self) -> broadcast::Receiver<String>;
+    /// Alias moves and deletions, as this process makes or hears of them.
+    fn alias_changes(&self) -> broadcast::Receiver<AliasChange>;
     /// A number that grows with every alias change this process has made or heard of. It
     /// grows before the commit that moved an alias returns, so a cache that compares it on
     /// every lookup never serves an alias older than a change this process made.
     fn alias_generation(&self) -> u64;
+}
+
+/// An announcement on the alias channel. On the wire (Redis pub/sub, which the Lua scripts
+/// publish to) it is a project name, `-<id>` for a deleted deployment, and nothing else; a
+/// possible miss is never sent, only announced locally after a reconnect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AliasChange {
+    /// The project's production deployment moved, or the project was removed.
+    Production(String),
+    /// The deployment was deleted: its manifest must leave every cache.
+    Deleted(DeploymentId),
+    /// Changes may have been missed (after a reconnect, or a lagging receiver): anything may
+    /// have changed.
+    MaybeMissed,
+}
+
+impl AliasChange {
+    /// Reads a message of the wire format; `None` for one that is neither form.
+    pub fn from_wire(message: &str) -> Option<AliasChange> {
+        match message.strip_prefix('-') {
+            Some(id) => DeploymentId::parse(id).map(AliasChange::Deleted),
+            None if gitdeploy_core::host::is_site_label(message) => {
+                Some(AliasChange::Production(message.to_owned()))
+            }
+            None => None,
+        }
+    }
 }
 
 /// Attempts at a read-change-commit before giving up (only under heavy contention on one record).
@@ -491,7 +516,7 @@ struct FileState {
 pub struct FileStore {
     dir: PathBuf,
     state: Mutex<FileState>,
-    aliases: broadcast::Sender<String>,
+    aliases: broadcast::Sender<AliasChange>,
     generation: std::sync::atomic::AtomicU64,
 }
 
@@ -643,7 +668,7 @@ impl Store for FileStore {
                     if moved {
                         self.generation
                             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let _ = self.aliases.send(name);
+                        let _ = self.aliases.send(AliasChange::Production(name));
                     }
                 }
             }
@@ -662,7 +687,7 @@ impl Store for FileStore {
             Err(e) => return Err(e),
         }
         state.deployments.remove(id);
-        let _ = self.aliases.send(format!("-{id}"));
+        let _ = self.aliases.send(AliasChange::Deleted(id.clone()));
         Ok(true)
     }
 
@@ -679,7 +704,7 @@ impl Store for FileStore {
         state.projects.remove(name);
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let _ = self.aliases.send(name.to_owned());
+        let _ = self.aliases.send(AliasChange::Production(name.to_owned()));
         Ok(true)
     }
 
@@ -698,7 +723,7 @@ impl Store for FileStore {
             .is_some_and(|expiry| *expiry > crate::now_ms()))
     }
 
-    fn alias_changes(&self) -> broadcast::Receiver<String> {
+    fn alias_changes(&self) -> broadcast::Receiver<AliasChange> {
         self.aliases.subscribe()
     }
 
@@ -710,6 +735,21 @@ impl Store for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alias_announcements_are_read_off_the_wire() {
+        let id = DeploymentId::parse("k3f9q2m8x1ab").unwrap();
+        for (wire, want) in [
+            ("site", Some(AliasChange::Production("site".into()))),
+            ("-k3f9q2m8x1ab", Some(AliasChange::Deleted(id.clone()))),
+            ("-not an id", None),
+            ("*", None),
+            ("", None),
+            ("Bad Name", None),
+        ] {
+            assert_eq!(AliasChange::from_wire(wire), want, "{wire:?}");
+        }
+    }
 
     #[test]
     fn repo_is_shown_without_credentials() {

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gitdeploy_api::store::Write;
+use gitdeploy_api::store::{AliasChange, Write};
 use gitdeploy_api::{
     ApiMetrics, Deployment, FileLogBus, FileStore, Follower, LogBus, Project, ProjectError,
     Records, RedisLogBus, RedisLogSettings, RedisStore, Store,
@@ -100,7 +100,11 @@ async fn store_contract() {
         let mut aliases = store.alias_changes();
         if let Backend::Redis(_) = backend {
             // The subscription announces itself once it is in place.
-            assert_eq!(aliases.recv().await.unwrap(), "*", "{name}");
+            assert_eq!(
+                aliases.recv().await.unwrap(),
+                AliasChange::MaybeMissed,
+                "{name}"
+            );
         }
 
         // Insert, get, list newest first, per project; ids are never reused.
@@ -229,7 +233,7 @@ async fn store_contract() {
         let announced = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 let n = aliases.recv().await.unwrap();
-                if n == "site" {
+                if n == AliasChange::Production("site".into()) {
                     return n;
                 }
             }

@@ -6,8 +6,10 @@
 //! curl -H 'Host: <id>.localhost' http://127.0.0.1:8080/
 //! ```
 //!
-//! `up` builds one Pingora server: the sites proxy on the public port, the API behind it on a
-//! private socket, the embedded S3 server and the local build runner as background services.
+//! The recipe, as in Pingora's examples: options (`up`'s flags or `serve`'s file) → one Pingora
+//! server → services (the public port with the sites proxy, the API on a private socket, the
+//! metrics listener; the embedded S3, the build runner and the ready file as background
+//! services) → `run`. `up.rs` assembles them; `serve.rs` only turns the file into options.
 
 mod build_task;
 mod cache;
@@ -20,6 +22,7 @@ mod memory;
 mod metrics;
 mod origin;
 mod public;
+mod ready;
 mod respond;
 mod runner_service;
 mod serve;
@@ -63,36 +66,9 @@ fn main() {
     gitdeploy_builder::confine_if_asked();
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Up(opts) => {
-            init_tracing();
-            match up::run(*opts) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("gitdeploy up: {e:#}");
-                    1
-                }
-            }
-        }
-        Command::Serve(opts) => {
-            init_tracing();
-            match serve::run(opts) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("gitdeploy serve: {e:#}");
-                    1
-                }
-            }
-        }
-        Command::S3Server(opts) => {
-            init_tracing();
-            match up::run_s3_server(opts) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("gitdeploy s3-server: {e:#}");
-                    1
-                }
-            }
-        }
+        Command::Up(opts) => server("up", || up::run(*opts)),
+        Command::Serve(opts) => server("serve", || serve::run(opts)),
+        Command::S3Server(opts) => server("s3-server", || up::run_s3_server(opts)),
         Command::Client(command) => cli::run(cli.api, command),
         Command::BuildTask => {
             // Its environment holds the Redis URL and the task's credential source: nothing of
@@ -110,6 +86,18 @@ fn main() {
         },
     };
     std::process::exit(code);
+}
+
+/// Runs a server subcommand: logging on, a failure said in one line, exit code 1.
+fn server(name: &str, run: impl FnOnce() -> anyhow::Result<()>) -> i32 {
+    init_tracing();
+    match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("gitdeploy {name}: {e:#}");
+            1
+        }
+    }
 }
 
 fn init_tracing() {

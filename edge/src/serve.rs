@@ -25,6 +25,9 @@ pub struct ServeOptions {
     /// Take over the sockets of the running server (graceful upgrade; see `gitdeploy up --help`).
     #[arg(long)]
     upgrade: bool,
+    /// Write the server's addresses here as JSON once it serves (see `gitdeploy up --help`).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -555,6 +558,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     }
     let mut up = config.into_options()?;
     up.upgrade = opts.upgrade;
+    up.ready_file = opts.ready_file;
     crate::up::run(up)
 }
 

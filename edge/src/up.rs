@@ -18,7 +18,6 @@ use gitdeploy_api::{
 use gitdeploy_core::job::{env, BuildLimits};
 use gitdeploy_core::repo::redact_repo_url;
 use gitdeploy_core::repo::RepoScheme;
-use gitdeploy_core::DeploymentId;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -113,6 +112,11 @@ pub struct UpOptions {
     /// hands its sockets over, finishes its requests and exits, and no connection is refused.
     #[arg(long)]
     pub(crate) upgrade: bool,
+    /// Once serving (the public port answers the API's health check), write the server's
+    /// addresses here as JSON: `{"pid", "listen", "metrics_listen", "api", "s3_endpoint"}`.
+    /// Removed when the server stops.
+    #[arg(long)]
+    pub(crate) ready_file: Option<PathBuf>,
     /// Keep state and logs in Redis (`redis://[:password@]host:port[/db]`) instead of the data
     /// directory, so several edges can share them.
     #[arg(long, env = "GITDEPLOY_REDIS_URL", hide_env_values = true)]
@@ -578,6 +582,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     // A deleted deployment leaves every edge's manifest cache (its objects then age out: nothing
     // reaches them without a manifest).
     {
+        use gitdeploy_api::store::AliasChange;
         use tokio::sync::broadcast::error::RecvError;
         let mut changes = records.store().alias_changes();
         let manifests = Arc::downgrade(&manifests);
@@ -588,11 +593,9 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
                     return;
                 };
                 match change {
-                    Ok(m) => match m.strip_prefix('-').and_then(DeploymentId::parse) {
-                        Some(id) => manifests.invalidate(&id).await,
-                        None if m == "*" => manifests.invalidate_all(),
-                        None => {}
-                    },
+                    Ok(AliasChange::Deleted(id)) => manifests.invalidate(&id).await,
+                    Ok(AliasChange::MaybeMissed) => manifests.invalidate_all(),
+                    Ok(AliasChange::Production(_)) => {}
                     Err(RecvError::Lagged(_)) => manifests.invalidate_all(),
                     Err(RecvError::Closed) => return,
                 }
@@ -653,6 +656,23 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     sites.add_dependencies([&api, &runner]);
     if let Some(s3) = &s3 {
         sites.add_dependencies([s3]);
+    }
+    if let Some(path) = &opts.ready_file {
+        let ready = server.add_service(background_service(
+            "ready file",
+            crate::ready::ReadyFile {
+                path: path.clone(),
+                ready: crate::ready::Ready {
+                    pid: std::process::id(),
+                    listen: opts.listen,
+                    metrics_listen: opts.metrics_listen,
+                    api: public.api(""),
+                    s3_endpoint: s3_endpoint.clone(),
+                },
+                control_host: domain.clone(),
+            },
+        ));
+        ready.add_dependencies([&sites]);
     }
 
     match (&opts.redis_url, &opts.s3_endpoint) {

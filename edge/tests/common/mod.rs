@@ -210,6 +210,8 @@ impl Gitdeploy {
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .arg("--data-dir")
             .arg(data_dir)
+            .arg("--ready-file")
+            .arg(data_dir.join("ready.json"))
             .args(flags)
             .envs(envs.iter().copied())
             .env(
@@ -223,43 +225,14 @@ impl Gitdeploy {
     }
 
     async fn attach(mut child: Child, data_dir: &Path, port: u16, metrics_port: u16) -> Self {
-        // The banner names the embedded S3 endpoint; read it, then keep draining stdout.
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut s3_endpoint = String::new();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            let line = line.trim();
-            if let Some(rest) = line
-                .strip_prefix("embedded S3")
-                .or_else(|| line.strip_prefix("S3 "))
-            {
-                s3_endpoint = rest.split_whitespace().next().unwrap().to_owned();
-                break;
-            }
-        }
+        // The banner is for people: keep draining it. Readiness is the ready file, written
+        // once the public port answers the API's health check.
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         std::thread::spawn(move || lines.for_each(drop));
-        assert!(
-            s3_endpoint.starts_with("http://127.0.0.1:"),
-            "no S3 endpoint in the banner"
-        );
-        wait_for_port(([127, 0, 0, 1], port).into(), &mut child, "gitdeploy up");
-        // Listening is not serving: wait (bounded) until the API behind the port answers.
+        let ready = wait_for_ready_file(&data_dir.join("ready.json"), &mut child).await;
+        assert_eq!(ready["listen"], format!("127.0.0.1:{port}"));
+        let s3_endpoint = ready["s3_endpoint"].as_str().unwrap().to_owned();
         let http = reqwest::Client::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let health = http
-                .get(format!("http://127.0.0.1:{port}/api/health"))
-                .send()
-                .await;
-            if health.is_ok_and(|r| r.status() == 200) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the API did not come up"
-            );
-            tokio::task::yield_now().await;
-        }
         Gitdeploy {
             port,
             metrics_port,
@@ -599,6 +572,29 @@ pub struct S3Server {
 }
 
 pub const S3_KEY: (&str, &str) = ("test-access-key", "test-secret-key-0123456789");
+
+/// The ready file `child` writes (`--ready-file`), once it is this child's (a graceful upgrade
+/// replaces the old process's file); bounded, and failing at once if the child exits.
+pub async fn wait_for_ready_file(path: &Path, child: &mut Child) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(ready) = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .filter(|r| r["pid"] == child.id())
+        {
+            return ready;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("gitdeploy exited before it was ready: {status}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gitdeploy wrote no ready file within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 impl S3Server {
     pub fn start() -> S3Server {
