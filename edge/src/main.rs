@@ -21,6 +21,7 @@ mod embedded_s3;
 mod memory;
 mod metrics;
 mod origin;
+mod platform;
 mod public;
 mod ready;
 mod respond;

@@ -9,13 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
-use gitdeploy_api::{
-    token_sha256, ApiConfig, ApiMetrics, ControlPlane, FileLogBus, FileStore, LocalRunner,
-    LocalRunnerConfig, LogBus, PublicUrls, Records, RedisLogBus, RedisLogSettings, RedisStore,
-    Store,
-};
-use gitdeploy_core::job::{env, BuildLimits};
+use gitdeploy_api::{ApiMetrics, PublicUrls, Records};
 use gitdeploy_core::repo::redact_repo_url;
 use gitdeploy_core::repo::RepoScheme;
 use pingora_core::server::configuration::ServerConf;
@@ -24,7 +18,6 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_proxy::HttpProxy;
-use rand::distr::{Alphanumeric, SampleString};
 
 use crate::cache::{AliasCache, ManifestCache, ObjectCache};
 use crate::control::HostRules;
@@ -32,15 +25,15 @@ use crate::control::{only_control_plane_hosts, ApiApp};
 use crate::draining::Draining;
 use crate::embedded_s3::EmbeddedS3;
 use crate::metrics::{metrics_server, EdgeMetrics};
-use crate::origin::{OriginSettings, S3Origin};
+use crate::origin::S3Origin;
+use crate::platform::{
+    build_limits, control_plane, public_urls, random_secret, s3_credentials, DataDir, RunnerParts,
+    State, Storage, BUCKET, REGION,
+};
 use crate::public::{ConnectionLimits, PublicApp};
 use crate::runner_service::RunnerService;
 use crate::sites::SitesProxy;
 use gitdeploy_core::head_guard::HeadLimits;
-
-/// Bucket of the embedded S3 server.
-const BUCKET: &str = "gitdeploy";
-const REGION: &str = "us-east-1";
 
 /// Options of `gitdeploy up`.
 #[derive(clap::Args, Debug)]
@@ -219,22 +212,121 @@ pub fn run_s3_server(opts: S3ServerOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn s3_credentials() -> anyhow::Result<(String, String)> {
-    let var = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .with_context(|| format!("{name} must be set to the S3 key"))
-    };
-    Ok((var("AWS_ACCESS_KEY_ID")?, var("AWS_SECRET_ACCESS_KEY")?))
-}
-
-fn random_secret(len: usize) -> String {
-    Alphanumeric.sample_string(&mut rand::rng(), len)
-}
-
 /// Runs until SIGINT/SIGTERM.
 pub fn run(opts: UpOptions) -> anyhow::Result<()> {
+    let domain = check(&opts)?;
+    let data = DataDir::prepare(&opts.data_dir)?;
+    let mut storage = Storage::choose(&opts, &data)?;
+    let origin = storage.origin()?;
+    let limits = build_limits(&opts, &storage);
+    let registry = Arc::new(prometheus::Registry::new());
+    let api_metrics = ApiMetrics::new(&registry)?;
+    let edge_metrics = EdgeMetrics::new(&registry)?;
+    // Redis connections and the control plane's own tasks are driven by a runtime of their own
+    // that lives as long as the server.
+    let control_rt = control_runtime()?;
+    if storage.aws_credentials {
+        control_rt
+            .block_on(origin.use_aws_credentials(&storage.region, control_rt.handle()))
+            .map_err(anyhow::Error::msg)?;
+    }
+    let state = State::open(&opts, &control_rt, &data, &api_metrics)?;
+    let (runner, queue) = RunnerParts {
+        opts: &opts,
+        rt: &control_rt,
+        data: &data,
+        storage: &storage,
+        state: &state,
+        origin: &origin,
+        limits: &limits,
+        metrics: &api_metrics,
+    }
+    .build()?;
+    let public = public_urls(&opts, &domain);
+    let api = control_plane(&opts, public.clone(), limits, &state, queue, &origin);
+
+    // One Pingora server for all of it.
+    let run_dir = data.dir("run")?;
+    let mut server = pingora_server(&opts, &run_dir);
+    let hosts = host_rules(&opts, &domain);
+    let api_socket = api_socket_path(&run_dir)?;
+    let router = only_control_plane_hosts(api.router(), hosts.clone());
+    let mut api = Service::new("control plane".into(), ApiApp::new(router));
+    api.add_uds(
+        &api_socket.display().to_string(),
+        Some(std::fs::Permissions::from_mode(0o600)),
+    );
+    let edge = EdgeParts {
+        opts: &opts,
+        rt: &control_rt,
+        hosts,
+        origin,
+        records: &state.records,
+        metrics: edge_metrics,
+        api_socket: &api_socket,
+    };
+    let sites = edge.public_port(&server)?;
+    let s3 = storage.embedded.take().map(|s3| {
+        let mut s3 = background_service("embedded S3", s3);
+        s3.threads = Some(opts.threads.max(1));
+        server.add_service(s3)
+    });
+    let runner = server.add_service(background_service(
+        "local runner",
+        RunnerService::new(runner),
+    ));
+    // The runner settles earlier builds at once (archiving their logs): the store must run.
+    runner.add_dependencies(s3.iter());
+    let mut metrics = Service::new("metrics".into(), metrics_server(registry));
+    metrics.add_tcp(&opts.metrics_listen.to_string());
+    server.add_service(metrics);
+    let api = server.add_service(api);
+    // The public port opens last, once everything behind it runs; then the ready file.
+    let sites = server.add_service(sites);
+    sites.add_dependencies([&api, &runner]);
+    sites.add_dependencies(s3.iter());
+    if let Some(ready) = ready_file(&opts, &public, &storage, &domain) {
+        server
+            .add_service(background_service("ready file", ready))
+            .add_dependencies([&sites]);
+    }
+    banner(&opts, &public, &data, &storage, s3.is_some());
+    server.run(RunArgs::default());
+    control_rt.shutdown_background();
+    Ok(())
+}
+
+fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("gitdeploy-control")
+        .enable_all()
+        .build()
+}
+
+/// The ready file `--ready-file` asks for.
+fn ready_file(
+    opts: &UpOptions,
+    public: &PublicUrls,
+    storage: &Storage,
+    domain: &str,
+) -> Option<crate::ready::ReadyFile> {
+    Some(crate::ready::ReadyFile {
+        path: opts.ready_file.clone()?,
+        ready: crate::ready::Ready {
+            pid: std::process::id(),
+            listen: opts.listen,
+            metrics_listen: opts.metrics_listen,
+            api: public.api(""),
+            s3_endpoint: storage.endpoint.clone(),
+        },
+        control_host: domain.to_owned(),
+    })
+}
+
+/// Checks the options that no type can: the domain, an open API off loopback, the token's
+/// length, and (unless upgrading) that the listen addresses are free. Returns the domain.
+fn check(opts: &UpOptions) -> anyhow::Result<String> {
     let domain = opts.domain.trim_end_matches('.').to_ascii_lowercase();
     anyhow::ensure!(
         gitdeploy_core::host::normalize_host(&domain).as_deref() == Some(domain.as_str()),
@@ -268,277 +360,11 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
             })?;
         }
     }
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
-    let data = opts.data_dir.canonicalize()?;
-    // Builds run as another user: they may pass through the data directory to their own work
-    // and cache directories (0711) but read nothing else (0700).
-    let private = |path: &Path, mode: u32| {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .with_context(|| format!("cannot set permissions of {}", path.display()))
-    };
-    private(&data, 0o711)?;
-    let dir = |name: &str| -> anyhow::Result<PathBuf> {
-        let d = data.join(name);
-        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
-        let top = data.join(name.split('/').next().unwrap_or(name));
-        private(
-            &top,
-            if matches!(name, "work" | "cache") {
-                0o711
-            } else {
-                0o700
-            },
-        )?;
-        Ok(d)
-    };
+    Ok(domain)
+}
 
-    // Embedded S3 with a key that lives as long as this process, or an external one.
-    let aws_credentials = opts.serve.as_ref().is_some_and(|s| s.s3_aws_credentials);
-    let external_s3 = opts.s3_endpoint.is_some() || opts.serve.is_some();
-    let (s3, s3_endpoint, bucket, region, access_key, secret_key) = match &opts.s3_endpoint {
-        None if !external_s3 => {
-            let (access_key, secret_key) = (random_secret(20), random_secret(40));
-            let (s3, s3_addr) = EmbeddedS3::bind(
-                ([127, 0, 0, 1], 0).into(),
-                &dir("s3")?,
-                BUCKET,
-                &access_key,
-                &secret_key,
-            )?;
-            let endpoint = format!("http://{s3_addr}");
-            (
-                Some(s3),
-                endpoint,
-                BUCKET.to_owned(),
-                REGION.to_owned(),
-                access_key,
-                secret_key,
-            )
-        }
-        endpoint => {
-            let (access_key, secret_key) = if aws_credentials {
-                (String::new(), String::new())
-            } else {
-                s3_credentials()?
-            };
-            (
-                None,
-                endpoint.clone().unwrap_or_default(),
-                opts.s3_bucket.clone(),
-                opts.s3_region.clone(),
-                access_key,
-                secret_key,
-            )
-        }
-    };
-    let s3_prefix = opts
-        .serve
-        .as_ref()
-        .map(|s| s.s3_prefix.clone())
-        .unwrap_or_default();
-    let origin = Arc::new(
-        S3Origin::new(&OriginSettings {
-            endpoint: Some(s3_endpoint.clone()).filter(|e| !e.is_empty()),
-            bucket: bucket.clone(),
-            region: region.clone(),
-            prefix: s3_prefix.clone(),
-            access_key: access_key.clone(),
-            secret_key: secret_key.clone(),
-        })
-        .map_err(anyhow::Error::msg)?,
-    );
-
-    let limits = BuildLimits {
-        timeout_secs: opts.build_timeout,
-        max_processes: opts.build_max_processes,
-        max_output_bytes: opts.build_max_output_bytes,
-        max_disk_bytes: opts.build_max_disk_bytes,
-        max_key_bytes: match &s3 {
-            Some(_) => EmbeddedS3::max_key_bytes(&bucket),
-            None => BuildLimits::default().max_key_bytes,
-        },
-        ..BuildLimits::default()
-    };
-    let registry = Arc::new(prometheus::Registry::new());
-    let api_metrics = ApiMetrics::new(&registry)?;
-    let edge_metrics = EdgeMetrics::new(&registry)?;
-
-    // Control plane: store, log bus, local runner. Redis connections are driven by a runtime of
-    // their own that lives as long as the server.
-    let control_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("gitdeploy-control")
-        .enable_all()
-        .build()?;
-    if aws_credentials {
-        control_rt
-            .block_on(origin.use_aws_credentials(&region, control_rt.handle()))
-            .map_err(anyhow::Error::msg)?;
-    }
-    let mut task_access: Option<Arc<dyn gitdeploy_api::TaskAccess>> = None;
-    let (store, bus): (Arc<dyn Store>, Arc<dyn LogBus>) = match &opts.redis_url {
-        Some(url) => control_rt.block_on(async {
-            let shown = redact_repo_url(url);
-            let store = RedisStore::connect(url, &opts.redis_prefix)
-                .await
-                .with_context(|| format!("cannot connect to Redis at {shown}"))?;
-            let settings = RedisLogSettings {
-                prefix: opts.redis_prefix.clone(),
-                ttl: std::time::Duration::from_secs(opts.log_ttl),
-                max_len: 200_000,
-            };
-            let bus = RedisLogBus::connect(url, settings, api_metrics.clone())
-                .await
-                .with_context(|| format!("cannot connect to Redis at {shown}"))?;
-            let store = Arc::new(store);
-            task_access = Some(store.clone());
-            anyhow::Ok((store as Arc<dyn Store>, Arc::new(bus) as Arc<dyn LogBus>))
-        })?,
-        None => (
-            Arc::new(FileStore::open(&dir("state")?)?),
-            Arc::new(FileLogBus::open(&dir("logs")?, api_metrics.clone())?),
-        ),
-    };
-    let records = Records::new(store);
-    let exe = std::env::current_exe().context("cannot find the gitdeploy executable")?;
-    let mut builder_env: Vec<(String, String)> = vec![
-        (env::S3_BUCKET.into(), bucket.clone()),
-        (env::S3_REGION.into(), region.clone()),
-        (env::S3_PREFIX.into(), s3_prefix.clone()),
-    ];
-    if !s3_endpoint.is_empty() {
-        builder_env.push((env::S3_ENDPOINT.into(), s3_endpoint.clone()));
-    }
-    if aws_credentials {
-        // The builder finds the same credentials the edge uses (task role, profile...).
-        for k in crate::build_task::AWS_CREDENTIAL_SOURCES {
-            if let Ok(v) = std::env::var(k) {
-                builder_env.push((k.to_string(), v));
-            }
-        }
-    } else {
-        builder_env.push(("AWS_ACCESS_KEY_ID".into(), access_key));
-        builder_env.push(("AWS_SECRET_ACCESS_KEY".into(), secret_key));
-    }
-    let heartbeat = std::time::Duration::from_millis(opts.heartbeat_interval_ms.max(10));
-    let ecs = opts.serve.as_ref().and_then(|s| s.ecs.clone());
-    let (runner, queue) = match ecs {
-        Some(mut ecs) => {
-            ecs.limits = limits.clone();
-            ecs.max_queued = opts.max_queued;
-            ecs.heartbeat = heartbeat;
-            ecs.env.extend(
-                builder_env
-                    .iter()
-                    .filter(|(k, _)| !k.starts_with("AWS_"))
-                    .cloned(),
-            );
-            let aws = control_rt.block_on(
-                aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .region(aws_config::Region::new(region.clone()))
-                    .load(),
-            );
-            let upload_role =
-                ecs.upload_role_arn
-                    .clone()
-                    .map(|role_arn| gitdeploy_api::ecs::UploadRole {
-                        sts: aws_sdk_sts::Client::new(&aws),
-                        role_arn,
-                        bucket: opts.s3_bucket.clone(),
-                        layout: gitdeploy_core::ObjectLayout::new(&s3_prefix),
-                    });
-            let (runner, queue) = gitdeploy_api::EcsRunner::new(
-                ecs,
-                aws_sdk_ecs::Client::new(&aws),
-                records.clone(),
-                bus.clone(),
-                task_access.clone(),
-                api_metrics.clone(),
-            );
-            let mut runner = runner.with_log_archive(origin.clone());
-            if let Some(role) = upload_role {
-                runner = runner.with_upload_role(role);
-            }
-            (crate::runner_service::Runner::Ecs(Box::new(runner)), queue)
-        }
-        None => {
-            let (runner, queue) = LocalRunner::new(
-                LocalRunnerConfig {
-                    command: vec![exe.into_os_string(), "builder".into()],
-                    env: builder_env,
-                    work_root: dir("work")?,
-                    cache_dir: dir("cache")?,
-                    concurrency: opts.concurrency,
-                    limits: limits.clone(),
-                    archive: Some(origin.clone()),
-                    max_queued: opts.max_queued,
-                    after_kill: Some(Arc::new(|id| {
-                        Box::pin(async move {
-                            gitdeploy_builder::clean_up_after_kill(id.as_str()).await
-                        })
-                    })),
-                    heartbeat,
-                },
-                records.clone(),
-                bus.clone(),
-                api_metrics,
-            );
-            (
-                crate::runner_service::Runner::Local(Box::new(runner)),
-                queue,
-            )
-        }
-    };
-    let port = opts.listen.port();
-    let public = match &opts.serve {
-        Some(serve) => PublicUrls {
-            scheme: serve.public_scheme.clone(),
-            domain: domain.clone(),
-            port: serve.public_port,
-        },
-        None => PublicUrls {
-            scheme: "http".into(),
-            domain: domain.clone(),
-            port: (port != 80).then_some(port),
-        },
-    };
-    let control_plane = ControlPlane::new(
-        ApiConfig {
-            public: public.clone(),
-            allowed_repo_schemes: match &opts.serve {
-                Some(serve) => serve.repo_schemes.clone(),
-                None => vec![
-                    RepoScheme::Https,
-                    RepoScheme::Http,
-                    RepoScheme::Git,
-                    RepoScheme::Local,
-                ],
-            },
-            limits,
-            token_sha256: opts.api_token.as_deref().map(token_sha256),
-            rate_limit: (opts.api_rate_per_second > 0.0).then_some(
-                gitdeploy_api::ratelimit::RateLimit {
-                    burst: opts.api_rate_burst,
-                    per_second: opts.api_rate_per_second,
-                },
-            ),
-        },
-        records.clone(),
-        bus,
-        queue,
-        Some(origin.clone() as Arc<dyn gitdeploy_api::LogArchive>),
-    )
-    .with_site_storage(origin.clone());
-    let aliases = AliasCache::new(
-        records.clone(),
-        std::time::Duration::from_millis(opts.alias_cache_ttl_ms.max(1)),
-        edge_metrics.clone(),
-    );
-
-    // One Pingora server for all of it.
-    let run_dir = dir("run")?;
-    let api_socket = api_socket_path(&run_dir)?;
+/// The Pingora server: grace periods, pid file and upgrade socket in `run_dir`.
+fn pingora_server(opts: &UpOptions, run_dir: &Path) -> Server {
     let conf = ServerConf {
         threads: opts.threads.max(1),
         grace_period_seconds: Some(1),
@@ -553,7 +379,12 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
+    server
+}
 
+/// Which hosts are the control plane: the domain's apex and `api.`, and the address listened
+/// on when it is a specific one.
+fn host_rules(opts: &UpOptions, domain: &str) -> HostRules {
     let mut control_hosts = vec![];
     if !opts.listen.ip().is_unspecified() {
         control_hosts.push(match opts.listen {
@@ -561,120 +392,111 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
             SocketAddr::V6(a) => format!("[{}]", a.ip()),
         });
     }
-    let hosts = HostRules {
-        domain: domain.clone(),
+    HostRules {
+        domain: domain.to_owned(),
         control_hosts,
-    };
-    let api_router = only_control_plane_hosts(control_plane.router(), hosts.clone());
-    let mut api = Service::new("control plane".into(), ApiApp::new(api_router.clone()));
-    api.add_uds(
-        &api_socket.display().to_string(),
-        Some(std::fs::Permissions::from_mode(0o600)),
-    );
-    let control_peer = HttpPeer::new_uds(&api_socket.display().to_string(), false, String::new())
-        .map_err(|e| anyhow::anyhow!("control plane socket: {e}"))?;
+    }
+}
 
-    let manifests = Arc::new(ManifestCache::new(
-        origin.clone(),
-        64 << 20,
-        edge_metrics.clone(),
-    ));
-    // A deleted deployment leaves every edge's manifest cache (its objects then age out: nothing
-    // reaches them without a manifest).
-    {
-        use gitdeploy_api::store::AliasChange;
-        use tokio::sync::broadcast::error::RecvError;
-        let mut changes = records.store().alias_changes();
-        let manifests = Arc::downgrade(&manifests);
-        control_rt.spawn(async move {
-            loop {
-                let change = changes.recv().await;
-                let Some(manifests) = manifests.upgrade() else {
-                    return;
-                };
-                match change {
-                    Ok(AliasChange::Deleted(id)) => manifests.invalidate(&id).await,
-                    Ok(AliasChange::MaybeMissed) => manifests.invalidate_all(),
-                    Ok(AliasChange::Production(_)) => {}
-                    Err(RecvError::Lagged(_)) => manifests.invalidate_all(),
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
-    }
-    let objects = Arc::new(ObjectCache::new(
-        opts.object_cache_max_object_bytes,
-        opts.object_cache_bytes,
-        edge_metrics.object_cache_evictions.clone(),
-    ));
-    let proxy = SitesProxy::new(
-        hosts.clone(),
-        origin,
-        manifests,
-        objects,
-        control_peer,
-        edge_metrics,
-        aliases,
-    );
-    let draining = Draining::default();
-    let mut proxy = HttpProxy::new(
-        proxy.with_draining(draining.clone()),
-        server.configuration.clone(),
-    );
-    proxy.handle_init_modules();
-    let limits = ConnectionLimits {
-        head: HeadLimits {
-            idle: std::time::Duration::from_millis(opts.client_idle_timeout_ms.max(1)),
-            head: std::time::Duration::from_millis(opts.client_header_timeout_ms.max(1)),
-            max_bytes: opts.max_header_bytes.max(1024),
-        },
-        max_connections: opts.max_connections.max(1),
-    };
-    raise_open_file_limit(limits.max_connections);
-    let mut sites = Service::new("public".into(), PublicApp::new(proxy, limits, draining));
-    sites.add_tcp(&opts.listen.to_string());
+/// What the public port is built from.
+struct EdgeParts<'a> {
+    opts: &'a UpOptions,
+    rt: &'a tokio::runtime::Runtime,
+    hosts: HostRules,
+    origin: Arc<S3Origin>,
+    records: &'a Records,
+    metrics: EdgeMetrics,
+    api_socket: &'a Path,
+}
 
-    let s3 = s3.map(|s3| {
-        let mut s3 = background_service("embedded S3", s3);
-        s3.threads = Some(opts.threads.max(1));
-        server.add_service(s3)
-    });
-    let runner = server.add_service(background_service(
-        "local runner",
-        RunnerService::new(runner),
-    ));
-    // The runner settles earlier builds at once (archiving their logs): the store must run.
-    if let Some(s3) = &s3 {
-        runner.add_dependencies([s3]);
-    }
-    let mut metrics = Service::new("metrics".into(), metrics_server(registry));
-    metrics.add_tcp(&opts.metrics_listen.to_string());
-    server.add_service(metrics);
-    let api = server.add_service(api);
-    // The public port opens last, once everything behind it runs.
-    let sites = server.add_service(sites);
-    sites.add_dependencies([&api, &runner]);
-    if let Some(s3) = &s3 {
-        sites.add_dependencies([s3]);
-    }
-    if let Some(path) = &opts.ready_file {
-        let ready = server.add_service(background_service(
-            "ready file",
-            crate::ready::ReadyFile {
-                path: path.clone(),
-                ready: crate::ready::Ready {
-                    pid: std::process::id(),
-                    listen: opts.listen,
-                    metrics_listen: opts.metrics_listen,
-                    api: public.api(""),
-                    s3_endpoint: s3_endpoint.clone(),
-                },
-                control_host: domain.clone(),
-            },
+impl EdgeParts<'_> {
+    /// The public port: caches, the sites proxy and its connection limits.
+    fn public_port(self, server: &Server) -> anyhow::Result<Service<PublicApp>> {
+        let opts = self.opts;
+        let control_peer =
+            HttpPeer::new_uds(&self.api_socket.display().to_string(), false, String::new())
+                .map_err(|e| anyhow::anyhow!("control plane socket: {e}"))?;
+        let manifests = Arc::new(ManifestCache::new(
+            self.origin.clone(),
+            64 << 20,
+            self.metrics.clone(),
         ));
-        ready.add_dependencies([&sites]);
+        drop_deleted_manifests(self.rt, self.records, &manifests);
+        let objects = Arc::new(ObjectCache::new(
+            opts.object_cache_max_object_bytes,
+            opts.object_cache_bytes,
+            self.metrics.object_cache_evictions.clone(),
+        ));
+        let aliases = AliasCache::new(
+            self.records.clone(),
+            std::time::Duration::from_millis(opts.alias_cache_ttl_ms.max(1)),
+            self.metrics.clone(),
+        );
+        let draining = Draining::default();
+        let proxy = SitesProxy::new(
+            self.hosts,
+            self.origin,
+            manifests,
+            objects,
+            control_peer,
+            self.metrics,
+            aliases,
+        )
+        .with_draining(draining.clone());
+        let mut proxy = HttpProxy::new(proxy, server.configuration.clone());
+        proxy.handle_init_modules();
+        let limits = ConnectionLimits {
+            head: HeadLimits {
+                idle: std::time::Duration::from_millis(opts.client_idle_timeout_ms.max(1)),
+                head: std::time::Duration::from_millis(opts.client_header_timeout_ms.max(1)),
+                max_bytes: opts.max_header_bytes.max(1024),
+            },
+            max_connections: opts.max_connections.max(1),
+        };
+        raise_open_file_limit(limits.max_connections);
+        let mut sites = Service::new("public".into(), PublicApp::new(proxy, limits, draining));
+        sites.add_tcp(&opts.listen.to_string());
+        Ok(sites)
     }
+}
 
+/// A deleted deployment leaves this edge's manifest cache (its objects then age out: nothing
+/// reaches them without a manifest); after a possible miss, every manifest does.
+fn drop_deleted_manifests(
+    rt: &tokio::runtime::Runtime,
+    records: &Records,
+    manifests: &Arc<ManifestCache>,
+) {
+    use gitdeploy_api::store::AliasChange;
+    use tokio::sync::broadcast::error::RecvError;
+    let mut changes = records.store().alias_changes();
+    let manifests = Arc::downgrade(manifests);
+    rt.spawn(async move {
+        loop {
+            let change = changes.recv().await;
+            let Some(manifests) = manifests.upgrade() else {
+                return;
+            };
+            match change {
+                Ok(AliasChange::Deleted(id)) => manifests.invalidate(&id).await,
+                Ok(AliasChange::MaybeMissed) | Err(RecvError::Lagged(_)) => {
+                    manifests.invalidate_all()
+                }
+                Ok(AliasChange::Production(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+/// What a person starting the server reads (machines read the ready file).
+fn banner(
+    opts: &UpOptions,
+    public: &PublicUrls,
+    data: &DataDir,
+    storage: &Storage,
+    embedded: bool,
+) {
     match (&opts.redis_url, &opts.s3_endpoint) {
         (None, None) => println!("GitDeploy is running (embedded mode: no cloud, no Redis)."),
         _ => println!("GitDeploy is running."),
@@ -688,19 +510,25 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     }
     println!("  API and dashboard   {}", public.api("/"));
     println!("  sites               {}", public.site("<deployment-id>"));
-    println!("  data directory      {}", data.display());
+    println!("  data directory      {}", data.path().display());
     println!(
         "  metrics             http://{}/metrics",
         opts.metrics_listen
     );
     match &opts.redis_url {
         Some(url) => println!("  state and logs      Redis at {}", redact_repo_url(url)),
-        None => println!("  state and logs      {}", data.display()),
+        None => println!("  state and logs      {}", data.path().display()),
     }
-    if s3.is_some() {
-        println!("  embedded S3         {s3_endpoint} (loopback, SigV4)");
+    if embedded {
+        println!(
+            "  embedded S3         {} (loopback, SigV4)",
+            storage.endpoint
+        );
     } else {
-        println!("  S3                  {s3_endpoint} bucket {bucket}");
+        println!(
+            "  S3                  {} bucket {}",
+            storage.endpoint, storage.bucket
+        );
     }
     println!("Deploy a repository:");
     println!(
@@ -711,9 +539,6 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         "  gitdeploy deploy https://github.com/owner/site --api {} --follow",
         public.api("")
     );
-    server.run(RunArgs::default());
-    control_rt.shutdown_background();
-    Ok(())
 }
 
 /// The API's socket; Unix socket paths are limited to about 100 bytes, so a deep data
