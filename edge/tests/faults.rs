@@ -353,3 +353,107 @@ async fn a_full_storage_disk_during_upload_fails_the_build_cleanly() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// Processes whose command line contains `needle`, with their parent's pid.
+fn processes_with(needle: &str) -> Vec<(u32, u32)> {
+    let mut found = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !cmdline.contains(needle) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        found.push((pid, ppid));
+    }
+    found
+}
+
+/// The builder process dies (`kill -9`) in the middle of a build: the build fails saying so,
+/// its log is complete, everything the build started is gone, and the next build runs.
+#[tokio::test]
+async fn a_builder_killed_mid_build_fails_its_build_and_leaves_nothing() {
+    let mut gits = GitServer::new();
+    gits.add_repo("hang", &[("README.md", "hangs")]);
+    gits.add_repo("next", &[("index.html", "<p>next</p>")]);
+    gits.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start(data.path()).await;
+    let (status, answer) = gd
+        .deploy(serde_json::json!({"repo": gits.url("hang"), "build": {
+            "build_command": "echo building && sleep 3617", "output_dir": "out"}}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["id"].as_str().unwrap().to_owned();
+    // Once the build's command runs and its first line is in the log, kill its builder.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let builder = loop {
+        let so_far = gd
+            .http()
+            .get(gd.api(&format!("/api/deployments/{id}/logs")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if so_far.contains("\"building\"") && !processes_with("sleep 3617").is_empty() {
+            let builders: Vec<u32> = processes_with("builder")
+                .into_iter()
+                .filter(|(_, ppid)| *ppid == gd.pid())
+                .map(|(pid, _)| pid)
+                .collect();
+            assert_eq!(builders.len(), 1, "one builder child: {builders:?}");
+            break builders[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the build never started its command"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(builder as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let log = gd.follow(&id, 0).await;
+    assert_complete_log(&log);
+    let (status, error) = common::outcome_of(&log);
+    assert_eq!(status, DeploymentStatus::Failed);
+    assert!(error.contains("the builder was killed"), "{error}");
+    assert!(
+        log.iter().any(|r| r.line == "building"),
+        "the lines before the kill are kept: {log:#?}"
+    );
+    // Nothing the build started survives it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_with("sleep 3617").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the build's command outlived its builder"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !std::path::Path::new(&format!("/run/netns/gd-{id}")).exists(),
+        "the build's network namespace is left"
+    );
+    // The next build runs.
+    let (_, log) =
+        common::deploy_and_follow(&gd, serde_json::json!({"repo": gits.url("next")})).await;
+    assert_eq!(
+        common::outcome_of(&log).0,
+        DeploymentStatus::Ready,
+        "{log:#?}"
+    );
+}

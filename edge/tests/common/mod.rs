@@ -428,6 +428,11 @@ impl Gitdeploy {
             .unwrap_or(0)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Descriptors the server holds open.
     pub fn open_fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
