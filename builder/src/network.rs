@@ -8,7 +8,9 @@
 //! embedded S3). Inside the namespace, `prohibit` routes, which the build's unprivileged user
 //! cannot change, close the address ranges a build has no business with: the host's own
 //! addresses, link-local (`169.254.0.0/16`, where the ECS and EC2 metadata endpoints live), the
-//! private and shared ranges (RFC 1918, RFC 6598), multicast and reserved space.
+//! private and shared ranges (RFC 1918, RFC 6598), multicast and reserved space. Parts of the
+//! private ranges the operator allows (`--build-allow-network`) get a route of their own
+//! through slirp's gateway; the host's own addresses stay closed.
 //!
 //! Why slirp4netns: a veth pair would need NAT and firewall rules in the host's own namespace
 //! (shared, global state); slirp4netns needs neither, answers DNS on its own address (so the
@@ -25,6 +27,8 @@ use tokio::io::AsyncReadExt;
 
 /// The address slirp4netns answers DNS on, inside the namespace.
 pub const DNS_ADDRESS: &str = "10.0.2.3";
+/// slirp4netns's gateway inside the namespace.
+const GATEWAY: &str = "10.0.2.2";
 
 /// Ranges no build may reach, whatever it resolves or is told.
 const BLOCKED_RANGES: &[&str] = &[
@@ -72,7 +76,7 @@ pub struct FilteredNetwork {
 impl FilteredNetwork {
     /// Creates the namespace `name`, connects it through slirp4netns and closes the blocked
     /// destinations. Fails (so the build fails closed) when any piece is missing.
-    pub async fn start(name: &str) -> Result<Self, String> {
+    pub async fn start(name: &str, allowed: &[String]) -> Result<Self, String> {
         let _ = Self::remove(name);
         ip(&["netns", "add", name]).await?;
         let path = Self::path_of(name);
@@ -131,6 +135,15 @@ impl FilteredNetwork {
         };
         for destination in blocked_destinations(&host_addresses()) {
             ip(&["-n", name, "route", "add", "prohibit", &destination]).await?;
+        }
+        // An allowed range leaves through slirp's gateway: more specific than the closed range
+        // around it (or replacing it), and never more specific than a host address's /32.
+        for cidr in allowed {
+            gitdeploy_core::job::parse_allowed_network(cidr)?;
+            ip(&[
+                "-n", name, "route", "replace", cidr, "via", GATEWAY, "dev", "tap0",
+            ])
+            .await?;
         }
         Ok(network)
     }

@@ -437,9 +437,12 @@ async fn prepare_sandbox(
             ))
         }
         (true, Some(_)) if is_root => {
-            let filtered = FilteredNetwork::start(&netns_name(job.deployment.as_str()))
-                .await
-                .map_err(Failure::Internal)?;
+            let filtered = FilteredNetwork::start(
+                &netns_name(job.deployment.as_str()),
+                &job.limits.allowed_networks,
+            )
+            .await
+            .map_err(Failure::Internal)?;
             let resolv_conf = dirs.private.join("resolv.conf");
             write_private(&resolv_conf, network::resolv_conf().as_bytes())?;
             set_mode(&resolv_conf, 0o644)?;
@@ -470,6 +473,12 @@ async fn prepare_sandbox(
         Network::Host => "network on, not filtered (needs bubblewrap and root)",
     });
     emitter.system(&format!("Sandbox: {}", layers.join(", ")));
+    if matches!(network, Network::Filtered { .. }) && !job.limits.allowed_networks.is_empty() {
+        emitter.system(&format!(
+            "Sandbox: private networks allowed by the platform: {}",
+            job.limits.allowed_networks.join(", ")
+        ));
+    }
     for note in notes {
         emitter.system(&format!("Sandbox: {note}"));
     }

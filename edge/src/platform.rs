@@ -195,6 +195,7 @@ pub(crate) fn build_limits(opts: &UpOptions, storage: &Storage) -> BuildLimits {
         max_output_bytes: opts.build_max_output_bytes,
         max_disk_bytes: opts.build_max_disk_bytes,
         max_key_bytes: storage.max_key_bytes(),
+        allowed_networks: opts.build_allow_networks.clone(),
         ..BuildLimits::default()
     }
 }

@@ -178,6 +178,8 @@ struct BuildsSection {
     #[serde(default = "eight_gib")]
     max_disk_bytes: u64,
     #[serde(default)]
+    allow_networks: Vec<String>,
+    #[serde(default)]
     ecs: Option<EcsSection>,
 }
 
@@ -190,6 +192,7 @@ impl Default for BuildsSection {
             max_processes: processes(),
             max_output_bytes: gib(),
             max_disk_bytes: eight_gib(),
+            allow_networks: Vec::new(),
             ecs: None,
         }
     }
@@ -389,6 +392,10 @@ impl Config {
         if self.builds.concurrency == 0 || self.builds.timeout_secs == 0 {
             return Err("builds: concurrency and timeout_secs must be at least 1".into());
         }
+        for cidr in &self.builds.allow_networks {
+            gitdeploy_core::job::parse_allowed_network(cidr)
+                .map_err(|e| format!("builds.allow_networks: {e}"))?;
+        }
         match (self.builds.runner.as_str(), &self.builds.ecs) {
             ("local", _) => {}
             ("ecs", None) => {
@@ -496,6 +503,7 @@ impl Config {
         opts.build_max_processes = self.builds.max_processes;
         opts.build_max_output_bytes = self.builds.max_output_bytes;
         opts.build_max_disk_bytes = self.builds.max_disk_bytes;
+        opts.build_allow_networks = self.builds.allow_networks.clone();
         let ecs = match (self.builds.runner.as_str(), self.builds.ecs) {
             ("ecs", Some(ecs)) => Some(gitdeploy_api::EcsRunnerConfig {
                 cluster: ecs.cluster,
@@ -635,6 +643,10 @@ security_groups = []
                 "s3.endpoint",
             ),
             (format!("{MINIMAL}{ecs}"), "security_groups"),
+            (
+                format!("{MINIMAL}[builds]\nallow_networks = [\"169.254.0.0/16\"]\n"),
+                "builds.allow_networks",
+            ),
             (
                 format!(
                     "{MINIMAL}{}upload_role_arn = \"gitdeploy-upload\"\n",

@@ -63,6 +63,11 @@ pub struct UpOptions {
     /// when it goes over.
     #[arg(long, default_value_t = 8 << 30)]
     pub(crate) build_max_disk_bytes: u64,
+    /// A private IPv4 range builds may reach besides the internet (a registry mirror, an
+    /// internal git server), as a CIDR such as 10.20.0.0/16; repeat for several. The host's own
+    /// addresses, link-local and loopback stay closed.
+    #[arg(long = "build-allow-network", value_name = "CIDR")]
+    pub(crate) build_allow_networks: Vec<String>,
     /// Token the API requires (`Authorization: Bearer <token>`); without one the API is open.
     #[arg(long, env = "GITDEPLOY_API_TOKEN", hide_env_values = true)]
     pub(crate) api_token: Option<String>,
@@ -344,6 +349,10 @@ fn check(opts: &UpOptions) -> anyhow::Result<String> {
             token.len() >= 16,
             "--api-token must be at least 16 characters"
         );
+    }
+    for cidr in &opts.build_allow_networks {
+        gitdeploy_core::job::parse_allowed_network(cidr)
+            .map_err(|e| anyhow::anyhow!("--build-allow-network: {e}"))?;
     }
     if !opts.upgrade {
         // Pingora would retry a taken address forever; say so at once instead (an upgrade takes

@@ -471,3 +471,146 @@ async fn credentials_in_a_repository_url_are_never_stored_or_logged() {
         }
     }
 }
+
+/// Another machine on a private network: a network namespace behind a veth pair, with the
+/// host at `.1` and the peer at `.2` of each of `subnets` (`a.b.c`), and a listener on every
+/// address of the peer. Removed when dropped.
+struct PrivatePeer {
+    netns: String,
+    host_link: String,
+    listener: std::process::Child,
+    port: u16,
+}
+
+impl PrivatePeer {
+    fn start(subnets: &[&str]) -> PrivatePeer {
+        let n = std::process::id() % 100_000;
+        let (netns, host_link, peer_link) =
+            (format!("gdpeer-{n}"), format!("gdh{n}"), format!("gdp{n}"));
+        let ip = |args: &[&str]| {
+            let status = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(status.success(), "ip {args:?}");
+        };
+        ip(&["netns", "add", &netns]);
+        ip(&[
+            "link", "add", &host_link, "type", "veth", "peer", "name", &peer_link,
+        ]);
+        ip(&["link", "set", &peer_link, "netns", &netns]);
+        for s in subnets {
+            ip(&["addr", "add", &format!("{s}.1/24"), "dev", &host_link]);
+            ip(&[
+                "-n",
+                &netns,
+                "addr",
+                "add",
+                &format!("{s}.2/24"),
+                "dev",
+                &peer_link,
+            ]);
+        }
+        ip(&["link", "set", &host_link, "up"]);
+        ip(&["-n", &netns, "link", "set", &peer_link, "up"]);
+        ip(&["-n", &netns, "link", "set", "lo", "up"]);
+        let port = common::free_port();
+        let listener = std::process::Command::new("ip")
+            .args(["netns", "exec", &netns, "python3", "-c"])
+            .arg(format!(
+                "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.listen(64)\nwhile True:\n  c,_=s.accept()\n  c.close()\n"
+            ))
+            .spawn()
+            .unwrap();
+        let mut peer = PrivatePeer {
+            netns,
+            host_link,
+            listener,
+            port,
+        };
+        let first: std::net::SocketAddr = format!("{}.2:{port}", subnets[0]).parse().unwrap();
+        common::wait_for_port(first, &mut peer.listener, "the private peer's listener");
+        peer
+    }
+}
+
+impl Drop for PrivatePeer {
+    fn drop(&mut self) {
+        let _ = self.listener.kill();
+        let _ = self.listener.wait();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_link])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+/// A private range the operator allows (`--build-allow-network`) is reachable from a build;
+/// the rest of the private space, and the host's own address inside the allowed range, stay
+/// closed.
+#[tokio::test]
+async fn an_allowed_private_range_is_reachable_and_the_rest_stays_closed() {
+    let peer = PrivatePeer::start(&["10.213.77", "10.214.77"]);
+    let host_listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = host_listener.local_addr().unwrap().port();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start_with(data.path(), &["--build-allow-network", "10.213.77.0/24"]).await;
+    let reachable = format!("10.213.77.2:{}", peer.port);
+    let closed = [
+        format!("10.214.77.2:{}", peer.port),
+        format!("10.213.77.1:{host_port}"),
+    ];
+    let targets: Vec<&String> = std::iter::once(&reachable).chain(closed.iter()).collect();
+    let probe = format!(
+        r#"const net=require('net');
+const targets={targets:?};
+let left=targets.length;const done=()=>{{if(--left===0)process.exit(0)}};
+for(const t of targets){{const [h,p]=t.split(':');const s=net.connect({{host:h,port:+p,timeout:3000}});
+s.on('connect',()=>{{console.log('reachable '+t);s.destroy();done()}});
+s.on('timeout',()=>{{console.log('unreachable '+t+' timeout');s.destroy();done()}});
+s.on('error',e=>{{console.log('unreachable '+t+' '+e.code);done()}})}}"#
+    );
+    let mut gits = GitServer::new();
+    gits.add_repo("probe", &[("probe.js", &probe)]);
+    gits.start();
+    let (_, log) = deploy(
+        &gd,
+        json!({"repo": gits.url("probe"), "build": {
+            "build_command": "node probe.js && mkdir -p out && echo ok > out/index.html",
+            "output_dir": "out",
+        }}),
+    )
+    .await;
+    let all = text(&log);
+    assert_eq!(outcome(&log).0, DeploymentStatus::Ready, "{all}");
+    assert!(
+        all.contains(&format!("reachable {reachable}\n"))
+            || all.lines().any(|l| l == format!("reachable {reachable}")),
+        "{all}"
+    );
+    for t in &closed {
+        assert!(
+            all.lines()
+                .any(|l| l.starts_with(&format!("unreachable {t} "))),
+            "{t} was reachable: {all}"
+        );
+    }
+    assert!(
+        all.contains("private networks allowed by the platform: 10.213.77.0/24"),
+        "{all}"
+    );
+    drop(host_listener);
+    // Refused at start: what can never be opened.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+        .args(["up", "--build-allow-network", "169.254.0.0/16"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--build-allow-network"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
