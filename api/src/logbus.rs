@@ -1,6 +1,6 @@
 //! Build logs: the [`LogBus`] contract, and the embedded bus ([`FileLogBus`]: one append-only
 //! log per deployment, persisted as NDJSON, with live fan-out to followers). The production bus
-//! is [`crate::redis_store::RedisLogBus`].
+//! is [`crate::redis_logbus::RedisLogBus`].
 //!
 //! Contract (both buses; `api/tests/store_contract.rs` checks it on both): records are numbered
 //! from 0 without gaps; a [`Follower`] started at any `seq` receives every later record exactly

@@ -139,7 +139,7 @@ impl FilteredNetwork {
         // An allowed range leaves through slirp's gateway: more specific than the closed range
         // around it (or replacing it), and never more specific than a host address's /32.
         for cidr in allowed {
-            gitdeploy_core::job::parse_allowed_network(cidr)?;
+            gitdeploy_core::egress::parse_allowed_network(cidr)?;
             ip(&[
                 "-n", name, "route", "replace", cidr, "via", GATEWAY, "dev", "tap0",
             ])

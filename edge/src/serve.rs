@@ -393,7 +393,7 @@ impl Config {
             return Err("builds: concurrency and timeout_secs must be at least 1".into());
         }
         for cidr in &self.builds.allow_networks {
-            gitdeploy_core::job::parse_allowed_network(cidr)
+            gitdeploy_core::egress::parse_allowed_network(cidr)
                 .map_err(|e| format!("builds.allow_networks: {e}"))?;
         }
         match (self.builds.runner.as_str(), &self.builds.ecs) {

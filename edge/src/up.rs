@@ -351,7 +351,7 @@ fn check(opts: &UpOptions) -> anyhow::Result<String> {
         );
     }
     for cidr in &opts.build_allow_networks {
-        gitdeploy_core::job::parse_allowed_network(cidr)
+        gitdeploy_core::egress::parse_allowed_network(cidr)
             .map_err(|e| anyhow::anyhow!("--build-allow-network: {e}"))?;
     }
     if !opts.upgrade {
