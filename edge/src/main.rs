@@ -15,6 +15,7 @@ mod build_task;
 mod cache;
 mod cli;
 mod client_stream;
+mod config;
 mod control;
 mod draining;
 mod embedded_s3;
@@ -67,7 +68,7 @@ fn main() {
     gitdeploy_builder::confine_if_asked();
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Up(opts) => server("up", || up::run(*opts)),
+        Command::Up(opts) => server("up", || up::run(opts.into_platform())),
         Command::Serve(opts) => server("serve", || serve::run(opts)),
         Command::S3Server(opts) => server("s3-server", || up::run_s3_server(opts)),
         Command::Client(command) => cli::run(cli.api, command),

@@ -1,4 +1,4 @@
-//! Platform assembly for `up` and `serve`, one named step each: the data directory, the site
+//! Platform assembly from a [`Platform`] configuration, one named step each: the data directory, the site
 //! storage (embedded S3 or external), the state and log bus (files or Redis), the build runner
 //! (local or ECS) and the control plane. `up::run` calls them in order; nothing here listens or
 //! runs: Pingora's services do that.
@@ -10,17 +10,17 @@ use std::sync::Arc;
 use anyhow::Context;
 use gitdeploy_api::{
     token_sha256, ApiConfig, ApiMetrics, ControlPlane, FileLogBus, FileStore, JobQueue,
-    LocalRunner, LocalRunnerConfig, LogBus, PublicUrls, Records, RedisLogBus, RedisLogSettings,
-    RedisStore, Store, TaskAccess,
+    LocalRunner, LocalRunnerConfig, LogBus, Records, RedisLogBus, RedisLogSettings, RedisStore,
+    Store, TaskAccess,
 };
 use gitdeploy_core::job::{env, BuildLimits};
-use gitdeploy_core::repo::{redact_repo_url, RepoScheme};
+use gitdeploy_core::repo::redact_repo_url;
 use rand::distr::{Alphanumeric, SampleString};
 
+use crate::config::{Platform, RunnerKind, S3Credentials, StateBackend, StorageSettings};
 use crate::embedded_s3::EmbeddedS3;
 use crate::origin::{OriginSettings, S3Origin};
 use crate::runner_service::Runner;
-use crate::up::UpOptions;
 
 /// Bucket of the embedded S3 server.
 pub(crate) const BUCKET: &str = "gitdeploy";
@@ -94,15 +94,16 @@ pub(crate) struct Storage {
 }
 
 impl Storage {
-    /// The storage `opts` ask for.
-    pub(crate) fn choose(opts: &UpOptions, data: &DataDir) -> anyhow::Result<Self> {
-        let aws_credentials = opts.serve.as_ref().is_some_and(|s| s.s3_aws_credentials);
-        let prefix = opts
-            .serve
-            .as_ref()
-            .map(|s| s.s3_prefix.clone())
-            .unwrap_or_default();
-        if opts.s3_endpoint.is_none() && opts.serve.is_none() {
+    /// The storage the platform is configured with.
+    pub(crate) fn choose(platform: &Platform, data: &DataDir) -> anyhow::Result<Self> {
+        let StorageSettings::S3 {
+            endpoint,
+            bucket,
+            region,
+            prefix,
+            credentials,
+        } = &platform.storage
+        else {
             let (access_key, secret_key) = (random_secret(20), random_secret(40));
             let (s3, addr) = EmbeddedS3::bind(
                 ([127, 0, 0, 1], 0).into(),
@@ -116,12 +117,13 @@ impl Storage {
                 endpoint: format!("http://{addr}"),
                 bucket: BUCKET.to_owned(),
                 region: REGION.to_owned(),
-                prefix,
+                prefix: String::new(),
                 access_key,
                 secret_key,
                 aws_credentials: false,
             });
-        }
+        };
+        let aws_credentials = *credentials == S3Credentials::AwsChain;
         let (access_key, secret_key) = if aws_credentials {
             (String::new(), String::new())
         } else {
@@ -129,10 +131,10 @@ impl Storage {
         };
         Ok(Storage {
             embedded: None,
-            endpoint: opts.s3_endpoint.clone().unwrap_or_default(),
-            bucket: opts.s3_bucket.clone(),
-            region: opts.s3_region.clone(),
-            prefix,
+            endpoint: endpoint.clone().unwrap_or_default(),
+            bucket: bucket.clone(),
+            region: region.clone(),
+            prefix: prefix.clone(),
             access_key,
             secret_key,
             aws_credentials,
@@ -187,16 +189,11 @@ impl Storage {
     }
 }
 
-/// The limits of every build.
-pub(crate) fn build_limits(opts: &UpOptions, storage: &Storage) -> BuildLimits {
+/// The limits of every build, with the storage's longest key.
+pub(crate) fn build_limits(platform: &Platform, storage: &Storage) -> BuildLimits {
     BuildLimits {
-        timeout_secs: opts.build_timeout,
-        max_processes: opts.build_max_processes,
-        max_output_bytes: opts.build_max_output_bytes,
-        max_disk_bytes: opts.build_max_disk_bytes,
         max_key_bytes: storage.max_key_bytes(),
-        allowed_networks: opts.build_allow_networks.clone(),
-        ..BuildLimits::default()
+        ..platform.builds.limits.clone()
     }
 }
 
@@ -209,14 +206,19 @@ pub(crate) struct State {
 }
 
 impl State {
-    /// Opens what `opts` ask for; Redis connections are driven by `rt`.
+    /// Opens the configured backend; Redis connections are driven by `rt`.
     pub(crate) fn open(
-        opts: &UpOptions,
+        platform: &Platform,
         rt: &tokio::runtime::Runtime,
         data: &DataDir,
         metrics: &ApiMetrics,
     ) -> anyhow::Result<Self> {
-        let Some(url) = &opts.redis_url else {
+        let StateBackend::Redis {
+            url,
+            prefix,
+            log_ttl,
+        } = &platform.state
+        else {
             return Ok(State {
                 records: Records::new(Arc::new(FileStore::open(&data.dir("state")?)?)),
                 bus: Arc::new(FileLogBus::open(&data.dir("logs")?, metrics.clone())?),
@@ -226,13 +228,13 @@ impl State {
         rt.block_on(async {
             let shown = redact_repo_url(url);
             let store = Arc::new(
-                RedisStore::connect(url, &opts.redis_prefix)
+                RedisStore::connect(url, prefix)
                     .await
                     .with_context(|| format!("cannot connect to Redis at {shown}"))?,
             );
             let settings = RedisLogSettings {
-                prefix: opts.redis_prefix.clone(),
-                ttl: std::time::Duration::from_secs(opts.log_ttl),
+                prefix: prefix.clone(),
+                ttl: *log_ttl,
                 max_len: 200_000,
             };
             let bus = RedisLogBus::connect(url, settings, metrics.clone())
@@ -249,7 +251,7 @@ impl State {
 
 /// What the runner is built from.
 pub(crate) struct RunnerParts<'a> {
-    pub(crate) opts: &'a UpOptions,
+    pub(crate) platform: &'a Platform,
     pub(crate) rt: &'a tokio::runtime::Runtime,
     pub(crate) data: &'a DataDir,
     pub(crate) storage: &'a Storage,
@@ -260,22 +262,19 @@ pub(crate) struct RunnerParts<'a> {
 }
 
 impl RunnerParts<'_> {
-    /// The runner `opts` ask for, and the queue that feeds it.
+    /// The configured runner, and the queue that feeds it.
     pub(crate) fn build(self) -> anyhow::Result<(Runner, JobQueue)> {
-        match self.opts.serve.as_ref().and_then(|s| s.ecs.clone()) {
-            Some(ecs) => Ok(self.ecs(ecs)),
-            None => self.local(),
+        match &self.platform.builds.runner {
+            RunnerKind::Ecs(ecs) => Ok(self.ecs((**ecs).clone())),
+            RunnerKind::Local => self.local(),
         }
-    }
-
-    fn heartbeat(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.opts.heartbeat_interval_ms.max(10))
     }
 
     fn ecs(self, mut ecs: gitdeploy_api::EcsRunnerConfig) -> (Runner, JobQueue) {
         ecs.limits = self.limits.clone();
-        ecs.max_queued = self.opts.max_queued;
-        ecs.heartbeat = self.heartbeat();
+        ecs.max_queued = self.platform.api.max_queued;
+        ecs.concurrency = self.platform.builds.concurrency;
+        ecs.heartbeat = self.platform.builds.heartbeat;
         // Tasks publish with their own credentials (a session of the upload role, or the task
         // role): never the edge's.
         ecs.env.extend(
@@ -321,16 +320,16 @@ impl RunnerParts<'_> {
                 env: self.storage.builder_env(),
                 work_root: self.data.dir("work")?,
                 cache_dir: self.data.dir("cache")?,
-                concurrency: self.opts.concurrency,
+                concurrency: self.platform.builds.concurrency,
                 limits: self.limits.clone(),
                 archive: Some(self.origin.clone()),
-                max_queued: self.opts.max_queued,
+                max_queued: self.platform.api.max_queued,
                 after_kill: Some(Arc::new(|id| {
                     Box::pin(
                         async move { gitdeploy_builder::clean_up_after_kill(id.as_str()).await },
                     )
                 })),
-                heartbeat: self.heartbeat(),
+                heartbeat: self.platform.builds.heartbeat,
             },
             self.state.records.clone(),
             self.state.bus.clone(),
@@ -340,53 +339,22 @@ impl RunnerParts<'_> {
     }
 }
 
-/// How the outside world reaches sites and the API.
-pub(crate) fn public_urls(opts: &UpOptions, domain: &str) -> PublicUrls {
-    let port = opts.listen.port();
-    match &opts.serve {
-        Some(serve) => PublicUrls {
-            scheme: serve.public_scheme.clone(),
-            domain: domain.to_owned(),
-            port: serve.public_port,
-        },
-        None => PublicUrls {
-            scheme: "http".into(),
-            domain: domain.to_owned(),
-            port: (port != 80).then_some(port),
-        },
-    }
-}
-
 /// The API, over the state, the queue and the storage.
 pub(crate) fn control_plane(
-    opts: &UpOptions,
-    public: PublicUrls,
+    platform: &Platform,
     limits: BuildLimits,
     state: &State,
     queue: JobQueue,
     origin: &Arc<S3Origin>,
 ) -> ControlPlane {
-    let allowed_repo_schemes = match &opts.serve {
-        Some(serve) => serve.repo_schemes.clone(),
-        None => vec![
-            RepoScheme::Https,
-            RepoScheme::Http,
-            RepoScheme::Git,
-            RepoScheme::Local,
-        ],
-    };
-    let rate_limit =
-        (opts.api_rate_per_second > 0.0).then_some(gitdeploy_api::ratelimit::RateLimit {
-            burst: opts.api_rate_burst,
-            per_second: opts.api_rate_per_second,
-        });
+    let api = &platform.api;
     ControlPlane::new(
         ApiConfig {
-            public,
-            allowed_repo_schemes,
+            public: platform.public_urls(),
+            allowed_repo_schemes: api.repo_schemes.clone(),
             limits,
-            token_sha256: opts.api_token.as_deref().map(token_sha256),
-            rate_limit,
+            token_sha256: api.token.as_deref().map(token_sha256),
+            rate_limit: api.rate_limit,
         },
         state.records.clone(),
         state.bus.clone(),

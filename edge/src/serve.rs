@@ -7,11 +7,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::Parser;
+use gitdeploy_api::ratelimit::RateLimit;
+use gitdeploy_core::head_guard::HeadLimits;
+use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::RepoScheme;
 use serde::Deserialize;
 
-use crate::up::{ServeSettings, UpOptions};
+use crate::config::{
+    ApiSettings, BuildSettings, CacheSettings, Platform, PublicAddress, RunnerKind, S3Credentials,
+    StateBackend, StorageSettings,
+};
+use crate::public::ConnectionLimits;
 
 /// Options of `gitdeploy serve`.
 #[derive(clap::Args, Debug)]
@@ -446,16 +452,9 @@ impl Config {
         Ok(())
     }
 
-    /// The options `up` runs with, given the secrets from the environment and files.
-    fn into_options(self) -> anyhow::Result<UpOptions> {
-        #[derive(Parser)]
-        struct Defaults {
-            #[command(flatten)]
-            up: UpOptions,
-        }
-        let mut opts = Defaults::try_parse_from(["gitdeploy"])
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .up;
+    /// The platform this file describes, with the secrets it names read from the environment
+    /// and files.
+    fn into_platform(self) -> anyhow::Result<Platform> {
         let token = match (&self.api.token_file, &self.api.token_env) {
             (Some(path), _) => Some(
                 std::fs::read_to_string(path)
@@ -475,37 +474,9 @@ impl Config {
             .ok()
             .filter(|v| !v.is_empty())
             .with_context(|| format!("redis.url_env: {} is not set", self.redis.url_env))?;
-        opts.listen = self.server.listen;
-        opts.metrics_listen = self.server.metrics_listen;
-        opts.domain = self.server.domain.clone();
-        opts.data_dir = self.server.data_dir.clone();
-        opts.threads = self.server.threads;
-        opts.max_connections = self.clients.max_connections;
-        opts.client_idle_timeout_ms = self.clients.idle_timeout_ms;
-        opts.client_header_timeout_ms = self.clients.header_timeout_ms;
-        opts.max_header_bytes = self.clients.max_header_bytes;
-        opts.api_token = token;
-        opts.insecure_open_api = self.api.insecure_open;
-        opts.max_queued = self.api.max_queued;
-        opts.api_rate_burst = self.api.rate_burst;
-        opts.api_rate_per_second = self.api.rate_per_second;
-        opts.redis_url = Some(redis_url);
-        opts.redis_prefix = self.redis.prefix.clone();
-        opts.log_ttl = self.redis.log_ttl_secs;
-        opts.s3_endpoint = self.s3.endpoint.clone();
-        opts.s3_bucket = self.s3.bucket.clone();
-        opts.s3_region = self.s3.region.clone();
-        opts.object_cache_max_object_bytes = self.cache.object_max_bytes;
-        opts.object_cache_bytes = self.cache.object_total_bytes;
-        opts.alias_cache_ttl_ms = self.cache.alias_ttl_ms;
-        opts.concurrency = self.builds.concurrency;
-        opts.build_timeout = self.builds.timeout_secs;
-        opts.build_max_processes = self.builds.max_processes;
-        opts.build_max_output_bytes = self.builds.max_output_bytes;
-        opts.build_max_disk_bytes = self.builds.max_disk_bytes;
-        opts.build_allow_networks = self.builds.allow_networks.clone();
-        let ecs = match (self.builds.runner.as_str(), self.builds.ecs) {
-            ("ecs", Some(ecs)) => Some(gitdeploy_api::EcsRunnerConfig {
+        let ms = std::time::Duration::from_millis;
+        let runner = match (self.builds.runner.as_str(), self.builds.ecs) {
+            ("ecs", Some(ecs)) => RunnerKind::Ecs(Box::new(gitdeploy_api::EcsRunnerConfig {
                 cluster: ecs.cluster,
                 task_definition: ecs.task_definition,
                 container: ecs.container,
@@ -518,29 +489,89 @@ impl Config {
                 concurrency: self.builds.concurrency,
                 max_queued: self.api.max_queued,
                 limits: Default::default(),
-                poll_interval: std::time::Duration::from_millis(ecs.poll_interval_ms),
+                poll_interval: ms(ecs.poll_interval_ms),
                 heartbeat: std::time::Duration::from_secs(5),
                 run_attempts: ecs.run_attempts,
                 scoped_redis_users: ecs.scoped_redis_users,
                 upload_role_arn: ecs.upload_role_arn,
-            }),
-            _ => None,
+            })),
+            _ => RunnerKind::Local,
         };
-        opts.serve = Some(ServeSettings {
-            public_scheme: self.server.public_scheme.clone(),
-            public_port: self.server.public_port,
-            repo_schemes: self
-                .api
-                .repo_schemes
-                .iter()
-                .map(|s| repo_scheme(s))
-                .collect::<Result<_, _>>()
-                .map_err(anyhow::Error::msg)?,
-            s3_prefix: self.s3.prefix.clone(),
-            s3_aws_credentials: self.s3.credentials == "aws",
-            ecs,
-        });
-        Ok(opts)
+        Ok(Platform {
+            listen: self.server.listen,
+            metrics_listen: self.server.metrics_listen,
+            domain: self
+                .server
+                .domain
+                .trim_end_matches('.')
+                .to_ascii_lowercase(),
+            data_dir: self.server.data_dir,
+            threads: self.server.threads.max(1),
+            upgrade: false,
+            ready_file: None,
+            public: Some(PublicAddress {
+                scheme: self.server.public_scheme,
+                port: self.server.public_port,
+            }),
+            clients: ConnectionLimits {
+                head: HeadLimits {
+                    idle: ms(self.clients.idle_timeout_ms.max(1)),
+                    head: ms(self.clients.header_timeout_ms.max(1)),
+                    max_bytes: self.clients.max_header_bytes.max(1024),
+                },
+                max_connections: self.clients.max_connections.max(1),
+            },
+            api: ApiSettings {
+                token,
+                insecure_open: self.api.insecure_open,
+                max_queued: self.api.max_queued,
+                rate_limit: (self.api.rate_per_second > 0.0).then_some(RateLimit {
+                    burst: self.api.rate_burst,
+                    per_second: self.api.rate_per_second,
+                }),
+                repo_schemes: self
+                    .api
+                    .repo_schemes
+                    .iter()
+                    .map(|s| repo_scheme(s))
+                    .collect::<Result<_, _>>()
+                    .map_err(anyhow::Error::msg)?,
+            },
+            state: StateBackend::Redis {
+                url: redis_url,
+                prefix: self.redis.prefix,
+                log_ttl: std::time::Duration::from_secs(self.redis.log_ttl_secs),
+            },
+            storage: StorageSettings::S3 {
+                endpoint: self.s3.endpoint,
+                bucket: self.s3.bucket,
+                region: self.s3.region,
+                prefix: self.s3.prefix,
+                credentials: if self.s3.credentials == "aws" {
+                    S3Credentials::AwsChain
+                } else {
+                    S3Credentials::StaticKey
+                },
+            },
+            cache: CacheSettings {
+                object_max_bytes: self.cache.object_max_bytes,
+                object_total_bytes: self.cache.object_total_bytes,
+                alias_ttl: ms(self.cache.alias_ttl_ms),
+            },
+            builds: BuildSettings {
+                concurrency: self.builds.concurrency,
+                limits: BuildLimits {
+                    timeout_secs: self.builds.timeout_secs,
+                    max_processes: self.builds.max_processes,
+                    max_output_bytes: self.builds.max_output_bytes,
+                    max_disk_bytes: self.builds.max_disk_bytes,
+                    allowed_networks: self.builds.allow_networks,
+                    ..BuildLimits::default()
+                },
+                heartbeat: std::time::Duration::from_secs(5),
+                runner,
+            },
+        })
     }
 }
 
@@ -564,10 +595,10 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let mut up = config.into_options()?;
-    up.upgrade = opts.upgrade;
-    up.ready_file = opts.ready_file;
-    crate::up::run(up)
+    let mut platform = config.into_platform()?;
+    platform.upgrade = opts.upgrade;
+    platform.ready_file = opts.ready_file;
+    crate::up::run(platform)
 }
 
 #[cfg(test)]

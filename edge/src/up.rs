@@ -9,7 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use gitdeploy_api::ratelimit::RateLimit;
 use gitdeploy_api::{ApiMetrics, PublicUrls, Records};
+use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::redact_repo_url;
 use gitdeploy_core::repo::RepoScheme;
 use pingora_core::server::configuration::ServerConf;
@@ -20,6 +22,10 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_proxy::HttpProxy;
 
 use crate::cache::{AliasCache, ManifestCache, ObjectCache};
+use crate::config::{
+    ApiSettings, BuildSettings, CacheSettings, Platform, RunnerKind, S3Credentials, StateBackend,
+    StorageSettings,
+};
 use crate::control::HostRules;
 use crate::control::{only_control_plane_hosts, ApiApp};
 use crate::draining::Draining;
@@ -27,8 +33,8 @@ use crate::embedded_s3::EmbeddedS3;
 use crate::metrics::{metrics_server, EdgeMetrics};
 use crate::origin::S3Origin;
 use crate::platform::{
-    build_limits, control_plane, public_urls, random_secret, s3_credentials, DataDir, RunnerParts,
-    State, Storage, BUCKET, REGION,
+    build_limits, control_plane, random_secret, s3_credentials, DataDir, RunnerParts, State,
+    Storage, BUCKET, REGION,
 };
 use crate::public::{ConnectionLimits, PublicApp};
 use crate::runner_service::RunnerService;
@@ -40,91 +46,91 @@ use gitdeploy_core::head_guard::HeadLimits;
 pub struct UpOptions {
     /// Public address (sites and API).
     #[arg(long, default_value = "127.0.0.1:8080", env = "GITDEPLOY_LISTEN")]
-    pub(crate) listen: SocketAddr,
+    listen: SocketAddr,
     /// Where deployments, logs and the embedded S3 data are kept.
     #[arg(long, default_value = ".gitdeploy", env = "GITDEPLOY_DATA_DIR")]
-    pub(crate) data_dir: PathBuf,
+    data_dir: PathBuf,
     /// Sites are served at <name>.<domain>.
     #[arg(long, default_value = "localhost", env = "GITDEPLOY_DOMAIN")]
-    pub(crate) domain: String,
+    domain: String,
     /// Builds that run at once; more wait in a queue.
     #[arg(long, default_value_t = 2)]
-    pub(crate) concurrency: usize,
+    concurrency: usize,
     /// Wall-clock limit of one build, in seconds.
     #[arg(long, default_value_t = 900)]
-    pub(crate) build_timeout: u64,
+    build_timeout: u64,
     /// Processes one build may run at once.
     #[arg(long, default_value_t = 512)]
-    pub(crate) build_max_processes: u64,
+    build_max_processes: u64,
     /// Bytes a build may publish.
     #[arg(long, default_value_t = 1 << 30)]
-    pub(crate) build_max_output_bytes: u64,
+    build_max_output_bytes: u64,
     /// Bytes a build may write to disk (checkout, home, package cache, `/tmp`); the build fails
     /// when it goes over.
     #[arg(long, default_value_t = 8 << 30)]
-    pub(crate) build_max_disk_bytes: u64,
+    build_max_disk_bytes: u64,
     /// A private IPv4 range builds may reach besides the internet (a registry mirror, an
     /// internal git server), as a CIDR such as 10.20.0.0/16; repeat for several. The host's own
     /// addresses, link-local and loopback stay closed.
     #[arg(long = "build-allow-network", value_name = "CIDR")]
-    pub(crate) build_allow_networks: Vec<String>,
+    build_allow_networks: Vec<String>,
     /// Token the API requires (`Authorization: Bearer <token>`); without one the API is open.
     #[arg(long, env = "GITDEPLOY_API_TOKEN", hide_env_values = true)]
-    pub(crate) api_token: Option<String>,
+    api_token: Option<String>,
     /// Allow an open API on an address other than loopback.
     #[arg(long)]
-    pub(crate) insecure_open_api: bool,
+    insecure_open_api: bool,
     /// Builds that may wait for a runner slot; more are refused with 429.
     #[arg(long, default_value_t = 100)]
-    pub(crate) max_queued: usize,
+    max_queued: usize,
     /// Largest object kept in the in-memory object cache (0 turns the cache off).
     #[arg(long, default_value_t = 1 << 20)]
-    pub(crate) object_cache_max_object_bytes: u64,
+    object_cache_max_object_bytes: u64,
     /// Bytes the object cache holds in all.
     #[arg(long, default_value_t = 256 << 20)]
-    pub(crate) object_cache_bytes: u64,
+    object_cache_bytes: u64,
     /// Prometheus metrics listener (`/metrics`).
     #[arg(
         long,
         default_value = "127.0.0.1:9464",
         env = "GITDEPLOY_METRICS_LISTEN"
     )]
-    pub(crate) metrics_listen: SocketAddr,
+    metrics_listen: SocketAddr,
     /// Connections the public port holds at once; more are answered 503 and closed.
     #[arg(long, default_value_t = 10_000)]
-    pub(crate) max_connections: usize,
+    max_connections: usize,
     /// How long a client connection may wait silently for its next request, in ms.
     #[arg(long, default_value_t = 60_000)]
-    pub(crate) client_idle_timeout_ms: u64,
+    client_idle_timeout_ms: u64,
     /// How long a client may take to send one whole request head, in ms (408 beyond).
     #[arg(long, default_value_t = 10_000)]
-    pub(crate) client_header_timeout_ms: u64,
+    client_header_timeout_ms: u64,
     /// Largest request head a client may send, in bytes (431 beyond).
     #[arg(long, default_value_t = 64 * 1024)]
-    pub(crate) max_header_bytes: usize,
+    max_header_bytes: usize,
     /// Worker threads of each service.
     #[arg(long, default_value_t = 2)]
-    pub(crate) threads: usize,
+    threads: usize,
     /// Take over the listening sockets of the server running on this data directory (Pingora's
     /// graceful upgrade): start this one with `--upgrade`, then send the old one SIGQUIT; it
     /// hands its sockets over, finishes its requests and exits, and no connection is refused.
     #[arg(long)]
-    pub(crate) upgrade: bool,
+    upgrade: bool,
     /// Once serving (the public port answers the API's health check), write the server's
     /// addresses here as JSON: `{"pid", "listen", "metrics_listen", "api", "s3_endpoint"}`.
     /// Removed when the server stops.
     #[arg(long)]
-    pub(crate) ready_file: Option<PathBuf>,
+    ready_file: Option<PathBuf>,
     /// Keep state and logs in Redis (`redis://[:password@]host:port[/db]`) instead of the data
     /// directory, so several edges can share them.
     #[arg(long, env = "GITDEPLOY_REDIS_URL", hide_env_values = true)]
-    pub(crate) redis_url: Option<String>,
+    redis_url: Option<String>,
     /// Prefix of every Redis key.
     #[arg(long, default_value = "gitdeploy:")]
-    pub(crate) redis_prefix: String,
+    redis_prefix: String,
     /// How long a finished build log stays in Redis, in seconds (the S3 archive keeps it).
     #[arg(long, default_value_t = 7 * 24 * 3600)]
-    pub(crate) log_ttl: u64,
+    log_ttl: u64,
     /// Use this S3 endpoint (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)
     /// instead of the embedded one.
     #[arg(long, env = "GITDEPLOY_S3_ENDPOINT")]
@@ -138,37 +144,94 @@ pub struct UpOptions {
     /// How long an alias lookup is cached, in milliseconds (changes are announced at once; this
     /// is the limit when an announcement is lost).
     #[arg(long, default_value_t = 5000)]
-    pub(crate) alias_cache_ttl_ms: u64,
+    alias_cache_ttl_ms: u64,
     /// API requests that cost (deploys and other changes, log streams) one client may make at
     /// once.
     #[arg(long, default_value_t = 60)]
-    pub(crate) api_rate_burst: u32,
+    api_rate_burst: u32,
     /// Such requests per second a client earns back (0 turns the limit off).
     #[arg(long, default_value_t = 2.0)]
-    pub(crate) api_rate_per_second: f64,
+    api_rate_per_second: f64,
     /// How often the runner sends its heartbeat and settles builds of stopped runners, in ms.
     #[arg(long, default_value_t = 5000, hide = true)]
-    pub(crate) heartbeat_interval_ms: u64,
-    /// What `gitdeploy serve` sets from its configuration file.
-    #[arg(skip)]
-    pub(crate) serve: Option<ServeSettings>,
+    heartbeat_interval_ms: u64,
 }
 
-/// Production settings `gitdeploy serve` adds to the options `up` has: one code path.
-#[derive(Clone, Debug)]
-pub(crate) struct ServeSettings {
-    /// Scheme of the URLs handed out (`https` behind a TLS load balancer).
-    pub public_scheme: String,
-    /// Port of the URLs handed out, when not the scheme's default.
-    pub public_port: Option<u16>,
-    /// Repository transports users may deploy from.
-    pub repo_schemes: Vec<RepoScheme>,
-    /// Key prefix in the bucket.
-    pub s3_prefix: String,
-    /// Sign S3 requests with credentials from the AWS chain (task role...), not a static key.
-    pub s3_aws_credentials: bool,
-    /// Build on ECS instead of locally.
-    pub ecs: Option<gitdeploy_api::EcsRunnerConfig>,
+impl UpOptions {
+    /// The platform these flags describe: files or Redis for state, the embedded or an
+    /// external S3, local builds.
+    pub(crate) fn into_platform(self) -> Platform {
+        let ms = std::time::Duration::from_millis;
+        Platform {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            domain: self.domain.trim_end_matches('.').to_ascii_lowercase(),
+            data_dir: self.data_dir,
+            threads: self.threads.max(1),
+            upgrade: self.upgrade,
+            ready_file: self.ready_file,
+            public: None,
+            clients: ConnectionLimits {
+                head: HeadLimits {
+                    idle: ms(self.client_idle_timeout_ms.max(1)),
+                    head: ms(self.client_header_timeout_ms.max(1)),
+                    max_bytes: self.max_header_bytes.max(1024),
+                },
+                max_connections: self.max_connections.max(1),
+            },
+            api: ApiSettings {
+                token: self.api_token,
+                insecure_open: self.insecure_open_api,
+                max_queued: self.max_queued,
+                rate_limit: (self.api_rate_per_second > 0.0).then_some(RateLimit {
+                    burst: self.api_rate_burst,
+                    per_second: self.api_rate_per_second,
+                }),
+                repo_schemes: vec![
+                    RepoScheme::Https,
+                    RepoScheme::Http,
+                    RepoScheme::Git,
+                    RepoScheme::Local,
+                ],
+            },
+            state: match self.redis_url {
+                Some(url) => StateBackend::Redis {
+                    url,
+                    prefix: self.redis_prefix,
+                    log_ttl: std::time::Duration::from_secs(self.log_ttl),
+                },
+                None => StateBackend::Files,
+            },
+            storage: match self.s3_endpoint {
+                Some(endpoint) => StorageSettings::S3 {
+                    endpoint: Some(endpoint),
+                    bucket: self.s3_bucket,
+                    region: self.s3_region,
+                    prefix: String::new(),
+                    credentials: S3Credentials::StaticKey,
+                },
+                None => StorageSettings::Embedded,
+            },
+            cache: CacheSettings {
+                object_max_bytes: self.object_cache_max_object_bytes,
+                object_total_bytes: self.object_cache_bytes,
+                alias_ttl: ms(self.alias_cache_ttl_ms.max(1)),
+            },
+            builds: BuildSettings {
+                concurrency: self.concurrency,
+                limits: BuildLimits {
+                    timeout_secs: self.build_timeout,
+                    max_processes: self.build_max_processes,
+                    max_output_bytes: self.build_max_output_bytes,
+                    max_disk_bytes: self.build_max_disk_bytes,
+                    allowed_networks: self.build_allow_networks,
+                    ..BuildLimits::default()
+                },
+                heartbeat: ms(self.heartbeat_interval_ms.max(10)),
+                runner: RunnerKind::Local,
+            },
+        }
+    }
 }
 
 /// Options of `gitdeploy s3-server`.
@@ -218,12 +281,14 @@ pub fn run_s3_server(opts: S3ServerOptions) -> anyhow::Result<()> {
 }
 
 /// Runs until SIGINT/SIGTERM.
-pub fn run(opts: UpOptions) -> anyhow::Result<()> {
-    let domain = check(&opts)?;
+pub fn run(platform: Platform) -> anyhow::Result<()> {
+    let opts = &platform;
+    check(opts)?;
+    let domain = opts.domain.clone();
     let data = DataDir::prepare(&opts.data_dir)?;
-    let mut storage = Storage::choose(&opts, &data)?;
+    let mut storage = Storage::choose(opts, &data)?;
     let origin = storage.origin()?;
-    let limits = build_limits(&opts, &storage);
+    let limits = build_limits(opts, &storage);
     let registry = Arc::new(prometheus::Registry::new());
     let api_metrics = ApiMetrics::new(&registry)?;
     let edge_metrics = EdgeMetrics::new(&registry)?;
@@ -235,9 +300,9 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
             .block_on(origin.use_aws_credentials(&storage.region, control_rt.handle()))
             .map_err(anyhow::Error::msg)?;
     }
-    let state = State::open(&opts, &control_rt, &data, &api_metrics)?;
+    let state = State::open(opts, &control_rt, &data, &api_metrics)?;
     let (runner, queue) = RunnerParts {
-        opts: &opts,
+        platform: opts,
         rt: &control_rt,
         data: &data,
         storage: &storage,
@@ -247,13 +312,13 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         metrics: &api_metrics,
     }
     .build()?;
-    let public = public_urls(&opts, &domain);
-    let api = control_plane(&opts, public.clone(), limits, &state, queue, &origin);
+    let public = opts.public_urls();
+    let api = control_plane(opts, limits, &state, queue, &origin);
 
     // One Pingora server for all of it.
     let run_dir = data.dir("run")?;
-    let mut server = pingora_server(&opts, &run_dir);
-    let hosts = host_rules(&opts, &domain);
+    let mut server = pingora_server(opts, &run_dir);
+    let hosts = host_rules(opts);
     let api_socket = api_socket_path(&run_dir)?;
     let router = only_control_plane_hosts(api.router(), hosts.clone());
     let mut api = Service::new("control plane".into(), ApiApp::new(router));
@@ -262,7 +327,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
         Some(std::fs::Permissions::from_mode(0o600)),
     );
     let edge = EdgeParts {
-        opts: &opts,
+        platform: opts,
         rt: &control_rt,
         hosts,
         origin,
@@ -273,7 +338,7 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     let sites = edge.public_port(&server)?;
     let s3 = storage.embedded.take().map(|s3| {
         let mut s3 = background_service("embedded S3", s3);
-        s3.threads = Some(opts.threads.max(1));
+        s3.threads = Some(opts.threads);
         server.add_service(s3)
     });
     let runner = server.add_service(background_service(
@@ -290,12 +355,12 @@ pub fn run(opts: UpOptions) -> anyhow::Result<()> {
     let sites = server.add_service(sites);
     sites.add_dependencies([&api, &runner]);
     sites.add_dependencies(s3.iter());
-    if let Some(ready) = ready_file(&opts, &public, &storage, &domain) {
+    if let Some(ready) = ready_file(opts, &public, &storage, &domain) {
         server
             .add_service(background_service("ready file", ready))
             .add_dependencies([&sites]);
     }
-    banner(&opts, &public, &data, &storage, s3.is_some());
+    banner(opts, &public, &data, &storage, s3.is_some());
     server.run(RunArgs::default());
     control_rt.shutdown_background();
     Ok(())
@@ -311,7 +376,7 @@ fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// The ready file `--ready-file` asks for.
 fn ready_file(
-    opts: &UpOptions,
+    opts: &Platform,
     public: &PublicUrls,
     storage: &Storage,
     domain: &str,
@@ -329,28 +394,28 @@ fn ready_file(
     })
 }
 
-/// Checks the options that no type can: the domain, an open API off loopback, the token's
-/// length, and (unless upgrading) that the listen addresses are free. Returns the domain.
-fn check(opts: &UpOptions) -> anyhow::Result<String> {
-    let domain = opts.domain.trim_end_matches('.').to_ascii_lowercase();
+/// Checks what no type can: the domain, an open API off loopback, the token's length, the
+/// allowed networks, and (unless upgrading) that the listen addresses are free.
+fn check(opts: &Platform) -> anyhow::Result<()> {
+    let domain = &opts.domain;
     anyhow::ensure!(
-        gitdeploy_core::host::normalize_host(&domain).as_deref() == Some(domain.as_str()),
+        gitdeploy_core::host::normalize_host(domain).as_deref() == Some(domain.as_str()),
         "--domain {domain:?} is not a valid host name"
     );
-    if opts.api_token.is_none() && !opts.listen.ip().is_loopback() && !opts.insecure_open_api {
+    if opts.api.token.is_none() && !opts.listen.ip().is_loopback() && !opts.api.insecure_open {
         anyhow::bail!(
             "refusing to serve an open API on {}: pass --api-token (or GITDEPLOY_API_TOKEN), \
              or --insecure-open-api if you really mean it",
             opts.listen
         );
     }
-    if let Some(token) = &opts.api_token {
+    if let Some(token) = &opts.api.token {
         anyhow::ensure!(
             token.len() >= 16,
             "--api-token must be at least 16 characters"
         );
     }
-    for cidr in &opts.build_allow_networks {
+    for cidr in &opts.builds.limits.allowed_networks {
         gitdeploy_core::egress::parse_allowed_network(cidr)
             .map_err(|e| anyhow::anyhow!("--build-allow-network: {e}"))?;
     }
@@ -369,13 +434,13 @@ fn check(opts: &UpOptions) -> anyhow::Result<String> {
             })?;
         }
     }
-    Ok(domain)
+    Ok(())
 }
 
 /// The Pingora server: grace periods, pid file and upgrade socket in `run_dir`.
-fn pingora_server(opts: &UpOptions, run_dir: &Path) -> Server {
+fn pingora_server(opts: &Platform, run_dir: &Path) -> Server {
     let conf = ServerConf {
-        threads: opts.threads.max(1),
+        threads: opts.threads,
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(5),
         pid_file: run_dir.join("gitdeploy.pid").display().to_string(),
@@ -393,7 +458,7 @@ fn pingora_server(opts: &UpOptions, run_dir: &Path) -> Server {
 
 /// Which hosts are the control plane: the domain's apex and `api.`, and the address listened
 /// on when it is a specific one.
-fn host_rules(opts: &UpOptions, domain: &str) -> HostRules {
+fn host_rules(opts: &Platform) -> HostRules {
     let mut control_hosts = vec![];
     if !opts.listen.ip().is_unspecified() {
         control_hosts.push(match opts.listen {
@@ -402,14 +467,14 @@ fn host_rules(opts: &UpOptions, domain: &str) -> HostRules {
         });
     }
     HostRules {
-        domain: domain.to_owned(),
+        domain: opts.domain.clone(),
         control_hosts,
     }
 }
 
 /// What the public port is built from.
 struct EdgeParts<'a> {
-    opts: &'a UpOptions,
+    platform: &'a Platform,
     rt: &'a tokio::runtime::Runtime,
     hosts: HostRules,
     origin: Arc<S3Origin>,
@@ -421,7 +486,7 @@ struct EdgeParts<'a> {
 impl EdgeParts<'_> {
     /// The public port: caches, the sites proxy and its connection limits.
     fn public_port(self, server: &Server) -> anyhow::Result<Service<PublicApp>> {
-        let opts = self.opts;
+        let opts = self.platform;
         let control_peer =
             HttpPeer::new_uds(&self.api_socket.display().to_string(), false, String::new())
                 .map_err(|e| anyhow::anyhow!("control plane socket: {e}"))?;
@@ -432,13 +497,13 @@ impl EdgeParts<'_> {
         ));
         drop_deleted_manifests(self.rt, self.records, &manifests);
         let objects = Arc::new(ObjectCache::new(
-            opts.object_cache_max_object_bytes,
-            opts.object_cache_bytes,
+            opts.cache.object_max_bytes,
+            opts.cache.object_total_bytes,
             self.metrics.object_cache_evictions.clone(),
         ));
         let aliases = AliasCache::new(
             self.records.clone(),
-            std::time::Duration::from_millis(opts.alias_cache_ttl_ms.max(1)),
+            opts.cache.alias_ttl,
             self.metrics.clone(),
         );
         let draining = Draining::default();
@@ -454,14 +519,7 @@ impl EdgeParts<'_> {
         .with_draining(draining.clone());
         let mut proxy = HttpProxy::new(proxy, server.configuration.clone());
         proxy.handle_init_modules();
-        let limits = ConnectionLimits {
-            head: HeadLimits {
-                idle: std::time::Duration::from_millis(opts.client_idle_timeout_ms.max(1)),
-                head: std::time::Duration::from_millis(opts.client_header_timeout_ms.max(1)),
-                max_bytes: opts.max_header_bytes.max(1024),
-            },
-            max_connections: opts.max_connections.max(1),
-        };
+        let limits = opts.clients;
         raise_open_file_limit(limits.max_connections);
         let mut sites = Service::new("public".into(), PublicApp::new(proxy, limits, draining));
         sites.add_tcp(&opts.listen.to_string());
@@ -499,18 +557,13 @@ fn drop_deleted_manifests(
 }
 
 /// What a person starting the server reads (machines read the ready file).
-fn banner(
-    opts: &UpOptions,
-    public: &PublicUrls,
-    data: &DataDir,
-    storage: &Storage,
-    embedded: bool,
-) {
-    match (&opts.redis_url, &opts.s3_endpoint) {
-        (None, None) => println!("GitDeploy is running (embedded mode: no cloud, no Redis)."),
-        _ => println!("GitDeploy is running."),
+fn banner(opts: &Platform, public: &PublicUrls, data: &DataDir, storage: &Storage, embedded: bool) {
+    if opts.is_embedded() {
+        println!("GitDeploy is running (embedded mode: no cloud, no Redis).");
+    } else {
+        println!("GitDeploy is running.");
     }
-    if opts.api_token.is_none() {
+    if opts.api.token.is_none() {
         println!(
             "  WARNING: the API is OPEN: anyone who can reach {} can deploy and read logs.",
             opts.listen
@@ -524,9 +577,11 @@ fn banner(
         "  metrics             http://{}/metrics",
         opts.metrics_listen
     );
-    match &opts.redis_url {
-        Some(url) => println!("  state and logs      Redis at {}", redact_repo_url(url)),
-        None => println!("  state and logs      {}", data.path().display()),
+    match &opts.state {
+        StateBackend::Redis { url, .. } => {
+            println!("  state and logs      Redis at {}", redact_repo_url(url))
+        }
+        StateBackend::Files => println!("  state and logs      {}", data.path().display()),
     }
     if embedded {
         println!(

@@ -1,0 +1,180 @@
+//! The platform's one typed configuration, [`Platform`]: what `up::run` assembles a server
+//! from. It is built either from `gitdeploy up`'s flags ([`crate::up::UpOptions`]) or from
+//! `gitdeploy serve`'s TOML file (`crate::serve`); the flags and the file format are types of
+//! their own, and the choices they make (where state lives, where sites are stored, who builds)
+//! are enums here, so the assembly never asks which command it runs under.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gitdeploy_api::ratelimit::RateLimit;
+use gitdeploy_api::EcsRunnerConfig;
+use gitdeploy_core::job::BuildLimits;
+use gitdeploy_core::repo::RepoScheme;
+
+use crate::public::ConnectionLimits;
+
+/// Everything a server is assembled from.
+#[derive(Clone, Debug)]
+pub(crate) struct Platform {
+    /// The public port (sites and API).
+    pub listen: SocketAddr,
+    /// The Prometheus metrics listener.
+    pub metrics_listen: SocketAddr,
+    /// The platform domain, lower case without a final dot: sites are `<label>.<domain>`.
+    pub domain: String,
+    /// The data directory (state and logs on disk, the embedded S3, work and cache of builds).
+    pub data_dir: PathBuf,
+    /// Worker threads of each service.
+    pub threads: usize,
+    /// Take over the listening sockets of the server running on this data directory.
+    pub upgrade: bool,
+    /// Where to write the bound addresses once serving.
+    pub ready_file: Option<PathBuf>,
+    /// How URLs handed out look, when not derived from the listen address (`http`, its port).
+    pub public: Option<PublicAddress>,
+    /// Limits of client connections on the public port.
+    pub clients: ConnectionLimits,
+    /// The API's access rules.
+    pub api: ApiSettings,
+    /// Where deployments, projects and logs live.
+    pub state: StateBackend,
+    /// Where sites are stored.
+    pub storage: StorageSettings,
+    /// The edge's caches.
+    pub cache: CacheSettings,
+    /// How builds run.
+    pub builds: BuildSettings,
+}
+
+/// How the outside world reaches the platform (behind a TLS load balancer, say).
+#[derive(Clone, Debug)]
+pub(crate) struct PublicAddress {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// Port of the URLs, when not the scheme's default.
+    pub port: Option<u16>,
+}
+
+/// Who may use the API, and how much.
+#[derive(Clone, Debug)]
+pub(crate) struct ApiSettings {
+    /// The token the API requires; `None`: open.
+    pub token: Option<String>,
+    /// An open API is allowed off loopback.
+    pub insecure_open: bool,
+    /// Builds that may wait for a runner slot; more are refused with 429.
+    pub max_queued: usize,
+    /// Per-client rate of costly requests; `None`: unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// Repository transports users may deploy from.
+    pub repo_schemes: Vec<RepoScheme>,
+}
+
+/// Where state and logs live.
+#[derive(Clone, Debug)]
+pub(crate) enum StateBackend {
+    /// Files in the data directory (one server).
+    Files,
+    /// Redis, shared by every edge.
+    Redis {
+        /// `redis://[user:password@]host:port[/db]`.
+        url: String,
+        /// Prefix of every key.
+        prefix: String,
+        /// How long a finished log stays in Redis (the S3 archive keeps it).
+        log_ttl: Duration,
+    },
+}
+
+/// Where sites are stored.
+#[derive(Clone, Debug)]
+pub(crate) enum StorageSettings {
+    /// The embedded S3 server on loopback, over the data directory, with a key of its own.
+    Embedded,
+    /// An S3 (AWS, or any S3-compatible store).
+    S3 {
+        /// Its endpoint; `None`: AWS's for the region.
+        endpoint: Option<String>,
+        /// The bucket.
+        bucket: String,
+        /// Its region.
+        region: String,
+        /// Key prefix of every object.
+        prefix: String,
+        /// How requests are signed.
+        credentials: S3Credentials,
+    },
+}
+
+/// How S3 requests are signed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum S3Credentials {
+    /// The static key in `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    StaticKey,
+    /// The AWS credential chain (task role, instance profile, web identity), refreshed.
+    AwsChain,
+}
+
+/// The edge's caches.
+#[derive(Clone, Debug)]
+pub(crate) struct CacheSettings {
+    /// Largest object kept in memory (0: no object cache).
+    pub object_max_bytes: u64,
+    /// Bytes the object cache holds in all.
+    pub object_total_bytes: u64,
+    /// How long an alias lookup is cached when an announcement is lost.
+    pub alias_ttl: Duration,
+}
+
+/// How builds run.
+#[derive(Clone, Debug)]
+pub(crate) struct BuildSettings {
+    /// Builds at once (local) or tasks at once (ECS).
+    pub concurrency: usize,
+    /// Limits of every build (the storage's key limit is filled in at assembly).
+    pub limits: BuildLimits,
+    /// How often the runner heartbeats and settles builds of stopped runners.
+    pub heartbeat: Duration,
+    /// Who builds.
+    pub runner: RunnerKind,
+}
+
+/// Who builds.
+#[derive(Clone, Debug)]
+pub(crate) enum RunnerKind {
+    /// Sandboxed child processes on this machine.
+    Local,
+    /// ECS tasks.
+    Ecs(Box<EcsRunnerConfig>),
+}
+
+impl Platform {
+    /// The URLs handed out.
+    pub(crate) fn public_urls(&self) -> gitdeploy_api::PublicUrls {
+        match &self.public {
+            Some(p) => gitdeploy_api::PublicUrls {
+                scheme: p.scheme.clone(),
+                domain: self.domain.clone(),
+                port: p.port,
+            },
+            None => {
+                let port = self.listen.port();
+                gitdeploy_api::PublicUrls {
+                    scheme: "http".into(),
+                    domain: self.domain.clone(),
+                    port: (port != 80).then_some(port),
+                }
+            }
+        }
+    }
+
+    /// Everything on this machine: no Redis, no external S3.
+    pub(crate) fn is_embedded(&self) -> bool {
+        matches!(
+            (&self.state, &self.storage),
+            (StateBackend::Files, StorageSettings::Embedded)
+        )
+    }
+}
