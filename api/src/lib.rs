@@ -7,6 +7,7 @@
 
 mod archive;
 mod dashboard;
+mod dispatch;
 pub mod ecs;
 mod error;
 mod file_store;

@@ -15,7 +15,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use crate::archive::LogArchive;
 use crate::job::{Claim, Finished, Job};
@@ -89,19 +89,6 @@ impl LocalRunner {
         (runner, queue)
     }
 
-    fn reconciler(&self) -> Reconciler<'_> {
-        Reconciler {
-            records: &self.records,
-            bus: &self.bus,
-            metrics: &self.metrics,
-            queue: &self.queue,
-            limits: &self.config.limits,
-            heartbeat: self.config.heartbeat,
-            watching: Vec::new(),
-            archive: self.config.archive.as_deref(),
-        }
-    }
-
     /// Removes what builds of an earlier run of this runner left in its work root (a server
     /// killed mid-build leaves its work directories, cgroups and network namespaces behind).
     /// The work root is this runner's alone, and nothing runs in it yet.
@@ -127,83 +114,77 @@ impl LocalRunner {
         }
     }
 
-    async fn reconcile(&self) -> std::io::Result<()> {
-        self.reconciler().run_once().await
-    }
-
     /// Runs jobs until `shutdown` resolves. Builds still running then are killed.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         self.sweep_work_root().await;
-        if let Err(e) = self.reconcile().await {
-            tracing::error!("cannot settle builds of stopped runners: {e}");
+        let builds = Arc::new(LocalBuilds {
+            config: Arc::new(self.config.clone()),
+            records: self.records.clone(),
+            bus: self.bus.clone(),
+            metrics: self.metrics.clone(),
+            queue: self.queue.clone(),
+        });
+        let running = crate::dispatch::Dispatch {
+            queue: &self.queue,
+            jobs: &mut self.rx,
+            slots: self.config.concurrency,
+            heartbeat: self.config.heartbeat,
         }
-        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        heartbeat.tick().await;
-        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
-        let config = Arc::new(self.config.clone());
-        let mut running = tokio::task::JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                _ = heartbeat.tick() => {
-                    if let Err(e) = self.reconcile().await {
-                        tracing::warn!("heartbeat and reconcile failed: {e}");
-                    }
-                    continue;
-                }
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let (job, cancel) = loop {
-                tokio::select! {
-                    _ = &mut shutdown => return running.shutdown().await,
-                    _ = heartbeat.tick() => {
-                        if let Err(e) = self.reconcile().await {
-                            tracing::warn!("heartbeat and reconcile failed: {e}");
-                        }
-                    }
-                    job = self.rx.recv() => match job {
-                        Some(job) => break job,
-                        None => return running.shutdown().await,
-                    },
-                }
-            };
-            self.queue.taken();
-            let (records, bus, config, metrics, queue) = (
-                self.records.clone(),
-                self.bus.clone(),
-                config.clone(),
-                self.metrics.clone(),
-                self.queue.clone(),
-            );
-            running.spawn(async move {
-                let id = job.deployment.clone();
-                let record = Job::new(&records, &bus, &metrics, id.clone());
-                if *cancel.borrow() {
-                    record.finish(Finished::canceled()).await;
-                } else {
-                    run_job(
-                        &config,
-                        record,
-                        job,
-                        cancel,
-                        Claim::Queued,
-                        queue.instance(),
-                    )
-                    .await;
-                }
-                queue.done(&id);
-                drop(permit);
-            });
-            // Reap finished tasks so the set does not grow without bound.
-            while running.try_join_next().is_some() {}
-        }
+        .run(builds, shutdown)
+        .await;
         // Dropping the tasks drops their process-group guards, which kill the builds.
+        let mut running = running;
         running.shutdown().await;
+    }
+}
+
+/// The local runner's builds: one builder child process each.
+struct LocalBuilds {
+    config: Arc<LocalRunnerConfig>,
+    records: Records,
+    bus: Arc<dyn LogBus>,
+    metrics: ApiMetrics,
+    queue: JobQueue,
+}
+
+#[async_trait::async_trait]
+impl crate::dispatch::Builds for LocalBuilds {
+    async fn build(self: Arc<Self>, job: BuildJob, cancel: watch::Receiver<bool>) {
+        let record = Job::new(
+            &self.records,
+            &self.bus,
+            &self.metrics,
+            job.deployment.clone(),
+        );
+        if *cancel.borrow() {
+            record.finish(Finished::canceled()).await;
+            return;
+        }
+        run_job(
+            &self.config,
+            record,
+            job,
+            cancel,
+            Claim::Queued,
+            self.queue.instance(),
+        )
+        .await;
+    }
+
+    async fn tick(&self) {
+        let reconciler = Reconciler {
+            records: &self.records,
+            bus: &self.bus,
+            metrics: &self.metrics,
+            queue: &self.queue,
+            limits: &self.config.limits,
+            heartbeat: self.config.heartbeat,
+            watching: Vec::new(),
+            archive: self.config.archive.as_deref(),
+        };
+        if let Err(e) = reconciler.run_once().await {
+            tracing::warn!("heartbeat and reconcile failed: {e}");
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gitdeploy_core::{BuildJob, DeploymentId, DeploymentStatus};
-use tokio::sync::{oneshot, watch, Mutex, Semaphore};
+use tokio::sync::{oneshot, watch, Mutex};
 
 use crate::archive::LogArchive;
 use crate::job::{Finished, Job};
@@ -184,7 +184,6 @@ impl EcsRunner {
 
     /// Runs until `shutdown` resolves. Tasks keep running: a restarted runner finds them again.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
         if let Err(e) = self.reattach().await {
             tracing::error!("cannot find running build tasks: {e}");
         }
@@ -194,62 +193,16 @@ impl EcsRunner {
             self.watched.clone(),
             self.config.poll_interval,
         ));
-        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
-        let runner = Arc::new(self.shared());
-        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
-        let mut running = tokio::task::JoinSet::new();
-        let rx = &mut self.rx;
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = heartbeat.tick() => {
-                    let watching = self
-                        .watched
-                        .lock()
-                        .await
-                        .values()
-                        .map(|w| w.deployment.clone())
-                        .collect();
-                    let reconciler = crate::reconciler::Reconciler {
-                        records: &self.records,
-                        bus: &self.bus,
-                        metrics: &self.metrics,
-                        queue: &self.queue,
-                        limits: &self.config.limits,
-                        heartbeat: self.config.heartbeat,
-                        watching,
-                        archive: self.archive.as_deref(),
-                    };
-                    if let Err(e) = reconciler.run_once().await {
-                        tracing::warn!("heartbeat and reconcile failed: {e}");
-                    }
-                    if let (Some(access), true) = (&self.access, self.config.scoped_redis_users) {
-                        for id in &reconciler.watching {
-                            if let Err(e) = access.renew(id).await {
-                                tracing::warn!(%id, "cannot renew the build's Redis user: {e}");
-                            }
-                        }
-                    }
-                }
-                // A job is taken only with a free slot, and waiting for one never holds up the
-                // heartbeat above (both futures are cancel-safe).
-                next = async {
-                    let permit = permits.clone().acquire_owned().await.ok()?;
-                    Some((permit, rx.recv().await?))
-                } => {
-                    let Some((permit, (job, cancel))) = next else { break };
-                    self.queue.taken();
-                    let runner = runner.clone();
-                    running.spawn(async move {
-                        let id = job.deployment.clone();
-                        runner.build(job, cancel).await;
-                        runner.queue.done(&id);
-                        drop(permit);
-                    });
-                    while running.try_join_next().is_some() {}
-                }
-            }
+        let shared = Arc::new(self.shared());
+        let running = crate::dispatch::Dispatch {
+            queue: &self.queue,
+            jobs: &mut self.rx,
+            slots: self.config.concurrency,
+            heartbeat: self.config.heartbeat,
         }
+        .run(shared, shutdown)
+        .await;
+        let mut running = running;
         poller.abort();
         // Watching stops; the tasks go on and are found again after a restart.
         running.abort_all();
@@ -350,6 +303,45 @@ struct Shared {
     metrics: ApiMetrics,
     queue: JobQueue,
     watched: Arc<Mutex<HashMap<String, Watched>>>,
+}
+
+#[async_trait::async_trait]
+impl crate::dispatch::Builds for Shared {
+    async fn build(self: Arc<Self>, job: BuildJob, cancel: watch::Receiver<bool>) {
+        Shared::build(&self, job, cancel).await
+    }
+
+    /// The reconciler, then the Redis users of the builds watched here, created again if
+    /// Redis lost them (a restart).
+    async fn tick(&self) {
+        let watching = self
+            .watched
+            .lock()
+            .await
+            .values()
+            .map(|w| w.deployment.clone())
+            .collect();
+        let reconciler = crate::reconciler::Reconciler {
+            records: &self.records,
+            bus: &self.bus,
+            metrics: &self.metrics,
+            queue: &self.queue,
+            limits: &self.config.limits,
+            heartbeat: self.config.heartbeat,
+            watching,
+            archive: self.archive.as_deref(),
+        };
+        if let Err(e) = reconciler.run_once().await {
+            tracing::warn!("heartbeat and reconcile failed: {e}");
+        }
+        if let (Some(access), true) = (&self.access, self.config.scoped_redis_users) {
+            for id in &reconciler.watching {
+                if let Err(e) = access.renew(id).await {
+                    tracing::warn!(%id, "cannot renew the build's Redis user: {e}");
+                }
+            }
+        }
+    }
 }
 
 impl Shared {
