@@ -47,8 +47,18 @@ pub(super) async fn require_token(
     });
     match from_header.or(from_query) {
         Some(token) if token_matches(&token, &expected) => next.run(req).await,
-        _ => ApiError::unauthorized().into_response(),
+        _ => after_the_body(req, ApiError::unauthorized().into_response()).await,
     }
+}
+
+/// `answer`, once the request's body has been read (at most the body limit, for at most a
+/// second). A connection whose request body is left unread is closed after the answer, and
+/// the proxy may still be writing that body: the close then resets the connection, and the
+/// client sees a 502 instead of the 401 or 429 it was sent.
+async fn after_the_body(req: axum::extract::Request, answer: Response) -> Response {
+    let body = axum::body::to_bytes(req.into_body(), super::MAX_BODY);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), body).await;
+    answer
 }
 
 /// Mutations and log streams count against the client's rate (reads of state do not).
@@ -67,11 +77,12 @@ pub(super) async fn limit_rate(
     if let (true, Some(limiter), Some(client)) = (costly, &cp.limiter, client) {
         if let Err(wait) = limiter.check(client.0, std::time::Instant::now()) {
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            return ApiError::too_many_retry(
+            let answer = ApiError::too_many_retry(
                 format!("too many requests from {}: slow down", client.0),
                 secs,
             )
             .into_response();
+            return after_the_body(req, answer).await;
         }
     }
     next.run(req).await
