@@ -352,13 +352,10 @@ async fn stop(
 
 #[tokio::test]
 async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
-    let (_moto, endpoint) = moto();
-    let redis = common::Redis::start();
-    let (subnet, sg) = default_network(&endpoint);
-    let client = ecs_client(&endpoint);
-    ecs_platform(&client).await;
-    let platform = Platform::connect(&redis.url).await;
-    let (runner, queue) = platform.runner(runner_config("builds", &subnet, &sg), client.clone());
+    let world = EcsWorld::start().await;
+    let (redis, client, platform) = (&world.redis, &world.client, &world.platform);
+    let (subnet, sg) = (world.subnet.as_str(), world.sg.as_str());
+    let (runner, queue) = platform.runner(runner_config("builds", subnet, sg), client.clone());
     let (stop_runner, stopped) = tokio::sync::oneshot::channel::<()>();
     let first = tokio::spawn(runner.run(async {
         let _ = stopped.await;
@@ -367,7 +364,7 @@ async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
     // A deployment becomes one task, with the job in its environment (secret values not),
     // tagged with the deployment and started by GitDeploy; the build is marked building.
     let a = platform.deploy(&queue, &[("TOKEN", "s3cr3t-value")]).await;
-    let task = task_of(&client, "builds", &a).await;
+    let task = task_of(client, "builds", &a).await;
     assert_eq!(task.started_by.as_deref(), Some(STARTED_BY));
     let env = env_of(&task);
     let job: BuildJob = serde_json::from_str(
@@ -398,7 +395,7 @@ async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
 
     // The task stops without having recorded an outcome: the build fails with ECS's reason.
     stop(
-        &client,
+        client,
         "builds",
         &task,
         "Essential container in task exited",
@@ -426,7 +423,7 @@ async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
 
     // A task whose job recorded its outcome stays as recorded.
     let b = platform.deploy(&queue, &[]).await;
-    let task_b = task_of(&client, "builds", &b).await;
+    let task_b = task_of(client, "builds", &b).await;
     platform.until(&b, DeploymentStatus::Building).await;
     // The task reports its ending into its own report; the runner applies it (status, the
     // log's final record, the archive) and removes the task's access.
@@ -454,7 +451,7 @@ async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
     assert!(platform.store.task_report(&b).await.unwrap().is_none());
     // Cancel is a StopTask.
     let c = platform.deploy(&queue, &[]).await;
-    let task_c = task_of(&client, "builds", &c).await;
+    let task_c = task_of(client, "builds", &c).await;
     platform.until(&c, DeploymentStatus::Building).await;
     assert!(queue.cancel(&c));
     platform.until(&c, DeploymentStatus::Canceled).await;
@@ -474,12 +471,12 @@ async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
 
     // A restarted runner finds its running task again and records how it ends.
     let d = platform.deploy(&queue, &[]).await;
-    let task_d = task_of(&client, "builds", &d).await;
+    let task_d = task_of(client, "builds", &d).await;
     platform.until(&d, DeploymentStatus::Building).await;
     stop_runner.send(()).unwrap();
     first.await.unwrap();
     let (runner, second_queue) =
-        platform.runner(runner_config("builds", &subnet, &sg), client.clone());
+        platform.runner(runner_config("builds", subnet, sg), client.clone());
     let (_stop_second, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(runner.run(async {
         let _ = stopped.await;
@@ -506,16 +503,14 @@ async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
         platform.records.get(&d).await.unwrap().unwrap().status,
         DeploymentStatus::Building
     );
-    stop(&client, "builds", &task_d, "Task failed ELB health checks").await;
+    stop(client, "builds", &task_d, "Task failed ELB health checks").await;
     let failed = platform.until(&d, DeploymentStatus::Failed).await;
     let error = failed.error.unwrap();
     assert!(error.contains("Task failed ELB health checks"), "{error}");
 
     // ECS refusing the request fails the build with ECS's own words.
-    let (bad, bad_queue) = platform.runner(
-        runner_config("no-such-cluster", &subnet, &sg),
-        client.clone(),
-    );
+    let (bad, bad_queue) =
+        platform.runner(runner_config("no-such-cluster", subnet, sg), client.clone());
     let (_stop_bad, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(bad.run(async {
         let _ = stopped.await;
@@ -577,6 +572,38 @@ impl TaskUser {
     }
 }
 
+/// What every ECS test runs against: moto's ECS with the cluster `builds` and the builder's task
+/// definition, its default network, a Redis of its own and the platform's store and bus on it.
+struct EcsWorld {
+    _moto: Server,
+    endpoint: String,
+    redis: common::Redis,
+    subnet: String,
+    sg: String,
+    client: aws_sdk_ecs::Client,
+    platform: Platform,
+}
+
+impl EcsWorld {
+    async fn start() -> EcsWorld {
+        let (moto, endpoint) = moto();
+        let redis = common::Redis::start();
+        let (subnet, sg) = default_network(&endpoint);
+        let client = ecs_client(&endpoint);
+        ecs_platform(&client).await;
+        let platform = Platform::connect(&redis.url).await;
+        EcsWorld {
+            _moto: moto,
+            endpoint,
+            redis,
+            subnet,
+            sg,
+            client,
+            platform,
+        }
+    }
+}
+
 /// The cluster `builds` and the builder's task definition.
 async fn ecs_platform(client: &aws_sdk_ecs::Client) {
     client
@@ -611,19 +638,16 @@ async fn ecs_platform(client: &aws_sdk_ecs::Client) {
 /// API.
 #[tokio::test]
 async fn each_build_task_holds_access_to_its_own_build_only() {
-    let (_moto, endpoint) = moto();
-    let redis = common::Redis::start();
-    let (subnet, sg) = default_network(&endpoint);
-    let client = ecs_client(&endpoint);
-    ecs_platform(&client).await;
-    let platform = Platform::connect(&redis.url).await;
-    let mut config = runner_config("builds", &subnet, &sg);
+    let world = EcsWorld::start().await;
+    let (redis, client, platform) = (&world.redis, &world.client, &world.platform);
+    let (subnet, sg) = (world.subnet.as_str(), world.sg.as_str());
+    let mut config = runner_config("builds", subnet, sg);
     config.upload_role_arn = Some("arn:aws:iam::123456789012:role/gitdeploy-upload".into());
     let sts = aws_sdk_sts::Client::from_conf(
         aws_sdk_sts::Config::builder()
             .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
             .region(aws_sdk_sts::config::Region::new("us-east-1"))
-            .endpoint_url(&endpoint)
+            .endpoint_url(&world.endpoint)
             .credentials_provider(aws_sdk_sts::config::Credentials::new(
                 "test", "test", None, None, "test",
             ))
@@ -642,7 +666,7 @@ async fn each_build_task_holds_access_to_its_own_build_only() {
     }));
     let a = platform.deploy(&queue, &[]).await;
     let other = platform.deploy(&queue, &[]).await;
-    let env = env_of(&task_of(&client, "builds", &a).await);
+    let env = env_of(&task_of(client, "builds", &a).await);
     platform.until(&a, DeploymentStatus::Building).await;
 
     // The storage session travels through Redis, never in the ECS API.
@@ -740,13 +764,10 @@ async fn each_build_task_holds_access_to_its_own_build_only() {
 /// declared its builds lost).
 #[tokio::test]
 async fn the_ecs_runner_keeps_its_heartbeat_while_every_slot_is_busy() {
-    let (_moto, endpoint) = moto();
-    let redis = common::Redis::start();
-    let (subnet, sg) = default_network(&endpoint);
-    let client = ecs_client(&endpoint);
-    ecs_platform(&client).await;
-    let platform = Platform::connect(&redis.url).await;
-    let mut config = runner_config("builds", &subnet, &sg);
+    let world = EcsWorld::start().await;
+    let (redis, client, platform) = (&world.redis, &world.client, &world.platform);
+    let (subnet, sg) = (world.subnet.as_str(), world.sg.as_str());
+    let mut config = runner_config("builds", subnet, sg);
     config.concurrency = 1;
     let (runner, queue) = platform.runner(config, client.clone());
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();

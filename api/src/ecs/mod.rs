@@ -114,17 +114,8 @@ struct Watched {
 
 /// The ECS runner; [`EcsRunner::run`] is its loop.
 pub struct EcsRunner {
-    config: EcsRunnerConfig,
-    client: aws_sdk_ecs::Client,
-    records: Records,
-    bus: Arc<dyn LogBus>,
-    access: Option<Arc<dyn TaskAccess>>,
-    metrics: ApiMetrics,
-    queue: JobQueue,
+    shared: Shared,
     rx: JobReceiver,
-    watched: Arc<Mutex<HashMap<String, Watched>>>,
-    archive: Option<Arc<dyn LogArchive>>,
-    upload_role: Option<UploadRole>,
 }
 
 /// An ECS error as one line: the service's code and message, or what went wrong on the way.
@@ -154,7 +145,7 @@ impl EcsRunner {
         metrics: ApiMetrics,
     ) -> (Self, JobQueue) {
         let (queue, rx) = JobQueue::new(config.max_queued, metrics.clone());
-        let runner = EcsRunner {
+        let shared = Shared {
             config,
             client,
             records,
@@ -162,133 +153,49 @@ impl EcsRunner {
             access,
             metrics,
             queue: queue.clone(),
-            rx,
             watched: Arc::default(),
             archive: None,
             upload_role: None,
         };
-        (runner, queue)
+        (EcsRunner { shared, rx }, queue)
     }
 
     /// Hands each task a session of `role` limited to its own deployment's objects.
     pub fn with_upload_role(mut self, role: UploadRole) -> Self {
-        self.upload_role = Some(role);
+        self.shared.upload_role = Some(role);
         self
     }
 
     /// Archives each build's complete log when its task ends (the Redis stream expires).
     pub fn with_log_archive(mut self, archive: Arc<dyn LogArchive>) -> Self {
-        self.archive = Some(archive);
+        self.shared.archive = Some(archive);
         self
     }
 
     /// Runs until `shutdown` resolves. Tasks keep running: a restarted runner finds them again.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
-        if let Err(e) = self.reattach().await {
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let EcsRunner { shared, mut rx } = self;
+        let shared = Arc::new(shared);
+        if let Err(e) = shared.reattach().await {
             tracing::error!("cannot find running build tasks: {e}");
         }
         let poller = tokio::spawn(poll_tasks(
-            self.client.clone(),
-            self.config.cluster.clone(),
-            self.watched.clone(),
-            self.config.poll_interval,
+            shared.client.clone(),
+            shared.config.cluster.clone(),
+            shared.watched.clone(),
+            shared.config.poll_interval,
         ));
-        let shared = Arc::new(self.shared());
-        let running = crate::dispatch::Dispatch {
-            queue: &self.queue,
-            jobs: &mut self.rx,
-            slots: self.config.concurrency,
-            heartbeat: self.config.heartbeat,
+        let mut running = crate::dispatch::Dispatch {
+            queue: &shared.queue,
+            jobs: &mut rx,
+            slots: shared.config.concurrency,
+            heartbeat: shared.config.heartbeat,
         }
-        .run(shared, shutdown)
+        .run(shared.clone(), shutdown)
         .await;
-        let mut running = running;
         poller.abort();
         // Watching stops; the tasks go on and are found again after a restart.
         running.abort_all();
-    }
-
-    /// Watches again the tasks this platform started that still run, and settles the builds
-    /// whose task stopped while no runner watched it.
-    async fn reattach(&self) -> Result<(), String> {
-        let mut arns = Vec::new();
-        for desired in [
-            aws_sdk_ecs::types::DesiredStatus::Running,
-            aws_sdk_ecs::types::DesiredStatus::Stopped,
-        ] {
-            let mut pages = self
-                .client
-                .list_tasks()
-                .cluster(&self.config.cluster)
-                .started_by(STARTED_BY)
-                .desired_status(desired)
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                arns.extend(page.map_err(ecs_error)?.task_arns.unwrap_or_default());
-            }
-        }
-        arns.sort();
-        arns.dedup();
-        let runner = Arc::new(self.shared());
-        for chunk in arns.chunks(100) {
-            let described = self
-                .client
-                .describe_tasks()
-                .cluster(&self.config.cluster)
-                .set_tasks(Some(chunk.to_vec()))
-                .include(aws_sdk_ecs::types::TaskField::Tags)
-                .send()
-                .await
-                .map_err(ecs_error)?;
-            for task in described.tasks.unwrap_or_default() {
-                let id = task
-                    .tags
-                    .iter()
-                    .flatten()
-                    .find(|t| t.key.as_deref() == Some(DEPLOYMENT_TAG))
-                    .and_then(|t| t.value.as_deref())
-                    .and_then(DeploymentId::parse);
-                let (Some(id), Some(arn)) = (id, task.task_arn.clone()) else {
-                    continue;
-                };
-                if task.last_status.as_deref() == Some("STOPPED") {
-                    runner.task_ended(&id, task_end(task)).await;
-                    continue;
-                }
-                tracing::info!(%id, %arn, "watching a running build task again");
-                let (tx, rx) = oneshot::channel();
-                self.watched.lock().await.insert(
-                    arn,
-                    Watched {
-                        deployment: id.clone(),
-                        ended: tx,
-                    },
-                );
-                let runner = runner.clone();
-                tokio::spawn(async move {
-                    if let Ok(end) = rx.await {
-                        runner.task_ended(&id, end).await;
-                    }
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn shared(&self) -> Shared {
-        Shared {
-            config: self.config.clone(),
-            client: self.client.clone(),
-            records: self.records.clone(),
-            bus: self.bus.clone(),
-            access: self.access.clone(),
-            metrics: self.metrics.clone(),
-            queue: self.queue.clone(),
-            watched: self.watched.clone(),
-            archive: self.archive.clone(),
-            upload_role: self.upload_role.clone(),
-        }
     }
 }
 
@@ -345,6 +252,74 @@ impl crate::dispatch::Builds for Shared {
 }
 
 impl Shared {
+    /// Watches again the tasks this platform started that still run, and settles the builds
+    /// whose task stopped while no runner watched it.
+    async fn reattach(self: &Arc<Self>) -> Result<(), String> {
+        let mut arns = Vec::new();
+        for desired in [
+            aws_sdk_ecs::types::DesiredStatus::Running,
+            aws_sdk_ecs::types::DesiredStatus::Stopped,
+        ] {
+            let mut pages = self
+                .client
+                .list_tasks()
+                .cluster(&self.config.cluster)
+                .started_by(STARTED_BY)
+                .desired_status(desired)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                arns.extend(page.map_err(ecs_error)?.task_arns.unwrap_or_default());
+            }
+        }
+        arns.sort();
+        arns.dedup();
+        let runner = self.clone();
+        for chunk in arns.chunks(100) {
+            let described = self
+                .client
+                .describe_tasks()
+                .cluster(&self.config.cluster)
+                .set_tasks(Some(chunk.to_vec()))
+                .include(aws_sdk_ecs::types::TaskField::Tags)
+                .send()
+                .await
+                .map_err(ecs_error)?;
+            for task in described.tasks.unwrap_or_default() {
+                let id = task
+                    .tags
+                    .iter()
+                    .flatten()
+                    .find(|t| t.key.as_deref() == Some(DEPLOYMENT_TAG))
+                    .and_then(|t| t.value.as_deref())
+                    .and_then(DeploymentId::parse);
+                let (Some(id), Some(arn)) = (id, task.task_arn.clone()) else {
+                    continue;
+                };
+                if task.last_status.as_deref() == Some("STOPPED") {
+                    runner.task_ended(&id, task_end(task)).await;
+                    continue;
+                }
+                tracing::info!(%id, %arn, "watching a running build task again");
+                let (tx, rx) = oneshot::channel();
+                self.watched.lock().await.insert(
+                    arn,
+                    Watched {
+                        deployment: id.clone(),
+                        ended: tx,
+                    },
+                );
+                let runner = runner.clone();
+                tokio::spawn(async move {
+                    if let Ok(end) = rx.await {
+                        runner.task_ended(&id, end).await;
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn job(&self, id: &DeploymentId) -> Job<'_> {
         Job::new(&self.records, &self.bus, &self.metrics, id.clone())
     }
