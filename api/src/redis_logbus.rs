@@ -46,6 +46,9 @@ pub struct RedisLogBus {
     shared: Arc<Shared>,
 }
 
+/// How long a follower waits for Redis to come back before its stream ends with an error.
+const FOLLOWER_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Live records buffered per followed log before a slow follower re-reads from the stream.
 const LIVE_BUFFER: usize = 1024;
 /// Entries read per XRANGE / XREAD.
@@ -310,9 +313,29 @@ struct RedisFollower {
 }
 
 impl RedisFollower {
+    /// Re-reads the stream from the next record on. A follower lives as long as the build:
+    /// Redis away for a moment (a restart, a failover) is waited out, for at most
+    /// [`FOLLOWER_PATIENCE`], rather than ending the stream.
     async fn refill(&mut self) -> io::Result<()> {
-        self.backlog = self.shared.range_live(&self.id, self.next).await?.into();
-        Ok(())
+        let deadline = tokio::time::Instant::now() + FOLLOWER_PATIENCE;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match self.shared.range_live(&self.id, self.next).await {
+                Ok(records) => {
+                    self.backlog = records.into();
+                    return Ok(());
+                }
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotConnected
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(id = %self.id, "log read waits for Redis: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

@@ -142,6 +142,16 @@ pub(super) const BATCH_BYTES: usize = 256 << 10;
 /// Sends records until the final one, then closes. Ends early when the client goes away.
 /// With `batch`, the records of one burst go out as one text frame, one JSON object per line:
 /// one frame to encode, send and parse instead of one per line.
+/// Ends a stream that is not at the end of its log: code 1011, so the client resumes from its
+/// last record rather than taking the stream for complete.
+async fn close_unfinished(mut socket: WebSocket) {
+    let frame = axum::extract::ws::CloseFrame {
+        code: 1011,
+        reason: "the log could not be read; resume from the last record".into(),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
 pub(super) async fn stream_log(
     mut socket: WebSocket,
     mut follower: crate::logbus::Follower,
@@ -158,6 +168,7 @@ pub(super) async fn stream_log(
                     // together: one flush per burst instead of one per line.
                     use futures_util::{FutureExt, SinkExt};
                     let mut ended = false;
+                    let mut failed = false;
                     let mut pending = Some(record);
                     let mut queued = 0;
                     let mut lines = String::new();
@@ -190,7 +201,7 @@ pub(super) async fn stream_log(
                             Some(Ok(None)) => ended = true,
                             Some(Err(e)) => {
                                 tracing::error!("log follower failed: {e}");
-                                ended = true;
+                                failed = true;
                             }
                             None => {}
                         }
@@ -201,6 +212,9 @@ pub(super) async fn stream_log(
                     if socket.flush().await.is_err() {
                         return;
                     }
+                    if failed {
+                        return close_unfinished(socket).await;
+                    }
                     if ended {
                         break;
                     }
@@ -208,7 +222,7 @@ pub(super) async fn stream_log(
                 Ok(None) => break,
                 Err(e) => {
                     tracing::error!("log follower failed: {e}");
-                    break;
+                    return close_unfinished(socket).await;
                 }
             },
             incoming = socket.recv(), if client_reading => match incoming {

@@ -201,10 +201,41 @@ impl Client {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
-    /// Streams a log over the WebSocket, printing each line; returns the outcome status.
+    /// Streams a log over the WebSocket, printing each line; returns the outcome status. A
+    /// stream that ends before the final record (the connection broke, or the server could not
+    /// read the log for a moment) is resumed after the last record, a few times with backoff.
     async fn follow(&self, id: &str, since: u64) -> Result<Option<Outcome>, String> {
+        let mut printer = LogPrinter::for_terminal();
+        let mut next = since;
+        let mut backoff = std::time::Duration::from_millis(500);
+        for attempt in 0..6 {
+            if attempt > 0 {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            match self.follow_once(id, &mut next, &mut printer).await {
+                Ok(Some(outcome)) => return Ok(Some(outcome)),
+                Ok(None) => continue,
+                Err(e) => {
+                    printer.clear_spinner();
+                    return Err(e);
+                }
+            }
+        }
+        printer.clear_spinner();
+        Ok(None)
+    }
+
+    /// One connection of [`Client::follow`], from record `next` on (advanced as records come):
+    /// the outcome, `None` when the stream ended before it, or why the log cannot be followed.
+    async fn follow_once(
+        &self,
+        id: &str,
+        next: &mut u64,
+        printer: &mut LogPrinter,
+    ) -> Result<Option<Outcome>, String> {
         let ws_url = format!(
-            "{}/api/deployments/{id}/logs/ws?since={since}&batch=1",
+            "{}/api/deployments/{id}/logs/ws?since={next}&batch=1",
             self.api.replacen("http", "ws", 1)
         );
         let mut request = ws_url
@@ -220,7 +251,6 @@ impl Client {
         let (mut socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(|e| format!("cannot follow the log: {e}"))?;
-        let mut printer = LogPrinter::for_terminal();
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
         loop {
             let msg = tokio::select! {
@@ -230,24 +260,25 @@ impl Client {
                     continue;
                 }
             };
-            let Some(msg) = msg else { break };
-            let text = match msg.map_err(|e| format!("log stream broke: {e}"))? {
-                Message::Text(t) => t,
-                Message::Close(_) => break,
-                _ => continue,
+            let text = match msg {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Ok(None),
+                Some(Ok(_)) => continue,
             };
             // Batch mode: one record per line of the frame.
             for line in text.as_str().split('\n') {
                 let record: LogRecord =
                     serde_json::from_str(line).map_err(|e| format!("bad log record: {e}"))?;
+                if record.seq < *next {
+                    continue;
+                }
+                *next = record.seq + 1;
                 printer.print(&record);
                 if let Some(outcome) = record.outcome {
                     return Ok(Some(outcome));
                 }
             }
         }
-        printer.clear_spinner();
-        Ok(None)
     }
 }
 
