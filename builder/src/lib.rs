@@ -20,6 +20,7 @@ mod network;
 mod publish;
 mod sandbox;
 mod steps;
+pub mod storage;
 
 pub use config::BuilderConfig;
 pub use confine::run_if_asked as confine_if_asked;

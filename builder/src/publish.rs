@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 
 use crate::collect::{open_output_file, OutputFile};
 use crate::config::BuilderConfig;
+use crate::storage::{self, describe as storage_error, error_chain};
 use crate::{compress, detect};
 
 /// Files larger than this are uploaded in parts, never held in memory whole.
@@ -131,37 +132,20 @@ async fn upload_multipart(
 /// Uploads in flight at once.
 const PARALLEL_UPLOADS: usize = 16;
 
-/// An S3 client for the builder's configuration: static credentials when given, otherwise the
-/// standard AWS chain (a task role in ECS, an instance profile, a web identity...).
+/// An S3 client for the builder's configuration: static credentials when given (with
+/// `AWS_SESSION_TOKEN` for a scoped session), otherwise the standard AWS chain.
 pub async fn s3_client(config: &BuilderConfig) -> aws_sdk_s3::Client {
-    let mut b = aws_sdk_s3::Config::builder()
-        .region(aws_sdk_s3::config::Region::new(config.region.clone()))
-        // Retried with exponential backoff; every request carries a checksum S3 verifies.
-        .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(5))
-        .force_path_style(config.s3_endpoint.is_some());
-    if let Some(endpoint) = &config.s3_endpoint {
-        b = b.endpoint_url(endpoint);
-    }
-    match &config.credentials {
+    let endpoint = storage::Endpoint {
+        url: config.s3_endpoint.clone(),
+        region: config.region.clone(),
+    };
+    let credentials = match &config.credentials {
         Some((id, secret)) => {
-            b = b.credentials_provider(aws_credential_types::Credentials::new(
-                id,
-                secret,
-                std::env::var("AWS_SESSION_TOKEN").ok(),
-                None,
-                "gitdeploy-builder",
-            ));
+            storage::static_keys(id, secret, std::env::var("AWS_SESSION_TOKEN").ok())
         }
-        None => {
-            let chain =
-                aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
-                    .region(aws_config::Region::new(config.region.clone()))
-                    .build()
-                    .await;
-            b = b.credentials_provider(chain);
-        }
-    }
-    aws_sdk_s3::Client::from_conf(b.build())
+        None => storage::aws_chain(&config.region).await,
+    };
+    storage::client(&endpoint, credentials)
 }
 
 /// Totals of a publish.
@@ -305,43 +289,4 @@ pub async fn publish(
         .await
         .map_err(|e| format!("writing the manifest failed: {}", storage_error(&e)))?;
     Ok(totals)
-}
-
-/// What went wrong with a storage request, in words: the storage's own error code and
-/// message when it answered, or whether it could not be reached or did not answer in time.
-fn storage_error<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
-where
-    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    use aws_sdk_s3::error::SdkError;
-    match e {
-        SdkError::ServiceError(service) => {
-            let err = service.err();
-            match (err.code(), err.message()) {
-                (Some(code), Some(message)) => {
-                    format!("the storage answered {code}: {message}")
-                }
-                (Some(code), None) => format!("the storage answered {code}"),
-                _ => format!("the storage refused the request: {}", error_chain(e)),
-            }
-        }
-        SdkError::TimeoutError(_) => "the storage did not answer in time".into(),
-        SdkError::DispatchFailure(_) => {
-            format!("the storage could not be reached: {}", error_chain(e))
-        }
-        _ => error_chain(e),
-    }
-}
-
-/// An error with its sources, one line (the SDK's top-level message alone says little).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

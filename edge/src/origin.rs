@@ -1,10 +1,20 @@
-//! The S3 origin: where objects live and how requests to them are signed. The sites proxy
-//! streams objects through Pingora with headers from [`S3Origin::sign`]; small reads (manifests)
-//! go through [`S3Origin::get`]. Both paths sign the same way, with SigV4, single percent-encoding
-//! and no path normalization, as S3 requires.
+//! The S3 origin: where objects live and how requests to them are signed.
+//!
+//! Two ways in, one set of keys. The hot path, a site's object streamed to a visitor, is a
+//! request Pingora makes on its own pooled upstream connection, so the sites proxy asks
+//! [`S3Origin::sign`] for SigV4 headers (single percent-encoding, no path normalization, as S3
+//! requires) and Pingora streams the answer into the response and the cache chunk by chunk. An
+//! SDK client cannot take part in that: it owns its connections and hands back a body that would
+//! have to be copied into Pingora's response, outside its upstream timeouts, pool and metrics.
+//! Everything else (manifests, log archives, listing and deleting a deployment) goes through the
+//! platform's one S3 client, [`gitdeploy_builder::storage`], the same one the builder uploads
+//! with.
 
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use aws_credential_types::provider::{future, ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
     sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
     UriPathNormalizationMode,
@@ -12,6 +22,7 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use bytes::Bytes;
+use gitdeploy_builder::storage::{self, Failure};
 use gitdeploy_core::path::encode_path;
 use gitdeploy_core::ObjectLayout;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -46,17 +57,72 @@ pub struct S3Origin {
     /// Path prefix of every object: `/<bucket>` (path style) or empty (virtual-hosted).
     bucket_path: String,
     region: String,
-    identity: std::sync::RwLock<Identity>,
+    keys: Keys,
     layout: ObjectLayout,
-    http: reqwest::Client,
+    bucket: String,
+    client: aws_sdk_s3::Client,
+}
+
+/// The keys both ways in sign with, replaced when a refresh brings new ones.
+#[derive(Clone, Debug)]
+struct Keys(Arc<RwLock<KeyPair>>);
+
+/// The same keys as the SDK wants them and as the signer wants them (converted once, not per
+/// request).
+#[derive(Debug)]
+struct KeyPair {
+    credentials: Credentials,
+    identity: Identity,
+}
+
+impl Keys {
+    fn new(credentials: Credentials) -> Self {
+        Keys(Arc::new(RwLock::new(KeyPair::from(credentials))))
+    }
+
+    fn set(&self, credentials: Credentials) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = KeyPair::from(credentials);
+    }
+
+    fn identity(&self) -> Identity {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .identity
+            .clone()
+    }
+}
+
+impl From<Credentials> for KeyPair {
+    fn from(credentials: Credentials) -> Self {
+        KeyPair {
+            identity: credentials.clone().into(),
+            credentials,
+        }
+    }
+}
+
+impl ProvideCredentials for Keys {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        let pair = self.0.read().unwrap_or_else(|p| p.into_inner());
+        future::ProvideCredentials::ready(Ok(pair.credentials.clone()))
+    }
 }
 
 /// A failed origin read.
 #[derive(Debug, thiserror::Error)]
 pub enum OriginError {
     /// The origin answered with an unexpected status.
-    #[error("S3 answered {0}")]
-    Status(u16),
+    #[error("S3 answered {status}: {detail}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The storage's own words.
+        detail: String,
+    },
     /// The origin could not be reached or the read broke.
     #[error("S3 request failed: {0}")]
     Transport(String),
@@ -107,19 +173,18 @@ impl S3Origin {
         } else {
             format!("{host}:{port}")
         };
-        let identity: Identity = aws_credential_types::Credentials::new(
+        let keys = Keys::new(Credentials::new(
             &s.access_key,
             &s.secret_key,
             None,
             None,
             "gitdeploy-edge",
-        )
-        .into();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        ));
+        let endpoint = storage::Endpoint {
+            url: s.endpoint.clone(),
+            region: s.region.clone(),
+        };
+        let client = storage::client(&endpoint, SharedCredentialsProvider::new(keys.clone()));
         Ok(S3Origin {
             tls,
             connect: format!("{host}:{port}"),
@@ -130,9 +195,10 @@ impl S3Origin {
                 String::new()
             },
             region: s.region.clone(),
-            identity: std::sync::RwLock::new(identity),
+            keys,
             layout: ObjectLayout::new(&s.prefix),
-            http,
+            bucket: s.bucket.clone(),
+            client,
         })
     }
 
@@ -154,7 +220,7 @@ impl S3Origin {
             .await
             .map_err(|e| format!("no AWS credentials for S3: {e}"))?;
         let mut expiry = first.expiry();
-        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = first.into();
+        self.keys.set(first);
         let origin = std::sync::Arc::downgrade(self);
         runtime.spawn(async move {
             loop {
@@ -170,7 +236,7 @@ impl S3Origin {
                 match chain.provide_credentials().await {
                     Ok(creds) => {
                         expiry = creds.expiry();
-                        *origin.identity.write().unwrap_or_else(|p| p.into_inner()) = creds.into();
+                        origin.keys.set(creds);
                     }
                     Err(e) => {
                         tracing::error!("cannot refresh the S3 credentials: {e}");
@@ -210,21 +276,7 @@ impl S3Origin {
         method: &str,
         path: &str,
     ) -> Result<Vec<(&'static str, String)>, OriginError> {
-        self.sign_with_payload(method, path, EMPTY_SHA256)
-    }
-
-    /// SigV4 headers for a request whose body has SHA-256 `payload_sha256` (hex).
-    fn sign_with_payload(
-        &self,
-        method: &str,
-        path: &str,
-        payload_sha256: &str,
-    ) -> Result<Vec<(&'static str, String)>, OriginError> {
-        let identity = self
-            .identity
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let identity = self.keys.identity();
         let mut settings = SigningSettings::default();
         settings.percent_encoding_mode = PercentEncodingMode::Single;
         settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
@@ -244,7 +296,7 @@ impl S3Origin {
             method,
             url,
             [("host", self.host.as_str())].into_iter(),
-            SignableBody::Precomputed(payload_sha256.into()),
+            SignableBody::Precomputed(EMPTY_SHA256.into()),
         )
         .map_err(|e| OriginError::Signing(e.to_string()))?;
         let (instructions, _) = sign(request, &params)
@@ -260,25 +312,6 @@ impl S3Origin {
         Ok(out)
     }
 
-    /// A request for `path` on the endpoint with its SigV4 headers (`payload_sha256`: hex
-    /// SHA-256 of the body it will carry).
-    fn signed(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        payload_sha256: &str,
-    ) -> Result<reqwest::RequestBuilder, OriginError> {
-        let scheme = if self.tls { "https" } else { "http" };
-        let headers = self.sign_with_payload(method.as_str(), path, payload_sha256)?;
-        let mut req = self
-            .http
-            .request(method, format!("{scheme}://{}{path}", self.connect));
-        for (name, value) in headers {
-            req = req.header(name, value);
-        }
-        Ok(req)
-    }
-
     /// Writes a whole object.
     pub async fn put(
         &self,
@@ -286,136 +319,93 @@ impl S3Origin {
         body: Vec<u8>,
         content_type: &str,
     ) -> Result<(), OriginError> {
-        use sha2::Digest;
-        let path = self.object_path(key);
-        let hash = hex::encode(sha2::Sha256::digest(&body));
-        let req = self
-            .signed(reqwest::Method::PUT, &path, &hash)?
-            .header("content-type", content_type)
-            .body(body);
-        match send(req).await?.status().as_u16() {
-            200 | 201 | 204 => Ok(()),
-            other => Err(OriginError::Status(other)),
-        }
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(body.into())
+            .send()
+            .await
+            .map_err(|e| origin_error(&e))?;
+        Ok(())
     }
 
     /// Every key under `prefix` (ListObjectsV2, page by page).
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, OriginError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
         let mut keys = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut query = format!("list-type=2&prefix={}", query_encode(prefix));
-            if let Some(t) = &token {
-                query.push_str(&format!("&continuation-token={}", query_encode(t)));
-            }
-            let path = format!("{}/?{query}", self.bucket_path);
-            let resp = send(self.signed(reqwest::Method::GET, &path, EMPTY_SHA256)?).await?;
-            if resp.status().as_u16() != 200 {
-                return Err(OriginError::Status(resp.status().as_u16()));
-            }
-            let xml = resp
-                .text()
-                .await
-                .map_err(|e| OriginError::Transport(e.to_string()))?;
-            keys.extend(xml_values(&xml, "Key"));
-            token = xml_values(&xml, "NextContinuationToken").into_iter().next();
-            let truncated =
-                xml_values(&xml, "IsTruncated").first().map(String::as_str) == Some("true");
-            if !truncated || token.is_none() {
-                return Ok(keys);
-            }
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| origin_error(&e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
         }
+        Ok(keys)
     }
 
     /// Deletes one object (deleting a missing object succeeds).
     pub async fn delete(&self, key: &str) -> Result<(), OriginError> {
-        let path = self.object_path(key);
-        let req = self.signed(reqwest::Method::DELETE, &path, EMPTY_SHA256)?;
-        match send(req).await?.status().as_u16() {
-            200 | 204 | 404 => Ok(()),
-            other => Err(OriginError::Status(other)),
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if storage::failure(&e) == Failure::Refused(404) => Ok(()),
+            Err(e) => Err(origin_error(&e)),
         }
     }
 
     /// Reads a whole object; `Ok(None)` when it does not exist.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, OriginError> {
-        let path = self.object_path(key);
-        let resp = send(self.signed(reqwest::Method::GET, &path, EMPTY_SHA256)?).await?;
-        match resp.status().as_u16() {
-            200 => Ok(Some(
-                resp.bytes()
-                    .await
-                    .map_err(|e| OriginError::Transport(e.to_string()))?,
-            )),
-            404 => Ok(None),
-            other => Err(OriginError::Status(other)),
-        }
-    }
-}
-
-/// Sends a request built by [`S3Origin::signed`].
-async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, OriginError> {
-    req.send()
-        .await
-        .map_err(|e| OriginError::Transport(e.to_string()))
-}
-
-/// Percent-encodes a query parameter value (RFC 3986 unreserved characters stay).
-fn query_encode(value: &str) -> String {
-    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-    const QUERY: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
-    utf8_percent_encode(value, QUERY).to_string()
-}
-
-/// The text of every `<tag>…</tag>` in an S3 XML answer, entities decoded.
-fn xml_values(xml: &str, tag: &str) -> Vec<String> {
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    let mut out = Vec::new();
-    let mut rest = xml;
-    while let Some(start) = rest.find(&open) {
-        let after = &rest[start + open.len()..];
-        let Some(end) = after.find(&close) else { break };
-        out.push(xml_unescape(&after[..end]));
-        rest = &after[end + close.len()..];
-    }
-    out
-}
-
-fn xml_unescape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(amp) = rest.find('&') {
-        out.push_str(&rest[..amp]);
-        let tail = &rest[amp..];
-        let Some(semi) = tail.find(';') else {
-            out.push_str(tail);
-            return out;
+        let answer = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) if storage::failure(&e) == Failure::Refused(404) => return Ok(None),
+            Err(e) => return Err(origin_error(&e)),
         };
-        let entity = &tail[1..semi];
-        let decoded = match entity {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            e if e.starts_with("#x") => u32::from_str_radix(&e[2..], 16)
-                .ok()
-                .and_then(char::from_u32),
-            e if e.starts_with('#') => e[1..].parse().ok().and_then(char::from_u32),
-            _ => None,
-        };
-        match decoded {
-            Some(c) => out.push(c),
-            None => out.push_str(&tail[..=semi]),
-        }
-        rest = &tail[semi + 1..];
+        let body = answer
+            .body
+            .collect()
+            .await
+            .map_err(|e| OriginError::Transport(storage::error_chain(&e)))?;
+        Ok(Some(body.into_bytes()))
     }
-    out.push_str(rest);
-    out
+}
+
+/// An SDK error as the callers of the origin tell them apart: refused with a status, or not
+/// reached.
+fn origin_error<E>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> OriginError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match storage::failure(e) {
+        Failure::Refused(status) => OriginError::Status {
+            status,
+            detail: storage::describe(e),
+        },
+        Failure::Unreachable | Failure::Other => OriginError::Transport(storage::describe(e)),
+    }
 }
 
 impl gitdeploy_api::SiteStorage for S3Origin {
@@ -479,22 +469,6 @@ impl gitdeploy_api::LogArchive for S3Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn xml_values_and_entities() {
-        let xml = "<ListBucketResult><IsTruncated>true</IsTruncated><Contents><Key>sites/a/b&amp;c.html</Key></Contents>\
-                   <Contents><Key>sites/a/&#x3C;x&#62;&lt;&quot;&apos;</Key></Contents>\
-                   <NextContinuationToken>t+1/=</NextContinuationToken></ListBucketResult>";
-        assert_eq!(
-            xml_values(xml, "Key"),
-            ["sites/a/b&c.html", "sites/a/<x><\"'"]
-        );
-        assert_eq!(xml_values(xml, "NextContinuationToken"), ["t+1/="]);
-        assert_eq!(xml_values(xml, "IsTruncated"), ["true"]);
-        assert!(xml_values(xml, "Missing").is_empty());
-        assert_eq!(xml_unescape("a&unknown;b&"), "a&unknown;b&");
-        assert_eq!(query_encode("sites/x y+~"), "sites%2Fx%20y%2B~");
-    }
 
     fn settings(endpoint: Option<&str>) -> OriginSettings {
         OriginSettings {
