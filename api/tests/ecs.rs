@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,45 +16,7 @@ use gitdeploy_api::{
 };
 use gitdeploy_core::job::{BuildLimits, BuildSettings, ServingOptions};
 use gitdeploy_core::{BuildJob, DeploymentId, DeploymentStatus};
-
-struct Server {
-    child: Child,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    // Below the ephemeral range, in a stretch of this process's own; each port is handed out
-    // once, so tests starting servers at the same time never pick the same one.
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 50) as u16 * 100;
-    for _ in 0..100 {
-        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in {base}..{}", base + 100)
-}
-
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut backoff = Duration::from_millis(10);
-    while !ready() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited early with {status}");
-        }
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_millis(200));
-    }
-}
+use gitdeploy_harness::{free_port, wait_for_port, Process};
 
 /// A test tool from PyPI at the version `scripts/prereqs --test` pins, in the project's own
 /// virtualenv (never whatever version the machine happens to carry).
@@ -65,19 +26,16 @@ fn test_tool(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-fn moto() -> (Server, String) {
+fn moto() -> (Process, String) {
     let port = free_port();
-    let mut child = Command::new(test_tool("moto_server"))
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto_server is installed in .tools/venv (scripts/prereqs --test)");
-    wait_until(
-        "moto_server",
-        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        &mut child,
+    let mut moto = Process::spawn(
+        Command::new(test_tool("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        "moto_server (installed in .tools/venv by scripts/prereqs --test)",
     );
+    wait_for_port(([127, 0, 0, 1], port).into(), &mut moto, "moto_server");
     // Tasks stay RUNNING until stopped (by default moto moves them on at every describe).
     let script = format!(
         "import requests\n\
@@ -94,7 +52,7 @@ fn moto() -> (Server, String) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    (Server { child }, format!("http://127.0.0.1:{port}"))
+    (moto, format!("http://127.0.0.1:{port}"))
 }
 
 /// The default VPC's first subnet and security group (moto creates them), via boto3.
@@ -575,7 +533,7 @@ impl TaskUser {
 /// What every ECS test runs against: moto's ECS with the cluster `builds` and the builder's task
 /// definition, its default network, a Redis of its own and the platform's store and bus on it.
 struct EcsWorld {
-    _moto: Server,
+    _moto: Process,
     endpoint: String,
     redis: common::Redis,
     subnet: String,

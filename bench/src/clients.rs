@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::peers::Edge;
+use crate::edge::Edge;
 
 /// Idle connections held at once.
 pub const IDLE: usize = 10_000;

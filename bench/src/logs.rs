@@ -10,7 +10,7 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::peers::Edge;
+use crate::edge::Edge;
 
 /// A repository whose build prints `rate` lines per second for `seconds`.
 pub struct Fixture {

@@ -10,6 +10,8 @@
 //! ```
 
 mod clients;
+mod edge;
+mod host;
 mod load;
 mod logs;
 mod peers;
@@ -21,10 +23,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
+use crate::edge::Edge;
+use crate::host::{clock_ticks_per_second, cpu_ticks};
 use crate::load::{wrk, Load, WrkResult};
-use crate::peers::{
-    clock_ticks_per_second, cpu_ticks, Edge, Nginx, NodeProxy, ProxyCache, S3Server, Server,
-};
+use crate::peers::{Nginx, NodeProxy, ProxyCache, Server};
+use gitdeploy_harness::S3Server;
 
 const HOT: &str = "hot small files";
 const COLD: &str = "cold path (cache off)";
@@ -137,13 +140,13 @@ fn measure(
 async fn main() -> anyhow::Result<()> {
     let opts = Opts::parse();
     let run = |s: Scenario| opts.scenario == Scenario::All || opts.scenario == s;
-    let gitdeploy = peers::build_gitdeploy()?;
+    let gitdeploy = edge::build_gitdeploy()?;
     let site = site::Fixture::create()?;
     let mut rows = Vec::new();
     let dur = Duration::from_secs(opts.seconds);
 
     if run(Scenario::Hot) || run(Scenario::Revalidate) || run(Scenario::Large) {
-        let s3 = S3Server::start(&gitdeploy)?;
+        let s3 = S3Server::start(&gitdeploy);
         let edge = Edge::start_with(&gitdeploy, &[], Some(&s3)).await?;
         let id = edge.deploy(&site).await?;
         let nginx = Nginx::start_static(&site.root)?;
@@ -280,7 +283,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if run(Scenario::Cold) {
-        let s3 = S3Server::start(&gitdeploy)?;
+        let s3 = S3Server::start(&gitdeploy);
         let edge = Edge::start_with(
             &gitdeploy,
             &["--object-cache-max-object-bytes", "0"],
@@ -543,8 +546,8 @@ fn render(opts: &Opts, rows: &[Row]) -> anyhow::Result<String> {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
-        peers::memory_total(),
-        peers::versions(),
+        host::memory_total(),
+        host::versions(),
         opts.seconds,
         opts.connections
     )?;

@@ -478,7 +478,7 @@ async fn credentials_in_a_repository_url_are_never_stored_or_logged() {
 struct PrivatePeer {
     netns: String,
     host_link: String,
-    listener: std::process::Child,
+    listener: common::Process,
     port: u16,
 }
 
@@ -515,13 +515,14 @@ impl PrivatePeer {
         ip(&["-n", &netns, "link", "set", &peer_link, "up"]);
         ip(&["-n", &netns, "link", "set", "lo", "up"]);
         let port = common::free_port();
-        let listener = std::process::Command::new("ip")
-            .args(["netns", "exec", &netns, "python3", "-c"])
-            .arg(format!(
-                "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.listen(64)\nwhile True:\n  c,_=s.accept()\n  c.close()\n"
-            ))
-            .spawn()
-            .unwrap();
+        let listener = common::Process::spawn(
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &netns, "python3", "-c"])
+                .arg(format!(
+                    "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.listen(64)\nwhile True:\n  c,_=s.accept()\n  c.close()\n"
+                )),
+            "the private peer's listener",
+        );
         let mut peer = PrivatePeer {
             netns,
             host_link,
@@ -536,8 +537,7 @@ impl PrivatePeer {
 
 impl Drop for PrivatePeer {
     fn drop(&mut self) {
-        let _ = self.listener.kill();
-        let _ = self.listener.wait();
+        self.listener.kill();
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.host_link])
             .status();

@@ -83,7 +83,7 @@ async fn a_graceful_upgrade_under_load_fails_no_request() {
 #[tokio::test]
 async fn redis_crashing_mid_build_loses_no_log_line_and_no_outcome() {
     let mut redis = common::Redis::start_persistent();
-    let s3 = common::S3Server::start();
+    let s3 = common::s3_server();
     let mut gits = GitServer::new();
     gits.add_repo("chatty", &[("README.md", "chatty")]);
     gits.start();
@@ -145,7 +145,7 @@ async fn redis_crashing_mid_build_loses_no_log_line_and_no_outcome() {
 async fn storage_stopping_during_upload_fails_the_build_cleanly() {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
-    let mut s3 = common::S3Server::start();
+    let mut s3 = common::s3_server();
     let mut gits = GitServer::new();
     gits.add_repo("many", &[("README.md", "many files")]);
     gits.start();
@@ -285,7 +285,7 @@ impl Drop for SmallDisk {
 async fn a_full_storage_disk_during_upload_fails_the_build_cleanly() {
     let mut disk = SmallDisk::mount(24);
     let filler = disk.path.join("filler");
-    let s3 = common::S3Server::start_in(disk.take());
+    let s3 = common::s3_server_in(disk.take());
     let mut gits = GitServer::new();
     gits.add_repo("small", &[("index.html", "<p>small</p>")]);
     gits.add_repo("big", &[("README.md", "big")]);

@@ -65,7 +65,7 @@ fn outcome(log: &[LogRecord]) -> &gitdeploy_core::Outcome {
 #[tokio::test]
 async fn two_edges_share_deployments_logs_and_aliases() {
     let redis = Redis::start();
-    let s3 = S3Server::start();
+    let s3 = common::s3_server();
     let mut git_server = GitServer::new();
     let repo = git_server.add_repo("site", &[("index.html", "v1")]);
     git_server.start();
@@ -176,7 +176,7 @@ async fn wait_for_line(gd: &Gitdeploy, id: &str, needle: &str) {
 #[tokio::test]
 async fn a_lost_runner_fails_its_build_and_an_s3_outage_is_a_502() {
     let redis = Redis::start();
-    let mut s3 = S3Server::start();
+    let mut s3 = common::s3_server();
     let mut git_server = GitServer::new();
     git_server.add_repo(
         "site",
@@ -294,7 +294,7 @@ async fn a_build_task_reports_its_outcome_and_an_edge_applies_it() {
     use std::sync::Arc;
 
     let redis = Redis::start();
-    let s3 = S3Server::start();
+    let s3 = common::s3_server();
     let mut git_server = GitServer::new();
     git_server.add_repo("task", &[("README", "built in a task")]);
     git_server.start();
@@ -396,7 +396,7 @@ async fn a_build_task_reports_its_outcome_and_an_edge_applies_it() {
 #[tokio::test]
 async fn expired_logs_are_served_from_the_archive() {
     let redis = Redis::start();
-    let s3 = S3Server::start();
+    let s3 = common::s3_server();
     let mut git_server = GitServer::new();
     git_server.add_repo("site", &[("index.html", "archived")]);
     git_server.start();
@@ -461,7 +461,7 @@ async fn expired_logs_are_served_from_the_archive() {
 async fn serve_runs_from_a_configuration_file() {
     use std::process::{Command, Stdio};
     let redis = Redis::start();
-    let s3 = S3Server::start();
+    let s3 = common::s3_server();
     let mut git_server = GitServer::new();
     git_server.add_repo("prod", &[("index.html", "served by serve")]);
     git_server.start();
@@ -499,17 +499,18 @@ runner = "local"
     let path = dir.path().join("gitdeploy.toml");
     std::fs::write(&path, config).unwrap();
     let token = "serve-test-token-0123456789";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("TEST_API_TOKEN", token)
-        .env("TEST_REDIS_URL", &redis.url)
-        .env("AWS_ACCESS_KEY_ID", S3_KEY.0)
-        .env("AWS_SECRET_ACCESS_KEY", S3_KEY.1)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = common::Process::spawn(
+        Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("TEST_API_TOKEN", token)
+            .env("TEST_REDIS_URL", &redis.url)
+            .env("AWS_ACCESS_KEY_ID", S3_KEY.0)
+            .env("AWS_SECRET_ACCESS_KEY", S3_KEY.1)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null()),
+        "gitdeploy serve",
+    );
     common::wait_for_port(([127, 0, 0, 1], port).into(), &mut child, "gitdeploy serve");
     let http = reqwest::Client::new();
     let api = |p: &str| format!("http://127.0.0.1:{port}{p}");
@@ -581,8 +582,6 @@ runner = "local"
         .await
         .unwrap();
     assert_eq!(page, "served by serve");
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// An ECS task has no bubblewrap (no namespaces on Fargate). `gitdeploy build-task` run as such a
@@ -606,7 +605,7 @@ async fn a_build_task_without_bubblewrap_keeps_its_environment_from_the_build() 
         }
     }
     let redis = Redis::start();
-    let s3 = S3Server::start();
+    let s3 = common::s3_server();
     let mut git_server = GitServer::new();
     git_server.add_repo("snoop", &[("README", "snoop")]);
     git_server.start();

@@ -1,13 +1,17 @@
-//! Test harness: real components on ephemeral loopback ports. A `git daemon` serving fixture
-//! repositories, and the real `gitdeploy up` binary with its own data directory.
+//! The edge's test support: the real `gitdeploy up` binary with its own data directory, and
+//! the API calls the tests make of it. The components themselves (Redis, the S3 server, git
+//! over loopback, ports, process groups) come from the shared harness, `gitdeploy-harness`.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
+#[allow(unused_imports)]
+pub use gitdeploy_harness::{
+    free_port, git, survivors, wait_for_port, wait_for_ready_file, GitServer, Process, Redis,
+    S3Server, S3_KEY,
+};
+
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use gitdeploy_core::LogRecord;
@@ -15,127 +19,19 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-/// A port nobody listens on right now, for a server the test starts.
-///
-/// Ports come from below the kernel's ephemeral range (which starts at 32768), so outgoing
-/// connections of the tests and builds never take them between this check and the server's
-/// bind; each test process walks its own stretch of ports so parallel tests never share one.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 10_000 + (std::process::id() % 100) as u16 * 200;
-    loop {
-        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 200;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+/// The `gitdeploy` binary under test.
+pub fn gitdeploy_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_gitdeploy"))
 }
 
-/// Waits until `addr` accepts connections (bounded): readiness, not a fixed sleep.
-pub fn wait_for_port(addr: SocketAddr, child: &mut Child, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut backoff = Duration::from_millis(5);
-    while TcpStream::connect(addr).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited early with {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not start listening on {addr}"
-        );
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_millis(100));
-    }
+/// An S3 server (the shared harness's, run by the binary under test) with an empty store.
+pub fn s3_server() -> S3Server {
+    S3Server::start(gitdeploy_bin())
 }
 
-/// Runs `git` in `dir`, panicking with its output on failure.
-pub fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.email=test@example.com",
-            "-c",
-            "user.name=test",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A directory of fixture repositories served by `git daemon` on loopback.
-pub struct GitServer {
-    pub root: tempfile::TempDir,
-    pub port: u16,
-    child: Option<Child>,
-}
-
-impl GitServer {
-    pub fn new() -> Self {
-        GitServer {
-            root: tempfile::tempdir().unwrap(),
-            port: 0,
-            child: None,
-        }
-    }
-
-    /// Creates repository `name` with `files` committed on `main`.
-    pub fn add_repo(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
-        let dir = self.root.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        git(&dir, &["init", "-q"]);
-        for (path, content) in files {
-            let file = dir.join(path);
-            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-            std::fs::write(file, content).unwrap();
-        }
-        git(&dir, &["add", "-A"]);
-        git(&dir, &["commit", "-q", "-m", "fixture"]);
-        dir
-    }
-
-    /// Starts the daemon (after the repos are added).
-    pub fn start(&mut self) {
-        self.port = free_port();
-        let mut child = Command::new("git")
-            .process_group(0)
-            .arg("daemon")
-            .arg("--reuseaddr")
-            .arg("--export-all")
-            .arg("--listen=127.0.0.1")
-            .arg(format!("--port={}", self.port))
-            .arg(format!("--base-path={}", self.root.path().display()))
-            .arg(self.root.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("git daemon");
-        wait_for_port(([127, 0, 0, 1], self.port).into(), &mut child, "git daemon");
-        self.child = Some(child);
-    }
-
-    pub fn url(&self, name: &str) -> String {
-        format!("git://127.0.0.1:{}/{name}", self.port)
-    }
-}
-
-impl Drop for GitServer {
-    fn drop(&mut self) {
-        // `git daemon` serves through a `git-daemon` child: the whole process group goes.
-        if let Some(mut c) = self.child.take() {
-            let group = nix::unistd::Pid::from_raw(c.id() as i32);
-            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-            let _ = c.wait();
-        }
-    }
+/// An S3 server keeping its objects in `dir`.
+pub fn s3_server_in(dir: tempfile::TempDir) -> S3Server {
+    S3Server::start_in(gitdeploy_bin(), dir)
 }
 
 /// A running `gitdeploy up`.
@@ -144,7 +40,7 @@ pub struct Gitdeploy {
     pub metrics_port: u16,
     pub data_dir: PathBuf,
     pub s3_endpoint: String,
-    child: Child,
+    process: Process,
     http: reqwest::Client,
 }
 
@@ -161,9 +57,7 @@ impl Gitdeploy {
 
     /// Like [`Gitdeploy::start_with`], with extra environment variables.
     pub async fn start_with_env(data_dir: &Path, flags: &[&str], envs: &[(&str, &str)]) -> Self {
-        let (port, metrics_port) = (free_port(), free_port());
-        let child = Self::launch(data_dir, port, metrics_port, flags, envs);
-        Self::attach(child, data_dir, port, metrics_port).await
+        Self::attach(Self::launch(data_dir, flags, envs), data_dir).await
     }
 
     /// A graceful upgrade: starts a new server on this one's data directory and ports with
@@ -173,10 +67,11 @@ impl Gitdeploy {
         let upgrade_sock = self.data_dir.join("run/upgrade.sock");
         let mut all = flags.to_vec();
         all.push("--upgrade");
-        let mut child = Self::launch(&self.data_dir, self.port, self.metrics_port, &all, &[]);
+        let up = Self::launch(&self.data_dir, &all, &[]).ports(self.port, self.metrics_port);
+        let mut child = up.spawn();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !upgrade_sock.exists() {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Some(status) = child.try_wait() {
                 panic!("the new server exited with {status}");
             }
             assert!(
@@ -185,11 +80,10 @@ impl Gitdeploy {
             );
             tokio::task::yield_now().await;
         }
-        let old = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGQUIT).unwrap();
-        let new = Self::attach(child, &self.data_dir, self.port, self.metrics_port).await;
+        self.process.signal(nix::sys::signal::Signal::SIGQUIT);
+        let new = Self::started(up, child, &self.data_dir).await;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
+        while self.process.try_wait().is_none() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the old server did not exit"
@@ -199,48 +93,33 @@ impl Gitdeploy {
         new
     }
 
-    fn launch(
-        data_dir: &Path,
-        port: u16,
-        metrics_port: u16,
-        flags: &[&str],
-        envs: &[(&str, &str)],
-    ) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
-            .args(["up", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--ready-file")
-            .arg(data_dir.join("ready.json"))
-            .args(flags)
-            .envs(envs.iter().copied())
-            .env(
-                "RUST_LOG",
-                std::env::var("GITDEPLOY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start gitdeploy")
+    fn launch(data_dir: &Path, flags: &[&str], envs: &[(&str, &str)]) -> gitdeploy_harness::Up {
+        let log = std::env::var("GITDEPLOY_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        envs.iter().fold(
+            gitdeploy_harness::Up::new(gitdeploy_bin(), data_dir)
+                .flags(flags)
+                .log_filter(&log),
+            |up, (k, v)| up.env(k, v),
+        )
     }
 
-    async fn attach(mut child: Child, data_dir: &Path, port: u16, metrics_port: u16) -> Self {
-        // The banner is for people: keep draining it. Readiness is the ready file, written
-        // once the public port answers the API's health check.
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        std::thread::spawn(move || lines.for_each(drop));
-        let ready = wait_for_ready_file(&data_dir.join("ready.json"), &mut child).await;
-        assert_eq!(ready["listen"], format!("127.0.0.1:{port}"));
+    async fn attach(up: gitdeploy_harness::Up, data_dir: &Path) -> Self {
+        let process = up.spawn();
+        Self::started(up, process, data_dir).await
+    }
+
+    /// Waits for the ready file of `process`, started from `up`.
+    async fn started(up: gitdeploy_harness::Up, mut process: Process, data_dir: &Path) -> Self {
+        let ready = wait_for_ready_file(&up.ready_file(), &mut process).await;
+        assert_eq!(ready["listen"], format!("127.0.0.1:{}", up.port));
         let s3_endpoint = ready["s3_endpoint"].as_str().unwrap().to_owned();
-        let http = reqwest::Client::new();
         Gitdeploy {
-            port,
-            metrics_port,
+            port: up.port,
+            metrics_port: up.metrics_port,
             data_dir: data_dir.to_owned(),
             s3_endpoint,
-            child,
-            http,
+            process,
+            http: reqwest::Client::new(),
         }
     }
 
@@ -436,7 +315,7 @@ impl Gitdeploy {
 
     /// The server's resident memory, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
             .unwrap_or_default()
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -446,27 +325,19 @@ impl Gitdeploy {
 
     /// The server's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Descriptors the server holds open.
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+        std::fs::read_dir(format!("/proc/{}/fd", self.process.pid()))
             .map(|d| d.count())
             .unwrap_or(0)
     }
 
     /// Stops the server abruptly (as a crash would).
     pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Gitdeploy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 }
 
@@ -504,153 +375,5 @@ pub fn assert_complete_log(records: &[LogRecord]) {
             i == records.len() - 1,
             "final record misplaced at {i}"
         );
-    }
-}
-
-/// A `redis-server` of the test's own, on a Unix socket (no port to collide on).
-pub struct Redis {
-    child: Child,
-    pub url: String,
-    socket: std::path::PathBuf,
-    persistent: bool,
-    dir: tempfile::TempDir,
-}
-
-impl Redis {
-    /// A server that keeps nothing on disk.
-    pub fn start() -> Redis {
-        Self::start_in(tempfile::tempdir().unwrap(), false)
-    }
-
-    /// A server that writes every change to its append-only file before answering, as a
-    /// production Redis with persistence does: a restart loses nothing.
-    pub fn start_persistent() -> Redis {
-        Self::start_in(tempfile::tempdir().unwrap(), true)
-    }
-
-    fn start_in(dir: tempfile::TempDir, persistent: bool) -> Redis {
-        let socket = dir.path().join("redis.sock");
-        let child = Self::spawn(dir.path(), &socket, persistent);
-        Redis {
-            child,
-            url: format!("redis+unix://{}", socket.display()),
-            socket,
-            persistent,
-            dir,
-        }
-    }
-
-    fn spawn(dir: &Path, socket: &Path, persistent: bool) -> Child {
-        let persistence: &[&str] = if persistent {
-            &["--appendonly", "yes", "--appendfsync", "always"]
-        } else {
-            &["--save", "", "--appendonly", "no"]
-        };
-        let mut child = Command::new("redis-server")
-            .args(["--port", "0"])
-            .args(persistence)
-            .arg("--unixsocket")
-            .arg(socket)
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/prereqs --test)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut backoff = Duration::from_millis(5);
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("redis-server exited early with {status}");
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_millis(100));
-        }
-        child
-    }
-
-    /// Kills the server (SIGKILL, as a crash) and starts it again on the same socket and data.
-    pub fn crash_and_restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.socket);
-        self.child = Self::spawn(self.dir.path(), &self.socket, self.persistent);
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `gitdeploy s3-server` on a free port: one S3 several `up --s3-endpoint` processes share.
-pub struct S3Server {
-    child: Child,
-    pub endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-pub const S3_KEY: (&str, &str) = ("test-access-key", "test-secret-key-0123456789");
-
-/// The ready file `child` writes (`--ready-file`), once it is this child's (a graceful upgrade
-/// replaces the old process's file); bounded, and failing at once if the child exits.
-pub async fn wait_for_ready_file(path: &Path, child: &mut Child) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(ready) = std::fs::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .filter(|r| r["pid"] == child.id())
-        {
-            return ready;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("gitdeploy exited before it was ready: {status}");
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "gitdeploy wrote no ready file within a minute"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-impl S3Server {
-    pub fn start() -> S3Server {
-        S3Server::start_in(tempfile::tempdir().unwrap())
-    }
-
-    /// Keeps its objects in `dir` (a small file system, say).
-    pub fn start_in(dir: tempfile::TempDir) -> S3Server {
-        let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
-            .args(["s3-server", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("AWS_ACCESS_KEY_ID", S3_KEY.0)
-            .env("AWS_SECRET_ACCESS_KEY", S3_KEY.1)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start gitdeploy s3-server");
-        wait_for_port(([127, 0, 0, 1], port).into(), &mut child, "s3-server");
-        S3Server {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        }
-    }
-
-    /// Stops it (an S3 outage).
-    pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
