@@ -173,20 +173,32 @@ impl ApiError {
     }
 }
 
-impl From<std::io::Error> for ApiError {
-    fn from(e: std::io::Error) -> Self {
-        use std::io::ErrorKind::*;
-        match e.kind() {
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            // Concurrent writers won every attempt: nothing was changed, the client may retry.
+            StoreError::Conflict(message) => {
+                let mut err = ApiError::conflict("conflict", message);
+                err.retry_after = Some(1);
+                err
+            }
             // The state store is away for a moment (Redis restarting): the client may retry.
-            NotConnected | ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut => {
+            StoreError::Unavailable(e) => {
                 tracing::warn!("state store unavailable: {e}");
                 let mut err =
                     ApiError::unavailable("the state store is unavailable; try again shortly");
                 err.retry_after = Some(1);
                 err
             }
-            _ => ApiError::internal(e),
+            StoreError::Failed(e) => ApiError::internal(e),
         }
+    }
+}
+
+impl From<std::io::Error> for ApiError {
+    fn from(e: std::io::Error) -> Self {
+        crate::store::StoreError::from(e).into()
     }
 }
 
@@ -203,5 +215,7 @@ mod io_error_tests {
         assert_eq!(resp.headers()["retry-after"], "1");
         let other: ApiError = std::io::Error::other("disk on fire").into();
         assert_eq!((other.status.as_u16(), other.code), (500, "internal"));
+        let conflict: ApiError = crate::store::StoreError::Conflict("busy".into()).into();
+        assert_eq!((conflict.status.as_u16(), conflict.code), (409, "conflict"));
     }
 }

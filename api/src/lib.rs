@@ -25,6 +25,7 @@ pub mod redis_store;
 mod redis_task;
 pub mod runner;
 pub mod store;
+mod store_error;
 pub mod task_access;
 pub mod webhooks;
 
@@ -47,7 +48,7 @@ pub use redis_logbus::{RedisLogBus, RedisLogSettings};
 pub use redis_store::RedisStore;
 pub use redis_task::{run_single_job, TaskSide};
 pub use runner::{AfterKill, LocalRunner, LocalRunnerConfig};
-pub use store::{Deployment, Records, Store};
+pub use store::{Deployment, Records, Store, StoreError};
 pub use task_access::{TaskAccess, TaskGrant};
 
 /// How the outside world reaches sites and the API, for the URLs the API hands out.

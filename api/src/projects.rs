@@ -2,8 +2,6 @@
 //! alias `<project>.<domain>` → its production deployment. Promote and rollback only move the
 //! alias. They are kept by the [`crate::store::Store`].
 
-use std::io;
-
 use gitdeploy_core::job::BuildSettings;
 use gitdeploy_core::repo::redact_repo_url;
 use gitdeploy_core::DeploymentId;
@@ -110,7 +108,7 @@ pub enum ProjectError {
     },
     /// Storage failed.
     #[error(transparent)]
-    Io(#[from] io::Error),
+    Store(#[from] crate::store::StoreError),
 }
 
 #[cfg(test)]

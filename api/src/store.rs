@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::projects::{Project, ProjectError};
+pub use crate::store_error::StoreError;
 
 /// One deployment as the control plane tracks it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,8 +191,8 @@ impl AliasChange {
 /// Attempts at a read-change-commit before giving up (only under heavy contention on one record).
 const MAX_ATTEMPTS: usize = 64;
 
-fn contention() -> io::Error {
-    io::Error::other("the record kept changing under concurrent writers; try again")
+fn contention() -> StoreError {
+    StoreError::Conflict("the record kept changing under concurrent writers; try again".into())
 }
 
 /// Every state change of the control plane, built on a [`Store`].
@@ -212,7 +213,7 @@ impl Records {
     }
 
     /// Adds a new deployment (its id must be new).
-    pub async fn insert(&self, d: Deployment) -> io::Result<()> {
+    pub async fn insert(&self, d: Deployment) -> Result<(), StoreError> {
         let id = d.id.clone();
         if self
             .store
@@ -224,34 +225,51 @@ impl Records {
         {
             Ok(())
         } else {
-            Err(io::Error::other(format!("deployment {id} already exists")))
+            Err(StoreError::Conflict(format!(
+                "deployment {id} already exists"
+            )))
         }
     }
 
     /// One deployment.
-    pub async fn get(&self, id: &DeploymentId) -> io::Result<Option<Deployment>> {
-        Ok(self.store.deployment(id).await?.map(|v| v.value))
+    pub async fn get(&self, id: &DeploymentId) -> Result<Option<Deployment>, StoreError> {
+        Ok(self
+            .store
+            .deployment(id)
+            .await
+            .map_err(StoreError::from)?
+            .map(|v| v.value))
     }
 
     /// Up to `limit` deployments, newest first.
-    pub async fn list(&self, limit: usize) -> io::Result<Vec<Deployment>> {
-        self.store.deployments(None, limit).await
+    pub async fn list(&self, limit: usize) -> Result<Vec<Deployment>, StoreError> {
+        self.store
+            .deployments(None, limit)
+            .await
+            .map_err(StoreError::from)
     }
 
     /// Up to `limit` deployments of `project`, newest first.
-    pub async fn list_project(&self, project: &str, limit: usize) -> io::Result<Vec<Deployment>> {
-        self.store.deployments(Some(project), limit).await
+    pub async fn list_project(
+        &self,
+        project: &str,
+        limit: usize,
+    ) -> Result<Vec<Deployment>, StoreError> {
+        self.store
+            .deployments(Some(project), limit)
+            .await
+            .map_err(StoreError::from)
     }
 
     /// Changes one deployment with `f` (which may refuse, or be called again after a conflict);
     /// `None` when it does not exist.
-    pub async fn update<E: From<io::Error>>(
+    pub async fn update<E: From<StoreError>>(
         &self,
         id: &DeploymentId,
         mut f: impl FnMut(&mut Deployment) -> Result<(), E>,
     ) -> Result<Option<Deployment>, E> {
         for _ in 0..MAX_ATTEMPTS {
-            let Some(current) = self.store.deployment(id).await? else {
+            let Some(current) = self.store.deployment(id).await.map_err(StoreError::from)? else {
                 return Ok(None);
             };
             let mut next = current.value.clone();
@@ -263,7 +281,12 @@ impl Records {
                 expect: current.version,
                 value: next.clone(),
             };
-            if self.store.commit(vec![write]).await? {
+            if self
+                .store
+                .commit(vec![write])
+                .await
+                .map_err(StoreError::from)?
+            {
                 return Ok(Some(next));
             }
         }
@@ -279,9 +302,9 @@ impl Records {
         id: &DeploymentId,
         f: impl Fn(&mut Deployment),
         promote: impl Fn(&Deployment, &Project) -> bool,
-    ) -> io::Result<Option<(Deployment, Option<Project>)>> {
+    ) -> Result<Option<(Deployment, Option<Project>)>, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
-            let Some(current) = self.store.deployment(id).await? else {
+            let Some(current) = self.store.deployment(id).await.map_err(StoreError::from)? else {
                 return Ok(None);
             };
             if current.value.status.is_terminal() {
@@ -297,7 +320,9 @@ impl Records {
             let mut promoted = None;
             if next.status == DeploymentStatus::Ready {
                 if let Some(name) = next.project.as_deref() {
-                    if let Some(project) = self.store.project(name).await? {
+                    if let Some(project) =
+                        self.store.project(name).await.map_err(StoreError::from)?
+                    {
                         if promote(&next, &project.value) {
                             let mut p = project.value.clone();
                             p.set_production(&next.id);
@@ -310,7 +335,7 @@ impl Records {
                     }
                 }
             }
-            if self.store.commit(writes).await? {
+            if self.store.commit(writes).await.map_err(StoreError::from)? {
                 return Ok(Some((next, promoted)));
             }
         }
@@ -318,12 +343,17 @@ impl Records {
     }
 
     /// Removes a deployment's record.
-    pub async fn delete(&self, id: &DeploymentId) -> io::Result<bool> {
+    pub async fn delete(&self, id: &DeploymentId) -> Result<bool, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
-            let Some(current) = self.store.deployment(id).await? else {
+            let Some(current) = self.store.deployment(id).await.map_err(StoreError::from)? else {
                 return Ok(false);
             };
-            if self.store.delete_deployment(id, current.version).await? {
+            if self
+                .store
+                .delete_deployment(id, current.version)
+                .await
+                .map_err(StoreError::from)?
+            {
                 return Ok(true);
             }
         }
@@ -332,12 +362,17 @@ impl Records {
 
     /// Removes a project (its deployments stay, at their own addresses); `false` when there is
     /// no such project.
-    pub async fn delete_project(&self, name: &str) -> io::Result<bool> {
+    pub async fn delete_project(&self, name: &str) -> Result<bool, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
-            let Some(current) = self.store.project(name).await? else {
+            let Some(current) = self.store.project(name).await.map_err(StoreError::from)? else {
                 return Ok(false);
             };
-            if self.store.delete_project(name, current.version).await? {
+            if self
+                .store
+                .delete_project(name, current.version)
+                .await
+                .map_err(StoreError::from)?
+            {
                 return Ok(true);
             }
         }
@@ -345,13 +380,18 @@ impl Records {
     }
 
     /// One project.
-    pub async fn project(&self, name: &str) -> io::Result<Option<Project>> {
-        Ok(self.store.project(name).await?.map(|v| v.value))
+    pub async fn project(&self, name: &str) -> Result<Option<Project>, StoreError> {
+        Ok(self
+            .store
+            .project(name)
+            .await
+            .map_err(StoreError::from)?
+            .map(|v| v.value))
     }
 
     /// Every project, by name.
-    pub async fn projects(&self) -> io::Result<Vec<Project>> {
-        self.store.projects().await
+    pub async fn projects(&self) -> Result<Vec<Project>, StoreError> {
+        self.store.projects().await.map_err(StoreError::from)
     }
 
     /// Creates a project; fails when the name is taken.
@@ -360,7 +400,12 @@ impl Records {
             expect: 0,
             value: project.clone(),
         };
-        if self.store.commit(vec![write]).await? {
+        if self
+            .store
+            .commit(vec![write])
+            .await
+            .map_err(StoreError::from)?
+        {
             Ok(project)
         } else {
             Err(ProjectError::Exists(project.name))
@@ -399,13 +444,13 @@ impl Records {
 
     /// Changes a project with `f` (which may refuse, or be called again after a conflict);
     /// `None` when it does not exist.
-    pub async fn update_project<E: From<io::Error>>(
+    pub async fn update_project<E: From<StoreError>>(
         &self,
         name: &str,
         mut f: impl FnMut(&mut Project) -> Result<(), E>,
     ) -> Result<Option<Project>, E> {
         for _ in 0..MAX_ATTEMPTS {
-            let Some(current) = self.store.project(name).await? else {
+            let Some(current) = self.store.project(name).await.map_err(StoreError::from)? else {
                 return Ok(None);
             };
             let mut next = current.value.clone();
@@ -417,7 +462,12 @@ impl Records {
                 expect: current.version,
                 value: next.clone(),
             };
-            if self.store.commit(vec![write]).await? {
+            if self
+                .store
+                .commit(vec![write])
+                .await
+                .map_err(StoreError::from)?
+            {
                 return Ok(Some(next));
             }
         }
@@ -429,10 +479,10 @@ impl Records {
         &self,
         name: &str,
         deployment: &DeploymentId,
-    ) -> io::Result<Option<Project>> {
+    ) -> Result<Option<Project>, StoreError> {
         self.update_project(name, |p| {
             p.set_production(deployment);
-            Ok::<_, io::Error>(())
+            Ok::<_, StoreError>(())
         })
         .await
     }
@@ -440,9 +490,9 @@ impl Records {
     /// Points the alias back at the most recent earlier production deployment that is still
     /// ready (others are dropped from the history). Production is unchanged when there is
     /// nothing to roll back to; `None` when the project does not exist.
-    pub async fn rollback(&self, name: &str) -> io::Result<Option<Project>> {
+    pub async fn rollback(&self, name: &str) -> Result<Option<Project>, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
-            let Some(current) = self.store.project(name).await? else {
+            let Some(current) = self.store.project(name).await.map_err(StoreError::from)? else {
                 return Ok(None);
             };
             let mut next = current.value.clone();
@@ -463,7 +513,12 @@ impl Records {
                 expect: current.version,
                 value: next.clone(),
             };
-            if self.store.commit(vec![write]).await? {
+            if self
+                .store
+                .commit(vec![write])
+                .await
+                .map_err(StoreError::from)?
+            {
                 return Ok(Some(next));
             }
         }

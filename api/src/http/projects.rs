@@ -24,7 +24,7 @@ pub(super) fn project_error(e: ProjectError) -> ApiError {
         ProjectError::OtherRepo { .. } => {
             ApiError::conflict("project_repo_mismatch", e.to_string())
         }
-        ProjectError::Io(e) => ApiError::internal(e),
+        ProjectError::Store(e) => e.into(),
     }
 }
 
