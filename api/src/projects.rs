@@ -108,7 +108,7 @@ pub enum ProjectError {
     },
     /// Storage failed.
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::store_error::StoreError),
 }
 
 #[cfg(test)]

@@ -15,8 +15,10 @@ mod detect;
 mod disk;
 mod events;
 mod exec;
+mod failure;
 mod lines;
 mod network;
+mod prepare;
 mod publish;
 mod sandbox;
 mod steps;
@@ -38,7 +40,7 @@ use gitdeploy_core::BuilderEvent;
 /// up) and removes its cgroups.
 pub async fn clean_up_after_kill(deployment: &str) {
     sandbox::Cgroups::leftovers(deployment).remove().await;
-    let _ = network::FilteredNetwork::remove(&steps::netns_name(deployment));
+    let _ = network::FilteredNetwork::remove(&prepare::netns_name(deployment));
 }
 
 /// Makes this process undumpable: its memory and `/proc/<pid>/environ` (which hold storage

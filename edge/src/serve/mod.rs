@@ -3,7 +3,6 @@
 //! credentials, builds on ECS or local, a required API token. `--check-config` validates a file
 //! and exits. Every key is documented in `deploy/gitdeploy.toml`.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -11,13 +10,15 @@ use gitdeploy_api::ratelimit::RateLimit;
 use gitdeploy_core::head_guard::HeadLimits;
 use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::RepoScheme;
-use serde::Deserialize;
 
 use crate::config::{
     ApiSettings, BuildSettings, CacheSettings, Platform, PublicAddress, RunnerKind, S3Credentials,
     StateBackend, StorageSettings,
 };
 use crate::public::ConnectionLimits;
+
+mod file;
+use file::*;
 
 /// Options of `gitdeploy serve`.
 #[derive(clap::Args, Debug)]
@@ -34,267 +35,6 @@ pub struct ServeOptions {
     /// Write the server's addresses here as JSON once it serves (see `gitdeploy up --help`).
     #[arg(long)]
     ready_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    server: ServerSection,
-    #[serde(default)]
-    api: ApiSection,
-    redis: RedisSection,
-    s3: S3Section,
-    #[serde(default)]
-    clients: ClientsSection,
-    #[serde(default)]
-    cache: CacheSection,
-    #[serde(default)]
-    builds: BuildsSection,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServerSection {
-    listen: SocketAddr,
-    metrics_listen: SocketAddr,
-    domain: String,
-    #[serde(default = "https")]
-    public_scheme: String,
-    #[serde(default)]
-    public_port: Option<u16>,
-    data_dir: PathBuf,
-    #[serde(default = "two")]
-    threads: usize,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClientsSection {
-    #[serde(default = "ten_thousand")]
-    max_connections: usize,
-    #[serde(default = "sixty_seconds_ms")]
-    idle_timeout_ms: u64,
-    #[serde(default = "ten_seconds_ms")]
-    header_timeout_ms: u64,
-    #[serde(default = "sixty_four_kib")]
-    max_header_bytes: usize,
-}
-
-impl Default for ClientsSection {
-    fn default() -> Self {
-        ClientsSection {
-            max_connections: ten_thousand(),
-            idle_timeout_ms: sixty_seconds_ms(),
-            header_timeout_ms: ten_seconds_ms(),
-            max_header_bytes: sixty_four_kib(),
-        }
-    }
-}
-
-fn ten_thousand() -> usize {
-    10_000
-}
-fn sixty_seconds_ms() -> u64 {
-    60_000
-}
-fn ten_seconds_ms() -> u64 {
-    10_000
-}
-fn sixty_four_kib() -> usize {
-    64 * 1024
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ApiSection {
-    #[serde(default)]
-    token_file: Option<PathBuf>,
-    #[serde(default)]
-    token_env: Option<String>,
-    #[serde(default)]
-    insecure_open: bool,
-    #[serde(default = "https_only")]
-    repo_schemes: Vec<String>,
-    #[serde(default = "hundred")]
-    max_queued: usize,
-    #[serde(default = "sixty")]
-    rate_burst: u32,
-    #[serde(default = "two_per_second")]
-    rate_per_second: f64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RedisSection {
-    #[serde(default = "redis_env")]
-    url_env: String,
-    #[serde(default = "redis_prefix")]
-    prefix: String,
-    #[serde(default = "week")]
-    log_ttl_secs: u64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct S3Section {
-    bucket: String,
-    region: String,
-    #[serde(default)]
-    endpoint: Option<String>,
-    #[serde(default)]
-    prefix: String,
-    #[serde(default = "aws")]
-    credentials: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CacheSection {
-    #[serde(default = "mib")]
-    object_max_bytes: u64,
-    #[serde(default = "quarter_gib")]
-    object_total_bytes: u64,
-    #[serde(default = "five_seconds")]
-    alias_ttl_ms: u64,
-}
-
-impl Default for CacheSection {
-    fn default() -> Self {
-        CacheSection {
-            object_max_bytes: mib(),
-            object_total_bytes: quarter_gib(),
-            alias_ttl_ms: five_seconds(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BuildsSection {
-    #[serde(default = "local")]
-    runner: String,
-    #[serde(default = "two")]
-    concurrency: usize,
-    #[serde(default = "fifteen_minutes")]
-    timeout_secs: u64,
-    #[serde(default = "processes")]
-    max_processes: u64,
-    #[serde(default = "gib")]
-    max_output_bytes: u64,
-    #[serde(default = "eight_gib")]
-    max_disk_bytes: u64,
-    #[serde(default)]
-    allow_networks: Vec<String>,
-    #[serde(default)]
-    ecs: Option<EcsSection>,
-}
-
-impl Default for BuildsSection {
-    fn default() -> Self {
-        BuildsSection {
-            runner: local(),
-            concurrency: two(),
-            timeout_secs: fifteen_minutes(),
-            max_processes: processes(),
-            max_output_bytes: gib(),
-            max_disk_bytes: eight_gib(),
-            allow_networks: Vec::new(),
-            ecs: None,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EcsSection {
-    cluster: String,
-    task_definition: String,
-    #[serde(default = "builder")]
-    container: String,
-    #[serde(default = "fargate")]
-    launch_type: String,
-    #[serde(default)]
-    capacity_provider: Option<String>,
-    subnets: Vec<String>,
-    security_groups: Vec<String>,
-    #[serde(default)]
-    assign_public_ip: bool,
-    #[serde(default = "five_seconds")]
-    poll_interval_ms: u64,
-    #[serde(default = "five")]
-    run_attempts: u32,
-    #[serde(default = "yes")]
-    scoped_redis_users: bool,
-    #[serde(default)]
-    upload_role_arn: Option<String>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn https() -> String {
-    "https".into()
-}
-fn https_only() -> Vec<String> {
-    vec!["https".into()]
-}
-fn two() -> usize {
-    2
-}
-fn five() -> u32 {
-    5
-}
-fn hundred() -> usize {
-    100
-}
-fn sixty() -> u32 {
-    60
-}
-fn two_per_second() -> f64 {
-    2.0
-}
-fn redis_env() -> String {
-    "GITDEPLOY_REDIS_URL".into()
-}
-fn redis_prefix() -> String {
-    "gitdeploy:".into()
-}
-fn week() -> u64 {
-    7 * 24 * 3600
-}
-fn aws() -> String {
-    "aws".into()
-}
-fn mib() -> u64 {
-    1 << 20
-}
-fn quarter_gib() -> u64 {
-    256 << 20
-}
-fn gib() -> u64 {
-    1 << 30
-}
-fn eight_gib() -> u64 {
-    8 << 30
-}
-fn five_seconds() -> u64 {
-    5000
-}
-fn local() -> String {
-    "local".into()
-}
-fn fifteen_minutes() -> u64 {
-    900
-}
-fn processes() -> u64 {
-    512
-}
-fn builder() -> String {
-    "builder".into()
-}
-fn fargate() -> String {
-    "FARGATE".into()
 }
 
 fn repo_scheme(name: &str) -> Result<RepoScheme, String> {

@@ -9,11 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use gitdeploy_api::ratelimit::RateLimit;
 use gitdeploy_api::{ApiMetrics, PublicUrls, Records};
-use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::redact_repo_url;
-use gitdeploy_core::repo::RepoScheme;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -22,10 +19,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_proxy::HttpProxy;
 
 use crate::cache::{AliasCache, ManifestCache, ObjectCache};
-use crate::config::{
-    ApiSettings, BuildSettings, CacheSettings, Platform, RunnerKind, S3Credentials, StateBackend,
-    StorageSettings,
-};
+use crate::config::{Platform, StateBackend};
 use crate::control::HostRules;
 use crate::control::{only_control_plane_hosts, ApiApp};
 use crate::draining::Draining;
@@ -34,205 +28,14 @@ use crate::metrics::{metrics_server, EdgeMetrics};
 use crate::origin::S3Origin;
 use crate::platform::{
     build_limits, control_plane, random_secret, s3_credentials, DataDir, RunnerParts, State,
-    Storage, BUCKET, REGION,
+    Storage, BUCKET,
 };
-use crate::public::{ConnectionLimits, PublicApp};
+use crate::public::PublicApp;
 use crate::runner_service::RunnerService;
 use crate::sites::SitesProxy;
-use gitdeploy_core::head_guard::HeadLimits;
 
-/// Options of `gitdeploy up`.
-#[derive(clap::Args, Debug)]
-pub struct UpOptions {
-    /// Public address (sites and API).
-    #[arg(long, default_value = "127.0.0.1:8080", env = "GITDEPLOY_LISTEN")]
-    listen: SocketAddr,
-    /// Where deployments, logs and the embedded S3 data are kept.
-    #[arg(long, default_value = ".gitdeploy", env = "GITDEPLOY_DATA_DIR")]
-    data_dir: PathBuf,
-    /// Sites are served at <name>.<domain>.
-    #[arg(long, default_value = "localhost", env = "GITDEPLOY_DOMAIN")]
-    domain: String,
-    /// Builds that run at once; more wait in a queue.
-    #[arg(long, default_value_t = 2)]
-    concurrency: usize,
-    /// Wall-clock limit of one build, in seconds.
-    #[arg(long, default_value_t = 900)]
-    build_timeout: u64,
-    /// Processes one build may run at once.
-    #[arg(long, default_value_t = 512)]
-    build_max_processes: u64,
-    /// Bytes a build may publish.
-    #[arg(long, default_value_t = 1 << 30)]
-    build_max_output_bytes: u64,
-    /// Bytes a build may write to disk (checkout, home, package cache, `/tmp`); the build fails
-    /// when it goes over.
-    #[arg(long, default_value_t = 8 << 30)]
-    build_max_disk_bytes: u64,
-    /// A private IPv4 range builds may reach besides the internet (a registry mirror, an
-    /// internal git server), as a CIDR such as 10.20.0.0/16; repeat for several. The host's own
-    /// addresses, link-local and loopback stay closed.
-    #[arg(long = "build-allow-network", value_name = "CIDR")]
-    build_allow_networks: Vec<String>,
-    /// Token the API requires (`Authorization: Bearer <token>`); without one the API is open.
-    #[arg(long, env = "GITDEPLOY_API_TOKEN", hide_env_values = true)]
-    api_token: Option<String>,
-    /// Allow an open API on an address other than loopback.
-    #[arg(long)]
-    insecure_open_api: bool,
-    /// Builds that may wait for a runner slot; more are refused with 429.
-    #[arg(long, default_value_t = 100)]
-    max_queued: usize,
-    /// Largest object kept in the in-memory object cache (0 turns the cache off).
-    #[arg(long, default_value_t = 1 << 20)]
-    object_cache_max_object_bytes: u64,
-    /// Bytes the object cache holds in all.
-    #[arg(long, default_value_t = 256 << 20)]
-    object_cache_bytes: u64,
-    /// Prometheus metrics listener (`/metrics`).
-    #[arg(
-        long,
-        default_value = "127.0.0.1:9464",
-        env = "GITDEPLOY_METRICS_LISTEN"
-    )]
-    metrics_listen: SocketAddr,
-    /// Connections the public port holds at once; more are answered 503 and closed.
-    #[arg(long, default_value_t = 10_000)]
-    max_connections: usize,
-    /// How long a client connection may wait silently for its next request, in ms.
-    #[arg(long, default_value_t = 60_000)]
-    client_idle_timeout_ms: u64,
-    /// How long a client may take to send one whole request head, in ms (408 beyond).
-    #[arg(long, default_value_t = 10_000)]
-    client_header_timeout_ms: u64,
-    /// Largest request head a client may send, in bytes (431 beyond).
-    #[arg(long, default_value_t = 64 * 1024)]
-    max_header_bytes: usize,
-    /// Worker threads of each service.
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
-    /// Take over the listening sockets of the server running on this data directory (Pingora's
-    /// graceful upgrade): start this one with `--upgrade`, then send the old one SIGQUIT; it
-    /// hands its sockets over, finishes its requests and exits, and no connection is refused.
-    #[arg(long)]
-    upgrade: bool,
-    /// Once serving (the public port answers the API's health check), write the server's
-    /// addresses here as JSON: `{"pid", "listen", "metrics_listen", "api", "s3_endpoint"}`.
-    /// Removed when the server stops.
-    #[arg(long)]
-    ready_file: Option<PathBuf>,
-    /// Keep state and logs in Redis (`redis://[:password@]host:port[/db]`) instead of the data
-    /// directory, so several edges can share them.
-    #[arg(long, env = "GITDEPLOY_REDIS_URL", hide_env_values = true)]
-    redis_url: Option<String>,
-    /// Prefix of every Redis key.
-    #[arg(long, default_value = "gitdeploy:")]
-    redis_prefix: String,
-    /// How long a finished build log stays in Redis, in seconds (the S3 archive keeps it).
-    #[arg(long, default_value_t = 7 * 24 * 3600)]
-    log_ttl: u64,
-    /// Use this S3 endpoint (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)
-    /// instead of the embedded one.
-    #[arg(long, env = "GITDEPLOY_S3_ENDPOINT")]
-    pub(crate) s3_endpoint: Option<String>,
-    /// Bucket of the external S3.
-    #[arg(long, default_value = BUCKET, env = "GITDEPLOY_S3_BUCKET")]
-    pub(crate) s3_bucket: String,
-    /// Region of the external S3.
-    #[arg(long, default_value = REGION, env = "GITDEPLOY_S3_REGION")]
-    pub(crate) s3_region: String,
-    /// How long an alias lookup is cached, in milliseconds (changes are announced at once; this
-    /// is the limit when an announcement is lost).
-    #[arg(long, default_value_t = 5000)]
-    alias_cache_ttl_ms: u64,
-    /// API requests that cost (deploys and other changes, log streams) one client may make at
-    /// once.
-    #[arg(long, default_value_t = 60)]
-    api_rate_burst: u32,
-    /// Such requests per second a client earns back (0 turns the limit off).
-    #[arg(long, default_value_t = 2.0)]
-    api_rate_per_second: f64,
-    /// How often the runner sends its heartbeat and settles builds of stopped runners, in ms.
-    #[arg(long, default_value_t = 5000, hide = true)]
-    heartbeat_interval_ms: u64,
-}
-
-impl UpOptions {
-    /// The platform these flags describe: files or Redis for state, the embedded or an
-    /// external S3, local builds.
-    pub(crate) fn into_platform(self) -> Platform {
-        let ms = std::time::Duration::from_millis;
-        Platform {
-            listen: self.listen,
-            metrics_listen: self.metrics_listen,
-            domain: self.domain.trim_end_matches('.').to_ascii_lowercase(),
-            data_dir: self.data_dir,
-            threads: self.threads.max(1),
-            upgrade: self.upgrade,
-            ready_file: self.ready_file,
-            public: None,
-            clients: ConnectionLimits {
-                head: HeadLimits {
-                    idle: ms(self.client_idle_timeout_ms.max(1)),
-                    head: ms(self.client_header_timeout_ms.max(1)),
-                    max_bytes: self.max_header_bytes.max(1024),
-                },
-                max_connections: self.max_connections.max(1),
-            },
-            api: ApiSettings {
-                token: self.api_token,
-                insecure_open: self.insecure_open_api,
-                max_queued: self.max_queued,
-                rate_limit: (self.api_rate_per_second > 0.0).then_some(RateLimit {
-                    burst: self.api_rate_burst,
-                    per_second: self.api_rate_per_second,
-                }),
-                repo_schemes: vec![
-                    RepoScheme::Https,
-                    RepoScheme::Http,
-                    RepoScheme::Git,
-                    RepoScheme::Local,
-                ],
-            },
-            state: match self.redis_url {
-                Some(url) => StateBackend::Redis {
-                    url,
-                    prefix: self.redis_prefix,
-                    log_ttl: std::time::Duration::from_secs(self.log_ttl),
-                },
-                None => StateBackend::Files,
-            },
-            storage: match self.s3_endpoint {
-                Some(endpoint) => StorageSettings::S3 {
-                    endpoint: Some(endpoint),
-                    bucket: self.s3_bucket,
-                    region: self.s3_region,
-                    prefix: String::new(),
-                    credentials: S3Credentials::StaticKey,
-                },
-                None => StorageSettings::Embedded,
-            },
-            cache: CacheSettings {
-                object_max_bytes: self.object_cache_max_object_bytes,
-                object_total_bytes: self.object_cache_bytes,
-                alias_ttl: ms(self.alias_cache_ttl_ms.max(1)),
-            },
-            builds: BuildSettings {
-                concurrency: self.concurrency,
-                limits: BuildLimits {
-                    timeout_secs: self.build_timeout,
-                    max_processes: self.build_max_processes,
-                    max_output_bytes: self.build_max_output_bytes,
-                    max_disk_bytes: self.build_max_disk_bytes,
-                    allowed_networks: self.build_allow_networks,
-                    ..BuildLimits::default()
-                },
-                heartbeat: ms(self.heartbeat_interval_ms.max(10)),
-                runner: RunnerKind::Local,
-            },
-        }
-    }
-}
+mod options;
+pub use options::UpOptions;
 
 /// Options of `gitdeploy s3-server`.
 #[derive(clap::Args, Debug)]
