@@ -10,7 +10,7 @@ use gitdeploy_core::job::BuildJob;
 use crate::events::Emitter;
 use crate::failure::Failure;
 use crate::network::{self, FilteredNetwork};
-use crate::sandbox::{self, Cgroups, Network, SandboxSpec};
+use crate::sandbox::{self, Cgroups, Mount, Network, SandboxSpec};
 
 /// The unprivileged user builds run as when the builder is root (`nobody`).
 const BUILD_UID: u32 = 65534;
@@ -19,7 +19,7 @@ const BUILD_GID: u32 = 65534;
 /// The directories a sandbox is made of.
 pub(crate) struct SandboxDirs {
     /// Checkout, home and package cache.
-    pub(crate) writable: Vec<PathBuf>,
+    pub(crate) writable: Vec<Mount>,
     /// What the build sees as `/tmp`.
     pub(crate) tmp: PathBuf,
     /// The builder's own: the build's environment file and `resolv.conf`.
@@ -44,7 +44,7 @@ pub(crate) async fn prepare_sandbox(
     let is_root = nix::unistd::Uid::effective().is_root();
     let run_as = is_root.then_some((BUILD_UID, BUILD_GID));
     if let Some((uid, gid)) = run_as {
-        for dir in dirs.writable.iter().chain([&dirs.tmp]) {
+        for dir in dirs.writable.iter().map(|m| &m.host).chain([&dirs.tmp]) {
             sandbox::chown_tree(dir, uid, gid).map_err(|e| {
                 Failure::Internal(format!(
                     "cannot hand {} to the build user: {e}",

@@ -45,8 +45,8 @@ pub struct SandboxSpec {
     pub run_as: Option<(u32, u32)>,
     /// Network access: none, or the filtered namespace at this path.
     pub network: Network,
-    /// Directories the build may write.
-    pub writable: Vec<PathBuf>,
+    /// Directories the build may write, and where the build sees them.
+    pub writable: Vec<Mount>,
     /// The directory that is `/tmp` inside bubblewrap.
     pub tmp: PathBuf,
     /// Extra read-only directories (a Node.js installed outside `/usr`).
@@ -59,6 +59,61 @@ pub struct SandboxSpec {
     pub env_file: PathBuf,
     /// Limits.
     pub limits: BuildLimits,
+}
+
+/// A writable directory of the build: where it is on the builder's disk, and where the build
+/// sees it. Inside bubblewrap that is a fixed, neutral path ([`NEUTRAL`]), so no build log shows
+/// where the platform keeps its data; without bubblewrap both are the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// On the builder's disk.
+    pub host: PathBuf,
+    /// As the build sees it (inside bubblewrap).
+    pub inside: PathBuf,
+}
+
+/// The neutral paths of a build's directories inside bubblewrap: the checkout, its home and the
+/// project's package cache.
+pub const NEUTRAL: Neutral = Neutral {
+    checkout: "/build/repo",
+    home: "/build/home",
+    cache: "/build/cache",
+};
+
+/// See [`NEUTRAL`].
+pub struct Neutral {
+    /// The checkout (the build's working directory, or above it with a root directory).
+    pub checkout: &'static str,
+    /// `HOME`.
+    pub home: &'static str,
+    /// The package managers' caches.
+    pub cache: &'static str,
+}
+
+impl SandboxSpec {
+    /// Where the build sees `host` (a directory on the builder's disk): under the neutral path
+    /// of the writable directory that holds it, or `host` itself without bubblewrap or outside
+    /// every writable directory.
+    pub fn inside(&self, host: &Path) -> PathBuf {
+        // `join("")` would add a trailing slash.
+        let under = |base: &Path, rest: &Path| match rest.as_os_str().is_empty() {
+            true => base.to_owned(),
+            false => base.join(rest),
+        };
+        if self.bwrap.is_none() {
+            return host.to_owned();
+        }
+        if let Ok(rest) = host.strip_prefix(&self.tmp) {
+            return under(Path::new("/tmp"), rest);
+        }
+        self.writable
+            .iter()
+            .find_map(|m| {
+                let rest = host.strip_prefix(&m.host).ok()?;
+                Some(under(&m.inside, rest))
+            })
+            .unwrap_or_else(|| host.to_owned())
+    }
 }
 
 /// A build's network.
@@ -187,7 +242,7 @@ fn bwrap_args(spec: &SandboxSpec, bwrap: &Path, cwd: &Path, out: &mut Vec<String
     let mut parents: Vec<&Path> = spec
         .writable
         .iter()
-        .flat_map(|d| d.ancestors().skip(1))
+        .flat_map(|m| m.inside.ancestors().skip(1))
         .collect();
     parents.retain(|p| *p != Path::new("/") && !p.starts_with("/usr") && !p.starts_with("/etc"));
     parents.sort();
@@ -200,11 +255,18 @@ fn bwrap_args(spec: &SandboxSpec, bwrap: &Path, cwd: &Path, out: &mut Vec<String
             parent.display().to_string(),
         ]);
     }
-    for dir in &spec.writable {
-        let d = dir.display().to_string();
-        out.extend([s("--bind"), d.clone(), d]);
+    for m in &spec.writable {
+        out.extend([
+            s("--bind"),
+            m.host.display().to_string(),
+            m.inside.display().to_string(),
+        ]);
     }
-    out.extend([s("--chdir"), cwd.display().to_string(), s("--")]);
+    out.extend([
+        s("--chdir"),
+        spec.inside(cwd).display().to_string(),
+        s("--"),
+    ]);
 }
 
 /// cgroups created for one build; removed (killing what is left in them) by [`Cgroups::remove`].
@@ -390,7 +452,16 @@ mod tests {
                 netns: "/run/netns/gd-x".into(),
                 resolv_conf: "/w/sandbox/resolv.conf".into(),
             },
-            writable: vec!["/w/src".into(), "/w/home".into()],
+            writable: vec![
+                Mount {
+                    host: "/w/src".into(),
+                    inside: NEUTRAL.checkout.into(),
+                },
+                Mount {
+                    host: "/w/home".into(),
+                    inside: NEUTRAL.home.into(),
+                },
+            ],
             tmp: "/w/tmp".into(),
             read_only: vec![],
             cgroup_procs: vec!["/sys/fs/cgroup/pids/gitdeploy/x/cgroup.procs".into()],
@@ -406,7 +477,7 @@ mod tests {
 
     #[test]
     fn full_sandbox_layers_in_order() {
-        let cmd = wrap(&spec(), &argv(), Path::new("/w/src"));
+        let cmd = wrap(&spec(), &argv(), Path::new("/w/src/site"));
         let pos = |s: &str| {
             cmd.iter()
                 .position(|a| a == s)
@@ -451,6 +522,18 @@ mod tests {
             .map(|w| w[1].clone())
             .collect();
         assert_eq!(binds, ["/w/tmp", "/w/src", "/w/home"]);
+        assert!(cmd
+            .windows(3)
+            .any(|w| w == ["--bind", "/w/src", "/build/repo"]));
+        assert!(
+            cmd.windows(2).any(|w| w == ["--chdir", "/build/repo/site"]),
+            "the working directory is named by its neutral path"
+        );
+        assert!(
+            !cmd.iter()
+                .any(|a| a.starts_with("/w/") && a.contains("src/")),
+            "no host path of the checkout reaches the build: {cmd:?}"
+        );
         assert!(cmd.windows(3).any(|w| w == ["--ro-bind", "/usr", "/usr"]));
         let dirs: Vec<_> = cmd
             .windows(2)
@@ -459,10 +542,30 @@ mod tests {
             .collect();
         assert_eq!(
             dirs,
-            ["/w"],
+            ["/build"],
             "parents of the writable directories are made passable"
         );
         assert!(!cmd.iter().any(|a| a == "setpriv"));
+    }
+
+    #[test]
+    fn host_paths_are_named_as_the_build_sees_them() {
+        let with = spec();
+        let mut without = spec();
+        without.bwrap = None;
+        for (host, inside_bwrap) in [
+            ("/w/src", "/build/repo"),
+            ("/w/src/packages/site", "/build/repo/packages/site"),
+            ("/w/home/.npmrc", "/build/home/.npmrc"),
+            ("/w/tmp/x", "/tmp/x"),
+            ("/w/tmp", "/tmp"),
+            ("/w/srcx", "/w/srcx"),
+            ("/elsewhere", "/elsewhere"),
+        ] {
+            let shown = |p: PathBuf| p.display().to_string();
+            assert_eq!(shown(with.inside(Path::new(host))), inside_bwrap, "{host}");
+            assert_eq!(shown(without.inside(Path::new(host))), host, "{host}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::exec::{self, Exit};
 use crate::failure::{build_failure, Failure};
 use crate::lines::Redactor;
 use crate::prepare::{prepare_sandbox, write_private, SandboxDirs};
-use crate::sandbox::{self, Cgroups};
+use crate::sandbox::{self, Cgroups, Mount, NEUTRAL};
 use crate::{
     collect, confine, detect, disk, publish, EXIT_BUILD_FAILED, EXIT_INTERNAL, EXIT_READY,
 };
@@ -181,19 +181,24 @@ async fn steps(
                 "{name} changes how programs are loaded and is not allowed in a build's environment"
             )));
         }
+        let mount = |host: &PathBuf, inside: &str| Mount {
+            host: host.clone(),
+            inside: inside.into(),
+        };
         let dirs = SandboxDirs {
-            writable: vec![src.clone(), home.clone(), cache.clone()],
+            writable: vec![
+                mount(&src, NEUTRAL.checkout),
+                mount(&home, NEUTRAL.home),
+                mount(&cache, NEUTRAL.cache),
+            ],
             tmp: tmp.clone(),
             private: private.clone(),
         };
         let (spec, _network) = prepare_sandbox(job, emitter, cgroups, notes, &dirs).await?;
-        let mut env = base_env.clone();
-        let tmp_inside = if spec.bwrap.is_some() {
-            "/tmp".to_owned()
-        } else {
-            tmp.display().to_string()
-        };
-        env.push(("TMPDIR".into(), tmp_inside));
+        // The build sees its directories at neutral paths (inside bubblewrap), so no log shows
+        // where the platform keeps its data.
+        let mut env = exec::scrubbed_env(&spec.inside(&home), &spec.inside(&cache));
+        env.push(("TMPDIR".into(), spec.inside(&tmp).display().to_string()));
         env.extend(
             job.build
                 .env
@@ -254,7 +259,17 @@ async fn steps(
     if files.is_empty() {
         return Err(build_failure(format!("{shown} has no files to publish")));
     }
-    let rules = collect::site_rules(&output_dir, &job.serving, emitter).map_err(build_failure)?;
+    // Unknown paths: the project's setting, else what the detected framework needs.
+    let serving = gitdeploy_core::job::ServingOptions {
+        spa: job.serving.spa.or(plan.spa),
+        ..job.serving.clone()
+    };
+    emitter.system(&match job.serving.spa {
+        Some(true) => "Unknown paths: serving.spa is on: they fall back to index.html".to_owned(),
+        Some(false) => "Unknown paths: serving.spa is off: they are 404s".to_owned(),
+        None => format!("Unknown paths: {}", plan.spa_reason),
+    });
+    let rules = collect::site_rules(&output_dir, &serving, emitter).map_err(build_failure)?;
 
     // Upload, manifest last.
     let step = Instant::now();

@@ -309,13 +309,15 @@ async fn plain_html_repo_is_served_from_its_root_without_dotfiles() {
             "/.well-known/security.txt",
             "Contact: mailto:sec@example.com",
         ),
-        // Dotfiles were not published: with no 404.html the SPA fallback answers with the index.
-        ("/.env", "<h1>plain</h1>"),
-        ("/.git/config", "<h1>plain</h1>"),
     ] {
         let resp = gd.site(Method::GET, &id, path).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{path}");
         assert_eq!(resp.text().await.unwrap(), body, "{path}");
+    }
+    // Dotfiles were not published, and plain static files get real 404s (no SPA fallback).
+    for path in ["/.env", "/.git/config", "/no/such/page"] {
+        let resp = gd.site(Method::GET, &id, path).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
     }
     let resp = gd
         .site(Method::GET, &id, "/missing.css")

@@ -201,8 +201,23 @@ fn pnpm_for_lockfile(lock: &str) -> String {
 /// Output directories tried after a build when no framework is recognised, in order.
 pub const BUILD_OUTPUT_DIRS: &[&str] = &["dist", "build", "out", "public"];
 
-/// Where a framework writes its static output, from the project's dependencies.
-pub fn framework_output(package_json: &Value) -> Option<(String, &'static str)> {
+/// A static-site framework recognised from `package.json`: where its build writes the site,
+/// and whether the site is a single-page app (one `index.html` that routes in the browser).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Framework {
+    /// Its name, for the log.
+    pub name: &'static str,
+    /// The output directory its build writes.
+    pub output: String,
+    /// A single-page app: unknown paths fall back to `index.html` (unless the site has a
+    /// `404.html`). A multi-page generator's unknown paths are real 404s.
+    pub spa: bool,
+}
+
+/// The framework `package.json` depends on, if one is recognised (the first match of a table
+/// ordered from the most specific dependency to the most general: Astro and SvelteKit sites also
+/// depend on Vite).
+pub fn framework(package_json: &Value) -> Option<Framework> {
     let has = |dep: &str| {
         ["dependencies", "devDependencies"]
             .iter()
@@ -214,38 +229,78 @@ pub fn framework_output(package_json: &Value) -> Option<(String, &'static str)> 
         .and_then(Value::as_str)
         .unwrap_or("");
     if has("vitepress") {
-        // `vitepress build docs` writes docs/.vitepress/dist.
         let dir = build_script
             .split("vitepress build")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .filter(|d| !d.starts_with('-') && !d.contains(".."));
-        return Some(match dir {
-            Some(d) => (
-                format!("{}/.vitepress/dist", d.trim_end_matches('/')),
-                "VitePress",
-            ),
-            None => (".vitepress/dist".into(), "VitePress"),
+        let output = match dir {
+            Some(d) => format!("{}/.vitepress/dist", d.trim_end_matches('/')),
+            None => ".vitepress/dist".into(),
+        };
+        return Some(Framework {
+            name: "VitePress",
+            output,
+            spa: false,
         });
     }
-    let table: &[(&str, &str, &'static str)] = &[
-        ("next", "out", "Next.js static export"),
-        ("react-scripts", "build", "Create React App"),
-        ("@docusaurus/core", "build", "Docusaurus"),
-        ("@11ty/eleventy", "_site", "Eleventy"),
-        ("@sveltejs/kit", "build", "SvelteKit (static adapter)"),
-        ("gatsby", "public", "Gatsby"),
-        ("astro", "dist", "Astro"),
-        ("vite", "dist", "Vite"),
-        ("svelte", "dist", "Svelte"),
+    // (dependency, output, name, single-page app)
+    let table: &[(&str, &str, &'static str, bool)] = &[
+        ("next", "out", "Next.js static export", false),
+        ("react-scripts", "build", "Create React App", true),
+        ("@docusaurus/core", "build", "Docusaurus", false),
+        ("@11ty/eleventy", "_site", "Eleventy", false),
+        (
+            "@sveltejs/kit",
+            "build",
+            "SvelteKit (static adapter)",
+            false,
+        ),
+        ("gatsby", "public", "Gatsby", false),
+        ("nuxt", ".output/public", "Nuxt (generate)", false),
+        ("astro", "dist", "Astro", false),
+        ("vite", "dist", "Vite", true),
+        ("svelte", "dist", "Svelte", true),
     ];
     table
         .iter()
-        .find(|(dep, _, _)| has(dep))
-        .map(|(_, dir, name)| (dir.to_string(), *name))
+        .find(|(dep, ..)| has(dep))
+        .map(|(_, dir, name, spa)| Framework {
+            name,
+            output: dir.to_string(),
+            spa: *spa,
+        })
 }
 
-/// The commands to run and where to look for the output.
+/// How a site answers a path it has no file for, decided from what was detected: `None` is
+/// the single-page-app fallback (to `index.html`, unless the site has a `404.html`),
+/// `Some(false)` a real 404 (the site's `404.html`, else the platform's page). The project's
+/// own `serving.spa` setting wins over both.
+pub fn spa_rule(framework: Option<&Framework>) -> (Option<bool>, String) {
+    match framework {
+        Some(f) if f.spa => (
+            None,
+            format!(
+                "{} is a single-page app: unknown paths fall back to index.html",
+                f.name
+            ),
+        ),
+        Some(f) => (
+            Some(false),
+            format!(
+                "{} builds one page per route: unknown paths are 404s",
+                f.name
+            ),
+        ),
+        None => (
+            Some(false),
+            "no single-page app recognised: unknown paths are 404s (serving.spa turns the \
+             fallback to index.html on)"
+                .into(),
+        ),
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// Install command (argv), when there is one.
@@ -260,6 +315,10 @@ pub struct Plan {
     pub output_reason: String,
     /// The output directory was configured: it must exist.
     pub output_required: bool,
+    /// The detected rule for unknown paths ([`spa_rule`]).
+    pub spa: Option<bool>,
+    /// Why that rule, for the log.
+    pub spa_reason: String,
 }
 
 fn shell(cmd: &str) -> Vec<String> {
@@ -317,6 +376,11 @@ pub fn plan(files: &RepoFiles<'_>, settings: &BuildSettings) -> Result<Plan, Str
             parts.join("; ")
         }
     };
+    let detected = json
+        .as_ref()
+        .and_then(framework)
+        .filter(|_| build.is_some());
+    let (spa, spa_reason) = spa_rule(detected.as_ref());
     let (outputs, output_reason, output_required) = if let Some(dir) = &settings.output_dir {
         (
             vec![dir.trim_end_matches('/').to_owned()],
@@ -324,8 +388,8 @@ pub fn plan(files: &RepoFiles<'_>, settings: &BuildSettings) -> Result<Plan, Str
             true,
         )
     } else if build.is_some() {
-        match json.as_ref().and_then(framework_output) {
-            Some((dir, framework)) => (vec![dir], format!("{framework} detected"), true),
+        match &detected {
+            Some(f) => (vec![f.output.clone()], format!("{} detected", f.name), true),
             None => (
                 BUILD_OUTPUT_DIRS.iter().map(|d| d.to_string()).collect(),
                 "by convention".to_owned(),
@@ -346,6 +410,8 @@ pub fn plan(files: &RepoFiles<'_>, settings: &BuildSettings) -> Result<Plan, Str
         outputs,
         output_reason,
         output_required,
+        spa,
+        spa_reason,
     })
 }
 

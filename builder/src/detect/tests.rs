@@ -160,7 +160,7 @@ fn package_manager_table() {
 
 #[test]
 fn framework_table() {
-    let fw = |pkg: &str| framework_output(&serde_json::from_str(pkg).unwrap());
+    let fw = |pkg: &str| framework(&serde_json::from_str(pkg).unwrap()).map(|f| (f.output, f.name));
     for (pkg, want) in [
         (
             r#"{"devDependencies":{"vite":"^5"}}"#,
@@ -205,6 +205,43 @@ fn framework_table() {
 }
 
 #[test]
+fn unknown_paths_fall_back_only_for_single_page_apps() {
+    let dep =
+        |name: &str| format!(r#"{{"devDependencies":{{"{name}":"1"}},"scripts":{{"build":"b"}}}}"#);
+    let rule = |pkg: Option<String>| {
+        let files = RepoFiles {
+            package_json: pkg.as_deref(),
+            ..RepoFiles::default()
+        };
+        plan(&files, &BuildSettings::default()).unwrap().spa
+    };
+    for (name, spa) in [
+        ("react-scripts", None),
+        ("vite", None),
+        ("svelte", None),
+        ("astro", Some(false)),
+        ("@11ty/eleventy", Some(false)),
+        ("vitepress", Some(false)),
+        ("@docusaurus/core", Some(false)),
+        ("gatsby", Some(false)),
+        ("nuxt", Some(false)),
+        ("next", Some(false)),
+        ("webpack", Some(false)),
+    ] {
+        assert_eq!(rule(Some(dep(name))), spa, "{name}");
+    }
+    // Astro depends on Vite too: the generator wins.
+    let astro = r#"{"dependencies":{"astro":"4","vite":"5"},"scripts":{"build":"astro build"}}"#;
+    assert_eq!(rule(Some(astro.into())), Some(false));
+    // Plain static files, and a package.json without a build: real 404s.
+    assert_eq!(rule(None), Some(false));
+    assert_eq!(
+        rule(Some(r#"{"dependencies":{"vite":"5"}}"#.into())),
+        Some(false)
+    );
+}
+
+#[test]
 fn output_table() {
     let plan_with = |outputs: &[&str], required| Plan {
         install: None,
@@ -213,6 +250,8 @@ fn output_table() {
         outputs: outputs.iter().map(|s| s.to_string()).collect(),
         output_reason: "Vite detected".into(),
         output_required: required,
+        spa: None,
+        spa_reason: String::new(),
     };
     let has = |dirs: &'static [&'static str]| move |d: &str| dirs.contains(&d);
     assert_eq!(
