@@ -224,6 +224,21 @@ impl Platform {
         id
     }
 
+    /// The whole log of `id`, once its final record is written (the status may move first).
+    async fn whole_log(&self, id: &DeploymentId) -> Vec<gitdeploy_core::LogRecord> {
+        let mut follower = self.bus.follow(id, 0).await.unwrap();
+        let mut log = Vec::new();
+        let read = async {
+            while let Some(record) = follower.next().await.unwrap() {
+                log.push(record);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("the log got its final record");
+        log
+    }
+
     /// Waits (bounded) until the deployment's status is `want`.
     async fn until(&self, id: &DeploymentId, want: DeploymentStatus) -> Deployment {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -396,7 +411,7 @@ async fn ecs_runner_runs_follows_cancels_reattaches_and_reports_errors() {
         .unwrap();
     let ready = platform.until(&b, DeploymentStatus::Ready).await;
     assert_eq!(ready.commit.as_deref(), Some("abc123"));
-    let log = platform.bus.read(&b, 0).await.unwrap();
+    let log = platform.whole_log(&b).await;
     assert_eq!(log.last().unwrap().line, "Deployment is ready", "{log:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while task_b.connect().await.is_ok() {

@@ -18,6 +18,8 @@ mod exec;
 mod failure;
 mod lines;
 mod network;
+mod node_fetch;
+mod node_version;
 mod prepare;
 mod publish;
 mod sandbox;

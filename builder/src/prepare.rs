@@ -117,6 +117,7 @@ pub(crate) async fn prepare_sandbox(
             writable: dirs.writable.clone(),
             tmp: dirs.tmp.clone(),
             read_only: sandbox::toolchain_dirs(),
+            tools: Vec::new(),
             cgroup_procs: cgroups.procs_files(),
             exec_helper,
             env_file: dirs.private.join("env"),

@@ -51,6 +51,8 @@ pub struct SandboxSpec {
     pub tmp: PathBuf,
     /// Extra read-only directories (a Node.js installed outside `/usr`).
     pub read_only: Vec<PathBuf>,
+    /// Tools fetched for this build (a project's Node.js), read-only at their neutral paths.
+    pub tools: Vec<Mount>,
     /// `cgroup.procs` files to join before anything else runs.
     pub cgroup_procs: Vec<PathBuf>,
     /// The builder's own executable, the last wrapper ([`crate::confine`]).
@@ -242,6 +244,7 @@ fn bwrap_args(spec: &SandboxSpec, bwrap: &Path, cwd: &Path, out: &mut Vec<String
     let mut parents: Vec<&Path> = spec
         .writable
         .iter()
+        .chain(&spec.tools)
         .flat_map(|m| m.inside.ancestors().skip(1))
         .collect();
     parents.retain(|p| *p != Path::new("/") && !p.starts_with("/usr") && !p.starts_with("/etc"));
@@ -258,6 +261,14 @@ fn bwrap_args(spec: &SandboxSpec, bwrap: &Path, cwd: &Path, out: &mut Vec<String
     for m in &spec.writable {
         out.extend([
             s("--bind"),
+            m.host.display().to_string(),
+            m.inside.display().to_string(),
+        ]);
+    }
+    // After their parents were made passable (bwrap would make them root's only).
+    for m in &spec.tools {
+        out.extend([
+            s("--ro-bind"),
             m.host.display().to_string(),
             m.inside.display().to_string(),
         ]);
@@ -464,6 +475,10 @@ mod tests {
             ],
             tmp: "/w/tmp".into(),
             read_only: vec![],
+            tools: vec![Mount {
+                host: "/cache/tools/node/22.1.0".into(),
+                inside: "/build/tools/node".into(),
+            }],
             cgroup_procs: vec!["/sys/fs/cgroup/pids/gitdeploy/x/cgroup.procs".into()],
             exec_helper: "/opt/gitdeploy".into(),
             env_file: "/w/sandbox/env".into(),
@@ -540,9 +555,18 @@ mod tests {
             .filter(|w| w[0] == "--dir")
             .map(|w| w[1].clone())
             .collect();
+        let tool = cmd
+            .windows(3)
+            .position(|w| w == ["--ro-bind", "/cache/tools/node/22.1.0", "/build/tools/node"])
+            .expect("the tool is mounted");
+        let last_dir = cmd.iter().rposition(|a| a == "--dir").unwrap();
+        assert!(
+            last_dir < tool,
+            "a mount's parents are made passable before it"
+        );
         assert_eq!(
             dirs,
-            ["/build"],
+            ["/build", "/build/tools"],
             "parents of the writable directories are made passable"
         );
         assert!(!cmd.iter().any(|a| a == "setpriv"));

@@ -19,6 +19,7 @@ use crate::sandbox::{self, Cgroups, Mount, NEUTRAL};
 use crate::{
     collect, confine, detect, disk, publish, EXIT_BUILD_FAILED, EXIT_INTERNAL, EXIT_READY,
 };
+use crate::{node_fetch, node_version};
 
 /// Runs every step and reports the outcome; returns the exit status.
 pub async fn run(config: &BuilderConfig, emitter: &Emitter) -> i32 {
@@ -194,11 +195,32 @@ async fn steps(
             tmp: tmp.clone(),
             private: private.clone(),
         };
-        let (spec, _network) = prepare_sandbox(job, emitter, cgroups, notes, &dirs).await?;
+        let (mut spec, _network) = prepare_sandbox(job, emitter, cgroups, notes, &dirs).await?;
+        let node = match node_request(job, &root, package_json.as_deref())? {
+            Some(request) => {
+                // Beside the projects' caches, shared by all (no cache key starts with a dot).
+                let tools = cache.parent().unwrap_or(&cache).join(".tools");
+                node_fetch::provide(&request, &tools, &base_env, emitter).await?
+            }
+            None => None,
+        };
+        if let Some(tool) = &node {
+            spec.tools.push(Mount {
+                host: tool.root.clone(),
+                inside: node_fetch::INSIDE.into(),
+            });
+        }
         // The build sees its directories at neutral paths (inside bubblewrap), so no log shows
         // where the platform keeps its data.
         let mut env = exec::scrubbed_env(&spec.inside(&home), &spec.inside(&cache));
         env.push(("TMPDIR".into(), spec.inside(&tmp).display().to_string()));
+        if let Some(tool) = &node {
+            let bin = tool.bin_dir(spec.bwrap.is_some());
+            for (name, value) in env.iter_mut().filter(|(k, _)| k == "PATH") {
+                debug_assert_eq!(name, "PATH");
+                *value = format!("{bin}:{value}");
+            }
+        }
         env.extend(
             job.build
                 .env
@@ -458,6 +480,25 @@ async fn rev_parse_head(src: &Path) -> Result<String, Failure> {
         ));
     }
     Ok(commit)
+}
+
+/// The Node.js version the project asks for, if it names one.
+fn node_request(
+    job: &BuildJob,
+    root: &Path,
+    package_json: Option<&str>,
+) -> Result<Option<node_version::Request>, Failure> {
+    let json = package_json.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok());
+    let (nvmrc, node_version_file) = (
+        read_optional(&root.join(".nvmrc"))?,
+        read_optional(&root.join(".node-version"))?,
+    );
+    Ok(node_version::requested(&node_version::Sources {
+        setting: job.build.env.get(node_version::SETTING).map(String::as_str),
+        nvmrc: nvmrc.as_deref(),
+        node_version: node_version_file.as_deref(),
+        package_json: json.as_ref(),
+    }))
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, Failure> {
