@@ -157,12 +157,25 @@ async fn steps(
         read("yarn.lock")?,
         read("pnpm-lock.yaml")?,
     );
+    let next_config = [
+        "next.config.js",
+        "next.config.mjs",
+        "next.config.cjs",
+        "next.config.ts",
+    ]
+    .iter()
+    .map(|name| read(name))
+    .find_map(|r| r.transpose())
+    .transpose()?;
+    let angular_json = read("angular.json")?;
     let files = detect::RepoFiles {
         package_json: package_json.as_deref(),
         npm_lock: root.join("package-lock.json").exists()
             || root.join("npm-shrinkwrap.json").exists(),
         yarn_lock: yarn_lock.as_deref(),
         pnpm_lock: pnpm_lock.as_deref(),
+        next_config: next_config.as_deref(),
+        angular_json: angular_json.as_deref(),
     };
     let plan = detect::plan(&files, &job.build).map_err(build_failure)?;
     emitter.system(&format!("Detected: {}", plan.reason));

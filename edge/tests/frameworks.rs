@@ -312,3 +312,45 @@ async fn the_node_version_a_project_names_is_fetched_cached_and_used_by_corepack
     assert!(all.contains("Install: npm install"), "{all}");
     assert_eq!(body(id).await, version);
 }
+
+#[tokio::test]
+async fn apps_that_need_a_server_fail_before_installing_and_say_how_to_export() {
+    let mut git = GitServer::new();
+    git.add_repo(
+        "next-server",
+        &[
+            (
+                "package.json",
+                r#"{"name":"n","version":"1.0.0","private":true,"dependencies":{"next":"14.2.0","react":"18.3.1"},"scripts":{"build":"next build"}}"#,
+            ),
+            ("next.config.js", "module.exports = { reactStrictMode: true };\n"),
+        ],
+    );
+    git.add_repo(
+        "kit-server",
+        &[(
+            "package.json",
+            r#"{"name":"k","version":"1.0.0","private":true,"devDependencies":{"@sveltejs/kit":"2.5.0","@sveltejs/adapter-node":"5.0.0"},"scripts":{"build":"vite build"}}"#,
+        )],
+    );
+    git.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start(data.path()).await;
+    for (repo, fix) in [
+        ("next-server", "output: 'export'"),
+        ("kit-server", "@sveltejs/adapter-static"),
+    ] {
+        let (_, log) = deploy(&gd, json!({"repo": git.url(repo)})).await;
+        let (status, error) = outcome(&log);
+        assert_eq!(status, DeploymentStatus::Failed, "{repo}");
+        assert!(
+            error.contains("needs a server") || error.contains("no static adapter"),
+            "{error}"
+        );
+        assert!(error.contains(fix), "{repo}: {error}");
+        assert!(
+            !text(&log).contains("Install:"),
+            "{repo}: nothing was installed"
+        );
+    }
+}

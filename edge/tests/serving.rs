@@ -116,9 +116,11 @@ async fn serving_rules_and_http_semantics() {
     let (status, _, _) = get(&site, "/_headers.txt", &[]).await;
     assert_eq!(status, 404);
 
-    // SPA deep link (no top-level 404.html) and a nested 404 page.
+    // Plain static files: an unknown path is a real 404 (no SPA fallback: that is for sites
+    // recognised as single-page apps, tests/frameworks.rs), and a nested 404 page.
     let (status, _, body) = get(&site, "/app/settings/profile", &[]).await;
-    assert_eq!((status, body), (200, page("home").into_bytes()));
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("404 Not Found"));
     let (status, _, body) = get(&site, "/docs/nope", &[]).await;
     assert_eq!((status, body), (404, page("docs 404").into_bytes()));
     let (status, _, _) = get(&site, "/missing.js", &[]).await;

@@ -4,6 +4,9 @@
 use gitdeploy_core::job::BuildSettings;
 use serde_json::Value;
 
+mod framework;
+pub use framework::{framework, spa_rule};
+
 /// What the detection reads from the checkout (contents of the files that exist).
 #[derive(Clone, Debug, Default)]
 pub struct RepoFiles<'a> {
@@ -15,6 +18,10 @@ pub struct RepoFiles<'a> {
     pub yarn_lock: Option<&'a str>,
     /// `pnpm-lock.yaml`.
     pub pnpm_lock: Option<&'a str>,
+    /// `next.config.js` (or `.mjs`, `.cjs`, `.ts`).
+    pub next_config: Option<&'a str>,
+    /// `angular.json`.
+    pub angular_json: Option<&'a str>,
 }
 
 /// The package manager of a Node project.
@@ -201,106 +208,6 @@ fn pnpm_for_lockfile(lock: &str) -> String {
 /// Output directories tried after a build when no framework is recognised, in order.
 pub const BUILD_OUTPUT_DIRS: &[&str] = &["dist", "build", "out", "public"];
 
-/// A static-site framework recognised from `package.json`: where its build writes the site,
-/// and whether the site is a single-page app (one `index.html` that routes in the browser).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Framework {
-    /// Its name, for the log.
-    pub name: &'static str,
-    /// The output directory its build writes.
-    pub output: String,
-    /// A single-page app: unknown paths fall back to `index.html` (unless the site has a
-    /// `404.html`). A multi-page generator's unknown paths are real 404s.
-    pub spa: bool,
-}
-
-/// The framework `package.json` depends on, if one is recognised (the first match of a table
-/// ordered from the most specific dependency to the most general: Astro and SvelteKit sites also
-/// depend on Vite).
-pub fn framework(package_json: &Value) -> Option<Framework> {
-    let has = |dep: &str| {
-        ["dependencies", "devDependencies"]
-            .iter()
-            .any(|section| package_json.get(section).and_then(|d| d.get(dep)).is_some())
-    };
-    let build_script = package_json
-        .get("scripts")
-        .and_then(|s| s.get("build"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if has("vitepress") {
-        let dir = build_script
-            .split("vitepress build")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .filter(|d| !d.starts_with('-') && !d.contains(".."));
-        let output = match dir {
-            Some(d) => format!("{}/.vitepress/dist", d.trim_end_matches('/')),
-            None => ".vitepress/dist".into(),
-        };
-        return Some(Framework {
-            name: "VitePress",
-            output,
-            spa: false,
-        });
-    }
-    // (dependency, output, name, single-page app)
-    let table: &[(&str, &str, &'static str, bool)] = &[
-        ("next", "out", "Next.js static export", false),
-        ("react-scripts", "build", "Create React App", true),
-        ("@docusaurus/core", "build", "Docusaurus", false),
-        ("@11ty/eleventy", "_site", "Eleventy", false),
-        (
-            "@sveltejs/kit",
-            "build",
-            "SvelteKit (static adapter)",
-            false,
-        ),
-        ("gatsby", "public", "Gatsby", false),
-        ("nuxt", ".output/public", "Nuxt (generate)", false),
-        ("astro", "dist", "Astro", false),
-        ("vite", "dist", "Vite", true),
-        ("svelte", "dist", "Svelte", true),
-    ];
-    table
-        .iter()
-        .find(|(dep, ..)| has(dep))
-        .map(|(_, dir, name, spa)| Framework {
-            name,
-            output: dir.to_string(),
-            spa: *spa,
-        })
-}
-
-/// How a site answers a path it has no file for, decided from what was detected: `None` is
-/// the single-page-app fallback (to `index.html`, unless the site has a `404.html`),
-/// `Some(false)` a real 404 (the site's `404.html`, else the platform's page). The project's
-/// own `serving.spa` setting wins over both.
-pub fn spa_rule(framework: Option<&Framework>) -> (Option<bool>, String) {
-    match framework {
-        Some(f) if f.spa => (
-            None,
-            format!(
-                "{} is a single-page app: unknown paths fall back to index.html",
-                f.name
-            ),
-        ),
-        Some(f) => (
-            Some(false),
-            format!(
-                "{} builds one page per route: unknown paths are 404s",
-                f.name
-            ),
-        ),
-        None => (
-            Some(false),
-            "no single-page app recognised: unknown paths are 404s (serving.spa turns the \
-             fallback to index.html on)"
-                .into(),
-        ),
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// Install command (argv), when there is one.
@@ -376,10 +283,10 @@ pub fn plan(files: &RepoFiles<'_>, settings: &BuildSettings) -> Result<Plan, Str
             parts.join("; ")
         }
     };
-    let detected = json
-        .as_ref()
-        .and_then(framework)
-        .filter(|_| build.is_some());
+    let detected = match (&json, &build) {
+        (Some(j), Some(_)) => framework(j, files)?,
+        _ => None,
+    };
     let (spa, spa_reason) = spa_rule(detected.as_ref());
     let (outputs, output_reason, output_required) = if let Some(dir) = &settings.output_dir {
         (

@@ -160,7 +160,15 @@ fn package_manager_table() {
 
 #[test]
 fn framework_table() {
-    let fw = |pkg: &str| framework(&serde_json::from_str(pkg).unwrap()).map(|f| (f.output, f.name));
+    let fw = |pkg: &str| {
+        let files = RepoFiles {
+            next_config: Some("module.exports = { output: 'export' }"),
+            ..RepoFiles::default()
+        };
+        framework(&serde_json::from_str(pkg).unwrap(), &files)
+            .unwrap()
+            .map(|f| (f.output, f.name))
+    };
     for (pkg, want) in [
         (
             r#"{"devDependencies":{"vite":"^5"}}"#,
@@ -195,7 +203,7 @@ fn framework_table() {
             Some((".vitepress/dist", "VitePress")),
         ),
         (
-            r#"{"devDependencies":{"@sveltejs/kit":"2","vite":"5"}}"#,
+            r#"{"devDependencies":{"@sveltejs/kit":"2","@sveltejs/adapter-static":"3","vite":"5"}}"#,
             Some(("build", "SvelteKit (static adapter)")),
         ),
         (r#"{"dependencies":{"left-pad":"1"}}"#, None),
@@ -225,7 +233,7 @@ fn unknown_paths_fall_back_only_for_single_page_apps() {
         ("@docusaurus/core", Some(false)),
         ("gatsby", Some(false)),
         ("nuxt", Some(false)),
-        ("next", Some(false)),
+        ("vuepress", Some(false)),
         ("webpack", Some(false)),
     ] {
         assert_eq!(rule(Some(dep(name))), spa, "{name}");
