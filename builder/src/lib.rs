@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod build_cache;
 mod collect;
 mod compress;
 mod config;

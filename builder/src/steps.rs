@@ -16,10 +16,10 @@ use crate::failure::{build_failure, Failure};
 use crate::lines::Redactor;
 use crate::prepare::{prepare_sandbox, write_private, SandboxDirs};
 use crate::sandbox::{self, Cgroups, Mount, NEUTRAL};
+use crate::{build_cache, node_fetch, node_version};
 use crate::{
     collect, confine, detect, disk, publish, EXIT_BUILD_FAILED, EXIT_INTERNAL, EXIT_READY,
 };
-use crate::{node_fetch, node_version};
 
 /// Runs every step and reports the outcome; returns the exit status.
 pub async fn run(config: &BuilderConfig, emitter: &Emitter) -> i32 {
@@ -246,15 +246,33 @@ async fn steps(
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        for (what, argv) in [("Install", &plan.install), ("Build", &plan.build)] {
+        let store = build_cache::store(job.build.root_dir.as_deref().unwrap_or(""));
+        let restore = plan
+            .build
+            .as_ref()
+            .map(|_| build_cache::restore(&store, plan.caches));
+        let save = plan
+            .build
+            .as_ref()
+            .map(|_| build_cache::save(&store, plan.caches));
+        let steps = [
+            ("Install", &plan.install),
+            ("Restore the build cache", &restore),
+            ("Build", &plan.build),
+            ("Keep the build cache", &save),
+        ];
+        for (what, argv) in steps {
             let Some(argv) = argv else { continue };
+            let quiet = what.contains("build cache");
             let step = Instant::now();
             let shown = if argv.first().is_some_and(|a| a == "sh") {
                 argv[2].clone()
             } else {
                 argv.join(" ")
             };
-            emitter.system(&format!("{what}: {shown}"));
+            if !quiet {
+                emitter.system(&format!("{what}: {shown}"));
+            }
             let wrapped = sandbox::wrap(&spec, argv, &root);
             let run = Step {
                 argv: &wrapped,
@@ -262,9 +280,13 @@ async fn steps(
                 env: &wrapper_env,
                 label: &shown,
             };
+            let label = if quiet { what } else { &shown };
+            let run = Step { label, ..run };
             run_step(emitter, &run, deadline, timeout, &disk).await?;
-            emitter.system(&format!("{what} finished in {}", secs(step)));
-            emitter.phase(&what.to_ascii_lowercase(), step);
+            if !quiet {
+                emitter.system(&format!("{what} finished in {}", secs(step)));
+                emitter.phase(&what.to_ascii_lowercase(), step);
+            }
         }
         ran_as = spec.run_as.map(|(uid, _)| uid);
         // Nothing the build started may still run while its output is read.

@@ -354,3 +354,47 @@ async fn apps_that_need_a_server_fail_before_installing_and_say_how_to_export() 
         );
     }
 }
+
+#[tokio::test]
+async fn framework_build_caches_are_kept_between_builds_but_never_links() {
+    // Each build prints what its cache held, then leaves a marker for the next one.
+    let build = "echo \"cache held: $(cat node_modules/.cache/marker 2>/dev/null || echo nothing)\" \
+                 && mkdir -p node_modules/.cache dist && echo \"$MARK\" > node_modules/.cache/marker \
+                 && echo ok > dist/index.html";
+    let linked =
+        "mkdir -p node_modules dist && ln -s /etc node_modules/.cache && echo ok > dist/index.html";
+    let pkg = |script: &str| {
+        json!({"name": "c", "version": "1.0.0", "private": true, "scripts": {"build": script}})
+            .to_string()
+    };
+    let mut git = GitServer::new();
+    git.add_repo("cached", &[("package.json", &pkg(build))]);
+    git.add_repo("linked", &[("package.json", &pkg(linked))]);
+    git.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start(data.path()).await;
+    let run = |repo: &str, mark: &str| json!({"repo": git.url(repo), "project": repo, "build": {"env": {"MARK": mark}}});
+    let (_, log) = deploy(&gd, run("cached", "first")).await;
+    let all = text(&log);
+    assert_eq!(outcome(&log).0, DeploymentStatus::Ready, "{all}");
+    assert!(all.contains("cache held: nothing"), "{all}");
+    assert!(
+        all.contains("Build cache: kept node_modules/.cache ("),
+        "{all}"
+    );
+    let (_, log) = deploy(&gd, run("cached", "second")).await;
+    let all = text(&log);
+    assert!(
+        all.contains("Build cache: restored node_modules/.cache"),
+        "{all}"
+    );
+    assert!(all.contains("cache held: first"), "{all}");
+
+    let (_, log) = deploy(&gd, run("linked", "x")).await;
+    let all = text(&log);
+    assert_eq!(outcome(&log).0, DeploymentStatus::Ready, "{all}");
+    assert!(
+        all.contains("Build cache: not kept node_modules/.cache (a link)"),
+        "{all}"
+    );
+}

@@ -18,6 +18,6 @@ mod s3;
 pub use git::{git, GitServer};
 pub use launch::{wait_for_ready_file, Up};
 pub use ports::{free_port, wait_for_port, wait_until};
-pub use process::{survivors, Process};
+pub use process::{survivors, survivors_after, Process};
 pub use redis::Redis;
 pub use s3::{S3Server, S3_BUCKET, S3_KEY, S3_REGION};

@@ -68,6 +68,19 @@ impl Drop for Process {
     }
 }
 
+/// The processes of group `group` still there after a kill has had up to `patience` to take
+/// effect (a killed process leaves the table only once the kernel has torn it down).
+pub fn survivors_after(group: u32, patience: std::time::Duration) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        let left = survivors(group);
+        if left.is_empty() || std::time::Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// The processes (other than zombies) still in process group `group`.
 pub fn survivors(group: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {

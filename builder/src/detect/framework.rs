@@ -17,7 +17,13 @@ pub struct Framework {
     /// A single-page app: unknown paths fall back to `index.html` (unless the site has a
     /// `404.html`). A multi-page generator's unknown paths are real 404s.
     pub spa: bool,
+    /// Its build caches, relative to the build's directory ([`crate::build_cache`]).
+    pub caches: &'static [&'static str],
 }
+
+/// The build caches kept for a build with no recognised framework (webpack, babel, terser and
+/// most tools write under `node_modules/.cache`).
+pub const DEFAULT_CACHES: &[&str] = &["node_modules/.cache"];
 
 /// The framework `package.json` depends on, if one is recognised (the first match of a table
 /// ordered from the most specific dependency to the most general: Astro and SvelteKit sites also
@@ -34,12 +40,20 @@ pub fn framework(package_json: &Value, files: &RepoFiles<'_>) -> Result<Option<F
         .and_then(|s| s.get("build"))
         .and_then(Value::as_str)
         .unwrap_or("");
-    let found = |name, output: String, spa| Ok(Some(Framework { name, output, spa }));
+    let found = |name, output: String, spa, caches| {
+        Ok(Some(Framework {
+            name,
+            output,
+            spa,
+            caches,
+        }))
+    };
     if has("vitepress") {
         return found(
             "VitePress",
             dir_after(build_script, "vitepress build", ".vitepress/dist"),
             false,
+            DEFAULT_CACHES,
         );
     }
     if has("vuepress") || has("@vuepress/cli") || has("vuepress-vite") {
@@ -47,6 +61,7 @@ pub fn framework(package_json: &Value, files: &RepoFiles<'_>) -> Result<Option<F
             "VuePress",
             dir_after(build_script, "vuepress build", ".vuepress/dist"),
             false,
+            DEFAULT_CACHES,
         );
     }
     if has("next") {
@@ -60,7 +75,12 @@ pub fn framework(package_json: &Value, files: &RepoFiles<'_>) -> Result<Option<F
                     .into(),
             );
         }
-        return found("Next.js static export", "out".into(), false);
+        return found(
+            "Next.js static export",
+            "out".into(),
+            false,
+            &[".next/cache"],
+        );
     }
     if has("@sveltejs/kit") {
         if !has("@sveltejs/adapter-static") {
@@ -71,33 +91,70 @@ pub fn framework(package_json: &Value, files: &RepoFiles<'_>) -> Result<Option<F
                     .into(),
             );
         }
-        return found("SvelteKit (static adapter)", "build".into(), false);
+        return found(
+            "SvelteKit (static adapter)",
+            "build".into(),
+            false,
+            DEFAULT_CACHES,
+        );
     }
     if has("@angular/core") {
         let output = files
             .angular_json
             .and_then(|text| angular_output(text).ok())
             .ok_or("angular.json names no project to build (projects.<name>.architect.build)")?;
-        return found("Angular", output, true);
+        return found("Angular", output, true, &[".angular/cache"]);
     }
-    // (dependency, output, name, single-page app)
-    let table: &[(&str, &str, &'static str, bool)] = &[
-        ("react-scripts", "build", "Create React App", true),
-        ("@docusaurus/core", "build", "Docusaurus", false),
-        ("@11ty/eleventy", "_site", "Eleventy", false),
-        ("gatsby", "public", "Gatsby", false),
-        ("nuxt", ".output/public", "Nuxt (generate)", false),
-        ("astro", "dist", "Astro", false),
-        ("vite", "dist", "Vite", true),
-        ("svelte", "dist", "Svelte", true),
+    // (dependency, output, name, single-page app, build caches)
+    type Row = (
+        &'static str,
+        &'static str,
+        &'static str,
+        bool,
+        &'static [&'static str],
+    );
+    let table: &[Row] = &[
+        (
+            "react-scripts",
+            "build",
+            "Create React App",
+            true,
+            DEFAULT_CACHES,
+        ),
+        (
+            "@docusaurus/core",
+            "build",
+            "Docusaurus",
+            false,
+            &[".docusaurus", "node_modules/.cache"],
+        ),
+        ("@11ty/eleventy", "_site", "Eleventy", false, &[".cache"]),
+        (
+            "gatsby",
+            "public",
+            "Gatsby",
+            false,
+            &[".cache", "node_modules/.cache"],
+        ),
+        (
+            "nuxt",
+            ".output/public",
+            "Nuxt (generate)",
+            false,
+            DEFAULT_CACHES,
+        ),
+        ("astro", "dist", "Astro", false, &["node_modules/.astro"]),
+        ("vite", "dist", "Vite", true, DEFAULT_CACHES),
+        ("svelte", "dist", "Svelte", true, DEFAULT_CACHES),
     ];
     Ok(table
         .iter()
         .find(|(dep, ..)| has(dep))
-        .map(|(_, dir, name, spa)| Framework {
+        .map(|(_, dir, name, spa, caches)| Framework {
             name,
             output: dir.to_string(),
             spa: *spa,
+            caches,
         }))
 }
 

@@ -5,7 +5,7 @@ use gitdeploy_core::job::BuildSettings;
 use serde_json::Value;
 
 mod framework;
-pub use framework::{framework, spa_rule};
+pub use framework::{framework, spa_rule, DEFAULT_CACHES};
 
 /// What the detection reads from the checkout (contents of the files that exist).
 #[derive(Clone, Debug, Default)]
@@ -226,6 +226,8 @@ pub struct Plan {
     pub spa: Option<bool>,
     /// Why that rule, for the log.
     pub spa_reason: String,
+    /// The build caches to keep between builds ([`crate::build_cache`]).
+    pub caches: &'static [&'static str],
 }
 
 fn shell(cmd: &str) -> Vec<String> {
@@ -319,6 +321,7 @@ pub fn plan(files: &RepoFiles<'_>, settings: &BuildSettings) -> Result<Plan, Str
         output_required,
         spa,
         spa_reason,
+        caches: detected.as_ref().map_or(DEFAULT_CACHES, |f| f.caches),
     })
 }
 

@@ -260,6 +260,7 @@ fn output_table() {
         output_required: required,
         spa: None,
         spa_reason: String::new(),
+        caches: DEFAULT_CACHES,
     };
     let has = |dirs: &'static [&'static str]| move |d: &str| dirs.contains(&d);
     assert_eq!(
