@@ -57,6 +57,8 @@ pub fn scrubbed_env(home: &Path, cache_dir: &Path) -> Vec<(String, String)> {
                 cache_dir.join("corepack").display().to_string(),
             ),
             var("COREPACK_ENABLE_DOWNLOAD_PROMPT", "0".into()),
+            var("PIP_CACHE_DIR", cache_dir.join("pip").display().to_string()),
+            var("PIP_DISABLE_PIP_VERSION_CHECK", "1".into()),
             var("COREPACK_INTEGRITY_KEYS", "0".into()),
         ])
         .collect()

@@ -168,6 +168,10 @@ async fn steps(
     .find_map(|r| r.transpose())
     .transpose()?;
     let angular_json = read("angular.json")?;
+    let mkdocs_yml = match read("mkdocs.yml")? {
+        Some(text) => Some(text),
+        None => read("mkdocs.yaml")?,
+    };
     let files = detect::RepoFiles {
         package_json: package_json.as_deref(),
         npm_lock: root.join("package-lock.json").exists()
@@ -176,6 +180,8 @@ async fn steps(
         pnpm_lock: pnpm_lock.as_deref(),
         next_config: next_config.as_deref(),
         angular_json: angular_json.as_deref(),
+        mkdocs_yml: mkdocs_yml.as_deref(),
+        requirements_txt: root.join("requirements.txt").is_file(),
     };
     let plan = detect::plan(&files, &job.build).map_err(build_failure)?;
     emitter.system(&format!("Detected: {}", plan.reason));

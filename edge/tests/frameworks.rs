@@ -398,3 +398,57 @@ async fn framework_build_caches_are_kept_between_builds_but_never_links() {
         "{all}"
     );
 }
+
+#[tokio::test]
+async fn an_mkdocs_site_builds_in_a_virtualenv_from_pypi_with_a_pip_cache() {
+    let mut git = GitServer::new();
+    git.add_repo(
+        "docs",
+        &[
+            (
+                "mkdocs.yml",
+                "site_name: Fixture docs\nnav:\n  - Home: index.md\n  - Guide: guide.md\n",
+            ),
+            ("requirements.txt", "mkdocs==1.6.1\n"),
+            ("docs/index.md", "# Welcome\n\nThe fixture's home.\n"),
+            ("docs/guide.md", "# Guide\n\nStep one.\n"),
+        ],
+    );
+    git.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start(data.path()).await;
+    let (id, log) = deploy(&gd, json!({"repo": git.url("docs"), "project": "docs"})).await;
+    let all = text(&log);
+    assert_eq!(outcome(&log).0, DeploymentStatus::Ready, "{all}");
+    assert!(
+        all.contains("mkdocs.yml found: MkDocs in a virtualenv (requirements.txt)"),
+        "{all}"
+    );
+    assert!(all.contains("Publishing site/ (MkDocs detected)"), "{all}");
+    let get = |path: &'static str| {
+        let gd = &gd;
+        let id = id.clone();
+        async move {
+            let resp = gd.site(Method::GET, &id, path).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let (status, home) = get("/").await;
+    assert_eq!(status, 200);
+    assert!(home.contains("The fixture's home."), "{home}");
+    let (status, guide) = get("/guide/").await;
+    assert_eq!(status, 200);
+    assert!(guide.contains("Step one."), "{guide}");
+    // MkDocs writes its own 404.html; an unknown path is a real 404 with it.
+    let (status, missing) = get("/no/such/page").await;
+    assert_eq!(status, 404);
+    assert!(missing.contains("404"), "{missing}");
+    // The second build installs from the project's wheelhouse.
+    let (_, log) = deploy(&gd, json!({"repo": git.url("docs"), "project": "docs"})).await;
+    let all = text(&log);
+    assert_eq!(outcome(&log).0, DeploymentStatus::Ready, "{all}");
+    assert!(
+        all.contains("File was already downloaded /build/cache/pip/wheelhouse/mkdocs-1.6.1"),
+        "{all}"
+    );
+}

@@ -22,6 +22,10 @@ pub struct RepoFiles<'a> {
     pub next_config: Option<&'a str>,
     /// `angular.json`.
     pub angular_json: Option<&'a str>,
+    /// `mkdocs.yml` (or `mkdocs.yaml`).
+    pub mkdocs_yml: Option<&'a str>,
+    /// `requirements.txt` exists.
+    pub requirements_txt: bool,
 }
 
 /// The package manager of a Node project.
@@ -249,6 +253,9 @@ pub fn plan(files: &RepoFiles<'_>, settings: &BuildSettings) -> Result<Plan, Str
         .and_then(|s| s.get("build"))
         .and_then(Value::as_str)
         .is_some_and(|s| !s.trim().is_empty());
+    if let (Some(config), false) = (files.mkdocs_yml, has_build_script) {
+        return Ok(mkdocs_plan(config, files.requirements_txt, settings));
+    }
     let builds = has_build_script || settings.build_command.is_some();
     let (pm, pm_reason) = match &json {
         Some(j) if builds || settings.install_command.is_some() => {
@@ -323,6 +330,71 @@ pub fn plan(files: &RepoFiles<'_>, settings: &BuildSettings) -> Result<Plan, Str
         spa_reason,
         caches: detected.as_ref().map_or(DEFAULT_CACHES, |f| f.caches),
     })
+}
+
+/// A Python documentation site: MkDocs in a virtualenv of the build's own (under its home), its
+/// packages from `requirements.txt` (else MkDocs alone) through a wheelhouse in the project's
+/// cache; `mkdocs build` writes `site/` (or `site_dir`).
+fn mkdocs_plan(config: &str, requirements: bool, settings: &BuildSettings) -> Plan {
+    // Wheels are kept in a wheelhouse in the project's pip cache: `pip wheel` fetches (or
+    // builds) only what it lacks, then the install reads nothing but the wheelhouse. (pip's own
+    // HTTP cache depends on the index's cache headers; a mirror may send none.)
+    let what = if requirements {
+        "-r requirements.txt"
+    } else {
+        "mkdocs"
+    };
+    let venv = format!(
+        r#"python3 -m venv "$HOME/.venv" && W="$PIP_CACHE_DIR/wheelhouse" && mkdir -p "$W" && "$HOME/.venv/bin/pip" wheel -w "$W" --find-links "$W" {what} && "$HOME/.venv/bin/pip" install --no-index --find-links "$W" {what}"#
+    );
+    let install = match &settings.install_command {
+        Some(cmd) => shell(cmd),
+        None => shell(&venv),
+    };
+    let build = match &settings.build_command {
+        Some(cmd) => shell(cmd),
+        None => shell(r#""$HOME/.venv/bin/mkdocs" build"#),
+    };
+    let site_dir = config
+        .lines()
+        .find_map(|l| l.strip_prefix("site_dir:"))
+        .map(|v| {
+            v.trim()
+                .trim_matches(|c| c == '"' || c == '\'')
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .filter(|d| !d.is_empty() && !d.starts_with('/') && !d.split('/').any(|s| s == ".."));
+    let (outputs, output_reason) = match (&settings.output_dir, site_dir) {
+        (Some(dir), _) => (
+            dir.trim_end_matches('/').to_owned(),
+            "output_dir from the build settings",
+        ),
+        (None, Some(dir)) => (dir, "MkDocs detected (site_dir)"),
+        (None, None) => ("site".to_owned(), "MkDocs detected"),
+    };
+    let (spa, spa_reason) = (
+        Some(false),
+        "MkDocs builds one page per route: unknown paths are 404s".to_owned(),
+    );
+    Plan {
+        install: Some(install),
+        build: Some(build),
+        reason: format!(
+            "mkdocs.yml found: MkDocs in a virtualenv ({})",
+            if requirements {
+                "requirements.txt"
+            } else {
+                "no requirements.txt: mkdocs alone"
+            }
+        ),
+        outputs: vec![outputs],
+        output_reason: output_reason.to_owned(),
+        output_required: true,
+        spa,
+        spa_reason,
+        caches: &[],
+    }
 }
 
 /// Picks the directory to publish from the plan; `exists` answers whether a directory exists.

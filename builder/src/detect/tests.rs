@@ -312,3 +312,54 @@ fn content_type_table() {
         assert_eq!(content_type(p), want, "{p}");
     }
 }
+
+#[test]
+fn mkdocs_sites_build_in_a_virtualenv() {
+    let none = BuildSettings::default();
+    let mk =
+        |config: &'static str, requirements: bool, package_json: Option<&'static str>| RepoFiles {
+            mkdocs_yml: Some(config),
+            requirements_txt: requirements,
+            package_json,
+            ..RepoFiles::default()
+        };
+    let p = plan(&mk("site_name: Docs\n", true, None), &none).unwrap();
+    let install = &p.install.as_ref().unwrap()[2];
+    assert!(
+        install.contains(r#"pip" wheel -w "$W" --find-links "$W" -r requirements.txt"#),
+        "{install}"
+    );
+    assert!(
+        install.ends_with(r#"pip" install --no-index --find-links "$W" -r requirements.txt"#),
+        "{install}"
+    );
+    assert_eq!(
+        p.build.as_ref().unwrap()[2],
+        r#""$HOME/.venv/bin/mkdocs" build"#
+    );
+    assert_eq!(
+        (p.outputs, p.output_required, p.spa),
+        (vec!["site".to_owned()], true, Some(false))
+    );
+    let p = plan(
+        &mk("site_name: Docs\nsite_dir: 'public/'\n", false, None),
+        &none,
+    )
+    .unwrap();
+    assert!(p.install.as_ref().unwrap()[2].ends_with(" mkdocs"));
+    assert_eq!(p.outputs, ["public"]);
+    // An escaping site_dir is ignored.
+    let p = plan(&mk("site_dir: ../../etc\n", false, None), &none).unwrap();
+    assert_eq!(p.outputs, ["site"]);
+    // A package.json build script wins: the site is a Node project that happens to carry docs.
+    let node = plan(
+        &mk(
+            "site_name: x\n",
+            true,
+            Some(r#"{"scripts":{"build":"vite build"}}"#),
+        ),
+        &none,
+    )
+    .unwrap();
+    assert_eq!(node.build.unwrap(), ["npm", "run", "build"]);
+}
