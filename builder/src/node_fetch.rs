@@ -62,25 +62,22 @@ pub(crate) async fn provide(
     let system = system_version(env).await;
     let answered_by_system =
         |releases: &Releases| node_version::choose(&want, releases, system.as_ref(), now());
-    // Exact versions and ranges the machine's Node satisfies need no listing.
-    if let Ok(None) = answered_by_system(&Releases::default()) {
+    let machines = || {
         emitter.system(&format!(
             "Node.js {} (the machine's; {} asks for {})",
-            system.map(|v| v.to_string()).unwrap_or_default(),
+            system.as_ref().map(|v| v.to_string()).unwrap_or_default(),
             request.source,
             request.spec
         ));
-        return Ok(None);
+        Ok(None)
+    };
+    // Exact versions and ranges the machine's Node satisfies need no listing.
+    if let Ok(None) = answered_by_system(&Releases::default()) {
+        return machines();
     }
     let releases = list_releases(env).await.map_err(Failure::Internal)?;
     let Some(version) = answered_by_system(&releases).map_err(failed)? else {
-        emitter.system(&format!(
-            "Node.js {} (the machine's; {} asks for {})",
-            system.map(|v| v.to_string()).unwrap_or_default(),
-            request.source,
-            request.spec
-        ));
-        return Ok(None);
+        return machines();
     };
     let root = tools.join("node").join(version.to_string());
     let started = Instant::now();

@@ -9,7 +9,6 @@ use common::{
     deploy_and_follow as deploy, log_text as text, outcome_of as outcome, GitServer, Gitdeploy,
 };
 use gitdeploy_core::DeploymentStatus;
-use reqwest::Method;
 use serde_json::{json, Value};
 
 /// A Yarn classic lockfile for `core-js-pure`, whose install script Yarn runs through a shim
@@ -60,15 +59,7 @@ async fn yarn_classic_runs_install_scripts_and_the_build_writes_tmp_under_neutra
         "no line shows the data directory {}: {all}",
         data_dir.display()
     );
-    let body = gd
-        .site(Method::GET, &id, "/")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(body, "built\n");
+    assert_eq!(gd.page(&id, "/").await, (200, "built\n".to_owned()));
 }
 
 /// A site whose `package.json` names `framework` (not installed: the install is skipped) and
@@ -182,13 +173,8 @@ async fn unknown_paths_fall_back_only_for_single_page_apps() {
         let all = text(&log);
         assert_eq!(outcome(&log).0, DeploymentStatus::Ready, "{name}: {all}");
         assert!(all.contains("Unknown paths: "), "{name}: {all}");
-        let resp = gd
-            .site(Method::GET, &id, "/no/such/page")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), *status, "{name}: {all}");
-        let text = resp.text().await.unwrap();
+        let (got, text) = gd.page(&id, "/no/such/page").await;
+        assert_eq!(got, *status, "{name}: {all}");
         if body.is_empty() {
             assert!(
                 text.contains("404"),
@@ -198,14 +184,12 @@ async fn unknown_paths_fall_back_only_for_single_page_apps() {
             assert_eq!(text, *body, "{name}");
         }
         // Real pages are served either way; the rules file never is: it is an unknown path.
-        let about = gd.site(Method::GET, &id, "/about/").send().await.unwrap();
-        assert_eq!(about.text().await.unwrap(), "about\n", "{name}");
-        let rules = gd
-            .site(Method::GET, &id, "/_redirects")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(rules.status(), *status, "{name}: /_redirects");
+        assert_eq!(gd.page(&id, "/about/").await.1, "about\n", "{name}");
+        assert_eq!(
+            gd.page(&id, "/_redirects").await.0,
+            *status,
+            "{name}: /_redirects"
+        );
     }
 }
 
@@ -242,15 +226,7 @@ async fn the_node_version_a_project_names_is_fetched_cached_and_used_by_corepack
     let gd = Gitdeploy::start(data.path()).await;
     let body = |id: String| {
         let gd = &gd;
-        async move {
-            gd.site(Method::GET, &id, "/")
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
+        async move { gd.page(&id, "/").await.1 }
     };
 
     // .nvmrc asks for 22: fetched from the registry, first on PATH, corepack's yarn runs on it.
@@ -425,14 +401,7 @@ async fn an_mkdocs_site_builds_in_a_virtualenv_from_pypi_with_a_pip_cache() {
         "{all}"
     );
     assert!(all.contains("Publishing site/ (MkDocs detected)"), "{all}");
-    let get = |path: &'static str| {
-        let gd = &gd;
-        let id = id.clone();
-        async move {
-            let resp = gd.site(Method::GET, &id, path).send().await.unwrap();
-            (resp.status().as_u16(), resp.text().await.unwrap())
-        }
-    };
+    let get = |path: &'static str| gd.page(&id, path);
     let (status, home) = get("/").await;
     assert_eq!(status, 200);
     assert!(home.contains("The fixture's home."), "{home}");

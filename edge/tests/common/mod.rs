@@ -269,6 +269,16 @@ impl Gitdeploy {
             .header("host", format!("{label}.localhost:{}", self.port))
     }
 
+    /// `GET <path>` of site `label`: status and body text.
+    pub async fn page(&self, label: &str, path: &str) -> (u16, String) {
+        let resp = self
+            .site(reqwest::Method::GET, label, path)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
     /// Sends `GET <path>` exactly as written (no client-side normalization) and returns the status.
     pub fn raw_get_status(&self, host: &str, path: &str) -> u16 {
         use std::io::{Read, Write};
