@@ -364,8 +364,10 @@ async function deploymentPage(id) {
         "Ready in ", duration(outcome.duration_ms), ` · ${outcome.files} ${outcome.files === 1 ? "file" : "files"} · `,
         h("a", { href: d.url, target: "_blank", rel: "noopener", id: "site-link" }, d.url)));
     } else {
-      banner.replaceChildren(h("div", { class: "banner bad", role: "status" },
-        outcome.status === "canceled" ? "Canceled" : "Build failed", outcome.error ? `: ${outcome.error}` : ""));
+      banner.replaceChildren(h("div", { class: outcome.status === "skipped" ? "banner" : "banner bad", role: "status" },
+        outcome.status === "canceled" ? "Canceled" : outcome.status === "skipped" ? "Skipped" : "Build failed",
+        outcome.status === "skipped" ? (outcome.skip_reason ? `: ${outcome.skip_reason}` : "")
+          : outcome.error ? `: ${outcome.error}` : ""));
     }
     api(`/api/deployments/${d.id}`).then((now) => {
       const c = document.getElementById("commit");
@@ -423,7 +425,7 @@ async function projectPage(name) {
   const history = h("ul", { class: "list card", "aria-label": "Deployments" },
     ...(p.deployments.length ? p.deployments.map((d) => {
       const isProd = d.id === p.production;
-      const finished = ["ready", "failed", "canceled"].includes(d.status);
+      const finished = ["ready", "failed", "canceled", "skipped"].includes(d.status);
       const extra = isProd ? badge("production") : [
         d.status === "ready" && h("button", { type: "button", class: "secondary promote", "data-id": d.id,
           onclick: () => act("Promote to production?", `${p.url} will serve ${d.id}. Nothing is rebuilt.`,

@@ -84,6 +84,7 @@ impl Ledger for Records {
                 |d| {
                     d.status = f.outcome.status;
                     d.error = f.outcome.error.clone();
+                    d.skip_reason = f.outcome.skip_reason.clone();
                     d.finished_unix_ms = Some(now_ms());
                     if f.commit.is_some() {
                         d.commit = f.commit.clone();
@@ -189,7 +190,7 @@ impl<'a> Job<'a> {
 
     /// The log's final record.
     async fn publish_final(&self, ts: u64, outcome: Outcome) {
-        let line = final_line(outcome.status, outcome.error.as_deref());
+        let line = final_line(&outcome);
         if let Err(e) = self.bus.finish(&self.id, ts, line, outcome).await {
             tracing::error!(id = %self.id, "cannot finish log: {e}");
         }
@@ -213,10 +214,7 @@ impl<'a> Job<'a> {
                         seq: records.len() as u64,
                         ts,
                         stream: LogStream::System,
-                        line: final_line(
-                            finished.outcome.status,
-                            finished.outcome.error.as_deref(),
-                        ),
+                        line: final_line(&finished.outcome),
                         outcome: Some(finished.outcome.clone()),
                     });
                     let mut ndjson = Vec::new();
@@ -274,6 +272,7 @@ impl Finished {
             outcome: Outcome {
                 status: DeploymentStatus::Failed,
                 error: Some(error),
+                skip_reason: None,
                 exit_code,
                 duration_ms: None,
                 files: None,
@@ -285,10 +284,12 @@ impl Finished {
 }
 
 /// The text of a log's final record.
-fn final_line(status: DeploymentStatus, error: Option<&str>) -> String {
-    match (status, error) {
-        (DeploymentStatus::Ready, _) => "Deployment is ready".to_owned(),
-        (_, Some(e)) => format!("Deployment failed: {e}"),
+fn final_line(outcome: &Outcome) -> String {
+    match (outcome.status, &outcome.error, &outcome.skip_reason) {
+        (DeploymentStatus::Ready, ..) => "Deployment is ready".to_owned(),
+        (DeploymentStatus::Skipped, _, Some(why)) => format!("Deployment skipped: {why}"),
+        (DeploymentStatus::Skipped, ..) => "Deployment skipped".to_owned(),
+        (_, Some(e), _) => format!("Deployment failed: {e}"),
         _ => "Deployment failed".to_owned(),
     }
 }

@@ -10,7 +10,7 @@ use prometheus::{
 pub struct ApiMetrics {
     /// Builds started.
     pub builds_started: IntCounter,
-    /// Builds finished, by outcome (`ready`, `failed`).
+    /// Builds finished, by outcome (`ready`, `failed`, `canceled`, `skipped`).
     pub builds_finished: IntCounterVec,
     /// Whole build duration.
     pub build_duration: Histogram,

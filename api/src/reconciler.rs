@@ -148,6 +148,7 @@ impl Reconciler<'_> {
             build: d.build.clone(),
             limits: self.limits.clone(),
             cache_key: Some(d.cache_key()),
+            previous_commit: d.previous_commit.clone(),
         });
         Ok(())
     }

@@ -248,6 +248,7 @@ pub(crate) async fn run_job(
     let outcome = match finished.outcome.status {
         DeploymentStatus::Ready => "ready",
         DeploymentStatus::Canceled => "canceled",
+        DeploymentStatus::Skipped => "skipped",
         _ => "failed",
     };
     job.metrics
@@ -373,10 +374,23 @@ async fn spawn_and_follow(
             outcome: Outcome {
                 status: DeploymentStatus::Ready,
                 error: None,
+                skip_reason: None,
                 exit_code: Some(0),
                 duration_ms: None,
                 files: Some(files),
                 bytes: Some(bytes),
+            },
+            commit: Some(commit),
+        },
+        (Some(0), Some(BuilderEvent::Skipped { commit, reason })) => Finished {
+            outcome: Outcome {
+                status: DeploymentStatus::Skipped,
+                error: None,
+                skip_reason: Some(reason),
+                exit_code: Some(0),
+                duration_ms: None,
+                files: None,
+                bytes: None,
             },
             commit: Some(commit),
         },

@@ -68,6 +68,13 @@ pub struct Deployment {
     /// stops it at its next heartbeat.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
+    /// A push's build compares with this commit (the last ready build of its branch) and is
+    /// skipped when nothing it depends on changed ([`gitdeploy_core::watch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_commit: Option<String>,
+    /// Why it was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_reason: Option<String>,
 }
 
 impl Deployment {
@@ -563,6 +570,8 @@ mod tests {
             finished_unix_ms: None,
             runner: None,
             cancel_requested: false,
+            previous_commit: None,
+            skip_reason: None,
         };
         assert_eq!(d.repo_display(), "https://***@example.com/r");
     }

@@ -179,7 +179,7 @@ pub struct TaskEnding {
 pub fn check_ending(ending: &TaskEnding) -> Result<(), String> {
     use gitdeploy_core::DeploymentStatus as S;
     match ending.outcome.status {
-        S::Ready | S::Failed | S::Canceled => Ok(()),
+        S::Ready | S::Failed | S::Canceled | S::Skipped => Ok(()),
         other => Err(format!("a task reported {other:?} as its build's end")),
     }
 }
@@ -295,6 +295,7 @@ mod tests {
             (S::Ready, true),
             (S::Failed, true),
             (S::Canceled, true),
+            (S::Skipped, true),
             (S::Building, false),
             (S::Queued, false),
         ] {
@@ -302,6 +303,7 @@ mod tests {
                 outcome: Outcome {
                     status,
                     error: None,
+                    skip_reason: None,
                     exit_code: None,
                     duration_ms: None,
                     files: None,

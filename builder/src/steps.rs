@@ -16,7 +16,7 @@ use crate::failure::{build_failure, Failure};
 use crate::lines::Redactor;
 use crate::prepare::{prepare_sandbox, write_private, SandboxDirs};
 use crate::sandbox::{self, Cgroups, Mount, NEUTRAL};
-use crate::{build_cache, node_fetch, node_version};
+use crate::{build_cache, node_version, skip, tool_fetch};
 use crate::{
     collect, confine, detect, disk, publish, EXIT_BUILD_FAILED, EXIT_INTERNAL, EXIT_READY,
 };
@@ -40,7 +40,12 @@ pub async fn run(config: &BuilderConfig, emitter: &Emitter) -> i32 {
     let result = steps(config, &emitter, &cgroups, notes).await;
     cgroups.remove().await;
     match result {
-        Ok((commit, published)) => {
+        Ok(Done::Skipped { commit, reason }) => {
+            emitter.system(&format!("Skipped: {reason}"));
+            emitter.event(&BuilderEvent::Skipped { commit, reason });
+            EXIT_READY
+        }
+        Ok(Done::Published { commit, published }) => {
             emitter.system(&format!(
                 "Deployment ready in {:.1}s: {} files, {} bytes",
                 started.elapsed().as_secs_f64(),
@@ -91,12 +96,23 @@ fn cache_dir_name(key: Option<&str>) -> String {
     }
 }
 
+/// How a build that did not fail ended.
+enum Done {
+    /// Built and published.
+    Published {
+        commit: String,
+        published: publish::Published,
+    },
+    /// Nothing it depends on changed since the last ready build ([`skip`]).
+    Skipped { commit: String, reason: String },
+}
+
 async fn steps(
     config: &BuilderConfig,
     emitter: &Emitter,
     cgroups: &Cgroups,
     notes: Vec<String>,
-) -> Result<(String, publish::Published), Failure> {
+) -> Result<Done, Failure> {
     let job = &config.job;
     let timeout = job
         .build
@@ -132,7 +148,13 @@ async fn steps(
         limit: job.limits.max_disk_bytes,
     };
 
-    let commit = clone(job, emitter, &src, &base_env, deadline, &disk).await?;
+    let git_env = git_env(job, &base_env)?;
+    let commit = clone(job, emitter, &src, &git_env, deadline, &disk).await?;
+    match skip::decide(job, &src, &git_env, &commit).await {
+        Some(skip::Decision::Skip(reason)) => return Ok(Done::Skipped { commit, reason }),
+        Some(skip::Decision::Build(reason)) => emitter.system(&format!("Building: {reason}")),
+        None => {}
+    }
 
     // Detect, in the root directory (a monorepo subfolder when configured).
     let root = match &job.build.root_dir {
@@ -178,6 +200,7 @@ async fn steps(
             || root.join("npm-shrinkwrap.json").exists(),
         yarn_lock: yarn_lock.as_deref(),
         pnpm_lock: pnpm_lock.as_deref(),
+        bun_lock: root.join("bun.lock").exists() || root.join("bun.lockb").exists(),
         next_config: next_config.as_deref(),
         angular_json: angular_json.as_deref(),
         mkdocs_yml: mkdocs_yml.as_deref(),
@@ -215,25 +238,38 @@ async fn steps(
             private: private.clone(),
         };
         let (mut spec, _network) = prepare_sandbox(job, emitter, cgroups, notes, &dirs).await?;
-        let node = match node_request(job, &root, package_json.as_deref())? {
-            Some(request) => {
-                // Beside the projects' caches, shared by all (no cache key starts with a dot).
-                let tools = cache.parent().unwrap_or(&cache).join(".tools");
-                node_fetch::provide(&request, &tools, &base_env, emitter).await?
-            }
-            None => None,
-        };
-        if let Some(tool) = &node {
+        // Runtimes live beside the projects' caches, shared by all (no cache key starts with a
+        // dot).
+        let tools = cache.parent().unwrap_or(&cache).join(".tools");
+        let mut runtimes = Vec::new();
+        if let Some(request) = node_request(job, &root, package_json.as_deref())? {
+            runtimes.extend(
+                tool_fetch::provide(&tool_fetch::NODE, &request, &tools, &base_env, emitter)
+                    .await?,
+            );
+        }
+        if let Some(named) = &plan.bun {
+            let request = node_version::bun_requested(
+                job.build
+                    .env
+                    .get(node_version::BUN_SETTING)
+                    .map(String::as_str),
+                named.as_deref(),
+            );
+            let bun = tool_fetch::bun();
+            runtimes.extend(tool_fetch::provide(bun, &request, &tools, &base_env, emitter).await?);
+        }
+        for tool in &runtimes {
             spec.tools.push(Mount {
                 host: tool.root.clone(),
-                inside: node_fetch::INSIDE.into(),
+                inside: tool.tool.inside().into(),
             });
         }
         // The build sees its directories at neutral paths (inside bubblewrap), so no log shows
         // where the platform keeps its data.
         let mut env = exec::scrubbed_env(&spec.inside(&home), &spec.inside(&cache));
         env.push(("TMPDIR".into(), spec.inside(&tmp).display().to_string()));
-        if let Some(tool) = &node {
+        for tool in &runtimes {
             let bin = tool.bin_dir(spec.bwrap.is_some());
             for (name, value) in env.iter_mut().filter(|(k, _)| k == "PATH") {
                 debug_assert_eq!(name, "PATH");
@@ -357,19 +393,14 @@ async fn steps(
         secs(step)
     ));
     emitter.phase("upload", step);
-    Ok((commit, published))
+    Ok(Done::Published { commit, published })
 }
 
 /// Shallow-fetches the ref (or HEAD) so branches, tags and commits share one path, then
 /// checks out submodules over https only. Returns the commit.
-async fn clone(
-    job: &BuildJob,
-    emitter: &Emitter,
-    src: &Path,
-    env: &[(String, String)],
-    deadline: tokio::time::Instant,
-    disk: &DiskWatch,
-) -> Result<String, Failure> {
+/// The environment git runs with: `env`, only the repository URL's protocol, no system
+/// configuration, no prompts.
+fn git_env(job: &BuildJob, env: &[(String, String)]) -> Result<Vec<(String, String)>, Failure> {
     let all = [
         RepoScheme::Https,
         RepoScheme::Http,
@@ -378,16 +409,27 @@ async fn clone(
         RepoScheme::Local,
     ];
     let scheme = validate_repo_url(&job.repo, &all).map_err(build_failure)?;
+    let mut git_env = env.to_vec();
+    git_env.push(("GIT_ALLOW_PROTOCOL".into(), scheme.git_protocol().into()));
+    git_env.push(("GIT_CONFIG_NOSYSTEM".into(), "1".into()));
+    git_env.push(("GIT_SSH_COMMAND".into(), "ssh -o BatchMode=yes".into()));
+    Ok(git_env)
+}
+
+async fn clone(
+    job: &BuildJob,
+    emitter: &Emitter,
+    src: &Path,
+    git_env: &[(String, String)],
+    deadline: tokio::time::Instant,
+    disk: &DiskWatch,
+) -> Result<String, Failure> {
     let git_ref = job.git_ref.as_deref().unwrap_or("HEAD");
     let step = Instant::now();
     emitter.system(&format!(
         "Cloning {} ({git_ref})",
         redact_repo_url(&job.repo)
     ));
-    let mut git_env = env.to_vec();
-    git_env.push(("GIT_ALLOW_PROTOCOL".into(), scheme.git_protocol().into()));
-    git_env.push(("GIT_CONFIG_NOSYSTEM".into(), "1".into()));
-    git_env.push(("GIT_SSH_COMMAND".into(), "ssh -o BatchMode=yes".into()));
     let git = |args: &[&str]| -> Vec<String> {
         let mut argv = vec![
             "git".to_owned(),
@@ -418,14 +460,14 @@ async fn clone(
         let step = Step {
             argv: &argv,
             cwd: src,
-            env: &git_env,
+            env: git_env,
             label: "git",
         };
         run_step(emitter, &step, deadline, timeout, disk).await?;
     }
     if src.join(".gitmodules").exists() {
         emitter.system("Checking out submodules (https only)");
-        let mut sub_env = git_env.clone();
+        let mut sub_env = git_env.to_vec();
         sub_env.retain(|(k, _)| k != "GIT_ALLOW_PROTOCOL");
         sub_env.push(("GIT_ALLOW_PROTOCOL".into(), "https".into()));
         let argv = git(&[

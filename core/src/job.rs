@@ -67,6 +67,11 @@ pub struct BuildJob {
     /// Package manager cache scope: builds with the same key share a cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_key: Option<String>,
+    /// The commit the project's last ready build of this branch was made from, for a build a
+    /// push started: when nothing under the root directory or the watch paths changed since,
+    /// the build is skipped ([`crate::watch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_commit: Option<String>,
 }
 
 /// Per-deployment build settings; every field is optional.
@@ -85,6 +90,10 @@ pub struct BuildSettings {
     /// Subfolder of the repository to build (monorepos).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_dir: Option<String>,
+    /// Paths besides the root directory whose changes need a new build ([`crate::watch`]);
+    /// a push that changes nothing under either is skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch_paths: Vec<String>,
     /// Wall-clock limit in seconds (at most the operator's limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
@@ -205,6 +214,7 @@ impl BuildSettings {
         if let Some(dir) = &self.output_dir {
             safe_relative_dir("output_dir", dir)?;
         }
+        crate::watch::validate(&self.watch_paths)?;
         if let Some(dir) = &self.root_dir {
             safe_relative_dir("root_dir", dir)?;
         }
@@ -397,6 +407,13 @@ pub enum BuilderEvent {
         files: u64,
         /// Total bytes published.
         bytes: u64,
+    },
+    /// Nothing the build depends on changed since `previous_commit`: nothing was built.
+    Skipped {
+        /// The commit that was checked out.
+        commit: String,
+        /// Why, for users.
+        reason: String,
     },
     /// The build failed.
     Failed {

@@ -18,6 +18,7 @@ pub mod path;
 pub mod repo;
 pub mod rules;
 pub mod status;
+pub mod watch;
 
 pub use id::DeploymentId;
 pub use job::{BuildJob, BuilderEvent};

@@ -17,6 +17,8 @@ pub enum DeploymentStatus {
     Failed,
     /// Canceled before it finished; nothing is served.
     Canceled,
+    /// Not built: nothing it depends on changed since the last ready build (monorepos).
+    Skipped,
 }
 
 impl DeploymentStatus {
@@ -24,7 +26,10 @@ impl DeploymentStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            DeploymentStatus::Ready | DeploymentStatus::Failed | DeploymentStatus::Canceled
+            DeploymentStatus::Ready
+                | DeploymentStatus::Failed
+                | DeploymentStatus::Canceled
+                | DeploymentStatus::Skipped
         )
     }
 }

@@ -421,3 +421,98 @@ async fn an_mkdocs_site_builds_in_a_virtualenv_from_pypi_with_a_pip_cache() {
         "{all}"
     );
 }
+
+/// A Bun lockfile (text format, as `bun install` 1.4 writes it) for `is-number`.
+const BUN_LOCK: &str = r#"{
+  "lockfileVersion": 2,
+  "configVersion": 1,
+  "workspaces": {
+    "": {
+      "name": "bun-site",
+      "dependencies": {
+        "is-number": "7.0.0",
+      },
+    },
+  },
+  "packages": {
+    "is-number": ["is-number@7.0.0", "", {}, "sha512-41Cifkg6e8TylSpdtTpeLVMqvSBEVzTttHvERD741+pnZ8ANv0004MRL43QKPDlK9cGvNp6NZWZUBlbGXYxxng=="],
+  }
+}
+"#;
+
+#[tokio::test]
+async fn bun_projects_install_and_build_on_bun_from_the_registry() {
+    // The build runs on Bun (`Bun.version` exists only there) with the locked package.
+    let make = "const isNumber = require('is-number');\nconst fs = require('fs');\nfs.mkdirSync('dist', {recursive: true});\nfs.writeFileSync('dist/index.html', `bun ${Bun.version} ${isNumber(5)}`);\n";
+    let package = |extra: Value| {
+        let mut p = json!({"name": "bun-site", "version": "1.0.0", "private": true,
+            "dependencies": {"is-number": "7.0.0"}, "scripts": {"build": "bun make.js"}});
+        p.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        p.to_string()
+    };
+    let locked = package(json!({}));
+    let named = package(json!({"packageManager": "bun@1.2"}));
+    let mut git = GitServer::new();
+    git.add_repo(
+        "bun-locked",
+        &[
+            ("package.json", &locked),
+            ("bun.lock", BUN_LOCK),
+            // The lockfile Bun migrated from stays behind; Bun's own wins.
+            ("package-lock.json", "{}"),
+            ("make.js", make),
+        ],
+    );
+    git.add_repo("bun-named", &[("package.json", &named), ("make.js", make)]);
+    git.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start(data.path()).await;
+
+    let (id, log) = deploy(&gd, json!({"repo": git.url("bun-locked")})).await;
+    let all = text(&log);
+    assert_eq!(outcome(&log).0, DeploymentStatus::Ready, "{all}");
+    assert!(all.contains("Detected: bun.lock found"), "{all}");
+    assert!(
+        all.contains("Install: bun install --frozen-lockfile"),
+        "{all}"
+    );
+    assert!(
+        all.contains("(no version named: latest; fetched from the npm registry in"),
+        "{all}"
+    );
+    let (status, body) = gd.page(&id, "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("bun 1.") && body.ends_with(" true"),
+        "{body}"
+    );
+    let version = body.split(' ').nth(1).unwrap().to_owned();
+    // The second build finds Bun in the tool cache and its packages in the project's cache.
+    let (id, log) = deploy(&gd, json!({"repo": git.url("bun-locked")})).await;
+    let all = text(&log);
+    assert!(
+        all.contains(&format!("Bun {version} (no version named: latest; cached)")),
+        "{all}"
+    );
+    assert_eq!(gd.page(&id, "/").await.1, body);
+
+    // packageManager names a line: its newest release, no lockfile, plain `bun install`.
+    let (id, log) = deploy(&gd, json!({"repo": git.url("bun-named")})).await;
+    let all = text(&log);
+    assert_eq!(outcome(&log).0, DeploymentStatus::Ready, "{all}");
+    assert!(
+        all.contains("(package.json packageManager asks for 1.2; fetched"),
+        "{all}"
+    );
+    assert!(
+        log.iter().any(|r| r.line == "Install: bun install"),
+        "{all}"
+    );
+    let body = gd.page(&id, "/").await.1;
+    assert!(
+        body.starts_with("bun 1.2.") && body.ends_with(" true"),
+        "{body}"
+    );
+}

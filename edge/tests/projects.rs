@@ -716,3 +716,174 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn pushes_that_change_nothing_a_monorepo_project_watches_are_skipped() {
+    let mut server = GitServer::new();
+    let repo = server.add_repo(
+        "mono",
+        &[
+            ("web/index.html", "v1"),
+            ("web/README.md", "docs"),
+            ("api/main.go", "package main"),
+            ("shared/brand.txt", "blue"),
+        ],
+    );
+    server.start();
+    let data = tempfile::tempdir().unwrap();
+    let token = "a-long-enough-test-token";
+    let gd = Gitdeploy::start_with(data.path(), &["--api-token", token]).await;
+    let secret = "webhook-secret-0123456789";
+    let build = json!({"root_dir": "web", "watch_paths": ["shared/", "!web/README.md"]});
+    let resp = gd
+        .http()
+        .post(gd.api("/api/projects"))
+        .bearer_auth(token)
+        .json(&json!({"name": "mono", "repo": server.url("mono"), "webhook_secret": secret, "build": build}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    // Bad watch paths are refused with the reason.
+    let resp = gd
+        .http()
+        .post(gd.api("/api/projects"))
+        .bearer_auth(token)
+        .json(&json!({"name": "bad", "repo": server.url("mono"), "build": {"watch_paths": ["../up"]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("watch path \\\"../up\\\""));
+
+    // Push `files` as one commit and follow the deployment the hook starts.
+    let push = |files: &'static [(&'static str, &'static str)]| {
+        let (gd, repo, server) = (&gd, &repo, &server);
+        async move {
+            for (path, content) in files {
+                std::fs::write(repo.join(path), content).unwrap();
+            }
+            if !files.is_empty() {
+                git(repo, &["commit", "-q", "-am", "change"]);
+            }
+            let body = serde_json::to_vec(&json!({
+                "ref": "refs/heads/main",
+                "repository": {"clone_url": server.url("mono"), "default_branch": "main"},
+            }))
+            .unwrap();
+            let resp = gd
+                .http()
+                .post(gd.api("/api/hooks/github"))
+                .header("x-github-event", "push")
+                .header("x-hub-signature-256", sign(secret, &body))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 202);
+            let answer: Value = resp.json().await.unwrap();
+            let id = answer["deployments"][0]["id"].as_str().unwrap().to_owned();
+            let log = gd
+                .http()
+                .get(gd.api(&format!("/api/deployments/{id}/logs?follow=1")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let d: Value = gd
+                .http()
+                .get(gd.api(&format!("/api/deployments/{id}")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (d, log)
+        }
+    };
+
+    // The first build has nothing to compare with.
+    let (first, log) = push(&[]).await;
+    assert_eq!(first["status"], "ready", "{log}");
+    assert_eq!(first["previous_commit"], Value::Null);
+    assert_eq!(project_page(&gd, "mono").await, (200, "v1".into()));
+
+    // Another part of the monorepo, or an excluded file: skipped, production unchanged.
+    // (Compared with the last ready build, so the changes add up.)
+    for (files, changed) in [
+        (&[("api/main.go", "package main // v2")][..], "1 other file"),
+        (&[("web/README.md", "more docs")], "2 other files"),
+    ] {
+        let (d, log) = push(files).await;
+        assert_eq!(d["status"], "skipped", "{log}");
+        assert_eq!(d["previous_commit"], first["commit"]);
+        let reason = d["skip_reason"].as_str().unwrap();
+        assert!(
+            reason
+                .starts_with("nothing under web/ and shared/, except web/README.md changed since")
+                && reason.ends_with(&format!("({changed} changed)")),
+            "{reason}"
+        );
+        assert!(
+            log.contains(&format!("Deployment skipped: {reason}")),
+            "{log}"
+        );
+        assert!(!log.contains("Install"), "{log}");
+        assert_eq!(project_page(&gd, "mono").await, (200, "v1".into()));
+    }
+    // The same commit again: still skipped.
+    let (d, _) = push(&[]).await;
+    assert_eq!(d["status"], "skipped");
+
+    // A watch path outside the root directory, then the root directory itself: built.
+    let (d, log) = push(&[("shared/brand.txt", "green")]).await;
+    assert_eq!(d["status"], "ready", "{log}");
+    assert!(
+        log.contains("Building: shared/brand.txt changed since"),
+        "{log}"
+    );
+    let (d, log) = push(&[("web/index.html", "v2")]).await;
+    assert_eq!(d["status"], "ready", "{log}");
+    assert!(
+        log.contains("Building: web/index.html changed since"),
+        "{log}"
+    );
+    assert_eq!(project_page(&gd, "mono").await, (200, "v2".into()));
+    // A deploy that no push started always builds.
+    let resp = gd
+        .http()
+        .post(gd.api("/api/deployments"))
+        .bearer_auth(token)
+        .json(&json!({"repo": server.url("mono"), "project": "mono"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let answer: Value = resp.json().await.unwrap();
+    let log = gd
+        .http()
+        .get(gd.api(&format!(
+            "/api/deployments/{}/logs?follow=1",
+            answer["id"].as_str().unwrap()
+        )))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.contains("Deployment is ready") && !log.contains("skipped"),
+        "{log}"
+    );
+}

@@ -333,6 +333,8 @@ async fn a_build_task_reports_its_outcome_and_an_edge_applies_it() {
             finished_unix_ms: None,
             runner: None,
             cancel_requested: false,
+            previous_commit: None,
+            skip_reason: None,
             repo_credentials_withheld: false,
         })
         .await
@@ -354,6 +356,7 @@ async fn a_build_task_reports_its_outcome_and_an_edge_applies_it() {
         build: build.without_secret_values(),
         limits: BuildLimits::default(),
         cache_key: None,
+        previous_commit: None,
     };
     let status = run_build_task(&job, &redis, &s3, None).await;
     assert!(status.success(), "build-task exited with {status}");
@@ -625,6 +628,7 @@ async fn a_build_task_without_bubblewrap_keeps_its_environment_from_the_build() 
         },
         limits: BuildLimits::default(),
         cache_key: None,
+        previous_commit: None,
     };
     let store = gitdeploy_api::RedisStore::connect(&redis.url, "gitdeploy:")
         .await
@@ -646,6 +650,8 @@ async fn a_build_task_without_bubblewrap_keeps_its_environment_from_the_build() 
             finished_unix_ms: None,
             runner: None,
             cancel_requested: false,
+            previous_commit: None,
+            skip_reason: None,
             repo_credentials_withheld: false,
         })
         .await

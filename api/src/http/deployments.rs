@@ -82,8 +82,16 @@ pub(super) async fn create_deployment(
     build
         .validate(cp.config.limits.timeout_secs)
         .map_err(|e| ApiError::bad_request("invalid_build", e))?;
-    let deployment =
-        queue_deployment(&cp, repo, req.git_ref, req.project, req.serving, build).await?;
+    let deployment = queue_deployment(
+        &cp,
+        repo,
+        req.git_ref,
+        req.project,
+        req.serving,
+        build,
+        None,
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(deployment_json(&cp, &deployment)),
@@ -100,6 +108,7 @@ pub(super) async fn queue_deployment(
     project: Option<String>,
     serving: ServingOptions,
     build: BuildSettings,
+    previous_commit: Option<String>,
 ) -> Result<Deployment, ApiError> {
     let place = cp.queue.reserve().map_err(submit_error)?;
     let stored_repo = gitdeploy_core::repo::redact_repo_url(&repo);
@@ -119,6 +128,8 @@ pub(super) async fn queue_deployment(
         finished_unix_ms: None,
         runner: Some(cp.queue.instance().to_owned()),
         cancel_requested: false,
+        previous_commit: previous_commit.clone(),
+        skip_reason: None,
     };
     let id = deployment.id.clone();
     cp.bus.create(&id).await?;
@@ -132,6 +143,7 @@ pub(super) async fn queue_deployment(
             build,
             limits: cp.config.limits.clone(),
             cache_key: Some(deployment.cache_key()),
+            previous_commit,
         })
         .map_err(submit_error)?;
     tracing::info!(%id, repo = %deployment.repo_display(), "deployment queued");

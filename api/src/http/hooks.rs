@@ -15,6 +15,10 @@ use crate::projects::Project;
 use crate::webhooks;
 use crate::ControlPlane;
 
+/// How many of a project's latest deployments a push looks through for its branch's last ready
+/// build.
+const SKIP_BASE_SEARCH: usize = 200;
+
 /// GitHub push webhook (see [`crate::webhooks`]).
 pub(super) async fn github_hook(
     State(cp): State<ControlPlane>,
@@ -99,13 +103,20 @@ pub(super) async fn github_hook(
         let is_default = push.repository.default_branch.as_deref() == Some(branch);
         let git_ref =
             (project.production_branch.is_some() || !is_default).then(|| branch.to_owned());
+        let serving = ServingOptions::default();
+        let recent = cp
+            .records
+            .list_project(&project.name, SKIP_BASE_SEARCH)
+            .await?;
+        let previous = webhooks::skip_base(&recent, git_ref.as_deref(), &project.build, &serving);
         let d = queue_deployment(
             &cp,
             project.repo.clone(),
             git_ref,
             Some(project.name.clone()),
-            ServingOptions::default(),
+            serving,
             project.build.clone(),
+            previous,
         )
         .await?;
         deployments.push(deployment_json(&cp, &d));
@@ -136,6 +147,7 @@ pub(super) async fn deploy_hook(
         Some(project.name.clone()),
         ServingOptions::default(),
         project.build.clone(),
+        None,
     )
     .await?;
     tracing::info!(project = %project.name, id = %d.id, "deploy hook");

@@ -21,6 +21,8 @@ pub(super) fn deployment_json(cp: &ControlPlane, d: &Deployment) -> Value {
         "build": d.build,
         "commit": d.commit,
         "error": d.error,
+        "skip_reason": d.skip_reason,
+        "previous_commit": d.previous_commit,
         "created_unix_ms": d.created_unix_ms,
         "started_unix_ms": d.started_unix_ms,
         "finished_unix_ms": d.finished_unix_ms,

@@ -18,6 +18,8 @@ pub struct RepoFiles<'a> {
     pub yarn_lock: Option<&'a str>,
     /// `pnpm-lock.yaml`.
     pub pnpm_lock: Option<&'a str>,
+    /// `bun.lock` or `bun.lockb` exists.
+    pub bun_lock: bool,
     /// `next.config.js` (or `.mjs`, `.cjs`, `.ts`).
     pub next_config: Option<&'a str>,
     /// `angular.json`.
@@ -48,6 +50,13 @@ pub enum PackageManager {
         /// Version or range for corepack.
         version: String,
         /// `pnpm-lock.yaml` exists.
+        lockfile: bool,
+    },
+    /// Bun, fetched from the registry ([`crate::tool_fetch`]).
+    Bun {
+        /// The version `packageManager` names, if it does.
+        version: Option<String>,
+        /// `bun.lock` or `bun.lockb` exists.
         lockfile: bool,
     },
 }
@@ -87,6 +96,13 @@ impl PackageManager {
                 }
                 v
             }
+            PackageManager::Bun { lockfile, .. } => {
+                let mut v = vec!["bun".into(), "install".into()];
+                if *lockfile {
+                    v.push("--frozen-lockfile".into());
+                }
+                v
+            }
         };
         words
     }
@@ -106,12 +122,14 @@ impl PackageManager {
                 "run".into(),
                 "build".into(),
             ],
+            PackageManager::Bun { .. } => vec!["bun".into(), "run".into(), "build".into()],
         }
     }
 }
 
-/// Picks the package manager: the `packageManager` field first, then the lockfile (whose format
-/// also decides the version: a `lockfileVersion: '6.0'` pnpm lock needs pnpm 8).
+/// Picks the package manager: the `packageManager` field first, then the lockfile (Bun's first;
+/// a lockfile's format also decides the version: a `lockfileVersion: '6.0'` pnpm lock needs
+/// pnpm 8).
 pub fn package_manager(
     package_json: &Value,
     files: &RepoFiles<'_>,
@@ -152,10 +170,28 @@ pub fn package_manager(
                 },
                 reason,
             )),
+            "bun" => Ok((
+                PackageManager::Bun {
+                    version: Some(version),
+                    lockfile: files.bun_lock,
+                },
+                reason,
+            )),
             other => Err(format!(
-                "packageManager {other:?} is not supported (npm, yarn or pnpm)"
+                "packageManager {other:?} is not supported (npm, yarn, pnpm or bun)"
             )),
         };
+    }
+    // Only Bun writes its lockfile, and it migrates the lockfile it finds (leaving it behind):
+    // a checkout with both is a Bun project that kept its old one.
+    if files.bun_lock {
+        return Ok((
+            PackageManager::Bun {
+                version: None,
+                lockfile: true,
+            },
+            "bun.lock found: bun install".into(),
+        ));
     }
     if let Some(lock) = files.pnpm_lock {
         let version = pnpm_for_lockfile(lock);
@@ -232,6 +268,8 @@ pub struct Plan {
     pub spa_reason: String,
     /// The build caches to keep between builds ([`crate::build_cache`]).
     pub caches: &'static [&'static str],
+    /// The commands run on Bun: `Some` with the version `packageManager` names (if it does).
+    pub bun: Option<Option<String>>,
 }
 
 fn shell(cmd: &str) -> Vec<String> {
@@ -329,6 +367,10 @@ pub fn plan(files: &RepoFiles<'_>, settings: &BuildSettings) -> Result<Plan, Str
         spa,
         spa_reason,
         caches: detected.as_ref().map_or(DEFAULT_CACHES, |f| f.caches),
+        bun: match pm {
+            Some(PackageManager::Bun { version, .. }) => Some(version),
+            _ => None,
+        },
     })
 }
 
@@ -394,6 +436,7 @@ fn mkdocs_plan(config: &str, requirements: bool, settings: &BuildSettings) -> Pl
         spa,
         spa_reason,
         caches: &[],
+        bun: None,
     }
 }
 

@@ -132,7 +132,37 @@ fn package_manager_table() {
         pm(r#"{"packageManager":"yarn@3.6.0"}"#, RepoFiles::default()).unwrap(),
         yarn("3.6.0", false)
     );
-    assert!(pm(r#"{"packageManager":"bun@1.0.0"}"#, RepoFiles::default()).is_err());
+    assert_eq!(
+        pm(r#"{"packageManager":"bun@1.1.0"}"#, RepoFiles::default()).unwrap(),
+        PackageManager::Bun {
+            version: Some("1.1.0".into()),
+            lockfile: false
+        }
+    );
+    // A Bun lockfile wins over the lockfile Bun migrated from.
+    let bun_locked = RepoFiles {
+        bun_lock: true,
+        npm_lock: true,
+        yarn_lock: Some("# yarn lockfile v1\n"),
+        ..Default::default()
+    };
+    let bun = PackageManager::Bun {
+        version: None,
+        lockfile: true,
+    };
+    assert_eq!(pm("{}", bun_locked.clone()).unwrap(), bun);
+    assert_eq!(bun.install(), ["bun", "install", "--frozen-lockfile"]);
+    assert_eq!(bun.run_build(), ["bun", "run", "build"]);
+    let p = plan(
+        &RepoFiles {
+            package_json: Some(r#"{"scripts":{"build":"vite build"}}"#),
+            ..bun_locked
+        },
+        &BuildSettings::default(),
+    )
+    .unwrap();
+    assert_eq!(p.bun, Some(None));
+    assert!(pm(r#"{"packageManager":"deno@2.0.0"}"#, RepoFiles::default()).is_err());
     assert!(pm(r#"{"packageManager":"pnpm"}"#, RepoFiles::default()).is_err());
     assert!(pm(
         r#"{"packageManager":"pnpm@8;rm -rf /"}"#,
@@ -261,6 +291,7 @@ fn output_table() {
         spa: None,
         spa_reason: String::new(),
         caches: DEFAULT_CACHES,
+        bun: None,
     };
     let has = |dirs: &'static [&'static str]| move |d: &str| dirs.contains(&d);
     assert_eq!(

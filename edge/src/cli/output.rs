@@ -83,10 +83,11 @@ pub(super) fn step_of(line: &str) -> Option<String> {
 }
 
 /// One record as the CLI prints it. Build output keeps its own colours; GitDeploy's lines are
-/// bold, stderr yellow, the final line green or red.
+/// bold, stderr yellow, the final line green, yellow (skipped) or red.
 pub(super) fn render_record(record: &LogRecord, color: bool) -> String {
     let (prefix, style) = match (&record.outcome, record.stream) {
         (Some(o), _) if o.status == gitdeploy_core::DeploymentStatus::Ready => ("✔ ", "1;32"),
+        (Some(o), _) if o.status == gitdeploy_core::DeploymentStatus::Skipped => ("↷ ", "1;33"),
         (Some(_), _) => ("✖ ", "1;31"),
         (None, LogStream::System) => ("▸ ", "1;36"),
         (None, LogStream::Stdout) => ("  ", ""),
@@ -151,7 +152,10 @@ pub(super) fn age(created_ms: u64) -> String {
 /// Reports how a followed build ended; returns the exit status.
 pub(super) fn report_outcome(outcome: Option<Outcome>) -> i32 {
     match outcome {
-        Some(o) if o.status == DeploymentStatus::Ready => EXIT_OK,
+        // Nothing to build is not a failure: production is as it was.
+        Some(o) if o.status == DeploymentStatus::Ready || o.status == DeploymentStatus::Skipped => {
+            EXIT_OK
+        }
         Some(o) => {
             let status = serde_json::to_value(o.status)
                 .ok()
@@ -186,6 +190,7 @@ mod tests {
                 outcome: outcome.map(|status| gitdeploy_core::Outcome {
                     status,
                     error: None,
+                    skip_reason: None,
                     exit_code: None,
                     duration_ms: None,
                     files: None,
