@@ -9,7 +9,8 @@
 //!   its own deployment record (to see a cancel). Nothing else: no other build's keys, no
 //!   project, no alias, no channel, no key listing, no admin command.
 //! - **Storage:** a session of the upload role, assumed by the edge with the session policy of
-//!   [`s3_session_policy`] (the build's `sites/<id>/*` and `manifests/<id>.json`), handed over
+//!   [`s3_session_policy`] (the build's `sites/<id>/*` and `manifests/<id>.json`, and its cache
+//!   scope's `build-cache/<scope>/*`, read and written), handed over
 //!   through Redis with the secrets. The task role itself needs no S3 permission at all.
 //!
 //! So the task never writes a shared record. It reports its outcome into `task:<id>`, and an
@@ -126,8 +127,14 @@ pub fn acl_rules(prefix: &str, id: &DeploymentId, password_sha256: &str) -> Vec<
 
 /// The session policy limiting an upload-role session to deployment `id`'s objects in
 /// `bucket`: its files and its manifest, put (and multipart uploads of them aborted), nothing
-/// read, listed or deleted.
-pub fn s3_session_policy(bucket: &str, layout: &ObjectLayout, id: &DeploymentId) -> String {
+/// read, listed or deleted; and the build caches of its cache scope (`scope`, from
+/// [`gitdeploy_core::keys::cache_scope`]), read and put.
+pub fn s3_session_policy(
+    bucket: &str,
+    layout: &ObjectLayout,
+    id: &DeploymentId,
+    scope: &str,
+) -> String {
     let arn = |key: String| format!("arn:aws:s3:::{bucket}/{key}");
     serde_json::json!({
         "Version": "2012-10-17",
@@ -139,6 +146,11 @@ pub fn s3_session_policy(bucket: &str, layout: &ObjectLayout, id: &DeploymentId)
                 arn(format!("{}*", layout.site_prefix(id))),
                 arn(layout.manifest(id)),
             ],
+        }, {
+            "Sid": "BuildCachesOfThisScopeOnly",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject"],
+            "Resource": [arn(format!("{}*", layout.build_cache_prefix(scope)))],
         }],
     })
     .to_string()
@@ -262,9 +274,13 @@ mod tests {
                 ],
             ),
         ] {
-            let policy: serde_json::Value =
-                serde_json::from_str(&s3_session_policy("b", &ObjectLayout::new(prefix), &id()))
-                    .unwrap();
+            let policy: serde_json::Value = serde_json::from_str(&s3_session_policy(
+                "b",
+                &ObjectLayout::new(prefix),
+                &id(),
+                "project-p",
+            ))
+            .unwrap();
             let st = &policy["Statement"][0];
             assert_eq!(st["Effect"], "Allow");
             assert_eq!(st["Resource"], serde_json::json!(want));
@@ -272,6 +288,22 @@ mod tests {
                 st["Action"],
                 serde_json::json!(["s3:PutObject", "s3:AbortMultipartUpload"])
             );
+            let cache = &policy["Statement"][1];
+            let p = prefix.trim_matches('/');
+            let p = if p.is_empty() {
+                String::new()
+            } else {
+                format!("{p}/")
+            };
+            assert_eq!(
+                cache["Resource"],
+                serde_json::json!([format!("arn:aws:s3:::b/{p}build-cache/project-p/*")])
+            );
+            assert_eq!(
+                cache["Action"],
+                serde_json::json!(["s3:GetObject", "s3:PutObject"])
+            );
+            assert_eq!(policy["Statement"].as_array().unwrap().len(), 2);
         }
     }
 

@@ -24,6 +24,8 @@ pub struct BuilderConfig {
     pub layout: ObjectLayout,
     /// Static credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), when given.
     pub credentials: Option<(String, String)>,
+    /// Build caches are kept in the bucket ([`crate::remote_cache`]): the disk does not last.
+    pub remote_cache: bool,
 }
 
 impl BuilderConfig {
@@ -44,6 +46,7 @@ impl BuilderConfig {
             region: var(S3_REGION).unwrap_or_else(|| "us-east-1".into()),
             layout: ObjectLayout::new(&var(S3_PREFIX).unwrap_or_default()),
             credentials: var("AWS_ACCESS_KEY_ID").zip(var("AWS_SECRET_ACCESS_KEY")),
+            remote_cache: var(REMOTE_CACHE).as_deref() == Some("1"),
         })
     }
 }

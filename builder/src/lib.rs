@@ -22,6 +22,7 @@ mod network;
 mod node_version;
 mod prepare;
 mod publish;
+mod remote_cache;
 mod sandbox;
 mod skip;
 mod steps;

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use gitdeploy_core::job::BuildJob;
+use gitdeploy_core::keys::cache_scope;
 use gitdeploy_core::repo::{redact_repo_url, validate_repo_url, RepoScheme};
 use gitdeploy_core::BuilderEvent;
 
@@ -16,7 +17,7 @@ use crate::failure::{build_failure, Failure};
 use crate::lines::Redactor;
 use crate::prepare::{prepare_sandbox, write_private, SandboxDirs};
 use crate::sandbox::{self, Cgroups, Mount, NEUTRAL};
-use crate::{build_cache, node_version, skip, tool_fetch};
+use crate::{build_cache, node_version, remote_cache, skip, tool_fetch};
 use crate::{
     collect, confine, detect, disk, publish, EXIT_BUILD_FAILED, EXIT_INTERNAL, EXIT_READY,
 };
@@ -75,27 +76,6 @@ pub async fn run(config: &BuilderConfig, emitter: &Emitter) -> i32 {
     }
 }
 
-/// A name safe as a directory for a cache key.
-fn cache_dir_name(key: Option<&str>) -> String {
-    let key = key.unwrap_or("shared");
-    let safe: String = key
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    if safe.is_empty() {
-        "shared".into()
-    } else {
-        safe
-    }
-}
-
 /// How a build that did not fail ended.
 enum Done {
     /// Built and published.
@@ -127,7 +107,7 @@ async fn steps(
         .cache_dir
         .clone()
         .unwrap_or_else(|| config.work_dir.join("cache"))
-        .join(cache_dir_name(job.cache_key.as_deref()));
+        .join(cache_scope(job.cache_key.as_deref()));
     for dir in [&home, &src, &cache, &tmp] {
         std::fs::create_dir_all(dir)
             .map_err(|e| Failure::Internal(format!("cannot create {}: {e}", dir.display())))?;
@@ -237,6 +217,36 @@ async fn steps(
             tmp: tmp.clone(),
             private: private.clone(),
         };
+        // The kept build caches: in the project's cache directory, and on a builder whose disk
+        // does not last also in the bucket (fetched before the sandbox is handed over).
+        let store = build_cache::store(job.build.root_dir.as_deref().unwrap_or(""));
+        let archive = cache.join(build_cache::archive(&store));
+        let remote = (config.remote_cache && plan.build.is_some()).then(|| {
+            format!(
+                "{}{}",
+                config
+                    .layout
+                    .build_cache_prefix(&cache_scope(job.cache_key.as_deref())),
+                build_cache::archive(&store)
+            )
+        });
+        let client = match &remote {
+            Some(key) => {
+                let client = publish::s3_client(config).await;
+                let step = Instant::now();
+                match remote_cache::fetch(&client, &config.bucket, key, &archive).await {
+                    Ok(Some(bytes)) => emitter.system(&format!(
+                        "Build cache: fetched the stored copy ({} KiB) in {}",
+                        bytes / 1024,
+                        secs(step)
+                    )),
+                    Ok(None) => emitter.system("Build cache: no stored copy yet"),
+                    Err(e) => emitter.system(&format!("Build cache: not fetched ({e})")),
+                }
+                Some(client)
+            }
+            None => None,
+        };
         let (mut spec, _network) = prepare_sandbox(job, emitter, cgroups, notes, &dirs).await?;
         // Runtimes live beside the projects' caches, shared by all (no cache key starts with a
         // dot).
@@ -288,15 +298,17 @@ async fn steps(
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let store = build_cache::store(job.build.root_dir.as_deref().unwrap_or(""));
+        let store_inside = spec.inside(&cache.join(&store)).display().to_string();
+        let archive_inside = spec.inside(&archive).display().to_string();
+        let archive_arg = remote.as_ref().map(|_| archive_inside.as_str());
         let restore = plan
             .build
             .as_ref()
-            .map(|_| build_cache::restore(&store, plan.caches));
+            .map(|_| build_cache::restore(&store_inside, archive_arg, plan.caches));
         let save = plan
             .build
             .as_ref()
-            .map(|_| build_cache::save(&store, plan.caches));
+            .map(|_| build_cache::save(&store_inside, archive_arg, plan.caches));
         let steps = [
             ("Install", &plan.install),
             ("Restore the build cache", &restore),
@@ -333,6 +345,18 @@ async fn steps(
         ran_as = spec.run_as.map(|(uid, _)| uid);
         // Nothing the build started may still run while its output is read.
         cgroups.kill_all().await;
+        if let (Some(key), Some(client)) = (&remote, &client) {
+            let step = Instant::now();
+            match remote_cache::store(client, &config.bucket, key, &archive).await {
+                Ok(Some(bytes)) => emitter.system(&format!(
+                    "Build cache: stored a copy ({} KiB) in {}",
+                    bytes / 1024,
+                    secs(step)
+                )),
+                Ok(None) => {}
+                Err(e) => emitter.system(&format!("Build cache: not stored ({e})")),
+            }
+        }
     }
 
     // Collect the output.
@@ -597,17 +621,4 @@ fn read_optional(path: &Path) -> Result<Option<String>, Failure> {
 
 fn secs(since: Instant) -> String {
     format!("{:.1}s", since.elapsed().as_secs_f64())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::cache_dir_name;
-
-    #[test]
-    fn cache_dir_names_are_safe() {
-        assert_eq!(cache_dir_name(None), "shared");
-        assert_eq!(cache_dir_name(Some("my-site")), "my-site");
-        assert_eq!(cache_dir_name(Some("../../etc")), "______etc");
-        assert_eq!(cache_dir_name(Some("")), "shared");
-    }
 }

@@ -25,6 +25,9 @@ pub mod env {
     pub const S3_REGION: &str = "GITDEPLOY_S3_REGION";
     /// Key prefix inside the bucket (optional).
     pub const S3_PREFIX: &str = "GITDEPLOY_S3_PREFIX";
+    /// `1` on a builder whose disk does not outlive it (an ECS task): the framework build
+    /// caches are fetched from and kept in the bucket.
+    pub const REMOTE_CACHE: &str = "GITDEPLOY_BUILD_CACHE_REMOTE";
 
     /// Machine settings that reach the builder and the build: where the trusted CA certificates
     /// are (a machine may trust a private CA for its registry mirror or proxy) and the outbound

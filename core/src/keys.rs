@@ -1,6 +1,7 @@
 //! Where things live in the bucket. Files under `sites/<id>/`, the manifest at
 //! `manifests/<id>.json` (written last: its presence is what publishes a deployment) and the
-//! archived log at `logs/<id>.ndjson`, all under an optional prefix.
+//! archived log at `logs/<id>.ndjson`, the build caches of builders without a lasting disk
+//! under `build-cache/<scope>/`, all under an optional prefix.
 
 use crate::id::DeploymentId;
 
@@ -52,11 +53,51 @@ impl ObjectLayout {
     pub fn log_archive(&self, id: &DeploymentId) -> String {
         format!("{}logs/{id}.ndjson", self.prefix)
     }
+
+    /// The prefix of the build caches builds of one cache scope share ([`cache_scope`]).
+    pub fn build_cache_prefix(&self, scope: &str) -> String {
+        format!("{}build-cache/{scope}/", self.prefix)
+    }
+}
+
+/// The name a job's cache key is kept under, on disk and in the bucket: letters, digits, `-`
+/// and `_` (anything else becomes `_`), at most 64 characters; `shared` without a key.
+pub fn cache_scope(key: Option<&str>) -> String {
+    let safe: String = key
+        .unwrap_or("shared")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if safe.is_empty() {
+        "shared".into()
+    } else {
+        safe
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_scopes_are_safe_names() {
+        assert_eq!(cache_scope(None), "shared");
+        assert_eq!(cache_scope(Some("project-my-site")), "project-my-site");
+        assert_eq!(cache_scope(Some("../../etc")), "______etc");
+        assert_eq!(cache_scope(Some("")), "shared");
+        assert_eq!(cache_scope(Some(&"a".repeat(100))).len(), 64);
+        assert_eq!(
+            ObjectLayout::new("gd").build_cache_prefix("project-x"),
+            "gd/build-cache/project-x/"
+        );
+    }
 
     #[test]
     fn layout_table() {

@@ -153,6 +153,8 @@ async fn run_job() -> anyhow::Result<bool> {
                 .filter_map(|k| var(k).map(|v| (k.to_string(), v))),
         ),
     }
+    // A task's disk goes with it: build caches live in the bucket.
+    builder_env.push((env::REMOTE_CACHE.to_owned(), "1".to_owned()));
     let work_root = PathBuf::from(var(WORK_ROOT).unwrap_or_else(|| "/tmp/gitdeploy".into()));
     let exe = std::env::current_exe().context("cannot find the gitdeploy executable")?;
     let config = LocalRunnerConfig {

@@ -143,21 +143,24 @@ fn iam_policies_are_least_privilege() {
             }
         }
     }
-    // Builds publish sites and manifests, and nothing else (each session narrows this to one
-    // deployment: gitdeploy_api::task_access::s3_session_policy).
+    // Builds publish sites and manifests, and read and write build caches, nothing else (each
+    // session narrows this to one deployment and its cache scope:
+    // gitdeploy_api::task_access::s3_session_policy).
     let upload = statements("iam/upload-role-policy.json");
-    let mut actions: Vec<String> = upload.iter().flat_map(|s| strings(&s["Action"])).collect();
-    actions.sort();
-    assert_eq!(actions, ["s3:AbortMultipartUpload", "s3:PutObject"]);
-    let resources: Vec<String> = upload
-        .iter()
-        .flat_map(|s| strings(&s["Resource"]))
-        .collect();
-    for r in &resources {
-        assert!(
-            ["/sites/*", "/manifests/*"].iter().any(|p| r.ends_with(p)),
-            "builds may write {r}"
-        );
+    for st in &upload {
+        let mut actions = strings(&st["Action"]);
+        actions.sort();
+        for r in strings(&st["Resource"]) {
+            if r.ends_with("/build-cache/*") {
+                assert_eq!(actions, ["s3:GetObject", "s3:PutObject"], "{st}");
+            } else {
+                assert!(
+                    ["/sites/*", "/manifests/*"].iter().any(|p| r.ends_with(p)),
+                    "builds may write {r}"
+                );
+                assert_eq!(actions, ["s3:AbortMultipartUpload", "s3:PutObject"], "{st}");
+            }
+        }
     }
     // Only the edge may assume the upload role.
     let trust = statements("iam/upload-role-trust-policy.json");

@@ -675,3 +675,99 @@ async fn a_build_task_without_bubblewrap_keeps_its_environment_from_the_build() 
         "the build read the task's environment: {lines:#?}"
     );
 }
+
+/// A build task's disk goes with it: the framework build caches it kept are stored in the
+/// bucket, under the project's cache scope, and the next task of the project (on a fresh disk)
+/// fetches them, packed and unpacked by the build user.
+#[tokio::test]
+async fn build_tasks_keep_framework_caches_in_the_bucket() {
+    use gitdeploy_api::{Deployment, Records, RedisStore, Store};
+    use gitdeploy_core::job::{BuildLimits, BuildSettings, ServingOptions};
+    use gitdeploy_core::{BuildJob, DeploymentId};
+    use std::sync::Arc;
+
+    let redis = Redis::start();
+    let s3 = common::s3_server();
+    let mut git_server = GitServer::new();
+    let script = "echo \"cache held: $(cat node_modules/.cache/marker 2>/dev/null || echo nothing)\" \
+                  && mkdir -p node_modules/.cache dist && echo \"$MARK\" > node_modules/.cache/marker \
+                  && echo ok > dist/index.html";
+    let package =
+        json!({"name": "c", "version": "1.0.0", "private": true, "scripts": {"build": script}});
+    git_server.add_repo("cached", &[("package.json", &package.to_string())]);
+    git_server.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = edge(&redis, &s3, data.path()).await;
+    let store = Arc::new(RedisStore::connect(&redis.url, "gitdeploy:").await.unwrap());
+    let records = Records::new(store.clone() as Arc<dyn Store>);
+
+    let build_once = |mark: &'static str| {
+        let (records, git_server, redis, s3, gd) = (&records, &git_server, &redis, &s3, &gd);
+        async move {
+            let id = DeploymentId::random();
+            let build = BuildSettings {
+                env: [("MARK".to_owned(), mark.to_owned())].into(),
+                ..BuildSettings::default()
+            };
+            records
+                .insert(Deployment {
+                    id: id.clone(),
+                    project: Some("cached".into()),
+                    repo: git_server.url("cached"),
+                    repo_credentials_withheld: false,
+                    git_ref: None,
+                    serving: ServingOptions::default(),
+                    build: build.clone(),
+                    status: DeploymentStatus::Building,
+                    error: None,
+                    commit: None,
+                    created_unix_ms: 1,
+                    started_unix_ms: Some(1),
+                    finished_unix_ms: None,
+                    runner: None,
+                    cancel_requested: false,
+                    previous_commit: None,
+                    skip_reason: None,
+                })
+                .await
+                .unwrap();
+            let job = BuildJob {
+                deployment: id.clone(),
+                repo: git_server.url("cached"),
+                git_ref: None,
+                serving: ServingOptions::default(),
+                build,
+                limits: BuildLimits::default(),
+                cache_key: Some("project-cached".into()),
+                previous_commit: None,
+            };
+            // Each run has a work root (and so a cache directory) of its own.
+            let status = run_build_task(&job, redis, s3, None).await;
+            assert!(status.success(), "build-task exited with {status}");
+            let log = gd.follow(id.as_str(), 0).await;
+            assert_eq!(outcome(&log).status, DeploymentStatus::Ready, "{log:#?}");
+            log.iter()
+                .map(|r| r.line.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    let first = build_once("first").await;
+    assert!(first.contains("Build cache: no stored copy yet"), "{first}");
+    assert!(first.contains("cache held: nothing"), "{first}");
+    assert!(first.contains("Build cache: stored a copy ("), "{first}");
+    let second = build_once("second").await;
+    assert!(
+        second.contains("Build cache: fetched the stored copy ("),
+        "{second}"
+    );
+    assert!(
+        second.contains("Build cache: unpacked the stored copy"),
+        "{second}"
+    );
+    assert!(
+        second.contains("Build cache: restored node_modules/.cache"),
+        "{second}"
+    );
+    assert!(second.contains("cache held: first"), "{second}");
+}

@@ -14,10 +14,12 @@ use gitdeploy_core::{BuildJob, DeploymentId};
 use super::{ecs_error, Shared, DEPLOYMENT_ENV, DEPLOYMENT_TAG, STARTED_BY};
 
 impl Shared {
-    /// A storage session for `id` alone, from the upload role.
+    /// A storage session for `id` alone (and its cache scope's build caches), from the upload
+    /// role.
     pub(super) async fn upload_session(
         &self,
         id: &DeploymentId,
+        cache_key: Option<&str>,
     ) -> Result<Option<gitdeploy_core::job::SessionCredentials>, String> {
         let Some(role) = &self.upload_role else {
             return Ok(None);
@@ -31,6 +33,7 @@ impl Shared {
                 &role.bucket,
                 &role.layout,
                 id,
+                &gitdeploy_core::keys::cache_scope(cache_key),
             ))
             .duration_seconds(crate::task_access::session_seconds(
                 self.config.limits.timeout_secs,
@@ -66,7 +69,9 @@ impl Shared {
         let withheld = gitdeploy_core::job::WithheldFromTask {
             secrets: job.build.secrets.clone(),
             repo: (visible.repo != job.repo).then(|| job.repo.clone()),
-            storage: self.upload_session(&job.deployment).await?,
+            storage: self
+                .upload_session(&job.deployment, job.cache_key.as_deref())
+                .await?,
         };
         let mut access_env = Vec::new();
         if let (Some(access), true) = (&self.access, self.config.scoped_redis_users) {
