@@ -14,13 +14,14 @@ RUN cargo build --release --locked --bin gitdeploy
 
 FROM node:20-bookworm-slim
 # git for clones, CA certificates for registries, bubblewrap, util-linux and slirp4netns for the
-# sandbox layers a host allows. On Fargate (no namespaces) the task is the outer boundary, and
+# sandbox layers a host allows, Python with venv for MkDocs sites (tar and gzip, which pack the
+# build caches kept in the bucket, are in the base image). On Fargate (no namespaces) the task is the outer boundary, and
 # inside it the repository's commands still run as another user (nobody) than the builder, with
 # no capabilities and no way to read the builder's environment or memory.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends git ca-certificates bubblewrap util-linux \
-       slirp4netns iproute2 \
+       slirp4netns iproute2 python3 python3-venv \
     && rm -rf /var/lib/apt/lists/* \
     && corepack enable
 COPY --from=build /src/target/release/gitdeploy /usr/local/bin/gitdeploy
