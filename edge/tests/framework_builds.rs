@@ -2,8 +2,9 @@
 //! is (`tests/fixtures/frameworks/<name>`, with the lockfile `npm install` wrote), installed
 //! from the npm registry and built by `gitdeploy up` in its sandbox. Each checks the detected
 //! framework and output directory, how an unknown path is answered, and every output file byte
-//! for byte against the same build run here outside GitDeploy. A second Next.js build restores
-//! the build cache the first one kept.
+//! for byte against the same build run here outside GitDeploy (with npm; the same Vite site
+//! installed with pnpm and with Bun must match it too). A second Next.js build restores the
+//! build cache the first one kept.
 
 mod common;
 
@@ -30,6 +31,11 @@ enum Unknown {
 
 struct Fixture {
     dir: &'static str,
+    /// What the log says of the package manager.
+    package_manager: &'static str,
+    /// The fixture whose local npm build this one must match (itself, or the same site with
+    /// npm when this one uses another package manager).
+    reference: &'static str,
     detected: &'static str,
     output: &'static str,
     unknown: Unknown,
@@ -38,39 +44,67 @@ struct Fixture {
 const FIXTURES: &[Fixture] = &[
     Fixture {
         dir: "vite",
+        package_manager: "package-lock.json found: npm ci",
+        reference: "vite",
         detected: "Vite",
         output: "dist",
         unknown: Unknown::Fallback,
     },
     Fixture {
         dir: "astro",
+        package_manager: "package-lock.json found: npm ci",
+        reference: "astro",
         detected: "Astro",
         output: "dist",
         unknown: Unknown::Platform,
     },
     Fixture {
         dir: "eleventy",
+        package_manager: "package-lock.json found: npm ci",
+        reference: "eleventy",
         detected: "Eleventy",
         output: "_site",
         unknown: Unknown::Platform,
     },
     Fixture {
         dir: "vitepress",
+        package_manager: "package-lock.json found: npm ci",
+        reference: "vitepress",
         detected: "VitePress",
         output: "docs/.vitepress/dist",
         unknown: Unknown::OwnPage,
     },
     Fixture {
         dir: "sveltekit",
+        package_manager: "package-lock.json found: npm ci",
+        reference: "sveltekit",
         detected: "SvelteKit (static adapter)",
         output: "build",
         unknown: Unknown::Platform,
     },
     Fixture {
         dir: "next",
+        package_manager: "package-lock.json found: npm ci",
+        reference: "next",
         detected: "Next.js static export",
         output: "out",
         unknown: Unknown::OwnPage,
+    },
+    Fixture {
+        dir: "vite-pnpm",
+        package_manager: "packageManager field: pnpm@9.15.9",
+        reference: "vite",
+        detected: "Vite",
+        output: "dist",
+        unknown: Unknown::Fallback,
+    },
+    Fixture {
+        dir: "vite-bun",
+        package_manager: "bun.lock found: bun install",
+        reference: "vite",
+        detected: "Vite",
+        output: "dist",
+        unknown: Unknown::Fallback,
     },
 ];
 
@@ -202,6 +236,7 @@ async fn real_framework_builds_match_a_local_build_file_for_file() {
         .map(|(k, v)| (k.to_string(), json!(v)))
         .collect();
     let mut table = Vec::new();
+    let mut local_builds = std::collections::HashMap::new();
     for f in FIXTURES {
         let started = Instant::now();
         let body = json!({"repo": git.url(f.dir), "project": f.dir, "build": {"env": env}});
@@ -210,7 +245,7 @@ async fn real_framework_builds_match_a_local_build_file_for_file() {
         let took = started.elapsed().as_secs_f64();
         assert_eq!(outcome(&log).0, DeploymentStatus::Ready, "{}: {all}", f.dir);
         assert!(
-            all.contains("Detected: package-lock.json found: npm ci"),
+            all.contains(&format!("Detected: {}", f.package_manager)),
             "{}: {all}",
             f.dir
         );
@@ -223,19 +258,25 @@ async fn real_framework_builds_match_a_local_build_file_for_file() {
             f.dir
         );
         table.push(format!(
-            "{:<10} npm ci {:>6}  build {:>6}  ready in {took:.1}s",
+            "{:<10} install {:>6}  build {:>6}  ready in {took:.1}s",
             f.dir,
             step_secs(&all, "Install"),
             step_secs(&all, "Build")
         ));
 
         // Every file as the local build made it.
-        // Off the runtime's thread, which must go on driving the client's pooled connections.
-        let local = tokio::task::spawn_blocking(move || local_build(f))
-            .await
-            .unwrap();
+        if !local_builds.contains_key(f.reference) {
+            let reference = FIXTURES.iter().find(|r| r.dir == f.reference).unwrap();
+            // Off the runtime's thread, which must go on driving the client's pooled
+            // connections.
+            let built = tokio::task::spawn_blocking(move || local_build(reference))
+                .await
+                .unwrap();
+            local_builds.insert(f.reference, built);
+        }
+        let local = &local_builds[f.reference];
         assert!(!local.is_empty(), "{}", f.dir);
-        for (rel, bytes) in &local {
+        for (rel, bytes) in local {
             let resp = gd
                 .site(Method::GET, &id, &format!("/{rel}"))
                 .header("accept-encoding", "identity")
@@ -297,7 +338,7 @@ async fn real_framework_builds_match_a_local_build_file_for_file() {
     assert_eq!(outcome(&log).0, DeploymentStatus::Ready, "{all}");
     assert!(all.contains("Build cache: restored .next/cache"), "{all}");
     table.push(format!(
-        "{:<10} npm ci {:>6}  build {:>6}  ready in {:.1}s (second build)",
+        "{:<10} install {:>6}  build {:>6}  ready in {:.1}s (second build)",
         "next",
         step_secs(&all, "Install"),
         step_secs(&all, "Build"),
