@@ -11,6 +11,7 @@ use gitdeploy_core::DeploymentId;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::domains::CustomDomain;
 use crate::projects::Project;
 use crate::store::{AliasChange, Deployment, Store, Versioned, Write};
 
@@ -47,12 +48,13 @@ fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()>
 struct FileState {
     deployments: BTreeMap<DeploymentId, Versioned<Deployment>>,
     projects: BTreeMap<String, Versioned<Project>>,
+    domains: BTreeMap<String, Versioned<CustomDomain>>,
     /// Runner heartbeats: instance → expiry (Unix ms).
     runners: HashMap<String, u64>,
 }
 
 /// The embedded store: every record in memory, and one JSON file per record under
-/// `<dir>/deployments/` and `<dir>/projects/`. A commit writes its files (deployments first)
+/// `<dir>/deployments/`, `<dir>/projects/` and `<dir>/domains/`. A commit writes its files (deployments first)
 /// before it changes memory; versions count from 1 again after a restart.
 pub struct FileStore {
     dir: PathBuf,
@@ -81,11 +83,24 @@ impl FileStore {
                 )
             })
             .collect();
+        let domains = load_json_dir::<CustomDomain>(&dir.join("domains"))?
+            .into_iter()
+            .map(|d| {
+                (
+                    d.domain.clone(),
+                    Versioned {
+                        version: 1,
+                        value: d,
+                    },
+                )
+            })
+            .collect();
         Ok(FileStore {
             dir: dir.to_owned(),
             state: Mutex::new(FileState {
                 deployments,
                 projects,
+                domains,
                 runners: HashMap::new(),
             }),
             aliases: broadcast::channel(256).0,
@@ -152,6 +167,37 @@ impl Store for FileStore {
             .collect())
     }
 
+    async fn domain(&self, domain: &str) -> io::Result<Option<Versioned<CustomDomain>>> {
+        Ok(self.state().domains.get(domain).cloned())
+    }
+
+    async fn domains(&self, project: Option<&str>) -> io::Result<Vec<CustomDomain>> {
+        Ok(self
+            .state()
+            .domains
+            .values()
+            .filter(|d| project.is_none_or(|p| d.value.project == p))
+            .map(|d| d.value.clone())
+            .collect())
+    }
+
+    async fn delete_domain(&self, domain: &str, expect: u64) -> io::Result<bool> {
+        let mut state = self.state();
+        if state.domains.get(domain).map_or(0, |v| v.version) != expect {
+            return Ok(false);
+        }
+        match std::fs::remove_file(self.dir.join("domains").join(format!("{domain}.json"))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        state.domains.remove(domain);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.aliases.send(AliasChange::Domain(domain.to_owned()));
+        Ok(true)
+    }
+
     async fn commit(&self, writes: Vec<Write>) -> io::Result<bool> {
         let mut state = self.state();
         let current = |w: &Write| match w {
@@ -161,10 +207,12 @@ impl Store for FileStore {
             Write::Project { value, .. } => {
                 state.projects.get(&value.name).map_or(0, |v| v.version)
             }
+            Write::Domain { value, .. } => {
+                state.domains.get(&value.domain).map_or(0, |v| v.version)
+            }
         };
         for w in &writes {
-            let (Write::Deployment { expect, .. } | Write::Project { expect, .. }) = w;
-            if current(w) != *expect {
+            if current(w) != w.expect() {
                 return Ok(false);
             }
         }
@@ -179,6 +227,11 @@ impl Store for FileStore {
                 }
                 Write::Project { value, .. } => {
                     write_json(&self.dir.join("projects"), &value.name, value)?
+                }
+                Write::Domain { value, .. } => {
+                    let dir = self.dir.join("domains");
+                    std::fs::create_dir_all(&dir)?;
+                    write_json(&dir, &value.domain, value)?
                 }
             }
         }
@@ -211,6 +264,19 @@ impl Store for FileStore {
                             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         let _ = self.aliases.send(AliasChange::Production(name));
                     }
+                }
+                Write::Domain { expect, value } => {
+                    let domain = value.domain.clone();
+                    state.domains.insert(
+                        domain.clone(),
+                        Versioned {
+                            version: expect + 1,
+                            value,
+                        },
+                    );
+                    self.generation
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = self.aliases.send(AliasChange::Domain(domain));
                 }
             }
         }

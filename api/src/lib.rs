@@ -8,6 +8,8 @@
 mod archive;
 mod dashboard;
 mod dispatch;
+pub mod domain_check;
+pub mod domains;
 pub mod ecs;
 mod error;
 mod file_store;
@@ -113,6 +115,7 @@ pub struct ControlPlane {
     archive: Option<Arc<dyn LogArchive>>,
     storage: Option<Arc<dyn SiteStorage>>,
     limiter: Option<Arc<ratelimit::Limiter>>,
+    domain_added: Arc<tokio::sync::Notify>,
 }
 
 impl ControlPlane {
@@ -135,7 +138,14 @@ impl ControlPlane {
             queue,
             archive,
             storage: None,
+            domain_added: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Notified whenever a custom domain is added, so its check need not wait
+    /// ([`domain_check::DomainChecker::run`]).
+    pub fn domain_added(&self) -> Arc<tokio::sync::Notify> {
+        self.domain_added.clone()
     }
 
     /// Where sites are stored, so deleting a deployment removes its files.

@@ -85,11 +85,14 @@ impl Project {
     }
 }
 
-/// Resolves a project name to the deployment it serves (the edge's alias lookup).
+/// Resolves a project name to the deployment it serves, and a custom domain to its project
+/// (the edge's alias lookups).
 #[async_trait::async_trait]
 pub trait AliasResolver: Send + Sync {
     /// The production deployment of `project`, if the project exists and has one.
     async fn production(&self, project: &str) -> Option<DeploymentId>;
+    /// The project an active custom domain serves (`domain` normalized), if any.
+    async fn custom_domain(&self, domain: &str) -> Option<String>;
 }
 
 /// Why a project could not be created or used.

@@ -30,6 +30,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::sync::broadcast;
 
+use crate::domains::CustomDomain;
 use crate::projects::Project;
 use crate::redis_conn::{client, io_err, manager, through_outage};
 use crate::store::{AliasChange, Deployment, Store, Versioned, Write};
@@ -62,6 +63,10 @@ for i = 1, #KEYS do
     else
       redis.call('SREM', prefix .. 'active', name)
     end
+  elseif kind == 'm' then
+    redis.call('SADD', prefix .. 'domains', name)
+    redis.call('PUBLISH', prefix .. 'aliases', '@' .. name)
+    moved = 2
   else
     redis.call('SADD', prefix .. 'projects', name)
     local before = redis.call('HGET', KEYS[i], 'a') or ''
@@ -86,6 +91,15 @@ redis.call('PUBLISH', prefix .. 'aliases', '-' .. id)
 return 1
 "#;
 
+const DELETE_DOMAIN: &str = r#"
+local prefix, expect, name = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HGET', KEYS[1], 'v') ~= expect then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', prefix .. 'domains', name)
+redis.call('PUBLISH', prefix .. 'aliases', '@' .. name)
+return 1
+"#;
+
 const DELETE_PROJECT: &str = r#"
 local prefix, expect, name = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('HGET', KEYS[1], 'v') ~= expect then return 0 end
@@ -104,6 +118,7 @@ pub struct RedisStore {
     commit: Script,
     delete: Script,
     delete_project: Script,
+    delete_domain: Script,
 }
 
 impl RedisStore {
@@ -128,6 +143,7 @@ impl RedisStore {
             commit: Script::new(COMMIT),
             delete: Script::new(DELETE),
             delete_project: Script::new(DELETE_PROJECT),
+            delete_domain: Script::new(DELETE_DOMAIN),
         })
     }
 
@@ -294,6 +310,43 @@ impl Store for RedisStore {
         self.load_many(&keys).await
     }
 
+    async fn domain(&self, domain: &str) -> io::Result<Option<Versioned<CustomDomain>>> {
+        self.load(&self.key("dm", domain)).await
+    }
+
+    async fn domains(&self, project: Option<&str>) -> io::Result<Vec<CustomDomain>> {
+        let mut names: Vec<String> = self
+            .conn
+            .clone()
+            .smembers(format!("{}domains", self.prefix))
+            .await
+            .map_err(io_err)?;
+        names.sort();
+        let keys: Vec<String> = names.iter().map(|n| self.key("dm", n)).collect();
+        let all: Vec<CustomDomain> = self.load_many(&keys).await?;
+        Ok(all
+            .into_iter()
+            .filter(|d| project.is_none_or(|p| d.project == p))
+            .collect())
+    }
+
+    async fn delete_domain(&self, domain: &str, expect: u64) -> io::Result<bool> {
+        let deleted: i64 = self
+            .delete_domain
+            .key(self.key("dm", domain))
+            .arg(&self.prefix)
+            .arg(expect)
+            .arg(domain)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(io_err)?;
+        if deleted == 1 {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(deleted == 1)
+    }
+
     async fn commit(&self, writes: Vec<Write>) -> io::Result<bool> {
         let mut invocation = self.commit.prepare_invoke();
         invocation.arg(&self.prefix);
@@ -319,6 +372,17 @@ impl Store for RedisStore {
                         .arg(&value.name)
                         .arg(value.created_unix_ms)
                         .arg(value.production.as_ref().map_or("", |d| d.as_str()))
+                        .arg("");
+                }
+                Write::Domain { expect, value } => {
+                    invocation
+                        .key(self.key("dm", &value.domain))
+                        .arg("m")
+                        .arg(expect)
+                        .arg(serde_json::to_string(value)?)
+                        .arg(&value.domain)
+                        .arg(value.added_unix_ms)
+                        .arg(&value.project)
                         .arg("");
                 }
             }

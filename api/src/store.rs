@@ -1,4 +1,4 @@
-//! State: deployments and projects.
+//! State: deployments, projects and custom domains.
 //!
 //! [`Store`] is the small contract every backend keeps: versioned records, listings, and an
 //! atomic all-or-nothing [`Store::commit`] of several writes guarded by the versions the writer
@@ -17,6 +17,7 @@ use gitdeploy_core::{DeploymentId, DeploymentStatus};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::domains::CustomDomain;
 use crate::projects::{Project, ProjectError};
 pub use crate::store_error::StoreError;
 
@@ -120,6 +121,24 @@ pub enum Write {
         /// The new record.
         value: Project,
     },
+    /// Create or replace a custom domain (announced on the alias channel).
+    Domain {
+        /// Version the writer read.
+        expect: u64,
+        /// The new record.
+        value: CustomDomain,
+    },
+}
+
+impl Write {
+    /// The version its writer read.
+    pub fn expect(&self) -> u64 {
+        match self {
+            Write::Deployment { expect, .. }
+            | Write::Project { expect, .. }
+            | Write::Domain { expect, .. } => *expect,
+        }
+    }
 }
 
 /// Storage of deployments and projects. Implementations: [`crate::FileStore`] and
@@ -137,6 +156,12 @@ pub trait Store: Send + Sync + 'static {
     async fn project(&self, name: &str) -> io::Result<Option<Versioned<Project>>>;
     /// Every project, by name.
     async fn projects(&self) -> io::Result<Vec<Project>>;
+    /// One custom domain, by its normalized name.
+    async fn domain(&self, domain: &str) -> io::Result<Option<Versioned<CustomDomain>>>;
+    /// The custom domains of `project`, or all.
+    async fn domains(&self, project: Option<&str>) -> io::Result<Vec<CustomDomain>>;
+    /// Removes a custom domain still at version `expect` (announced on the alias channel).
+    async fn delete_domain(&self, domain: &str, expect: u64) -> io::Result<bool>;
     /// Applies every write, or none when any record is no longer at the version its writer
     /// read (`Ok(false)`). A project write whose production deployment changes announces the
     /// project on [`Store::alias_changes`] of every process sharing the store.
@@ -169,7 +194,8 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// An announcement on the alias channel. On the wire (Redis pub/sub, which the Lua scripts
-/// publish to) it is a project name, `-<id>` for a deleted deployment, and nothing else; a
+/// publish to) it is a project name, `-<id>` for a deleted deployment, `@<domain>` for a custom
+/// domain, and nothing else; a
 /// possible miss is never sent, only announced locally after a reconnect.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AliasChange {
@@ -177,6 +203,8 @@ pub enum AliasChange {
     Production(String),
     /// The deployment was deleted: its manifest must leave every cache.
     Deleted(DeploymentId),
+    /// The custom domain was added, changed or removed.
+    Domain(String),
     /// Changes may have been missed (after a reconnect, or a lagging receiver): anything may
     /// have changed.
     MaybeMissed,
@@ -185,6 +213,10 @@ pub enum AliasChange {
 impl AliasChange {
     /// Reads a message of the wire format; `None` for one that is neither form.
     pub fn from_wire(message: &str) -> Option<AliasChange> {
+        if let Some(domain) = message.strip_prefix('@') {
+            return (!domain.is_empty() && domain.len() <= gitdeploy_core::domain::MAX_LEN)
+                .then(|| AliasChange::Domain(domain.to_owned()));
+        }
         match message.strip_prefix('-') {
             Some(id) => DeploymentId::parse(id).map(AliasChange::Deleted),
             None if gitdeploy_core::host::is_site_label(message) => {
@@ -196,9 +228,9 @@ impl AliasChange {
 }
 
 /// Attempts at a read-change-commit before giving up (only under heavy contention on one record).
-const MAX_ATTEMPTS: usize = 64;
+pub(crate) const MAX_ATTEMPTS: usize = 64;
 
-fn contention() -> StoreError {
+pub(crate) fn contention() -> StoreError {
     StoreError::Conflict("the record kept changing under concurrent writers; try again".into())
 }
 
@@ -367,8 +399,8 @@ impl Records {
         Err(contention())
     }
 
-    /// Removes a project (its deployments stay, at their own addresses); `false` when there is
-    /// no such project.
+    /// Removes a project (its deployments stay, at their own addresses) and its custom
+    /// domains; `false` when there is no such project.
     pub async fn delete_project(&self, name: &str) -> Result<bool, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
             let Some(current) = self.store.project(name).await.map_err(StoreError::from)? else {
@@ -380,6 +412,7 @@ impl Records {
                 .await
                 .map_err(StoreError::from)?
             {
+                self.remove_project_domains(name).await?;
                 return Ok(true);
             }
         }

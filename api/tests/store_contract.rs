@@ -310,6 +310,100 @@ async fn store_contract() {
             .iter()
             .any(|p| p.name == "gone"));
 
+        // Custom domains: one project each, in their normalized form, announced, removed with
+        // their project.
+        use gitdeploy_api::domains::{DomainRefusal, DomainStatus};
+        records
+            .ensure_project("shop", "https://example.com/s", None, 6)
+            .await
+            .unwrap();
+        let mut aliases = store.alias_changes();
+        let d = records
+            .add_domain("shop", "WWW.Bücher.example.org.", "sites.test", 7)
+            .await
+            .unwrap();
+        assert_eq!(d.domain, "www.xn--bcher-kva.example.org", "{name}");
+        assert_eq!(d.status, DomainStatus::PendingDns);
+        let announced = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if aliases.recv().await.unwrap()
+                    == AliasChange::Domain("www.xn--bcher-kva.example.org".into())
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(announced.is_ok(), "{name}: domain change not announced");
+        for (project, input, refused) in [
+            (
+                "shop",
+                "www.bücher.example.org",
+                "already a domain of this project",
+            ),
+            (
+                "blog",
+                "www.xn--bcher-kva.example.org",
+                "belongs to another project",
+            ),
+            ("blog", "blog.sites.test", "platform's own domain"),
+            ("nope", "a.example.org", "no project"),
+        ] {
+            let e = records
+                .add_domain(project, input, "sites.test", 8)
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains(refused), "{name}: {input}: {e}");
+        }
+        // Two projects racing for one name: exactly one wins.
+        let (a, b) = tokio::join!(
+            records.add_domain("shop", "race.example.org", "sites.test", 9),
+            records.add_domain("blog", "race.example.org", "sites.test", 9),
+        );
+        assert!(a.is_ok() != b.is_ok(), "{name}: {a:?} {b:?}");
+        records
+            .add_domain("blog", "blog.example.org", "sites.test", 10)
+            .await
+            .unwrap();
+        let listed = |p: &'static str| {
+            let records = records.clone();
+            async move {
+                records
+                    .project_domains(p)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|d| d.domain)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert!(listed("shop")
+            .await
+            .contains(&"www.xn--bcher-kva.example.org".to_owned()));
+        assert!(listed("blog")
+            .await
+            .contains(&"blog.example.org".to_owned()));
+        assert!(matches!(
+            records
+                .remove_domain("shop", "blog.example.org", "sites.test")
+                .await,
+            Err(DomainRefusal::NotFound(_))
+        ));
+        records
+            .remove_domain("blog", "BLOG.example.org", "sites.test")
+            .await
+            .unwrap();
+        assert!(!listed("blog")
+            .await
+            .contains(&"blog.example.org".to_owned()));
+        assert!(records.delete_project("shop").await.unwrap());
+        assert!(listed("shop").await.is_empty(), "{name}");
+        assert!(records
+            .domain("www.xn--bcher-kva.example.org")
+            .await
+            .unwrap()
+            .is_none());
+
         // Heartbeats expire.
         store.heartbeat("runner-a", 60_000).await.unwrap();
         store.heartbeat("runner-b", 1).await.unwrap();

@@ -1,6 +1,7 @@
 //! Host header → what the edge serves. Host headers are hostile input: anything that is not a
-//! well-formed name under one of our domains routes to [`HostRoute::Unknown`], so the edge is
-//! never an open proxy.
+//! well-formed name routes to [`HostRoute::Unknown`], and a well-formed name outside our
+//! domain only to [`HostRoute::Custom`], which serves nothing unless a project has that
+//! custom domain: the edge is never an open proxy.
 
 /// Where a request goes, decided from its host alone.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -9,6 +10,9 @@ pub enum HostRoute {
     ControlPlane,
     /// A site; the label is a deployment id or a project name (not yet checked which).
     Site(String),
+    /// A name outside the platform domain that may be a project's custom domain (not yet
+    /// checked).
+    Custom(String),
     /// Not ours: answered with 404.
     Unknown,
 }
@@ -89,7 +93,11 @@ pub fn route_host(host: &str, domain: &str, extra_control_hosts: &[String]) -> H
         .strip_suffix(domain)
         .and_then(|rest| rest.strip_suffix('.'))
     else {
-        return HostRoute::Unknown;
+        return if could_be_custom_domain(host) {
+            HostRoute::Custom(host.to_owned())
+        } else {
+            HostRoute::Unknown
+        };
     };
     if label == "api" {
         HostRoute::ControlPlane
@@ -98,6 +106,17 @@ pub fn route_host(host: &str, domain: &str, extra_control_hosts: &[String]) -> H
     } else {
         HostRoute::Unknown
     }
+}
+
+/// Whether a normalized host has the shape of a custom domain: two labels or more, each a DNS
+/// label, and a top-level label that is not a number (so no IPv4 address).
+fn could_be_custom_domain(host: &str) -> bool {
+    let mut labels = host.split('.');
+    let tld = host.rsplit('.').next().unwrap_or("");
+    host.contains('.')
+        && host.len() <= 253
+        && labels.all(is_site_label)
+        && !tld.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The host a request names (not yet normalized), or why the request head is refused: a request
@@ -190,10 +209,21 @@ mod tests {
             ("my-site.localhost", HostRoute::Site("my-site".into())),
             ("a.b.localhost", HostRoute::Unknown),
             ("-bad.localhost", HostRoute::Unknown),
-            ("evil.com", HostRoute::Unknown),
+            ("evil.com", HostRoute::Custom("evil.com".into())),
+            (
+                "www.shop.example",
+                HostRoute::Custom("www.shop.example".into()),
+            ),
+            (
+                "xn--bcher-kva.de",
+                HostRoute::Custom("xn--bcher-kva.de".into()),
+            ),
             ("xlocalhost", HostRoute::Unknown),
             (".localhost", HostRoute::Unknown),
             ("[::1]", HostRoute::Unknown),
+            ("10.0.0.1", HostRoute::Unknown),
+            ("a_b.com", HostRoute::Unknown),
+            ("-a.com", HostRoute::Unknown),
         ] {
             assert_eq!(route_host(host, "localhost", &extra), want, "{host}");
         }

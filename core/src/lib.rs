@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod domain;
 pub mod egress;
 pub mod head_guard;
 pub mod host;

@@ -206,10 +206,23 @@ impl ObjectCache {
 /// Every lookup compares the store's alias generation, which grows the moment this process
 /// moves an alias or hears (Redis pub/sub) that another edge did: a stale entry is fetched
 /// again. The time limit is the safety net for a lost announcement.
+///
+/// Custom domains are held whole (every active one, with its project), loaded again when the
+/// generation grows or the time limit passes: a request for a host nobody added costs a map
+/// lookup, never a store read, however many such hosts a client invents.
 pub struct AliasCache {
     cache: Cache<String, (u64, Option<DeploymentId>)>,
+    domains: tokio::sync::RwLock<Option<DomainMap>>,
+    ttl: std::time::Duration,
     records: gitdeploy_api::Records,
     metrics: EdgeMetrics,
+}
+
+/// Every active custom domain → its project, as of a generation and a time.
+struct DomainMap {
+    generation: u64,
+    loaded: std::time::Instant,
+    projects: HashMap<String, String>,
 }
 
 impl AliasCache {
@@ -224,6 +237,8 @@ impl AliasCache {
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
+            domains: tokio::sync::RwLock::new(None),
+            ttl,
             records,
             metrics,
         })
@@ -267,6 +282,46 @@ impl gitdeploy_api::AliasResolver for AliasCache {
                 self.counted("error", None)
             }
         }
+    }
+
+    async fn custom_domain(&self, domain: &str) -> Option<String> {
+        let generation = self.records.store().alias_generation();
+        let fresh = |m: &DomainMap| m.generation >= generation && m.loaded.elapsed() < self.ttl;
+        if let Some(map) = self.domains.read().await.as_ref().filter(|m| fresh(m)) {
+            return map.projects.get(domain).cloned();
+        }
+        // One loader at a time; the others find its map.
+        let mut slot = self.domains.write().await;
+        if let Some(map) = slot.as_ref().filter(|m| fresh(m)) {
+            return map.projects.get(domain).cloned();
+        }
+        match self.records.store().domains(None).await {
+            Ok(list) => {
+                let projects = list
+                    .into_iter()
+                    .filter(|d| d.status == gitdeploy_api::domains::DomainStatus::Active)
+                    .map(|d| (d.domain, d.project))
+                    .collect();
+                *slot = Some(DomainMap {
+                    generation,
+                    loaded: std::time::Instant::now(),
+                    projects,
+                });
+            }
+            // The store is away: the last map goes on serving until the time limit, so that
+            // requests do not queue behind a store that does not answer.
+            Err(e) => {
+                tracing::warn!("cannot load custom domains: {e}");
+                let map = slot.get_or_insert_with(|| DomainMap {
+                    generation,
+                    loaded: std::time::Instant::now(),
+                    projects: HashMap::new(),
+                });
+                map.generation = generation;
+                map.loaded = std::time::Instant::now();
+            }
+        }
+        slot.as_ref().and_then(|m| m.projects.get(domain).cloned())
     }
 }
 

@@ -46,6 +46,19 @@ pub(crate) struct Platform {
     pub cache: CacheSettings,
     /// How builds run.
     pub builds: BuildSettings,
+    /// How custom domains are checked.
+    pub domains: DomainSettings,
+}
+
+/// How the ownership of custom domains is checked ([`gitdeploy_api::domain_check`]).
+#[derive(Clone, Debug)]
+pub(crate) struct DomainSettings {
+    /// The DNS server asked (host:port); the system's resolvers without one.
+    pub dns_resolver: Option<SocketAddr>,
+    /// The edge's public addresses: a domain resolving to one of them is the platform's.
+    pub public_addresses: Vec<std::net::IpAddr>,
+    /// How often waiting domains are checked again.
+    pub check_every: std::time::Duration,
 }
 
 /// How the outside world reaches the platform (behind a TLS load balancer, say).

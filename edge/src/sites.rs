@@ -373,6 +373,11 @@ impl ProxyHttp for SitesProxy {
                 Ok(false)
             }
             HostRoute::Site(label) => self.route_site(session, ctx, &label).await,
+            // A custom domain serves its project exactly as `<project>.<domain>` does.
+            HostRoute::Custom(domain) => match self.aliases.custom_domain(&domain).await {
+                Some(project) => self.route_site(session, ctx, &project).await,
+                None => send_error(session, 404, "There is no site at this address.", head).await,
+            },
             HostRoute::Unknown => {
                 send_error(session, 404, "There is no site at this address.", head).await
             }

@@ -21,11 +21,15 @@
 //! DELETE /api/projects/{name}      remove a project (its deployments stay at their own URLs)
 //! POST /api/projects/{name}/promote {"deployment": id}: move production (promote or roll back)
 //! POST /api/projects/{name}/rollback  back to the previous production deployment
+//! POST /api/projects/{name}/domains {"domain"} → 201 {domain, status}: claim a custom domain
+//! GET  /api/projects/{name}/domains  [{domain, status, error?, not_after_unix_ms?}]
+//! DELETE /api/projects/{name}/domains/{domain}  release it → 204
 //! GET  /api/health                 liveness
 //! ```
 
 mod auth;
 mod deployments;
+mod domains;
 mod hooks;
 mod logs;
 mod projects;
@@ -44,6 +48,7 @@ use crate::ControlPlane;
 pub use auth::token_sha256;
 use auth::{limit_rate, require_token};
 use deployments::*;
+use domains::*;
 use hooks::*;
 use logs::*;
 use projects::*;
@@ -81,6 +86,14 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
         )
         .route("/api/projects/{name}/promote", post(promote))
         .route("/api/projects/{name}/rollback", post(rollback))
+        .route(
+            "/api/projects/{name}/domains",
+            post(add_domain).get(list_domains),
+        )
+        .route(
+            "/api/projects/{name}/domains/{domain}",
+            axum::routing::delete(remove_domain),
+        )
         .route("/api/hooks/github", post(github_hook))
         .route("/api/hooks/deploy/{name}/{secret}", post(deploy_hook))
         .fallback(|| async { ApiError::not_found("no such route") })

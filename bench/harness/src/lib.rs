@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod dns;
 mod git;
 mod launch;
 mod ports;
@@ -15,6 +16,7 @@ mod process;
 mod redis;
 mod s3;
 
+pub use dns::DnsServer;
 pub use git::{git, GitServer};
 pub use launch::{wait_for_ready_file, Up};
 pub use ports::{free_port, wait_for_port, wait_until};

@@ -15,8 +15,19 @@ fuzz_target!(|data: &[u8]| {
         );
         assert!(!host.contains(['@', ' ', '/']), "{host:?}");
         let controls = ["127.0.0.1".to_owned()];
-        if let HostRoute::Site(label) = route_host(&host, "sites.example.com", &controls) {
-            assert!(!label.is_empty() && !label.contains('.'), "{label:?}");
+        match route_host(&host, "sites.example.com", &controls) {
+            HostRoute::Site(label) => {
+                assert!(!label.is_empty() && !label.contains('.'), "{label:?}")
+            }
+            // A custom domain candidate is never one of the platform's own names.
+            HostRoute::Custom(name) => {
+                assert!(
+                    !name.ends_with("sites.example.com") && name.contains('.'),
+                    "{name:?}"
+                );
+                assert!(name.parse::<std::net::IpAddr>().is_err(), "{name:?}");
+            }
+            _ => {}
         }
     }
 });

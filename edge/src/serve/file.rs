@@ -21,6 +21,17 @@ pub(super) struct Config {
     pub(super) cache: CacheSection,
     #[serde(default)]
     pub(super) builds: BuildsSection,
+    #[serde(default)]
+    pub(super) domains: DomainsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DomainsSection {
+    #[serde(default)]
+    pub(super) dns_resolver: Option<SocketAddr>,
+    #[serde(default)]
+    pub(super) public_address: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,8 +12,8 @@ use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::RepoScheme;
 
 use crate::config::{
-    ApiSettings, BuildSettings, CacheSettings, Platform, PublicAddress, RunnerKind, S3Credentials,
-    StateBackend, StorageSettings,
+    ApiSettings, BuildSettings, CacheSettings, DomainSettings, Platform, PublicAddress, RunnerKind,
+    S3Credentials, StateBackend, StorageSettings,
 };
 use crate::public::ConnectionLimits;
 
@@ -253,6 +253,11 @@ impl Config {
                 scheme: self.server.public_scheme,
                 port: self.server.public_port,
             }),
+            domains: DomainSettings {
+                dns_resolver: self.domains.dns_resolver,
+                public_addresses: self.domains.public_address,
+                check_every: gitdeploy_api::domain_check::CHECK_EVERY,
+            },
             clients: ConnectionLimits {
                 head: HeadLimits {
                     idle: ms(self.clients.idle_timeout_ms.max(1)),

@@ -117,6 +117,7 @@ pub fn run(platform: Platform) -> anyhow::Result<()> {
     .build()?;
     let public = opts.public_urls();
     let api = control_plane(opts, limits, &state, queue, &origin);
+    start_domain_checks(opts, &control_rt, &state, &api)?;
 
     // One Pingora server for all of it.
     let run_dir = data.dir("run")?;
@@ -330,6 +331,28 @@ impl EdgeParts<'_> {
     }
 }
 
+/// Checks custom domains' DNS on the control runtime, at once when one is added.
+fn start_domain_checks(
+    opts: &Platform,
+    rt: &tokio::runtime::Runtime,
+    state: &State,
+    api: &gitdeploy_api::ControlPlane,
+) -> anyhow::Result<()> {
+    let _entered = rt.enter();
+    let checker = gitdeploy_api::domain_check::DomainChecker::new(
+        opts.domains.dns_resolver,
+        &opts.domain,
+        opts.domains.public_addresses.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    rt.spawn(checker.run(
+        state.records.clone(),
+        api.domain_added(),
+        opts.domains.check_every,
+    ));
+    Ok(())
+}
+
 /// A deleted deployment leaves this edge's manifest cache (its objects then age out: nothing
 /// reaches them without a manifest); after a possible miss, every manifest does.
 fn drop_deleted_manifests(
@@ -352,7 +375,7 @@ fn drop_deleted_manifests(
                 Ok(AliasChange::MaybeMissed) | Err(RecvError::Lagged(_)) => {
                     manifests.invalidate_all()
                 }
-                Ok(AliasChange::Production(_)) => {}
+                Ok(AliasChange::Production(_) | AliasChange::Domain(_)) => {}
                 Err(RecvError::Closed) => return,
             }
         }

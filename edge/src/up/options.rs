@@ -11,8 +11,8 @@ use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::RepoScheme;
 
 use crate::config::{
-    ApiSettings, BuildSettings, CacheSettings, Platform, RunnerKind, S3Credentials, StateBackend,
-    StorageSettings,
+    ApiSettings, BuildSettings, CacheSettings, DomainSettings, Platform, RunnerKind, S3Credentials,
+    StateBackend, StorageSettings,
 };
 use crate::platform::{BUCKET, REGION};
 use crate::public::ConnectionLimits;
@@ -128,6 +128,17 @@ pub struct UpOptions {
     /// Such requests per second a client earns back (0 turns the limit off).
     #[arg(long, default_value_t = 2.0)]
     api_rate_per_second: f64,
+    /// DNS server (host:port) asked whether a custom domain points at the platform; the
+    /// system's resolvers without one.
+    #[arg(long, env = "GITDEPLOY_DNS_RESOLVER")]
+    dns_resolver: Option<std::net::SocketAddr>,
+    /// A public address of the edge (repeatable): a custom domain whose A/AAAA records name one
+    /// is verified, as one with a CNAME under the platform domain is.
+    #[arg(long = "public-address")]
+    public_addresses: Vec<std::net::IpAddr>,
+    /// How often custom domains waiting for their DNS are checked again, in ms.
+    #[arg(long, default_value_t = 30_000, hide = true)]
+    domain_check_interval_ms: u64,
     /// How often the runner sends its heartbeat and settles builds of stopped runners, in ms.
     #[arg(long, default_value_t = 5000, hide = true)]
     heartbeat_interval_ms: u64,
@@ -147,6 +158,11 @@ impl UpOptions {
             upgrade: self.upgrade,
             ready_file: self.ready_file,
             public: None,
+            domains: DomainSettings {
+                dns_resolver: self.dns_resolver,
+                public_addresses: self.public_addresses,
+                check_every: ms(self.domain_check_interval_ms.max(100)),
+            },
             clients: ConnectionLimits {
                 head: HeadLimits {
                     idle: ms(self.client_idle_timeout_ms.max(1)),
