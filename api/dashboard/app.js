@@ -449,8 +449,48 @@ async function projectPage(name) {
         h("dt", {}, "Production branch"), h("dd", {}, p.production_branch || "default branch")),
       h("div", { class: "actions" }, rollback)),
     h("h2", {}, "Deployments"), history,
+    h("h2", {}, "Custom domains"), await domainsCard(p),
     h("h2", {}, "Deploy hook"), deployHook(p),
     h("h2", {}, "Settings"), settingsForm(p));
+}
+
+// The project's custom domains: each with its status and what the last DNS check found.
+async function domainsCard(p) {
+  const domains = await api(`/api/projects/${encodeURIComponent(p.name)}/domains`);
+  const notice = h("div", { "aria-live": "polite" });
+  const refresh = async (message) => {
+    await projectPage(p.name);
+    document.getElementById("notice")?.replaceChildren(h("div", { class: "banner ok", role: "status" }, message));
+  };
+  const target = new URL(p.url).hostname;
+  const list = h("ul", { class: "list", "aria-label": "Custom domains" },
+    ...(domains.length ? domains.map((d) => h("li", { class: "row" },
+      h("div", { class: "main" }, h("span", { class: "domain" }, d.domain), " ", badge(d.status),
+        d.error && h("div", { class: "meta" }, d.error)),
+      h("button", { type: "button", class: "link remove-domain", "aria-label": `Remove ${d.domain}`,
+        onclick: async () => {
+          if (!(await confirmDialog("Remove this domain?", `${d.domain} stops serving ${p.name}.`, "Remove"))) return;
+          try {
+            await api(`/api/projects/${encodeURIComponent(p.name)}/domains/${encodeURIComponent(d.domain)}`, { method: "DELETE" });
+            await refresh(`${d.domain} removed.`);
+          } catch (err) { alertBanner(notice, err.message); }
+        } }, "Remove")))
+      : [h("li", { class: "empty" }, "No custom domains.")]));
+  const input = h("input", { id: "new-domain", type: "text", placeholder: "www.example.com", spellcheck: "false",
+    autocomplete: "off" });
+  const form = h("form", { class: "inline-form" },
+    h("label", { for: "new-domain" }, "Add a domain ",
+      h("span", { class: "hint" }, `(then point a CNAME record at ${target})`)),
+    input,
+    h("button", { type: "submit" }, "Add domain"));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      const d = await api(`/api/projects/${encodeURIComponent(p.name)}/domains`, { method: "POST", body: { domain: input.value } });
+      await refresh(`${d.domain} added: point a CNAME record at ${target}.`);
+    } catch (err) { alertBanner(notice, err.message); }
+  });
+  return h("div", { class: "card" }, notice, list, form);
 }
 
 // A secret URL that builds the production branch when anything POSTs to it (a CMS, a cron).

@@ -157,6 +157,22 @@ try {
   await page.getByText("Deploy hook revoked.").waitFor();
   assert.equal(await page.getByLabel(/^Deploy hook URL/).count(), 0);
 
+  step = "custom domains";
+  await page.getByLabel(/^Add a domain/).fill("WWW.Dash-Shop.com");
+  await page.getByRole("button", { name: "Add domain" }).click();
+  await page.getByText("www.dash-shop.com added").waitFor();
+  const domains = page.getByRole("list", { name: "Custom domains" });
+  await domains.getByText("www.dash-shop.com", { exact: true }).waitFor();
+  await domains.locator(".badge.pending_dns").waitFor();
+  await page.getByLabel(/^Add a domain/).fill("*.dash-shop.com");
+  await page.getByRole("button", { name: "Add domain" }).click();
+  await page.getByText(/is a wildcard/).waitFor();
+  await shot("10b-domains");
+  await page.getByRole("button", { name: "Remove www.dash-shop.com" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Remove" }).click();
+  await page.getByText("www.dash-shop.com removed.").waitFor();
+  assert.equal(await domains.getByText("www.dash-shop.com", { exact: true }).count(), 0);
+
   step = "projects list";
   await page.getByRole("link", { name: "Projects" }).click();
   await page.getByRole("list", { name: "Projects" }).getByRole("link", { name: "dash-site", exact: true }).waitFor();
