@@ -268,7 +268,17 @@ impl<S: UniqueID> UniqueID for ClientStream<S> {
     }
 }
 
-impl<S> Ssl for ClientStream<S> {}
+impl<S: Ssl> Ssl for ClientStream<S> {
+    fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<pingora_core::protocols::ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
 
 impl<S: GetTimingDigest> GetTimingDigest for ClientStream<S> {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {

@@ -48,6 +48,17 @@ pub(crate) struct Platform {
     pub builds: BuildSettings,
     /// How custom domains are checked.
     pub domains: DomainSettings,
+    /// The TLS listener, when there is one.
+    pub tls: Option<TlsListener>,
+}
+
+/// A TLS listener beside the plain one: the same sites and API over HTTPS and HTTP/2.
+#[derive(Clone, Debug)]
+pub(crate) struct TlsListener {
+    /// Its address.
+    pub listen: SocketAddr,
+    /// The platform certificate (`<domain>` and `*.<domain>`).
+    pub platform: crate::tls::PlatformFiles,
 }
 
 /// How the ownership of custom domains is checked ([`gitdeploy_api::domain_check`]).

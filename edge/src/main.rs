@@ -30,6 +30,7 @@ mod runner_service;
 mod serve;
 mod serving;
 mod sites;
+mod tls;
 mod up;
 mod upgrade;
 

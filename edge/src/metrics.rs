@@ -35,6 +35,8 @@ pub struct EdgeMetrics {
     pub manifest_lookups: IntCounterVec,
     /// Project alias lookups by result (`hit`, `loaded`, `missing`, `error`).
     pub alias_lookups: IntCounterVec,
+    /// Loads of the platform certificate's files by result (`loaded`, `failed`).
+    pub certificate_loads: IntCounterVec,
     /// The series every request touches, resolved once: a label lookup hashes the labels and
     /// takes a lock, which showed in the hot path's profile.
     hot: Arc<HotSeries>,
@@ -59,6 +61,7 @@ struct Parts {
     s3_latency: HistogramVec,
     manifest_lookups: IntCounterVec,
     alias_lookups: IntCounterVec,
+    certificate_loads: IntCounterVec,
 }
 
 struct HotSeries {
@@ -156,6 +159,13 @@ impl EdgeMetrics {
                 ),
                 &["result"],
             )?,
+            certificate_loads: IntCounterVec::new(
+                Opts::new(
+                    "gitdeploy_tls_certificate_loads_total",
+                    "Loads of the platform certificate's files (at start and on change), by result.",
+                ),
+                &["result"],
+            )?,
         };
         let m = EdgeMetrics {
             hot: Arc::new(HotSeries {
@@ -187,6 +197,7 @@ impl EdgeMetrics {
             s3_latency: m.s3_latency,
             manifest_lookups: m.manifest_lookups,
             alias_lookups: m.alias_lookups,
+            certificate_loads: m.certificate_loads,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.latency.clone()))?;
@@ -198,6 +209,7 @@ impl EdgeMetrics {
         registry.register(Box::new(m.s3_latency.clone()))?;
         registry.register(Box::new(m.manifest_lookups.clone()))?;
         registry.register(Box::new(m.alias_lookups.clone()))?;
+        registry.register(Box::new(m.certificate_loads.clone()))?;
         Ok(m)
     }
 

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::Stream;
+use pingora_core::protocols::tls::TlsStream;
+use pingora_core::protocols::{Ssl, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::io::AsyncWriteExt;
@@ -103,11 +104,19 @@ impl ServerApp for PublicApp {
             drop(held);
             return None;
         }
-        let Ok(l4) = stream.into_any().downcast::<L4Stream>() else {
-            tracing::error!("the public port only serves plain TCP connections");
-            return None;
+        let stream: Stream = match stream.into_any().downcast::<L4Stream>() {
+            Ok(l4) => Box::new(ClientStream::new(*l4, self.limits.head)),
+            Err(other) => match other.downcast::<TlsStream<L4Stream>>() {
+                // HTTP/2 frames its own requests (and has its own limits): the head guard
+                // reads HTTP/1 heads only.
+                Ok(tls) if tls.selected_alpn_proto() == Some(ALPN::H2) => tls,
+                Ok(tls) => Box::new(ClientStream::new(*tls, self.limits.head)),
+                Err(_) => {
+                    tracing::error!("the public port serves TCP and TLS connections only");
+                    return None;
+                }
+            },
         };
-        let stream: Stream = Box::new(ClientStream::new(*l4, self.limits.head));
         let _ = self.proxy.process_new(stream, shutdown).await;
         drop(held);
         None

@@ -22,6 +22,9 @@ pub struct Ready {
     pub listen: SocketAddr,
     /// The metrics listener's address.
     pub metrics_listen: SocketAddr,
+    /// The TLS listener's address, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<SocketAddr>,
     /// Where the API and dashboard are, as the outside world reaches them.
     pub api: String,
     /// The S3 endpoint sites are stored in (the embedded one, or the configured one).

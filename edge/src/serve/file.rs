@@ -23,6 +23,16 @@ pub(super) struct Config {
     pub(super) builds: BuildsSection,
     #[serde(default)]
     pub(super) domains: DomainsSection,
+    #[serde(default)]
+    pub(super) tls: Option<TlsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TlsSection {
+    pub(super) listen: SocketAddr,
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]

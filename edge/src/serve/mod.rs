@@ -13,7 +13,7 @@ use gitdeploy_core::repo::RepoScheme;
 
 use crate::config::{
     ApiSettings, BuildSettings, CacheSettings, DomainSettings, Platform, PublicAddress, RunnerKind,
-    S3Credentials, StateBackend, StorageSettings,
+    S3Credentials, StateBackend, StorageSettings, TlsListener,
 };
 use crate::public::ConnectionLimits;
 
@@ -252,6 +252,13 @@ impl Config {
             public: Some(PublicAddress {
                 scheme: self.server.public_scheme,
                 port: self.server.public_port,
+            }),
+            tls: self.tls.map(|t| TlsListener {
+                listen: t.listen,
+                platform: crate::tls::PlatformFiles {
+                    cert: t.cert,
+                    key: t.key,
+                },
             }),
             domains: DomainSettings {
                 dns_resolver: self.domains.dns_resolver,

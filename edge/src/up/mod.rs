@@ -191,6 +191,7 @@ fn ready_file(
             pid: std::process::id(),
             listen: opts.listen,
             metrics_listen: opts.metrics_listen,
+            tls_listen: opts.tls.as_ref().map(|t| t.listen),
             api: public.api(""),
             s3_endpoint: storage.endpoint.clone(),
         },
@@ -311,6 +312,7 @@ impl EdgeParts<'_> {
             self.metrics.clone(),
         );
         let draining = Draining::default();
+        let certificate_loads = self.metrics.certificate_loads.clone();
         let proxy = SitesProxy::new(
             self.hosts,
             self.origin,
@@ -327,6 +329,18 @@ impl EdgeParts<'_> {
         raise_open_file_limit(limits.max_connections);
         let mut sites = Service::new("public".into(), PublicApp::new(proxy, limits, draining));
         sites.add_tcp(&opts.listen.to_string());
+        if let Some(tls) = &opts.tls {
+            let certs = crate::tls::Certificates::new(&opts.domain);
+            tls.platform
+                .clone()
+                .load_and_watch(certs.clone(), certificate_loads)
+                .map_err(anyhow::Error::msg)?;
+            let mut settings = pingora_core::listeners::tls::TlsSettings::intermediate("", "")
+                .map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
+            settings.set_cert_resolver(certs);
+            settings.enable_h2();
+            sites.add_tls_with_settings(&tls.listen.to_string(), None, settings);
+        }
         Ok(sites)
     }
 }

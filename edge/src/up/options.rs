@@ -12,7 +12,7 @@ use gitdeploy_core::repo::RepoScheme;
 
 use crate::config::{
     ApiSettings, BuildSettings, CacheSettings, DomainSettings, Platform, RunnerKind, S3Credentials,
-    StateBackend, StorageSettings,
+    StateBackend, StorageSettings, TlsListener,
 };
 use crate::platform::{BUCKET, REGION};
 use crate::public::ConnectionLimits;
@@ -136,6 +136,16 @@ pub struct UpOptions {
     /// is verified, as one with a CNAME under the platform domain is.
     #[arg(long = "public-address")]
     public_addresses: Vec<std::net::IpAddr>,
+    /// A TLS listener (HTTPS and HTTP/2) beside the plain one, for sites and the API.
+    #[arg(long, env = "GITDEPLOY_TLS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Option<std::net::SocketAddr>,
+    /// The platform certificate's chain (PEM) for `<domain>` and `*.<domain>`; read again when
+    /// it changes.
+    #[arg(long, env = "GITDEPLOY_TLS_CERT", requires = "tls_listen")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "GITDEPLOY_TLS_KEY", requires = "tls_listen")]
+    tls_key: Option<PathBuf>,
     /// How often custom domains waiting for their DNS are checked again, in ms.
     #[arg(long, default_value_t = 30_000, hide = true)]
     domain_check_interval_ms: u64,
@@ -158,6 +168,12 @@ impl UpOptions {
             upgrade: self.upgrade,
             ready_file: self.ready_file,
             public: None,
+            tls: self.tls_listen.zip(self.tls_cert.zip(self.tls_key)).map(
+                |(listen, (cert, key))| TlsListener {
+                    listen,
+                    platform: crate::tls::PlatformFiles { cert, key },
+                },
+            ),
             domains: DomainSettings {
                 dns_resolver: self.dns_resolver,
                 public_addresses: self.public_addresses,

@@ -1,0 +1,195 @@
+//! The TLS listener's certificates, chosen per SNI at handshake time (#15). The platform's
+//! names (`<domain>` and `<label>.<domain>`, and a handshake without SNI) get the platform
+//! certificate, read from `--tls-cert`/`--tls-key` and read again whenever either file changes;
+//! a custom domain will get its own certificate from ACME (not built yet: until then its
+//! handshake fails, as an unknown name's does); any other name fails the handshake,
+//! so a scanner learns nothing and nobody can make the edge present a certificate for a name it
+//! does not serve. [`choose`] is the rule; [`Certificates`] is the rustls resolver around it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use pingora_core::tls::sign::CertifiedKey;
+use pingora_core::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+
+/// How often the certificate files are looked at for a change.
+const RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// Which certificate a handshake naming `sni` gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SniChoice {
+    /// The platform certificate (`<domain>` and `*.<domain>`).
+    Platform,
+    /// The certificate of this custom domain, if it has one.
+    Custom(String),
+    /// None: the handshake fails.
+    Refuse,
+}
+
+/// The rule: the platform's names (one label deep: what a wildcard certificate covers) and no
+/// SNI at all get the platform certificate; a well-formed name outside it may be a custom
+/// domain; anything else is refused.
+pub fn choose(sni: Option<&str>, domain: &str) -> SniChoice {
+    let Some(sni) = sni else {
+        return SniChoice::Platform;
+    };
+    let name = sni.trim_end_matches('.').to_ascii_lowercase();
+    match gitdeploy_core::host::route_host(&name, domain, &[]) {
+        gitdeploy_core::host::HostRoute::ControlPlane => SniChoice::Platform,
+        gitdeploy_core::host::HostRoute::Site(_) => SniChoice::Platform,
+        gitdeploy_core::host::HostRoute::Custom(name) => SniChoice::Custom(name),
+        gitdeploy_core::host::HostRoute::Unknown => SniChoice::Refuse,
+    }
+}
+
+/// The certificates the TLS listener presents.
+pub struct Certificates {
+    domain: String,
+    platform: RwLock<Option<Arc<CertifiedKey>>>,
+}
+
+impl std::fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificates")
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Certificates {
+    /// Certificates for the platform serving `domain`, none loaded yet.
+    pub fn new(domain: &str) -> Arc<Self> {
+        Arc::new(Certificates {
+            domain: domain.to_owned(),
+            platform: RwLock::new(None),
+        })
+    }
+
+    /// Presents `key` for the platform's names from now on.
+    pub fn set_platform(&self, key: Arc<CertifiedKey>) {
+        *self.platform.write().unwrap_or_else(|p| p.into_inner()) = Some(key);
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match choose(hello.server_name(), &self.domain) {
+            SniChoice::Platform => self
+                .platform
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            // Custom domains' certificates come with ACME (#15, next).
+            SniChoice::Custom(_) | SniChoice::Refuse => None,
+        }
+    }
+}
+
+/// The certificate chain and key in PEM files `cert` and `key`, ready to present.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    pingora_core::tls::install_default_crypto_provider();
+    let (certs, key_der) = pingora_core::tls::load_certs_and_key_files(
+        &cert.display().to_string(),
+        &key.display().to_string(),
+    )
+    .map_err(|e| format!("cannot read {} and {}: {e}", cert.display(), key.display()))?
+    .ok_or_else(|| {
+        format!(
+            "{} holds no certificate or {} no private key (PEM)",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    let provider = CryptoProvider::get_default().ok_or("no TLS crypto provider is installed")?;
+    let certs = certs.into_iter().map(|c| c.into_owned()).collect();
+    CertifiedKey::from_der(certs, key_der.clone_key(), provider)
+        .map(Arc::new)
+        .map_err(|e| {
+            format!(
+                "{} and {} do not make a usable certificate: {e}",
+                cert.display(),
+                key.display()
+            )
+        })
+}
+
+/// The platform certificate's files, watched for changes.
+#[derive(Clone, Debug)]
+pub struct PlatformFiles {
+    /// The certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+}
+
+impl PlatformFiles {
+    fn stamp(&self) -> Option<(SystemTime, u64, SystemTime, u64)> {
+        let c = std::fs::metadata(&self.cert).ok()?;
+        let k = std::fs::metadata(&self.key).ok()?;
+        Some((c.modified().ok()?, c.len(), k.modified().ok()?, k.len()))
+    }
+
+    /// Loads the pair into `certs` now (an error when it cannot), then again, from a thread of
+    /// its own, whenever either file changes; a changed pair that does not load is logged and
+    /// the previous one goes on being presented.
+    pub fn load_and_watch(
+        self,
+        certs: Arc<Certificates>,
+        loads: prometheus::IntCounterVec,
+    ) -> Result<(), String> {
+        certs.set_platform(load_pair(&self.cert, &self.key)?);
+        loads.with_label_values(&["loaded"]).inc();
+        let mut seen = self.stamp();
+        let weak = Arc::downgrade(&certs);
+        drop(certs);
+        std::thread::Builder::new()
+            .name("gitdeploy-tls-reload".into())
+            .spawn(move || loop {
+                std::thread::sleep(RELOAD_EVERY);
+                let Some(certs) = weak.upgrade() else { return };
+                let now = self.stamp();
+                if now.is_some() && now != seen {
+                    seen = now;
+                    match load_pair(&self.cert, &self.key) {
+                        Ok(key) => {
+                            certs.set_platform(key);
+                            loads.with_label_values(&["loaded"]).inc();
+                            tracing::info!(cert = %self.cert.display(), "platform certificate reloaded");
+                        }
+                        Err(e) => {
+                            loads.with_label_values(&["failed"]).inc();
+                            tracing::warn!("platform certificate not reloaded: {e}")
+                        }
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the certificate watcher: {e}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_table() {
+        for (sni, want) in [
+            (None, SniChoice::Platform),
+            (Some("sites.test"), SniChoice::Platform),
+            (Some("api.sites.test"), SniChoice::Platform),
+            (Some("k3f9q2m8x1ab.sites.test"), SniChoice::Platform),
+            (Some("My-Site.Sites.Test."), SniChoice::Platform),
+            (Some("a.b.sites.test"), SniChoice::Refuse),
+            (
+                Some("www.shop.org"),
+                SniChoice::Custom("www.shop.org".into()),
+            ),
+            (Some("localhost"), SniChoice::Refuse),
+            (Some("bad_name.org"), SniChoice::Refuse),
+        ] {
+            assert_eq!(choose(sni, "sites.test"), want, "{sni:?}");
+        }
+    }
+}

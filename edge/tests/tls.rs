@@ -1,0 +1,229 @@
+//! HTTPS and HTTP/2 on the edge itself (#15): a TLS listener beside the plain one, serving sites
+//! and the API with the platform certificate (`--tls-cert`/`--tls-key`, read again when the
+//! files change), HTTP/2 by ALPN, HTTP/1.1 still; a name the platform does not serve fails the
+//! handshake. Checked with `curl` and `openssl s_client`, with a CA the test makes.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{deploy_and_follow as deploy, free_port, GitServer, Gitdeploy};
+use serde_json::json;
+
+/// A CA, and a certificate it signs for `sites.test` and `*.sites.test` (serial `serial`), as
+/// PEM files in `dir`: `ca.pem`, `site.pem`, `site.key`.
+fn make_certificates(dir: &Path, serial: &str) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    if !dir.join("ca.pem").exists() {
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=GitDeploy test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ]);
+    }
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:sites.test,DNS:*.sites.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "new.key",
+        "-out",
+        "site.csr",
+        "-subj",
+        "/CN=sites.test",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "site.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        serial,
+        "-out",
+        "new.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    // Replaced whole, key first, as a certificate manager would.
+    std::fs::rename(dir.join("new.key"), dir.join("site.key")).unwrap();
+    std::fs::rename(dir.join("new.pem"), dir.join("site.pem")).unwrap();
+}
+
+/// `curl` of `https://<host>:<port><path>` through the loopback: exit code, body and the HTTP
+/// version used.
+fn curl(certs: &Path, host: &str, port: u16, path: &str, http: &str) -> (i32, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", http, "--max-time", "10", "--cacert"])
+        .arg(certs.join("ca.pem"))
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(["-w", "\n%{http_version}"])
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, version) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (
+        out.status.code().unwrap_or(-1),
+        body.to_owned(),
+        version.to_owned(),
+    )
+}
+
+/// The serial of the certificate the edge presents for `sni`.
+fn presented_serial(port: u16, sni: &str) -> String {
+    let script = format!(
+        "openssl s_client -connect 127.0.0.1:{port} -servername {sni} </dev/null 2>/dev/null \
+         | openssl x509 -noout -serial"
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn sites_and_the_api_are_served_over_https_and_http2_with_a_reloaded_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path(), "0x1001");
+    let mut git = GitServer::new();
+    git.add_repo("shop", &[("index.html", "the shop")]);
+    git.start();
+    let data = tempfile::tempdir().unwrap();
+    let tls_port = free_port();
+    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let cert = certs.path().join("site.pem");
+    let key = certs.path().join("site.key");
+    // A platform domain of two labels: a wildcard directly under a single label
+    // (`*.localhost`) is too broad for TLS clients.
+    let gd = Gitdeploy::start_with(
+        data.path(),
+        &[
+            "--domain",
+            "sites.test",
+            "--tls-listen",
+            &tls_listen,
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let (id, _) = deploy(&gd, json!({"repo": git.url("shop"), "project": "shop"})).await;
+
+    // Sites and the API, over HTTP/2 and HTTP/1.1.
+    let dir = certs.path();
+    assert_eq!(
+        curl(dir, "shop.sites.test", tls_port, "/", "--http2"),
+        (0, "the shop".into(), "2".into())
+    );
+    assert_eq!(
+        curl(dir, &format!("{id}.sites.test"), tls_port, "/", "--http1.1"),
+        (0, "the shop".into(), "1.1".into())
+    );
+    let (code, body, version) = curl(dir, "sites.test", tls_port, "/api/health", "--http2");
+    assert_eq!((code, version.as_str()), (0, "2"), "{body}");
+    assert!(body.contains("\"ok\":true"), "{body}");
+    let (code, body, _) = curl(dir, "shop.sites.test", tls_port, "/missing", "--http2");
+    assert_eq!(code, 0);
+    assert!(body.contains("could not be found"), "{body}");
+    // The plain listener still serves.
+    let plain = gd
+        .http()
+        .get(gd.api("/"))
+        .header("host", "shop.sites.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.text().await.unwrap(), "the shop");
+
+    // A name the platform does not serve gets no certificate: the handshake fails.
+    let (code, _, _) = curl(dir, "www.other.org", tls_port, "/", "--http2");
+    assert_eq!(code, 35, "curl reports a TLS handshake failure");
+    let (code, _, _) = curl(dir, "a.b.sites.test", tls_port, "/", "--http2");
+    assert_eq!(code, 35);
+
+    // A renewed certificate in the same files is presented without a restart.
+    assert_eq!(presented_serial(tls_port, "shop.sites.test"), "serial=1001");
+    make_certificates(dir, "0x1002");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while presented_serial(tls_port, "shop.sites.test") != "serial=1002" {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never presented"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        curl(dir, "shop.sites.test", tls_port, "/", "--http2"),
+        (0, "the shop".into(), "2".into())
+    );
+    // A broken replacement is refused and the last good one goes on serving.
+    std::fs::write(certs.path().join("site.pem"), "not a certificate").unwrap();
+    let metrics = format!("http://127.0.0.1:{}/metrics", gd.metrics_port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        if text.contains("gitdeploy_tls_certificate_loads_total{result=\"failed\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the broken file was never read");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(presented_serial(tls_port, "shop.sites.test"), "serial=1002");
+}
+
+#[test]
+fn a_tls_listener_without_its_certificate_is_refused_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+        .args(["up", "--tls-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--tls-cert") && err.contains("--tls-key"),
+        "{err}"
+    );
+}
