@@ -8,46 +8,12 @@
 //! ordered, `active` once it serves, `failed` with the reason when a check or an order failed.
 
 use gitdeploy_core::domain::DomainError;
-use serde::{Deserialize, Serialize};
 
+pub use crate::domain_record::{CustomDomain, DomainStatus};
 use crate::store::{Records, StoreError, Write};
 
 /// Most custom domains one project may have.
 pub const MAX_PER_PROJECT: usize = 50;
-
-/// Where a custom domain is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DomainStatus {
-    /// Waiting for the name to resolve to the platform (a CNAME under the platform domain or
-    /// one of the edge's public addresses).
-    PendingDns,
-    /// Verified; a certificate is being ordered.
-    Issuing,
-    /// Verified and served.
-    Active,
-    /// A check or an order failed; `error` says why.
-    Failed,
-}
-
-/// One custom domain.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CustomDomain {
-    /// The name, normalized (lowercase ASCII, punycode).
-    pub domain: String,
-    /// The project it serves.
-    pub project: String,
-    /// Where it is in its life.
-    pub status: DomainStatus,
-    /// Why it failed, or what the last check found.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// When its certificate expires (Unix ms), once it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_after_unix_ms: Option<u64>,
-    /// Added at (Unix ms).
-    pub added_unix_ms: u64,
-}
 
 /// Why a domain cannot be added or removed.
 #[derive(Debug, thiserror::Error)]

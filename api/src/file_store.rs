@@ -11,7 +11,7 @@ use gitdeploy_core::DeploymentId;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::domains::CustomDomain;
+use crate::domain_record::CustomDomain;
 use crate::projects::Project;
 use crate::store::{AliasChange, Deployment, Store, Versioned, Write};
 

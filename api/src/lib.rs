@@ -5,10 +5,12 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod alias_change;
 mod archive;
 mod dashboard;
 mod dispatch;
 pub mod domain_check;
+mod domain_record;
 pub mod domains;
 pub mod ecs;
 mod error;

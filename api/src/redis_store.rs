@@ -30,7 +30,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::sync::broadcast;
 
-use crate::domains::CustomDomain;
+use crate::domain_record::CustomDomain;
 use crate::projects::Project;
 use crate::redis_conn::{client, io_err, manager, through_outage};
 use crate::store::{AliasChange, Deployment, Store, Versioned, Write};
