@@ -72,11 +72,64 @@ pub(crate) async fn manager(client: &redis::Client) -> io::Result<ConnectionMana
         .map_err(io_err)
 }
 
+/// The environment variable naming a CA certificate file (PEM) that `rediss://` connections
+/// trust instead of the system's roots (a private Redis with a certificate of its own CA).
+pub const CA_FILE_ENV: &str = "GITDEPLOY_REDIS_CA_FILE";
+
+/// The CA `rediss://` connections trust, once set (see [`trust_ca_file`]).
+static TRUSTED_CA: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+
+/// Makes `rediss://` connections of this process trust the CA certificate in `path` (PEM)
+/// instead of the system's roots; without a call, [`CA_FILE_ENV`] names it, if set. Call it
+/// before the first connection.
+pub fn trust_ca_file(path: &std::path::Path) -> io::Result<()> {
+    let pem = std::fs::read(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot read the Redis CA file {}: {e}", path.display()),
+        )
+    })?;
+    let _ = TRUSTED_CA.set(Some(pem));
+    Ok(())
+}
+
+fn trusted_ca() -> io::Result<Option<Vec<u8>>> {
+    if let Some(ca) = TRUSTED_CA.get() {
+        return Ok(ca.clone());
+    }
+    match std::env::var_os(CA_FILE_ENV) {
+        Some(path) if !path.is_empty() => {
+            trust_ca_file(std::path::Path::new(&path))?;
+            Ok(TRUSTED_CA.get().cloned().flatten())
+        }
+        _ => Ok(None),
+    }
+}
+
 pub(crate) fn client(url: &str) -> io::Result<redis::Client> {
-    redis::Client::open(url).map_err(|e| {
+    client_for(url)
+}
+
+/// A client for `info`: over TLS for `rediss://` (trusting the configured CA, else the
+/// system's roots), in the clear otherwise.
+pub(crate) fn client_for<T: redis::IntoConnectionInfo>(info: T) -> io::Result<redis::Client> {
+    let invalid = |e: redis::RedisError| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("invalid Redis URL: {e}"),
         )
-    })
+    };
+    let info = info.into_connection_info().map_err(invalid)?;
+    let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    match (tls, trusted_ca()?) {
+        (true, Some(root)) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root),
+            },
+        )
+        .map_err(invalid),
+        _ => redis::Client::open(info).map_err(invalid),
+    }
 }

@@ -193,7 +193,7 @@ impl TaskSide {
                 .set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client = redis::Client::open(info).map_err(bad)?;
+        let client = crate::redis_conn::client_for(info)?;
         let conn = manager(&client).await?;
         Ok(TaskSide {
             client,

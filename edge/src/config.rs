@@ -109,6 +109,8 @@ pub(crate) enum StateBackend {
         prefix: String,
         /// How long a finished log stays in Redis (the S3 archive keeps it).
         log_ttl: Duration,
+        /// The CA certificate (PEM) `rediss://` trusts instead of the system's roots.
+        ca_file: Option<PathBuf>,
     },
 }
 

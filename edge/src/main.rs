@@ -67,6 +67,9 @@ enum Command {
 fn main() {
     // A build's sandbox ends in this executable (the builder's `confine` step); it never returns.
     gitdeploy_builder::confine_if_asked();
+    // rustls has two crypto providers compiled in (ring, aws-lc-rs through the AWS SDK): the
+    // process picks one before any TLS client or server is made (Redis over TLS, the listener).
+    pingora_core::tls::install_default_crypto_provider();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Up(opts) => server("up", || up::run(opts.into_platform())),

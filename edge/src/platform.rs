@@ -217,6 +217,7 @@ impl State {
             url,
             prefix,
             log_ttl,
+            ca_file,
         } = &platform.state
         else {
             return Ok(State {
@@ -225,6 +226,9 @@ impl State {
                 task_access: None,
             });
         };
+        if let Some(ca) = ca_file {
+            gitdeploy_api::redis_trust_ca_file(ca)?;
+        }
         rt.block_on(async {
             let shown = redact_repo_url(url);
             let store = Arc::new(

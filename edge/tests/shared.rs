@@ -771,3 +771,59 @@ async fn build_tasks_keep_framework_caches_in_the_bucket() {
     );
     assert!(second.contains("cache held: first"), "{second}");
 }
+
+/// Managed Redis with in-transit encryption speaks TLS only: `rediss://` connects over TLS,
+/// verified with `--redis-ca-file` (or the system's roots); without the CA it is refused.
+#[tokio::test]
+async fn state_and_logs_in_redis_over_tls() {
+    let ca = common::TestCa::new();
+    let (cert, key) = ca.issue("redis", &["IP:127.0.0.1", "DNS:localhost"], "0x2001");
+    let redis = Redis::start_tls(&cert, &key);
+    assert!(redis.url.starts_with("rediss://"), "{}", redis.url);
+    let s3 = common::s3_server();
+    let mut git = GitServer::new();
+    git.add_repo("tls-site", &[("index.html", "over tls")]);
+    git.start();
+    let data = tempfile::tempdir().unwrap();
+    let ca_pem = ca.ca_pem();
+    let gd = Gitdeploy::start_with_env(
+        data.path(),
+        &[
+            "--redis-url",
+            &redis.url,
+            "--redis-ca-file",
+            ca_pem.to_str().unwrap(),
+            "--s3-endpoint",
+            &s3.endpoint,
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", S3_KEY.0),
+            ("AWS_SECRET_ACCESS_KEY", S3_KEY.1),
+        ],
+    )
+    .await;
+    let id = deploy(
+        &gd,
+        json!({"repo": git.url("tls-site"), "project": "tls-site"}),
+    )
+    .await;
+    let log = gd.follow(&id, 0).await;
+    assert_eq!(outcome(&log).status, DeploymentStatus::Ready, "{log:#?}");
+    assert_eq!(page(&gd, "tls-site", "/").await, (200, "over tls".into()));
+
+    // Not trusted: the server does not start, and says why.
+    let other = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+        .args(["up", "--data-dir"])
+        .arg(other.path())
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--redis-url", &redis.url, "--s3-endpoint", &s3.endpoint])
+        .env("AWS_ACCESS_KEY_ID", S3_KEY.0)
+        .env("AWS_SECRET_ACCESS_KEY", S3_KEY.1)
+        .env_remove("GITDEPLOY_REDIS_CA_FILE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to Redis"), "{err}");
+}

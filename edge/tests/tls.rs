@@ -9,95 +9,20 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{deploy_and_follow as deploy, free_port, GitServer, Gitdeploy};
+use common::{deploy_and_follow as deploy, free_port, GitServer, Gitdeploy, TestCa};
 use serde_json::json;
 
-/// A CA, and a certificate it signs for `sites.test` and `*.sites.test` (serial `serial`), as
-/// PEM files in `dir`: `ca.pem`, `site.pem`, `site.key`.
-fn make_certificates(dir: &Path, serial: &str) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl is installed");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    if !dir.join("ca.pem").exists() {
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=GitDeploy test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ]);
-    }
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:sites.test,DNS:*.sites.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "new.key",
-        "-out",
-        "site.csr",
-        "-subj",
-        "/CN=sites.test",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "site.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-set_serial",
-        serial,
-        "-out",
-        "new.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    // Replaced whole, key first, as a certificate manager would.
-    std::fs::rename(dir.join("new.key"), dir.join("site.key")).unwrap();
-    std::fs::rename(dir.join("new.pem"), dir.join("site.pem")).unwrap();
+/// The platform certificate for `sites.test` and `*.sites.test`, serial `serial`.
+fn issue_platform(ca: &TestCa, serial: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    ca.issue("site", &["DNS:sites.test", "DNS:*.sites.test"], serial)
 }
 
 /// `curl` of `https://<host>:<port><path>` through the loopback: exit code, body and the HTTP
 /// version used.
-fn curl(certs: &Path, host: &str, port: u16, path: &str, http: &str) -> (i32, String, String) {
+fn curl(ca_pem: &Path, host: &str, port: u16, path: &str, http: &str) -> (i32, String, String) {
     let out = Command::new("curl")
         .args(["-sS", http, "--max-time", "10", "--cacert"])
-        .arg(certs.join("ca.pem"))
+        .arg(ca_pem)
         .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
         .args(["-w", "\n%{http_version}"])
         .arg(format!("https://{host}:{port}{path}"))
@@ -124,16 +49,14 @@ fn presented_serial(port: u16, sni: &str) -> String {
 
 #[tokio::test]
 async fn sites_and_the_api_are_served_over_https_and_http2_with_a_reloaded_certificate() {
-    let certs = tempfile::tempdir().unwrap();
-    make_certificates(certs.path(), "0x1001");
+    let ca = TestCa::new();
+    let (cert, key) = issue_platform(&ca, "0x1001");
     let mut git = GitServer::new();
     git.add_repo("shop", &[("index.html", "the shop")]);
     git.start();
     let data = tempfile::tempdir().unwrap();
     let tls_port = free_port();
     let tls_listen = format!("127.0.0.1:{tls_port}");
-    let cert = certs.path().join("site.pem");
-    let key = certs.path().join("site.key");
     // A platform domain of two labels: a wildcard directly under a single label
     // (`*.localhost`) is too broad for TLS clients.
     let gd = Gitdeploy::start_with(
@@ -153,7 +76,8 @@ async fn sites_and_the_api_are_served_over_https_and_http2_with_a_reloaded_certi
     let (id, _) = deploy(&gd, json!({"repo": git.url("shop"), "project": "shop"})).await;
 
     // Sites and the API, over HTTP/2 and HTTP/1.1.
-    let dir = certs.path();
+    let dir = ca.ca_pem();
+    let dir = dir.as_path();
     assert_eq!(
         curl(dir, "shop.sites.test", tls_port, "/", "--http2"),
         (0, "the shop".into(), "2".into())
@@ -186,7 +110,7 @@ async fn sites_and_the_api_are_served_over_https_and_http2_with_a_reloaded_certi
 
     // A renewed certificate in the same files is presented without a restart.
     assert_eq!(presented_serial(tls_port, "shop.sites.test"), "serial=1001");
-    make_certificates(dir, "0x1002");
+    issue_platform(&ca, "0x1002");
     let deadline = Instant::now() + Duration::from_secs(20);
     while presented_serial(tls_port, "shop.sites.test") != "serial=1002" {
         assert!(
@@ -200,7 +124,7 @@ async fn sites_and_the_api_are_served_over_https_and_http2_with_a_reloaded_certi
         (0, "the shop".into(), "2".into())
     );
     // A broken replacement is refused and the last good one goes on serving.
-    std::fs::write(certs.path().join("site.pem"), "not a certificate").unwrap();
+    std::fs::write(&cert, "not a certificate").unwrap();
     let metrics = format!("http://127.0.0.1:{}/metrics", gd.metrics_port);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

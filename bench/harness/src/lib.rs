@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod certs;
 mod dns;
 mod git;
 mod launch;
@@ -16,6 +17,7 @@ mod process;
 mod redis;
 mod s3;
 
+pub use certs::TestCa;
 pub use dns::DnsServer;
 pub use git::{git, GitServer};
 pub use launch::{wait_for_ready_file, Up};

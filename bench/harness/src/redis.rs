@@ -14,6 +14,8 @@ pub struct Redis {
     process: Process,
     socket: PathBuf,
     persistent: bool,
+    /// Further arguments it was started with (TLS).
+    extra: Vec<std::ffi::OsString>,
     dir: tempfile::TempDir,
 }
 
@@ -29,6 +31,34 @@ impl Redis {
         Self::start_in(tempfile::tempdir().expect("a temporary directory"), true)
     }
 
+    /// A server that speaks TLS on a loopback TCP port with `cert` and `key` (PEM), and no
+    /// plain TCP; [`Redis::url`] is `rediss://127.0.0.1:<port>` (the certificate must name
+    /// `IP:127.0.0.1`).
+    pub fn start_tls(cert: &Path, key: &Path) -> Redis {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let socket = dir.path().join("redis.sock");
+        let port = crate::free_port();
+        let tls = vec![
+            "--tls-port".into(),
+            port.to_string().into(),
+            "--tls-cert-file".into(),
+            cert.as_os_str().to_owned(),
+            "--tls-key-file".into(),
+            key.as_os_str().to_owned(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        let process = Self::spawn_with(dir.path(), &socket, false, &tls);
+        Redis {
+            url: format!("rediss://127.0.0.1:{port}"),
+            process,
+            socket,
+            persistent: false,
+            extra: tls,
+            dir,
+        }
+    }
+
     fn start_in(dir: tempfile::TempDir, persistent: bool) -> Redis {
         let socket = dir.path().join("redis.sock");
         let process = Self::spawn(dir.path(), &socket, persistent);
@@ -37,11 +67,21 @@ impl Redis {
             process,
             socket,
             persistent,
+            extra: Vec::new(),
             dir,
         }
     }
 
     fn spawn(dir: &Path, socket: &Path, persistent: bool) -> Process {
+        Self::spawn_with(dir, socket, persistent, &[])
+    }
+
+    fn spawn_with(
+        dir: &Path,
+        socket: &Path,
+        persistent: bool,
+        extra: &[std::ffi::OsString],
+    ) -> Process {
         let persistence: &[&str] = if persistent {
             &["--appendonly", "yes", "--appendfsync", "always"]
         } else {
@@ -55,6 +95,7 @@ impl Redis {
                 .arg(socket)
                 .arg("--dir")
                 .arg(dir)
+                .args(extra)
                 .stdout(Stdio::null()),
             "redis-server (installed by scripts/prereqs --test)",
         );
@@ -66,7 +107,8 @@ impl Redis {
     pub fn crash_and_restart(&mut self) {
         self.process.kill();
         let _ = std::fs::remove_file(&self.socket);
-        self.process = Self::spawn(self.dir.path(), &self.socket, self.persistent);
+        self.process =
+            Self::spawn_with(self.dir.path(), &self.socket, self.persistent, &self.extra);
     }
 
     /// The server's process group id.

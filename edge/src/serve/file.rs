@@ -124,6 +124,8 @@ pub(super) struct RedisSection {
     pub(super) prefix: String,
     #[serde(default = "week")]
     pub(super) log_ttl_secs: u64,
+    #[serde(default)]
+    pub(super) ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -293,6 +293,7 @@ impl Config {
                 url: redis_url,
                 prefix: self.redis.prefix,
                 log_ttl: std::time::Duration::from_secs(self.redis.log_ttl_secs),
+                ca_file: self.redis.ca_file,
             },
             storage: StorageSettings::S3 {
                 endpoint: self.s3.endpoint,

@@ -104,6 +104,10 @@ pub struct UpOptions {
     /// Prefix of every Redis key.
     #[arg(long, default_value = "gitdeploy:")]
     redis_prefix: String,
+    /// A CA certificate (PEM) that a `rediss://` Redis URL is verified with, instead of the
+    /// system's roots.
+    #[arg(long, env = "GITDEPLOY_REDIS_CA_FILE")]
+    redis_ca_file: Option<PathBuf>,
     /// How long a finished build log stays in Redis, in seconds (the S3 archive keeps it).
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     log_ttl: u64,
@@ -207,6 +211,7 @@ impl UpOptions {
                     url,
                     prefix: self.redis_prefix,
                     log_ttl: std::time::Duration::from_secs(self.log_ttl),
+                    ca_file: self.redis_ca_file,
                 },
                 None => StateBackend::Files,
             },

@@ -6,7 +6,7 @@
 #[allow(unused_imports)]
 pub use gitdeploy_harness::{
     free_port, git, survivors, wait_for_port, wait_for_ready_file, DnsServer, GitServer, Process,
-    Redis, S3Server, S3_KEY,
+    Redis, S3Server, TestCa, S3_KEY,
 };
 
 use std::net::TcpStream;
