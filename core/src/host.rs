@@ -108,6 +108,23 @@ pub fn route_host(host: &str, domain: &str, extra_control_hosts: &[String]) -> H
     }
 }
 
+/// Where a plain-HTTP request for a site goes once the edge serves it over HTTPS: `None` when
+/// it stays (ACME HTTP-01 challenges are answered over plain HTTP, as the CA asks for them),
+/// else the `https://` URL of the same host and target on `https_port` (left out when 443).
+/// `host` is normalized (no port); `target` is the path with its query.
+pub fn https_redirect(host: &str, https_port: u16, target: &str) -> Option<String> {
+    if target.starts_with("/.well-known/acme-challenge/") {
+        return None;
+    }
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let target = if target.starts_with('/') { target } else { "/" };
+    Some(format!("https://{host}{port}{target}"))
+}
+
 /// Whether a normalized host has the shape of a custom domain: two labels or more, each a DNS
 /// label, and a top-level label that is not a number (so no IPv4 address).
 fn could_be_custom_domain(host: &str) -> bool {
@@ -226,6 +243,43 @@ mod tests {
             ("-a.com", HostRoute::Unknown),
         ] {
             assert_eq!(route_host(host, "localhost", &extra), want, "{host}");
+        }
+    }
+
+    #[test]
+    fn https_redirect_table() {
+        for (host, port, target, want) in [
+            (
+                "shop.sites.test",
+                443,
+                "/",
+                Some("https://shop.sites.test/"),
+            ),
+            (
+                "shop.sites.test",
+                8443,
+                "/a?b=1",
+                Some("https://shop.sites.test:8443/a?b=1"),
+            ),
+            ("www.shop.org", 443, "*", Some("https://www.shop.org/")),
+            (
+                "shop.sites.test",
+                443,
+                "/.well-known/acme-challenge/tok",
+                None,
+            ),
+            (
+                "shop.sites.test",
+                443,
+                "/.well-known/other",
+                Some("https://shop.sites.test/.well-known/other"),
+            ),
+        ] {
+            assert_eq!(
+                https_redirect(host, port, target).as_deref(),
+                want,
+                "{host}{target}"
+            );
         }
     }
 

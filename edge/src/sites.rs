@@ -135,6 +135,33 @@ impl SitesProxy {
         Ok(normalize_host(host))
     }
 
+    /// Redirects a plain-HTTP site request to HTTPS (308) when the edge serves sites over
+    /// HTTPS; `Ok(Some(true))` when it did.
+    async fn to_https(&self, session: &mut Session, head: bool) -> Result<Option<bool>> {
+        let Some(port) = self.hosts.https_port else {
+            return Ok(None);
+        };
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        if tls {
+            return Ok(None);
+        }
+        let Ok(Some(host)) = Self::request_host(session) else {
+            return Ok(None);
+        };
+        let target = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let Some(location) = gitdeploy_core::host::https_redirect(&host, port, &target) else {
+            return Ok(None);
+        };
+        let mut resp = html_response(308, 0)?;
+        resp.insert_header("location", location)?;
+        send(session, resp, Bytes::new(), head).await.map(Some)
+    }
+
     /// Decides a site request; `Ok(true)` when the response was already sent.
     async fn route_site(
         &self,
@@ -372,7 +399,12 @@ impl ProxyHttp for SitesProxy {
                 ctx.target = Target::ControlPlane;
                 Ok(false)
             }
-            HostRoute::Site(label) => self.route_site(session, ctx, &label).await,
+            HostRoute::Site(label) => {
+                if let Some(sent) = self.to_https(session, head).await? {
+                    return Ok(sent);
+                }
+                self.route_site(session, ctx, &label).await
+            }
             // A custom domain serves its project exactly as `<project>.<domain>` does.
             HostRoute::Custom(domain) => match self.aliases.custom_domain(&domain).await {
                 Some(project) => self.route_site(session, ctx, &project).await,

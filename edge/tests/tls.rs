@@ -92,15 +92,33 @@ async fn sites_and_the_api_are_served_over_https_and_http2_with_a_reloaded_certi
     let (code, body, _) = curl(dir, "shop.sites.test", tls_port, "/missing", "--http2");
     assert_eq!(code, 0);
     assert!(body.contains("could not be found"), "{body}");
-    // The plain listener still serves.
-    let plain = gd
-        .http()
-        .get(gd.api("/"))
-        .header("host", "shop.sites.test")
-        .send()
-        .await
+    // Over plain HTTP a site now redirects to HTTPS (308: the method stays), but not an ACME
+    // challenge; the API stays on both, for clients given a plain URL.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
         .unwrap();
-    assert_eq!(plain.text().await.unwrap(), "the shop");
+    let plain = |host: &'static str, path: &'static str| {
+        let (gd, client) = (&gd, &no_redirects);
+        async move {
+            client
+                .get(gd.api(path))
+                .header("host", host)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let resp = plain("shop.sites.test", "/a?b=1").await;
+    assert_eq!(resp.status(), 308);
+    assert_eq!(
+        resp.headers()["location"],
+        format!("https://shop.sites.test:{tls_port}/a?b=1").as_str()
+    );
+    let resp = plain("shop.sites.test", "/.well-known/acme-challenge/x").await;
+    assert_eq!(resp.status(), 404);
+    let resp = plain("sites.test", "/api/health").await;
+    assert_eq!(resp.status(), 200);
 
     // A name the platform does not serve gets no certificate: the handshake fails.
     let (code, _, _) = curl(dir, "www.other.org", tls_port, "/", "--http2");

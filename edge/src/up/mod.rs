@@ -271,9 +271,15 @@ fn host_rules(opts: &Platform) -> HostRules {
             SocketAddr::V6(a) => format!("[{}]", a.ip()),
         });
     }
+    // Behind a load balancer the public HTTPS port may differ from the listener's.
+    let https_port = opts.tls.as_ref().map(|tls| match &opts.public {
+        Some(p) if p.scheme == "https" => p.port.unwrap_or(443),
+        _ => tls.listen.port(),
+    });
     HostRules {
         domain: opts.domain.clone(),
         control_hosts,
+        https_port,
     }
 }
 
