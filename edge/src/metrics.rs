@@ -37,6 +37,8 @@ pub struct EdgeMetrics {
     pub alias_lookups: IntCounterVec,
     /// Loads of the platform certificate's files by result (`loaded`, `failed`).
     pub certificate_loads: IntCounterVec,
+    /// TLS handshakes by result: the protocol chosen (`h2`, `http1`) or `no_certificate`.
+    pub tls_handshakes: IntCounterVec,
     /// The series every request touches, resolved once: a label lookup hashes the labels and
     /// takes a lock, which showed in the hot path's profile.
     hot: Arc<HotSeries>,
@@ -62,6 +64,7 @@ struct Parts {
     manifest_lookups: IntCounterVec,
     alias_lookups: IntCounterVec,
     certificate_loads: IntCounterVec,
+    tls_handshakes: IntCounterVec,
 }
 
 struct HotSeries {
@@ -166,6 +169,14 @@ impl EdgeMetrics {
                 ),
                 &["result"],
             )?,
+            tls_handshakes: IntCounterVec::new(
+                Opts::new(
+                    "gitdeploy_tls_handshakes_total",
+                    "TLS handshakes by result: the protocol chosen (h2, http1), or no_certificate \
+                     for a name the platform does not serve.",
+                ),
+                &["result"],
+            )?,
         };
         let m = EdgeMetrics {
             hot: Arc::new(HotSeries {
@@ -198,6 +209,7 @@ impl EdgeMetrics {
             manifest_lookups: m.manifest_lookups,
             alias_lookups: m.alias_lookups,
             certificate_loads: m.certificate_loads,
+            tls_handshakes: m.tls_handshakes,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.latency.clone()))?;
@@ -210,6 +222,7 @@ impl EdgeMetrics {
         registry.register(Box::new(m.manifest_lookups.clone()))?;
         registry.register(Box::new(m.alias_lookups.clone()))?;
         registry.register(Box::new(m.certificate_loads.clone()))?;
+        registry.register(Box::new(m.tls_handshakes.clone()))?;
         Ok(m)
     }
 

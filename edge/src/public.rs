@@ -54,6 +54,8 @@ pub struct PublicApp {
     open: Arc<AtomicUsize>,
     draining: Draining,
     trimmer: Arc<Trimmer>,
+    /// Completed TLS handshakes by protocol (`h2`, `http1`).
+    handshakes: Option<[prometheus::IntCounter; 2]>,
 }
 
 impl PublicApp {
@@ -65,6 +67,22 @@ impl PublicApp {
             open: Arc::new(AtomicUsize::new(0)),
             draining,
             trimmer: Arc::default(),
+            handshakes: None,
+        }
+    }
+
+    /// Counts completed TLS handshakes in `handshakes` by the protocol chosen.
+    pub fn with_tls_handshakes(mut self, handshakes: &prometheus::IntCounterVec) -> Self {
+        self.handshakes = Some([
+            handshakes.with_label_values(&["h2"]),
+            handshakes.with_label_values(&["http1"]),
+        ]);
+        self
+    }
+
+    fn count_handshake(&self, protocol: usize) {
+        if let Some(counters) = &self.handshakes {
+            counters[protocol].inc();
         }
     }
 }
@@ -109,8 +127,14 @@ impl ServerApp for PublicApp {
             Err(other) => match other.downcast::<TlsStream<L4Stream>>() {
                 // HTTP/2 frames its own requests (and has its own limits): the head guard
                 // reads HTTP/1 heads only.
-                Ok(tls) if tls.selected_alpn_proto() == Some(ALPN::H2) => tls,
-                Ok(tls) => Box::new(ClientStream::new(*tls, self.limits.head)),
+                Ok(tls) if tls.selected_alpn_proto() == Some(ALPN::H2) => {
+                    self.count_handshake(0);
+                    tls
+                }
+                Ok(tls) => {
+                    self.count_handshake(1);
+                    Box::new(ClientStream::new(*tls, self.limits.head))
+                }
                 Err(_) => {
                     tracing::error!("the public port serves TCP and TLS connections only");
                     return None;

@@ -47,6 +47,8 @@ pub fn choose(sni: Option<&str>, domain: &str) -> SniChoice {
 pub struct Certificates {
     domain: String,
     platform: RwLock<Option<Arc<CertifiedKey>>>,
+    /// Handshakes refused for want of a certificate.
+    refused: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Certificates {
@@ -58,11 +60,13 @@ impl std::fmt::Debug for Certificates {
 }
 
 impl Certificates {
-    /// Certificates for the platform serving `domain`, none loaded yet.
-    pub fn new(domain: &str) -> Arc<Self> {
+    /// Certificates for the platform serving `domain`, none loaded yet; handshakes refused for
+    /// want of one are counted in `refused`.
+    pub fn new(domain: &str, refused: prometheus::IntCounter) -> Arc<Self> {
         Arc::new(Certificates {
             domain: domain.to_owned(),
             platform: RwLock::new(None),
+            refused,
         })
     }
 
@@ -74,7 +78,7 @@ impl Certificates {
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        match choose(hello.server_name(), &self.domain) {
+        let found = match choose(hello.server_name(), &self.domain) {
             SniChoice::Platform => self
                 .platform
                 .read()
@@ -82,7 +86,11 @@ impl ResolvesServerCert for Certificates {
                 .clone(),
             // Custom domains' certificates come with ACME (#15, next).
             SniChoice::Custom(_) | SniChoice::Refuse => None,
+        };
+        if found.is_none() {
+            self.refused.inc();
         }
+        found
     }
 }
 

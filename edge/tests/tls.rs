@@ -125,6 +125,20 @@ async fn sites_and_the_api_are_served_over_https_and_http2_with_a_reloaded_certi
     assert_eq!(code, 35, "curl reports a TLS handshake failure");
     let (code, _, _) = curl(dir, "a.b.sites.test", tls_port, "/", "--http2");
     assert_eq!(code, 35);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", gd.metrics_port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (result, count) in [("no_certificate", 2), ("http1", 1)] {
+        let line = format!("gitdeploy_tls_handshakes_total{{result=\"{result}\"}} {count}");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    assert!(
+        metrics.contains("gitdeploy_tls_handshakes_total{result=\"h2\"} 3"),
+        "{metrics}"
+    );
 
     // A renewed certificate in the same files is presented without a restart.
     assert_eq!(presented_serial(tls_port, "shop.sites.test"), "serial=1001");

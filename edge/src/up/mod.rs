@@ -319,6 +319,7 @@ impl EdgeParts<'_> {
         );
         let draining = Draining::default();
         let certificate_loads = self.metrics.certificate_loads.clone();
+        let tls_handshakes = self.metrics.tls_handshakes.clone();
         let proxy = SitesProxy::new(
             self.hosts,
             self.origin,
@@ -333,10 +334,12 @@ impl EdgeParts<'_> {
         proxy.handle_init_modules();
         let limits = opts.clients;
         raise_open_file_limit(limits.max_connections);
-        let mut sites = Service::new("public".into(), PublicApp::new(proxy, limits, draining));
+        let app = PublicApp::new(proxy, limits, draining).with_tls_handshakes(&tls_handshakes);
+        let mut sites = Service::new("public".into(), app);
         sites.add_tcp(&opts.listen.to_string());
         if let Some(tls) = &opts.tls {
-            let certs = crate::tls::Certificates::new(&opts.domain);
+            let refused = tls_handshakes.with_label_values(&["no_certificate"]);
+            let certs = crate::tls::Certificates::new(&opts.domain, refused);
             tls.platform
                 .clone()
                 .load_and_watch(certs.clone(), certificate_loads)
