@@ -57,8 +57,9 @@ pub(crate) struct Platform {
 pub(crate) struct TlsListener {
     /// Its address.
     pub listen: SocketAddr,
-    /// The platform certificate (`<domain>` and `*.<domain>`).
-    pub platform: crate::tls::PlatformFiles,
+    /// The platform certificate (`<domain>` and `*.<domain>`); without one (`up` only), a
+    /// local CA in the data directory issues a certificate per name.
+    pub platform: Option<crate::tls::PlatformFiles>,
 }
 
 /// How the ownership of custom domains is checked ([`gitdeploy_api::domain_check`]).

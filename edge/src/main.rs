@@ -19,6 +19,7 @@ mod config;
 mod control;
 mod draining;
 mod embedded_s3;
+mod local_ca;
 mod memory;
 mod metrics;
 mod origin;

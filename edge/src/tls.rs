@@ -49,6 +49,11 @@ pub struct Certificates {
     platform: RwLock<Option<Arc<CertifiedKey>>>,
     /// Handshakes refused for want of a certificate.
     refused: prometheus::IntCounter,
+    /// Without a platform pair: the local CA, and what it issued (by name, for a day).
+    local: Option<(
+        crate::local_ca::LocalCa,
+        moka::sync::Cache<String, Arc<CertifiedKey>>,
+    )>,
 }
 
 impl std::fmt::Debug for Certificates {
@@ -67,7 +72,45 @@ impl Certificates {
             domain: domain.to_owned(),
             platform: RwLock::new(None),
             refused,
+            local: None,
         })
+    }
+
+    /// Certificates for the platform serving `domain` issued by `ca`, one per name as
+    /// handshakes ask for them.
+    pub fn from_local_ca(
+        domain: &str,
+        refused: prometheus::IntCounter,
+        ca: crate::local_ca::LocalCa,
+    ) -> Arc<Self> {
+        let issued = moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(crate::local_ca::REISSUE_AFTER)
+            .build();
+        Arc::new(Certificates {
+            domain: domain.to_owned(),
+            platform: RwLock::new(None),
+            refused,
+            local: Some((ca, issued)),
+        })
+    }
+
+    /// A certificate of the local CA for `name`, issued once a day per name.
+    fn local(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let (ca, issued) = self.local.as_ref()?;
+        if let Some(key) = issued.get(name) {
+            return Some(key);
+        }
+        match ca.issue(name) {
+            Ok(key) => {
+                issued.insert(name.to_owned(), key.clone());
+                Some(key)
+            }
+            Err(e) => {
+                tracing::warn!("the local CA cannot issue for {name}: {e}");
+                None
+            }
+        }
     }
 
     /// Presents `key` for the platform's names from now on.
@@ -78,12 +121,18 @@ impl Certificates {
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let found = match choose(hello.server_name(), &self.domain) {
-            SniChoice::Platform => self
-                .platform
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+        let sni = hello
+            .server_name()
+            .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+        let found = match choose(sni.as_deref(), &self.domain) {
+            SniChoice::Platform => {
+                let pair = self
+                    .platform
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                pair.or_else(|| self.local(sni.as_deref().unwrap_or(&self.domain)))
+            }
             // Custom domains' certificates come with ACME (#15, next).
             SniChoice::Custom(_) | SniChoice::Refuse => None,
         };

@@ -171,15 +171,62 @@ async fn sites_and_the_api_are_served_over_https_and_http2_with_a_reloaded_certi
 }
 
 #[test]
-fn a_tls_listener_without_its_certificate_is_refused_at_start() {
+fn a_certificate_without_its_key_is_refused_at_start() {
     let out = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
-        .args(["up", "--tls-listen", "127.0.0.1:0"])
+        .args([
+            "up",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/nonexistent.pem",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--tls-cert") && err.contains("--tls-key"),
-        "{err}"
+    assert!(err.contains("--tls-key"), "{err}");
+}
+
+/// `up --tls-listen` without certificate files: a CA of the server's own in the data directory
+/// issues a certificate for each name asked for (exactly that name: `<label>.localhost` works
+/// where a `*.localhost` wildcard would not), and keeps it across restarts.
+#[tokio::test]
+async fn without_certificate_files_a_local_ca_issues_one_per_name() {
+    let mut git = GitServer::new();
+    git.add_repo("shop", &[("index.html", "the shop")]);
+    git.start();
+    let data = tempfile::tempdir().unwrap();
+    let tls_port = free_port();
+    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let gd = Gitdeploy::start_with(data.path(), &["--tls-listen", &tls_listen]).await;
+    let (id, _) = deploy(&gd, json!({"repo": git.url("shop"), "project": "shop"})).await;
+    let ca = data.path().join("tls").join("ca.pem");
+    assert_eq!(
+        curl(&ca, "shop.localhost", tls_port, "/", "--http2"),
+        (0, "the shop".into(), "2".into())
     );
+    assert_eq!(
+        curl(&ca, &format!("{id}.localhost"), tls_port, "/", "--http2").1,
+        "the shop"
+    );
+    let (code, body, _) = curl(&ca, "localhost", tls_port, "/api/health", "--http2");
+    assert_eq!(code, 0, "{body}");
+    // Names outside the platform get nothing, even from its own CA.
+    assert_eq!(curl(&ca, "www.other.org", tls_port, "/", "--http2").0, 35);
+    use std::os::unix::fs::PermissionsExt;
+    let key = std::fs::metadata(data.path().join("tls").join("ca.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    let before = std::fs::read(&ca).unwrap();
+    drop(gd);
+    let gd = Gitdeploy::start_with(data.path(), &["--tls-listen", &tls_listen]).await;
+    assert_eq!(
+        std::fs::read(&ca).unwrap(),
+        before,
+        "the same CA after a restart"
+    );
+    assert_eq!(
+        curl(&ca, "shop.localhost", tls_port, "/", "--http2").1,
+        "the shop"
+    );
+    drop(gd);
 }

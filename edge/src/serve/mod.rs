@@ -255,10 +255,10 @@ impl Config {
             }),
             tls: self.tls.map(|t| TlsListener {
                 listen: t.listen,
-                platform: crate::tls::PlatformFiles {
+                platform: Some(crate::tls::PlatformFiles {
                     cert: t.cert,
                     key: t.key,
-                },
+                }),
             }),
             domains: DomainSettings {
                 dns_resolver: self.domains.dns_resolver,

@@ -339,11 +339,22 @@ impl EdgeParts<'_> {
         sites.add_tcp(&opts.listen.to_string());
         if let Some(tls) = &opts.tls {
             let refused = tls_handshakes.with_label_values(&["no_certificate"]);
-            let certs = crate::tls::Certificates::new(&opts.domain, refused);
-            tls.platform
-                .clone()
-                .load_and_watch(certs.clone(), certificate_loads)
-                .map_err(anyhow::Error::msg)?;
+            let certs = match &tls.platform {
+                Some(files) => {
+                    let certs = crate::tls::Certificates::new(&opts.domain, refused);
+                    files
+                        .clone()
+                        .load_and_watch(certs.clone(), certificate_loads)
+                        .map_err(anyhow::Error::msg)?;
+                    certs
+                }
+                None => {
+                    let ca = crate::local_ca::LocalCa::open(&opts.data_dir.join("tls"))
+                        .map_err(anyhow::Error::msg)?;
+                    tracing::info!(ca = %ca.ca_pem.display(), "TLS certificates from the local CA");
+                    crate::tls::Certificates::from_local_ca(&opts.domain, refused, ca)
+                }
+            };
             let mut settings = pingora_core::listeners::tls::TlsSettings::intermediate("", "")
                 .map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
             settings.set_cert_resolver(certs);
@@ -420,6 +431,17 @@ fn banner(opts: &Platform, public: &PublicUrls, data: &DataDir, storage: &Storag
         println!("           Pass --api-token (or GITDEPLOY_API_TOKEN) to require a token.");
     }
     println!("  API and dashboard   {}", public.api("/"));
+    if let Some(tls) = &opts.tls {
+        let port = tls.listen.port();
+        match &tls.platform {
+            Some(_) => println!("  HTTPS, HTTP/2       https://{}:{port}/", opts.domain),
+            None => println!(
+                "  HTTPS, HTTP/2       https://{}:{port}/ (local CA: trust {})",
+                opts.domain,
+                data.path().join("tls").join("ca.pem").display()
+            ),
+        }
+    }
     println!("  sites               {}", public.site("<deployment-id>"));
     println!("  data directory      {}", data.path().display());
     println!(

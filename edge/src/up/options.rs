@@ -141,14 +141,16 @@ pub struct UpOptions {
     #[arg(long = "public-address")]
     public_addresses: Vec<std::net::IpAddr>,
     /// A TLS listener (HTTPS and HTTP/2) beside the plain one, for sites and the API.
-    #[arg(long, env = "GITDEPLOY_TLS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
+    /// Without --tls-cert/--tls-key, a certificate authority of the server's own (kept in the
+    /// data directory; trust its `tls/ca.pem`) issues a certificate for each name.
+    #[arg(long, env = "GITDEPLOY_TLS_LISTEN")]
     tls_listen: Option<std::net::SocketAddr>,
     /// The platform certificate's chain (PEM) for `<domain>` and `*.<domain>`; read again when
     /// it changes.
-    #[arg(long, env = "GITDEPLOY_TLS_CERT", requires = "tls_listen")]
+    #[arg(long, env = "GITDEPLOY_TLS_CERT", requires_all = ["tls_listen", "tls_key"])]
     tls_cert: Option<PathBuf>,
     /// Its private key (PEM).
-    #[arg(long, env = "GITDEPLOY_TLS_KEY", requires = "tls_listen")]
+    #[arg(long, env = "GITDEPLOY_TLS_KEY", requires_all = ["tls_listen", "tls_cert"])]
     tls_key: Option<PathBuf>,
     /// How often custom domains waiting for their DNS are checked again, in ms.
     #[arg(long, default_value_t = 30_000, hide = true)]
@@ -172,12 +174,13 @@ impl UpOptions {
             upgrade: self.upgrade,
             ready_file: self.ready_file,
             public: None,
-            tls: self.tls_listen.zip(self.tls_cert.zip(self.tls_key)).map(
-                |(listen, (cert, key))| TlsListener {
-                    listen,
-                    platform: crate::tls::PlatformFiles { cert, key },
-                },
-            ),
+            tls: self.tls_listen.map(|listen| TlsListener {
+                listen,
+                platform: self
+                    .tls_cert
+                    .zip(self.tls_key)
+                    .map(|(cert, key)| crate::tls::PlatformFiles { cert, key }),
+            }),
             domains: DomainSettings {
                 dns_resolver: self.dns_resolver,
                 public_addresses: self.public_addresses,
