@@ -147,6 +147,30 @@ impl RedisStore {
         })
     }
 
+    /// Runs `script` (a delete that announces on the alias channel) on record `<kind>:<name>`
+    /// still at version `expect`; this process's alias generation grows when it deleted.
+    async fn delete_announced(
+        &self,
+        script: &Script,
+        kind: &str,
+        name: &str,
+        expect: u64,
+    ) -> io::Result<bool> {
+        let deleted: i64 = script
+            .key(self.key(kind, name))
+            .arg(&self.prefix)
+            .arg(expect)
+            .arg(name)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(io_err)?;
+        if deleted == 1 {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(deleted == 1)
+    }
+
     pub(crate) fn key(&self, kind: &str, name: &str) -> String {
         format!("{}{kind}:{name}", self.prefix)
     }
@@ -331,20 +355,8 @@ impl Store for RedisStore {
     }
 
     async fn delete_domain(&self, domain: &str, expect: u64) -> io::Result<bool> {
-        let deleted: i64 = self
-            .delete_domain
-            .key(self.key("dm", domain))
-            .arg(&self.prefix)
-            .arg(expect)
-            .arg(domain)
-            .invoke_async(&mut self.conn.clone())
+        self.delete_announced(&self.delete_domain, "dm", domain, expect)
             .await
-            .map_err(io_err)?;
-        if deleted == 1 {
-            self.generation
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        Ok(deleted == 1)
     }
 
     async fn commit(&self, writes: Vec<Write>) -> io::Result<bool> {
@@ -420,20 +432,8 @@ impl Store for RedisStore {
     }
 
     async fn delete_project(&self, name: &str, expect: u64) -> io::Result<bool> {
-        let deleted: i64 = self
-            .delete_project
-            .key(self.key("p", name))
-            .arg(&self.prefix)
-            .arg(expect)
-            .arg(name)
-            .invoke_async(&mut self.conn.clone())
+        self.delete_announced(&self.delete_project, "p", name, expect)
             .await
-            .map_err(io_err)?;
-        if deleted == 1 {
-            self.generation
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        Ok(deleted == 1)
     }
 
     async fn heartbeat(&self, instance: &str, ttl_ms: u64) -> io::Result<()> {

@@ -282,13 +282,40 @@ async fn run_build_task(
         .unwrap()
 }
 
+/// The record the ECS runner writes before `RunTask`: the job's deployment, building.
+fn building(job: &gitdeploy_core::BuildJob, project: Option<&str>) -> gitdeploy_api::Deployment {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    gitdeploy_api::Deployment {
+        id: job.deployment.clone(),
+        project: project.map(str::to_owned),
+        repo: job.repo.clone(),
+        repo_credentials_withheld: false,
+        git_ref: job.git_ref.clone(),
+        serving: job.serving.clone(),
+        build: job.build.without_secret_values(),
+        status: DeploymentStatus::Building,
+        error: None,
+        commit: None,
+        created_unix_ms: now,
+        started_unix_ms: Some(now),
+        finished_unix_ms: None,
+        runner: None,
+        cancel_requested: false,
+        previous_commit: None,
+        skip_reason: None,
+    }
+}
+
 /// What an ECS build task runs (`gitdeploy build-task`), run here as a plain process: it takes
 /// the job from its environment and the secret values from Redis, builds, writes the log and
 /// reports its ending as the build's own Redis user; an edge sharing that Redis and S3 applies
 /// the outcome (with no edge watching the task: its reconciler does) and serves the result.
 #[tokio::test]
 async fn a_build_task_reports_its_outcome_and_an_edge_applies_it() {
-    use gitdeploy_api::{Deployment, Records, RedisStore, Store, TaskAccess};
+    use gitdeploy_api::{Records, RedisStore, Store, TaskAccess};
     use gitdeploy_core::job::{BuildLimits, BuildSettings, ServingOptions};
     use gitdeploy_core::{BuildJob, DeploymentId};
     use std::sync::Arc;
@@ -313,32 +340,6 @@ async fn a_build_task_reports_its_outcome_and_an_edge_applies_it() {
         secrets: [("TOKEN".to_owned(), "t0ps3cret-value".to_owned())].into(),
         ..BuildSettings::default()
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    records
-        .insert(Deployment {
-            id: id.clone(),
-            project: None,
-            repo: git_server.url("task"),
-            git_ref: None,
-            serving: ServingOptions::default(),
-            build: build.without_secret_values(),
-            status: DeploymentStatus::Building,
-            error: None,
-            commit: None,
-            created_unix_ms: now,
-            started_unix_ms: Some(now),
-            finished_unix_ms: None,
-            runner: None,
-            cancel_requested: false,
-            previous_commit: None,
-            skip_reason: None,
-            repo_credentials_withheld: false,
-        })
-        .await
-        .unwrap();
     let withheld = gitdeploy_core::job::WithheldFromTask {
         secrets: build.secrets.clone(),
         repo: None,
@@ -358,6 +359,7 @@ async fn a_build_task_reports_its_outcome_and_an_edge_applies_it() {
         cache_key: None,
         previous_commit: None,
     };
+    records.insert(building(&job, None)).await.unwrap();
     let status = run_build_task(&job, &redis, &s3, None).await;
     assert!(status.success(), "build-task exited with {status}");
 
@@ -634,28 +636,7 @@ async fn a_build_task_without_bubblewrap_keeps_its_environment_from_the_build() 
         .await
         .unwrap();
     let records = gitdeploy_api::Records::new(std::sync::Arc::new(store));
-    records
-        .insert(gitdeploy_api::Deployment {
-            id: id.clone(),
-            project: None,
-            repo: job.repo.clone(),
-            git_ref: None,
-            serving: ServingOptions::default(),
-            build: job.build.clone(),
-            status: DeploymentStatus::Building,
-            error: None,
-            commit: None,
-            created_unix_ms: 1,
-            started_unix_ms: Some(1),
-            finished_unix_ms: None,
-            runner: None,
-            cancel_requested: false,
-            previous_commit: None,
-            skip_reason: None,
-            repo_credentials_withheld: false,
-        })
-        .await
-        .unwrap();
+    records.insert(building(&job, None)).await.unwrap();
     let status = run_build_task(&job, &redis, &s3, Some(bin.path())).await;
     assert!(status.success(), "build-task exited with {status}");
     let log = gd.follow(id.as_str(), 0).await;
@@ -681,7 +662,7 @@ async fn a_build_task_without_bubblewrap_keeps_its_environment_from_the_build() 
 /// fetches them, packed and unpacked by the build user.
 #[tokio::test]
 async fn build_tasks_keep_framework_caches_in_the_bucket() {
-    use gitdeploy_api::{Deployment, Records, RedisStore, Store};
+    use gitdeploy_api::{Records, RedisStore, Store};
     use gitdeploy_core::job::{BuildLimits, BuildSettings, ServingOptions};
     use gitdeploy_core::{BuildJob, DeploymentId};
     use std::sync::Arc;
@@ -709,28 +690,6 @@ async fn build_tasks_keep_framework_caches_in_the_bucket() {
                 env: [("MARK".to_owned(), mark.to_owned())].into(),
                 ..BuildSettings::default()
             };
-            records
-                .insert(Deployment {
-                    id: id.clone(),
-                    project: Some("cached".into()),
-                    repo: git_server.url("cached"),
-                    repo_credentials_withheld: false,
-                    git_ref: None,
-                    serving: ServingOptions::default(),
-                    build: build.clone(),
-                    status: DeploymentStatus::Building,
-                    error: None,
-                    commit: None,
-                    created_unix_ms: 1,
-                    started_unix_ms: Some(1),
-                    finished_unix_ms: None,
-                    runner: None,
-                    cancel_requested: false,
-                    previous_commit: None,
-                    skip_reason: None,
-                })
-                .await
-                .unwrap();
             let job = BuildJob {
                 deployment: id.clone(),
                 repo: git_server.url("cached"),
@@ -741,6 +700,10 @@ async fn build_tasks_keep_framework_caches_in_the_bucket() {
                 cache_key: Some("project-cached".into()),
                 previous_commit: None,
             };
+            records
+                .insert(building(&job, Some("cached")))
+                .await
+                .unwrap();
             // Each run has a work root (and so a cache directory) of its own.
             let status = run_build_task(&job, redis, s3, None).await;
             assert!(status.success(), "build-task exited with {status}");
