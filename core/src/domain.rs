@@ -54,7 +54,7 @@ pub fn normalize(input: &str, platform_domain: &str) -> Result<String, DomainErr
         return Err(malformed());
     }
     let ascii = idna::domain_to_ascii_strict(name).map_err(|_| malformed())?;
-    if ascii.len() > MAX_LEN || !ascii.split('.').all(is_label) {
+    if ascii.len() > MAX_LEN || !ascii.split('.').all(crate::host::is_site_label) {
         return Err(malformed());
     }
     let labels: Vec<&str> = ascii.split('.').collect();
@@ -77,17 +77,6 @@ pub fn normalize(input: &str, platform_domain: &str) -> Result<String, DomainErr
         return Err(DomainError::SpecialUse(input.to_owned()));
     }
     Ok(ascii)
-}
-
-/// One DNS label in ASCII form: 1–63 of `[a-z0-9-]`, no hyphen at either end.
-fn is_label(label: &str) -> bool {
-    !label.is_empty()
-        && label.len() <= 63
-        && !label.starts_with('-')
-        && !label.ends_with('-')
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[cfg(test)]
