@@ -78,6 +78,9 @@ pub struct DomainChecker {
     resolver: TokioResolver,
     platform_domain: String,
     public_addresses: Vec<IpAddr>,
+    /// With certificates ordered ([`crate::acme`]): verified domains become `issuing`, and
+    /// this is notified; else they become `active` at once.
+    orders: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl DomainChecker {
@@ -117,7 +120,14 @@ impl DomainChecker {
             resolver,
             platform_domain: platform_domain.to_owned(),
             public_addresses,
+            orders: None,
         })
+    }
+
+    /// Verified domains wait for a certificate (`issuing`); `orderer` is notified of them.
+    pub fn ordering_certificates(mut self, orderer: std::sync::Arc<tokio::sync::Notify>) -> Self {
+        self.orders = Some(orderer);
+        self
     }
 
     /// What DNS says of `domain`: `Ok` with how it points at the platform, or why not.
@@ -155,7 +165,8 @@ impl DomainChecker {
     }
 
     /// Checks every domain waiting for its DNS and records the outcome: verified domains become
-    /// `active`, the others keep waiting with the reason in `error`.
+    /// `active` (or `issuing`, when certificates are ordered), the others keep waiting with the
+    /// reason in `error`.
     pub async fn check_waiting(&self, records: &Records) -> Result<(), StoreError> {
         let waiting: Vec<CustomDomain> = records
             .store()
@@ -165,8 +176,15 @@ impl DomainChecker {
             .into_iter()
             .filter(|d| d.status == DomainStatus::PendingDns)
             .collect();
+        let verified = if self.orders.is_some() {
+            DomainStatus::Issuing
+        } else {
+            DomainStatus::Active
+        };
+        let mut any = false;
         for d in waiting {
             let found = self.check(&d.domain).await;
+            any |= found.is_ok();
             records
                 .update_domain(&d.domain, |d| {
                     if d.status != DomainStatus::PendingDns {
@@ -175,13 +193,16 @@ impl DomainChecker {
                     match &found {
                         Ok(how) => {
                             tracing::info!(domain = %d.domain, "custom domain verified: {how}");
-                            d.status = DomainStatus::Active;
+                            d.status = verified;
                             d.error = None;
                         }
                         Err(why) => d.error = Some(why.clone()),
                     }
                 })
                 .await?;
+        }
+        if let (true, Some(orders)) = (any, &self.orders) {
+            orders.notify_one();
         }
         Ok(())
     }

@@ -35,4 +35,14 @@ pub struct CustomDomain {
     pub not_after_unix_ms: Option<u64>,
     /// Added at (Unix ms).
     pub added_unix_ms: u64,
+    /// Certificate orders that failed in a row (the backoff grows with them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub order_failures: u32,
+    /// After a failed order, none before this time (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_unix_ms: Option<u64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

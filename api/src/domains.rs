@@ -75,6 +75,8 @@ impl Records {
             error: None,
             not_after_unix_ms: None,
             added_unix_ms: now_ms,
+            order_failures: 0,
+            retry_unix_ms: None,
         };
         let write = Write::Domain {
             expect: 0,

@@ -5,8 +5,10 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod acme;
 mod alias_change;
 mod archive;
+pub mod cert_store;
 mod dashboard;
 mod dispatch;
 pub mod domain_check;
@@ -119,6 +121,7 @@ pub struct ControlPlane {
     storage: Option<Arc<dyn SiteStorage>>,
     limiter: Option<Arc<ratelimit::Limiter>>,
     domain_added: Arc<tokio::sync::Notify>,
+    certs: Option<Arc<dyn cert_store::CertStore>>,
 }
 
 impl ControlPlane {
@@ -142,6 +145,7 @@ impl ControlPlane {
             archive,
             storage: None,
             domain_added: Arc::new(tokio::sync::Notify::new()),
+            certs: None,
         }
     }
 
@@ -157,10 +161,21 @@ impl ControlPlane {
         self
     }
 
+    /// Where custom domains' certificates are, so removing a domain removes its certificate.
+    pub fn with_cert_store(mut self, certs: Arc<dyn cert_store::CertStore>) -> Self {
+        self.certs = Some(certs);
+        self
+    }
+
     /// The HTTP API as an axum router.
     pub fn router(&self) -> axum::Router {
         http::router(self.clone())
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    now_ms()
 }
 
 /// Milliseconds since the Unix epoch.

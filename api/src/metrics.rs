@@ -26,6 +26,8 @@ pub struct ApiMetrics {
     pub log_followers: IntGauge,
     /// Followers that fell behind the live buffer and caught up from the log.
     pub log_lagged: IntCounter,
+    /// ACME certificate orders, by outcome (`issued`, `failed`).
+    pub acme_orders: IntCounterVec,
 }
 
 fn build_buckets() -> Vec<f64> {
@@ -78,6 +80,13 @@ impl ApiMetrics {
                 "gitdeploy_log_followers_lagged_total",
                 "Times a follower fell behind the live buffer and caught up from the stored log.",
             )?,
+            acme_orders: IntCounterVec::new(
+                Opts::new(
+                    "gitdeploy_acme_orders_total",
+                    "ACME certificate orders of custom domains, by outcome.",
+                ),
+                &["outcome"],
+            )?,
         };
         registry.register(Box::new(m.builds_started.clone()))?;
         registry.register(Box::new(m.builds_finished.clone()))?;
@@ -88,6 +97,7 @@ impl ApiMetrics {
         registry.register(Box::new(m.log_lines.clone()))?;
         registry.register(Box::new(m.log_followers.clone()))?;
         registry.register(Box::new(m.log_lagged.clone()))?;
+        registry.register(Box::new(m.acme_orders.clone()))?;
         Ok(m)
     }
 

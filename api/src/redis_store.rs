@@ -171,6 +171,11 @@ impl RedisStore {
         Ok(deleted == 1)
     }
 
+    /// Custom domains' certificates and ACME state in the same Redis, under the same prefix.
+    pub fn cert_store(&self) -> crate::cert_store::RedisCertStore {
+        crate::cert_store::RedisCertStore::new(self.conn.clone(), &self.prefix)
+    }
+
     pub(crate) fn key(&self, kind: &str, name: &str) -> String {
         format!("{}{kind}:{name}", self.prefix)
     }

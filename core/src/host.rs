@@ -113,7 +113,7 @@ pub fn route_host(host: &str, domain: &str, extra_control_hosts: &[String]) -> H
 /// else the `https://` URL of the same host and target on `https_port` (left out when 443).
 /// `host` is normalized (no port); `target` is the path with its query.
 pub fn https_redirect(host: &str, https_port: u16, target: &str) -> Option<String> {
-    if target.starts_with("/.well-known/acme-challenge/") {
+    if target.starts_with(ACME_CHALLENGE_PREFIX) {
         return None;
     }
     let port = if https_port == 443 {
@@ -123,6 +123,16 @@ pub fn https_redirect(host: &str, https_port: u16, target: &str) -> Option<Strin
     };
     let target = if target.starts_with('/') { target } else { "/" };
     Some(format!("https://{host}{port}{target}"))
+}
+
+/// The prefix of ACME HTTP-01 challenge paths (RFC 8555 §8.3).
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The token an ACME HTTP-01 challenge request asks for: the one path segment after
+/// [`ACME_CHALLENGE_PREFIX`], when it is non-empty and has no further `/`.
+pub fn acme_challenge_token(path: &str) -> Option<&str> {
+    let token = path.strip_prefix(ACME_CHALLENGE_PREFIX)?;
+    (!token.is_empty() && !token.contains('/')).then_some(token)
 }
 
 /// Whether a normalized host has the shape of a custom domain: two labels or more, each a DNS
@@ -243,6 +253,23 @@ mod tests {
             ("-a.com", HostRoute::Unknown),
         ] {
             assert_eq!(route_host(host, "localhost", &extra), want, "{host}");
+        }
+    }
+
+    #[test]
+    fn acme_challenge_token_table() {
+        for (path, want) in [
+            (
+                "/.well-known/acme-challenge/abc_DEF-123",
+                Some("abc_DEF-123"),
+            ),
+            ("/.well-known/acme-challenge/", None),
+            ("/.well-known/acme-challenge/a/b", None),
+            ("/.well-known/acme-challenge", None),
+            ("/x/.well-known/acme-challenge/abc", None),
+            ("/", None),
+        ] {
+            assert_eq!(acme_challenge_token(path), want, "{path}");
         }
     }
 

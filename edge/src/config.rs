@@ -50,6 +50,8 @@ pub(crate) struct Platform {
     pub domains: DomainSettings,
     /// The TLS listener, when there is one.
     pub tls: Option<TlsListener>,
+    /// Where custom domains' certificates are ordered, when they are.
+    pub acme: Option<gitdeploy_api::acme::AcmeSettings>,
 }
 
 /// A TLS listener beside the plain one: the same sites and API over HTTPS and HTTP/2.

@@ -17,6 +17,7 @@ mod cli;
 mod client_stream;
 mod config;
 mod control;
+mod domain_certs;
 mod draining;
 mod embedded_s3;
 mod local_ca;
@@ -32,6 +33,7 @@ mod serve;
 mod serving;
 mod sites;
 mod tls;
+mod tls_routes;
 mod up;
 mod upgrade;
 

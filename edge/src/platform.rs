@@ -203,6 +203,8 @@ pub(crate) struct State {
     pub(crate) bus: Arc<dyn LogBus>,
     /// What the ECS runner hands tasks over through (Redis only).
     pub(crate) task_access: Option<Arc<dyn TaskAccess>>,
+    /// Custom domains' certificates and ACME state.
+    pub(crate) certs: Arc<dyn gitdeploy_api::cert_store::CertStore>,
 }
 
 impl State {
@@ -220,10 +222,14 @@ impl State {
             ca_file,
         } = &platform.state
         else {
+            let dir = data.dir("state")?;
             return Ok(State {
-                records: Records::new(Arc::new(FileStore::open(&data.dir("state")?)?)),
+                records: Records::new(Arc::new(FileStore::open(&dir)?)),
                 bus: Arc::new(FileLogBus::open(&data.dir("logs")?, metrics.clone())?),
                 task_access: None,
+                certs: Arc::new(gitdeploy_api::cert_store::FileCertStore::open(
+                    &dir.join("tls"),
+                )?),
             });
         };
         if let Some(ca) = ca_file {
@@ -247,6 +253,7 @@ impl State {
             Ok(State {
                 records: Records::new(store.clone() as Arc<dyn Store>),
                 bus: Arc::new(bus),
+                certs: Arc::new(store.cert_store()),
                 task_access: Some(store),
             })
         })
@@ -366,4 +373,5 @@ pub(crate) fn control_plane(
         Some(origin.clone() as Arc<dyn gitdeploy_api::LogArchive>),
     )
     .with_site_storage(origin.clone())
+    .with_cert_store(state.certs.clone())
 }

@@ -30,6 +30,7 @@ use crate::respond::{error_page, html_response, send, send_error, FilePlan};
 use crate::serving::conditional::{self, Conditions, Precondition};
 use crate::serving::encoding;
 use crate::serving::range::{self, RangeOutcome};
+use crate::tls_routes::TlsRoutes;
 use gitdeploy_api::AliasResolver;
 
 /// How long one write to a slow client may take before the connection is dropped.
@@ -48,6 +49,7 @@ pub struct SitesProxy {
     metrics: EdgeMetrics,
     aliases: Arc<dyn AliasResolver>,
     draining: Draining,
+    tls: TlsRoutes,
 }
 
 impl SitesProxy {
@@ -70,12 +72,19 @@ impl SitesProxy {
             metrics,
             aliases,
             draining: Draining::default(),
+            tls: TlsRoutes::default(),
         }
     }
 
     /// Responses close their connections once `draining` is on (see [`crate::public`]).
     pub fn with_draining(mut self, draining: Draining) -> Self {
         self.draining = draining;
+        self
+    }
+
+    /// ACME challenges and HTTPS redirects (see [`crate::tls_routes`]).
+    pub fn with_tls(mut self, tls: TlsRoutes) -> Self {
+        self.tls = tls;
         self
     }
 }
@@ -133,33 +142,6 @@ impl SitesProxy {
             &hosts,
         )?;
         Ok(normalize_host(host))
-    }
-
-    /// Redirects a plain-HTTP site request to HTTPS (308) when the edge serves sites over
-    /// HTTPS; `Ok(Some(true))` when it did.
-    async fn to_https(&self, session: &mut Session, head: bool) -> Result<Option<bool>> {
-        let Some(port) = self.hosts.https_port else {
-            return Ok(None);
-        };
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        if tls {
-            return Ok(None);
-        }
-        let Ok(Some(host)) = Self::request_host(session) else {
-            return Ok(None);
-        };
-        let target = session
-            .req_header()
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let Some(location) = gitdeploy_core::host::https_redirect(&host, port, &target) else {
-            return Ok(None);
-        };
-        let mut resp = html_response(308, 0)?;
-        resp.insert_header("location", location)?;
-        send(session, resp, Bytes::new(), head).await.map(Some)
     }
 
     /// Decides a site request; `Ok(true)` when the response was already sent.
@@ -371,13 +353,19 @@ impl ProxyHttp for SitesProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let head = session.req_header().method == http::Method::HEAD;
-        let route = match Self::request_host(session) {
-            Ok(Some(host)) => route_host(&host, &self.hosts.domain, &self.hosts.control_hosts),
-            Ok(None) => HostRoute::Unknown,
+        if let Some(sent) = self.tls.answer_challenge(session).await? {
+            return Ok(sent);
+        }
+        let host = match Self::request_host(session) {
+            Ok(host) => host.unwrap_or_default(),
             Err(why) => {
                 session.set_keepalive(None);
                 return send_error(session, 400, &format!("Bad request: {why}."), head).await;
             }
+        };
+        let route = match host.is_empty() {
+            true => HostRoute::Unknown,
+            false => route_host(&host, &self.hosts.domain, &self.hosts.control_hosts),
         };
         match route {
             HostRoute::ControlPlane if is_upgrade(session.req_header()) => {
@@ -400,14 +388,19 @@ impl ProxyHttp for SitesProxy {
                 Ok(false)
             }
             HostRoute::Site(label) => {
-                if let Some(sent) = self.to_https(session, head).await? {
+                if let Some(sent) = self.tls.to_https(session, &host, false, head).await? {
                     return Ok(sent);
                 }
                 self.route_site(session, ctx, &label).await
             }
             // A custom domain serves its project exactly as `<project>.<domain>` does.
             HostRoute::Custom(domain) => match self.aliases.custom_domain(&domain).await {
-                Some(project) => self.route_site(session, ctx, &project).await,
+                Some(project) => {
+                    if let Some(sent) = self.tls.to_https(session, &domain, true, head).await? {
+                        return Ok(sent);
+                    }
+                    self.route_site(session, ctx, &project).await
+                }
                 None => send_error(session, 404, "There is no site at this address.", head).await,
             },
             HostRoute::Unknown => {

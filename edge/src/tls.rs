@@ -1,8 +1,8 @@
 //! The TLS listener's certificates, chosen per SNI at handshake time (#15). The platform's
 //! names (`<domain>` and `<label>.<domain>`, and a handshake without SNI) get the platform
 //! certificate, read from `--tls-cert`/`--tls-key` and read again whenever either file changes;
-//! a custom domain will get its own certificate from ACME (not built yet: until then its
-//! handshake fails, as an unknown name's does); any other name fails the handshake,
+//! an active custom domain gets its own certificate (from ACME, through
+//! [`crate::domain_certs`], or from the local CA); any other name fails the handshake,
 //! so a scanner learns nothing and nobody can make the edge present a certificate for a name it
 //! does not serve. [`choose`] is the rule; [`Certificates`] is the rustls resolver around it.
 
@@ -11,7 +11,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use pingora_core::tls::sign::CertifiedKey;
-use pingora_core::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+use pingora_core::tls::{
+    CertificateDer, ClientHello, CryptoProvider, PrivateKeyDer, ResolvesServerCert,
+};
+
+use crate::domain_certs::DomainCertificates;
 
 /// How often the certificate files are looked at for a change.
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
@@ -49,6 +53,8 @@ pub struct Certificates {
     platform: RwLock<Option<Arc<CertifiedKey>>>,
     /// Handshakes refused for want of a certificate.
     refused: prometheus::IntCounter,
+    /// The custom domains' certificates.
+    custom: Arc<DomainCertificates>,
     /// Without a platform pair: the local CA, and what it issued (by name, for a day).
     local: Option<(
         crate::local_ca::LocalCa,
@@ -67,11 +73,16 @@ impl std::fmt::Debug for Certificates {
 impl Certificates {
     /// Certificates for the platform serving `domain`, none loaded yet; handshakes refused for
     /// want of one are counted in `refused`.
-    pub fn new(domain: &str, refused: prometheus::IntCounter) -> Arc<Self> {
+    pub fn new(
+        domain: &str,
+        refused: prometheus::IntCounter,
+        custom: Arc<DomainCertificates>,
+    ) -> Arc<Self> {
         Arc::new(Certificates {
             domain: domain.to_owned(),
             platform: RwLock::new(None),
             refused,
+            custom,
             local: None,
         })
     }
@@ -81,6 +92,7 @@ impl Certificates {
     pub fn from_local_ca(
         domain: &str,
         refused: prometheus::IntCounter,
+        custom: Arc<DomainCertificates>,
         ca: crate::local_ca::LocalCa,
     ) -> Arc<Self> {
         let issued = moka::sync::Cache::builder()
@@ -91,6 +103,7 @@ impl Certificates {
             domain: domain.to_owned(),
             platform: RwLock::new(None),
             refused,
+            custom,
             local: Some((ca, issued)),
         })
     }
@@ -113,9 +126,22 @@ impl Certificates {
         }
     }
 
-    /// Presents `key` for the platform's names from now on.
-    pub fn set_platform(&self, key: Arc<CertifiedKey>) {
+    /// Presents `key` (read from the PEM chain `chain_file`) for the platform's names from now
+    /// on.
+    pub fn set_platform(&self, key: Arc<CertifiedKey>, chain_file: &Path) {
         *self.platform.write().unwrap_or_else(|p| p.into_inner()) = Some(key);
+        match std::fs::read(chain_file)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| gitdeploy_api::cert_store::not_after_unix_ms(&pem))
+        {
+            Ok(t) => self.custom.set_platform_expiry(t),
+            Err(e) => tracing::warn!("cannot read the platform certificate's expiry: {e}"),
+        }
+    }
+
+    /// Whether a handshake for the custom domain `name` gets a certificate.
+    pub fn serves_custom(&self, name: &str) -> bool {
+        self.custom.serves_https(name)
     }
 }
 
@@ -133,8 +159,14 @@ impl ResolvesServerCert for Certificates {
                     .clone();
                 pair.or_else(|| self.local(sni.as_deref().unwrap_or(&self.domain)))
             }
-            // Custom domains' certificates come with ACME (#15, next).
-            SniChoice::Custom(_) | SniChoice::Refuse => None,
+            // Only an active domain: the local CA never issues for a name nobody verified.
+            SniChoice::Custom(name) => self.custom.certificate(&name).or_else(|| {
+                self.custom
+                    .is_active(&name)
+                    .then(|| self.local(&name))
+                    .flatten()
+            }),
+            SniChoice::Refuse => None,
         };
         if found.is_none() {
             self.refused.inc();
@@ -158,17 +190,26 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
             key.display()
         )
     })?;
-    let provider = CryptoProvider::get_default().ok_or("no TLS crypto provider is installed")?;
     let certs = certs.into_iter().map(|c| c.into_owned()).collect();
-    CertifiedKey::from_der(certs, key_der.clone_key(), provider)
+    certified_key(certs, key_der.clone_key()).map_err(|e| {
+        format!(
+            "{} and {} do not make a usable certificate: {e}",
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
+/// A chain (leaf first) and its key, ready to present.
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, String> {
+    pingora_core::tls::install_default_crypto_provider();
+    let provider = CryptoProvider::get_default().ok_or("no TLS crypto provider is installed")?;
+    CertifiedKey::from_der(chain, key, provider)
         .map(Arc::new)
-        .map_err(|e| {
-            format!(
-                "{} and {} do not make a usable certificate: {e}",
-                cert.display(),
-                key.display()
-            )
-        })
+        .map_err(|e| e.to_string())
 }
 
 /// The platform certificate's files, watched for changes.
@@ -195,7 +236,7 @@ impl PlatformFiles {
         certs: Arc<Certificates>,
         loads: prometheus::IntCounterVec,
     ) -> Result<(), String> {
-        certs.set_platform(load_pair(&self.cert, &self.key)?);
+        certs.set_platform(load_pair(&self.cert, &self.key)?, &self.cert);
         loads.with_label_values(&["loaded"]).inc();
         let mut seen = self.stamp();
         let weak = Arc::downgrade(&certs);
@@ -210,7 +251,7 @@ impl PlatformFiles {
                     seen = now;
                     match load_pair(&self.cert, &self.key) {
                         Ok(key) => {
-                            certs.set_platform(key);
+                            certs.set_platform(key, &self.cert);
                             loads.with_label_values(&["loaded"]).inc();
                             tracing::info!(cert = %self.cert.display(), "platform certificate reloaded");
                         }

@@ -206,7 +206,7 @@ fn prometheus_files_pass_promtool() {
         &["check", "config", "prometheus/prometheus.yml"],
     );
     let rules = run("promtool", &["check", "rules", "prometheus/alerts.yml"]);
-    assert!(rules.contains("SUCCESS: 6 rules found"), "{rules}");
+    assert!(rules.contains("SUCCESS: 8 rules found"), "{rules}");
 }
 
 #[test]
@@ -252,6 +252,51 @@ fn every_sample_configuration_passes_check_config() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("builds.runner"), "{err}");
+    // The commented [tls] and [acme] sections are valid as documented; a misspelt key is not.
+    let sample = std::fs::read_to_string(deploy_dir().join("gitdeploy.toml")).unwrap();
+    let uncommented: String = sample
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if [
+                    "[tls]",
+                    "[acme]",
+                    "listen =",
+                    "cert =",
+                    "key =",
+                    "directory =",
+                    "ca_file =",
+                    "email =",
+                ]
+                .iter()
+                .any(|k| rest.starts_with(k)) =>
+            {
+                rest.to_owned()
+            }
+            _ => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        uncommented.contains("\n[acme]\ndirectory = "),
+        "{uncommented}"
+    );
+    for (text, ok) in [
+        (uncommented.clone(), true),
+        (uncommented.replace("\nemail =", "\nmail ="), false),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+            .args(["serve", "--check-config", "--config"])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{err}");
+        if !ok {
+            assert!(err.contains("mail"), "{err}");
+        }
+    }
 }
 
 #[test]

@@ -86,5 +86,12 @@ pub(super) async fn remove_domain(
         .await
         .map_err(refusal)?;
     tracing::info!(project = %name, %domain, "custom domain removed");
+    if let Some(certs) = &cp.certs {
+        let normalized = gitdeploy_core::domain::normalize(&domain, &cp.config.public.domain)
+            .unwrap_or(domain.clone());
+        if let Err(e) = certs.delete_certificate(&normalized).await {
+            tracing::warn!(%domain, "the removed domain's certificate stays in the store: {e}");
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }

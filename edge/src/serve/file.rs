@@ -25,6 +25,18 @@ pub(super) struct Config {
     pub(super) domains: DomainsSection,
     #[serde(default)]
     pub(super) tls: Option<TlsSection>,
+    #[serde(default)]
+    pub(super) acme: Option<AcmeSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AcmeSection {
+    pub(super) directory: String,
+    #[serde(default)]
+    pub(super) ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) email: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

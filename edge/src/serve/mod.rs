@@ -260,6 +260,14 @@ impl Config {
                     key: t.key,
                 }),
             }),
+            acme: self.acme.map(|a| gitdeploy_api::acme::AcmeSettings {
+                directory: a.directory,
+                ca_file: a.ca_file,
+                email: a.email,
+                renew_before: gitdeploy_api::acme::RENEW_BEFORE,
+                retry_first: gitdeploy_api::acme::RETRY_FIRST,
+                check_every: gitdeploy_api::acme::CHECK_EVERY,
+            }),
             domains: DomainSettings {
                 dns_resolver: self.domains.dns_resolver,
                 public_addresses: self.domains.public_address,

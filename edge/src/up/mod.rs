@@ -117,7 +117,19 @@ pub fn run(platform: Platform) -> anyhow::Result<()> {
     .build()?;
     let public = opts.public_urls();
     let api = control_plane(opts, limits, &state, queue, &origin);
-    start_domain_checks(opts, &control_rt, &state, &api)?;
+    start_domain_checks(opts, &control_rt, &state, &api, &api_metrics)?;
+    let domain_certs = crate::domain_certs::DomainCertificates::new(
+        opts.acme.is_none() && opts.tls.as_ref().is_some_and(|t| t.platform.is_none()),
+        opts.acme
+            .as_ref()
+            .map_or(gitdeploy_api::acme::RENEW_BEFORE, |a| a.renew_before),
+        &registry,
+    )?;
+    domain_certs.watch(
+        &control_rt,
+        state.records.clone(),
+        opts.acme.as_ref().map(|_| state.certs.clone()),
+    );
 
     // One Pingora server for all of it.
     let run_dir = data.dir("run")?;
@@ -138,6 +150,8 @@ pub fn run(platform: Platform) -> anyhow::Result<()> {
         records: &state.records,
         metrics: edge_metrics,
         api_socket: &api_socket,
+        certs: &state.certs,
+        domain_certs,
     };
     let sites = edge.public_port(&server)?;
     let s3 = storage.embedded.take().map(|s3| {
@@ -220,6 +234,25 @@ fn check(opts: &Platform) -> anyhow::Result<()> {
             "--api-token must be at least 16 characters"
         );
     }
+    if let Some(acme) = &opts.acme {
+        anyhow::ensure!(
+            opts.tls.is_some(),
+            "an ACME directory needs a TLS listener to present its certificates: add --tls-listen \
+             (or [tls] in the configuration)"
+        );
+        let url = acme.directory.as_str();
+        anyhow::ensure!(
+            url.starts_with("https://") || url.starts_with("http://"),
+            "the ACME directory {url:?} is not an http(s) URL"
+        );
+        if let Some(ca) = &acme.ca_file {
+            anyhow::ensure!(
+                ca.is_file(),
+                "the ACME CA file {} cannot be read",
+                ca.display()
+            );
+        }
+    }
     for cidr in &opts.builds.limits.allowed_networks {
         gitdeploy_core::egress::parse_allowed_network(cidr)
             .map_err(|e| anyhow::anyhow!("--build-allow-network: {e}"))?;
@@ -292,6 +325,8 @@ struct EdgeParts<'a> {
     records: &'a Records,
     metrics: EdgeMetrics,
     api_socket: &'a Path,
+    certs: &'a Arc<dyn gitdeploy_api::cert_store::CertStore>,
+    domain_certs: Arc<crate::domain_certs::DomainCertificates>,
 }
 
 impl EdgeParts<'_> {
@@ -318,8 +353,17 @@ impl EdgeParts<'_> {
             self.metrics.clone(),
         );
         let draining = Draining::default();
-        let certificate_loads = self.metrics.certificate_loads.clone();
         let tls_handshakes = self.metrics.tls_handshakes.clone();
+        let https_port = self.hosts.https_port;
+        let certificates = match &opts.tls {
+            Some(tls) => Some(certificates(
+                opts,
+                tls,
+                &self.metrics,
+                self.domain_certs.clone(),
+            )?),
+            None => None,
+        };
         let proxy = SitesProxy::new(
             self.hosts,
             self.origin,
@@ -329,7 +373,12 @@ impl EdgeParts<'_> {
             self.metrics,
             aliases,
         )
-        .with_draining(draining.clone());
+        .with_draining(draining.clone())
+        .with_tls(crate::tls_routes::TlsRoutes {
+            challenges: opts.acme.as_ref().map(|_| self.certs.clone()),
+            certificates: certificates.clone(),
+            https_port,
+        });
         let mut proxy = HttpProxy::new(proxy, server.configuration.clone());
         proxy.handle_init_modules();
         let limits = opts.clients;
@@ -337,24 +386,7 @@ impl EdgeParts<'_> {
         let app = PublicApp::new(proxy, limits, draining).with_tls_handshakes(&tls_handshakes);
         let mut sites = Service::new("public".into(), app);
         sites.add_tcp(&opts.listen.to_string());
-        if let Some(tls) = &opts.tls {
-            let refused = tls_handshakes.with_label_values(&["no_certificate"]);
-            let certs = match &tls.platform {
-                Some(files) => {
-                    let certs = crate::tls::Certificates::new(&opts.domain, refused);
-                    files
-                        .clone()
-                        .load_and_watch(certs.clone(), certificate_loads)
-                        .map_err(anyhow::Error::msg)?;
-                    certs
-                }
-                None => {
-                    let ca = crate::local_ca::LocalCa::open(&opts.data_dir.join("tls"))
-                        .map_err(anyhow::Error::msg)?;
-                    tracing::info!(ca = %ca.ca_pem.display(), "TLS certificates from the local CA");
-                    crate::tls::Certificates::from_local_ca(&opts.domain, refused, ca)
-                }
-            };
+        if let (Some(tls), Some(certs)) = (&opts.tls, certificates) {
             let mut settings = pingora_core::listeners::tls::TlsSettings::intermediate("", "")
                 .map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
             settings.set_cert_resolver(certs);
@@ -365,20 +397,71 @@ impl EdgeParts<'_> {
     }
 }
 
-/// Checks custom domains' DNS on the control runtime, at once when one is added.
+/// The TLS listener's certificates: the platform pair from its files (watched), or the local
+/// CA; custom domains' from `custom`.
+fn certificates(
+    opts: &Platform,
+    tls: &crate::config::TlsListener,
+    metrics: &EdgeMetrics,
+    custom: Arc<crate::domain_certs::DomainCertificates>,
+) -> anyhow::Result<Arc<crate::tls::Certificates>> {
+    let refused = metrics
+        .tls_handshakes
+        .with_label_values(&["no_certificate"]);
+    Ok(match &tls.platform {
+        Some(files) => {
+            let certs = crate::tls::Certificates::new(&opts.domain, refused, custom);
+            files
+                .clone()
+                .load_and_watch(certs.clone(), metrics.certificate_loads.clone())
+                .map_err(anyhow::Error::msg)?;
+            certs
+        }
+        None => {
+            let ca = crate::local_ca::LocalCa::open(&opts.data_dir.join("tls"))
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(ca = %ca.ca_pem.display(), "TLS certificates from the local CA");
+            crate::tls::Certificates::from_local_ca(&opts.domain, refused, custom, ca)
+        }
+    })
+}
+
+/// Checks custom domains' DNS on the control runtime, at once when one is added; with an ACME
+/// directory, orders the certificates of verified domains too.
 fn start_domain_checks(
     opts: &Platform,
     rt: &tokio::runtime::Runtime,
     state: &State,
     api: &gitdeploy_api::ControlPlane,
+    metrics: &ApiMetrics,
 ) -> anyhow::Result<()> {
     let _entered = rt.enter();
-    let checker = gitdeploy_api::domain_check::DomainChecker::new(
+    let mut checker = gitdeploy_api::domain_check::DomainChecker::new(
         opts.domains.dns_resolver,
         &opts.domain,
         opts.domains.public_addresses.clone(),
     )
     .map_err(anyhow::Error::msg)?;
+    if let Some(acme) = &opts.acme {
+        let verified = Arc::new(tokio::sync::Notify::new());
+        checker = checker.ordering_certificates(verified.clone());
+        let holder = format!(
+            "{}-{}-{:08x}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim(),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let orderer = gitdeploy_api::acme::Orderer::new(
+            acme.clone(),
+            state.records.clone(),
+            state.certs.clone(),
+            holder,
+            metrics.clone(),
+        );
+        rt.spawn(orderer.run(verified));
+    }
     rt.spawn(checker.run(
         state.records.clone(),
         api.domain_added(),

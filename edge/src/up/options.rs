@@ -152,6 +152,26 @@ pub struct UpOptions {
     /// Its private key (PEM).
     #[arg(long, env = "GITDEPLOY_TLS_KEY", requires_all = ["tls_listen", "tls_cert"])]
     tls_key: Option<PathBuf>,
+    /// An ACME directory (RFC 8555) that issues certificates for verified custom domains, such
+    /// as https://acme-v02.api.letsencrypt.org/directory; its HTTP-01 challenges are answered
+    /// on the plain listener, which the CA must reach on port 80.
+    #[arg(long, env = "GITDEPLOY_ACME_DIRECTORY", requires = "tls_listen")]
+    acme_directory: Option<String>,
+    /// Trust (PEM) for the ACME server's own HTTPS, beside the system's roots.
+    #[arg(long, env = "GITDEPLOY_ACME_CA_FILE", requires = "acme_directory")]
+    acme_ca_file: Option<PathBuf>,
+    /// Contact address of the ACME account (expiry notices).
+    #[arg(long, env = "GITDEPLOY_ACME_EMAIL", requires = "acme_directory")]
+    acme_email: Option<String>,
+    /// Renew certificates this long before they expire, in ms (30 days).
+    #[arg(long, default_value_t = 30 * 24 * 3600 * 1000, hide = true)]
+    acme_renew_before_ms: u64,
+    /// First wait after a failed certificate order, in ms (it doubles up to 6 hours).
+    #[arg(long, default_value_t = 60_000, hide = true)]
+    acme_retry_ms: u64,
+    /// How often certificates due are looked for, in ms.
+    #[arg(long, default_value_t = 60_000, hide = true)]
+    acme_check_interval_ms: u64,
     /// How often custom domains waiting for their DNS are checked again, in ms.
     #[arg(long, default_value_t = 30_000, hide = true)]
     domain_check_interval_ms: u64,
@@ -181,6 +201,16 @@ impl UpOptions {
                     .zip(self.tls_key)
                     .map(|(cert, key)| crate::tls::PlatformFiles { cert, key }),
             }),
+            acme: self
+                .acme_directory
+                .map(|directory| gitdeploy_api::acme::AcmeSettings {
+                    directory,
+                    ca_file: self.acme_ca_file,
+                    email: self.acme_email,
+                    renew_before: ms(self.acme_renew_before_ms),
+                    retry_first: ms(self.acme_retry_ms.max(10)),
+                    check_every: ms(self.acme_check_interval_ms.max(10)),
+                }),
             domains: DomainSettings {
                 dns_resolver: self.dns_resolver,
                 public_addresses: self.public_addresses,

@@ -5,8 +5,8 @@
 
 #[allow(unused_imports)]
 pub use gitdeploy_harness::{
-    free_port, git, survivors, wait_for_port, wait_for_ready_file, DnsServer, GitServer, Process,
-    Redis, S3Server, TestCa, S3_KEY,
+    free_port, git, survivors, wait_for_port, wait_for_ready_file, DnsServer, GitServer, Pebble,
+    PebblePorts, Process, Redis, S3Server, TestCa, S3_KEY,
 };
 
 use std::net::TcpStream;
