@@ -48,7 +48,7 @@ pub use file_store::FileStore;
 pub use http::token_sha256;
 pub use logbus::{FileLogBus, Follower, LogBus};
 pub use metrics::ApiMetrics;
-pub use projects::{AliasResolver, Project, ProjectError};
+pub use projects::{AliasResolver, Production, Project, ProjectError};
 pub use queue::{JobQueue, Reservation, SubmitError};
 pub use redis_conn::{trust_ca_file as redis_trust_ca_file, CA_FILE_ENV as REDIS_CA_FILE_ENV};
 pub use redis_logbus::{RedisLogBus, RedisLogSettings};

@@ -40,6 +40,22 @@ pub struct Project {
     pub deploy_hook: Option<String>,
     /// Created at (Unix ms).
     pub created_unix_ms: u64,
+    /// `Strict-Transport-Security: max-age=<this>` on the project's HTTPS responses at
+    /// `<name>.<domain>` and its custom domains; `None`: no HSTS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts_max_age_secs: Option<u32>,
+}
+
+/// The longest HSTS max-age accepted (two years, what preload lists ask for).
+pub const HSTS_MAX_AGE_LIMIT: u32 = 63_072_000;
+
+/// What serving a project's production host needs to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Production {
+    /// The deployment it serves.
+    pub id: DeploymentId,
+    /// Its HSTS max-age, when it sends HSTS.
+    pub hsts_max_age_secs: Option<u32>,
 }
 
 impl Project {
@@ -55,6 +71,7 @@ impl Project {
             webhook_secret: None,
             deploy_hook: None,
             created_unix_ms: now,
+            hsts_max_age_secs: None,
         }
     }
 
@@ -89,8 +106,9 @@ impl Project {
 /// (the edge's alias lookups).
 #[async_trait::async_trait]
 pub trait AliasResolver: Send + Sync {
-    /// The production deployment of `project`, if the project exists and has one.
-    async fn production(&self, project: &str) -> Option<DeploymentId>;
+    /// The production deployment of `project` (and its HSTS setting), if the project exists
+    /// and has one.
+    async fn production(&self, project: &str) -> Option<Production>;
     /// The project an active custom domain serves (`domain` normalized), if any.
     async fn custom_domain(&self, domain: &str) -> Option<String>;
 }

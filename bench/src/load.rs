@@ -16,6 +16,8 @@ pub struct Load {
     /// One `If-None-Match` value per path, or none.
     if_none_match: Vec<String>,
     if_modified_since: bool,
+    /// Every request on a new connection (`Connection: close`).
+    close: bool,
 }
 
 impl Load {
@@ -28,7 +30,31 @@ impl Load {
             encoding: "identity".into(),
             if_none_match: Vec::new(),
             if_modified_since: false,
+            close: false,
         }
+    }
+
+    /// Each request on a connection of its own (over TLS: one full handshake per request).
+    pub fn with_close(&self) -> Self {
+        Load {
+            close: true,
+            ..self.clone()
+        }
+    }
+
+    /// The paths requested.
+    pub fn paths(&self) -> &[String] {
+        &self.paths
+    }
+
+    /// How long it runs.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    /// Connections it keeps open.
+    pub fn connections(&self) -> u32 {
+        self.connections
     }
 
     /// With this `Accept-Encoding`.
@@ -70,6 +96,7 @@ request = function()
   local headers = {{ ["Host"] = {host}, ["Accept-Encoding"] = {encoding} }}
   if #etags > 0 then headers["If-None-Match"] = etags[n] end
   if {ims} then headers["If-Modified-Since"] = "Fri, 01 Jan 2100 00:00:00 GMT" end
+  if {close} then headers["Connection"] = "close" end
   return wrk.format("GET", paths[n], headers)
 end
 "#,
@@ -78,6 +105,7 @@ end
             host = quote(host),
             encoding = quote(&self.encoding),
             ims = self.if_modified_since,
+            close = self.close,
         )
     }
 }
@@ -101,6 +129,15 @@ pub struct WrkResult {
 
 /// Runs wrk against `addr` (host:port) with `Host: host`.
 pub fn wrk(addr: &str, host: &str, load: &Load) -> anyhow::Result<WrkResult> {
+    wrk_url(&format!("http://{addr}/"), host, load)
+}
+
+/// Runs wrk over HTTPS (HTTP/1.1) against `authority` (a name:port whose name is the SNI).
+pub fn wrk_tls(authority: &str, host: &str, load: &Load) -> anyhow::Result<WrkResult> {
+    wrk_url(&format!("https://{authority}/"), host, load)
+}
+
+fn wrk_url(url: &str, host: &str, load: &Load) -> anyhow::Result<WrkResult> {
     let dir = tempfile::tempdir()?;
     let script = dir.path().join("load.lua");
     std::fs::write(&script, load.script(host))?;
@@ -112,7 +149,7 @@ pub fn wrk(addr: &str, host: &str, load: &Load) -> anyhow::Result<WrkResult> {
         ])
         .args(["--latency", "--timeout", "10s", "-s"])
         .arg(&script)
-        .arg(format!("http://{addr}/"))
+        .arg(url)
         .output()
         .context("running wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);

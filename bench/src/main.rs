@@ -4,9 +4,9 @@
 //! `bench/results/`). Results are meant to be read as ratios: the machine is shared and noisy.
 //!
 //! ```text
-//! apt-get install nginx libnginx-mod-http-js wrk
+//! apt-get install nginx libnginx-mod-http-js wrk caddy nghttp2-client
 //! cargo run --release -p gitdeploy-bench -- all   # or: hot, cold, revalidate, large, node, deploy,
-//!                                                  # logs, clients
+//!                                                  # logs, clients, tls
 //! ```
 
 mod clients;
@@ -16,6 +16,7 @@ mod load;
 mod logs;
 mod peers;
 mod site;
+mod tls;
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -96,6 +97,9 @@ enum Scenario {
     Logs,
     /// Hostile clients: idle floods, slow heads, huge heads (memory and cut-off times).
     Clients,
+    /// HTTPS: new handshakes/s, hot files over HTTP/1.1 and HTTP/2, memory per idle TLS
+    /// connection, against nginx and Caddy with the same certificate.
+    Tls,
 }
 
 /// One row of a results table.
@@ -117,9 +121,19 @@ fn measure(
     host: &str,
     load: &Load,
 ) -> anyhow::Result<Row> {
+    measure_with(scenario, name, server, || wrk(server.addr(), host, load))
+}
+
+/// Measures `server` while `run` loads it.
+fn measure_with(
+    scenario: &'static str,
+    name: String,
+    server: &dyn Server,
+    run: impl FnOnce() -> anyhow::Result<WrkResult>,
+) -> anyhow::Result<Row> {
     server.reset_peak_rss();
     let before = cpu_ticks(&server.pids());
-    let result = wrk(server.addr(), host, load)?;
+    let result = run()?;
     let after = cpu_ticks(&server.pids());
     let cpu_us_per_request = match (before, after) {
         (Some(b), Some(a)) if result.requests > 0 => Some(
@@ -309,6 +323,14 @@ async fn main() -> anyhow::Result<()> {
         )?);
     }
 
+    let mut idle_rows = Vec::new();
+    if run(Scenario::Tls) {
+        let small = Load::new(site.small_paths(), dur, opts.connections);
+        let (tls_rows, idle) = tls::measure(&gitdeploy, &site, &small).await?;
+        rows.extend(tls_rows);
+        idle_rows = idle;
+    }
+
     let mut report = render(&opts, &rows)?;
     report.push_str(&render_targets(&rows));
     if !deploys.is_empty() {
@@ -319,6 +341,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(r) = &clients_report {
         report.push_str(&clients::render(r));
+    }
+    if !idle_rows.is_empty() {
+        report.push_str(&tls::render_idle(&idle_rows));
     }
     println!("{report}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
@@ -406,7 +431,7 @@ struct Target {
     p99_no_worse: bool,
 }
 
-const TARGETS: [Target; 5] = [
+const TARGETS: [Target; 8] = [
     Target {
         what: "hot files at least as fast as nginx from disk, p99 no worse",
         scenario: HOT,
@@ -449,6 +474,33 @@ const TARGETS: [Target; 5] = [
         edge: "gitdeploy edge",
         peer: NODE_PROXY,
         goal: 5.0,
+        by_bytes: false,
+        p99_no_worse: false,
+    },
+    Target {
+        what: "new TLS handshakes/s at least nginx's",
+        scenario: tls::HANDSHAKES,
+        edge: "gitdeploy edge",
+        peer: "nginx from disk",
+        goal: 1.0,
+        by_bytes: false,
+        p99_no_worse: false,
+    },
+    Target {
+        what: "HTTP/2 hot files at least nginx's",
+        scenario: tls::HTTP2,
+        edge: "gitdeploy edge",
+        peer: "nginx from disk",
+        goal: 1.0,
+        by_bytes: false,
+        p99_no_worse: false,
+    },
+    Target {
+        what: "HTTP/2 hot files at least 1.5x Caddy's",
+        scenario: tls::HTTP2,
+        edge: "gitdeploy edge",
+        peer: "Caddy file_server",
+        goal: 1.5,
         by_bytes: false,
         p99_no_worse: false,
     },

@@ -57,6 +57,29 @@ impl Nginx {
         Self::start("", &server)
     }
 
+    /// Serves `root` like [`Nginx::start_static`] over TLS 1.2/1.3 with `cert` and `key`, HTTP/2
+    /// by ALPN, no session resumption (each new connection is a full handshake, as for the edge).
+    pub fn start_static_tls(root: &Path, cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        let server = format!(
+            "open_file_cache max=1000 inactive=60s;
+  types {{ text/html html; text/css css; application/javascript js; image/svg+xml svg; application/json json; }}
+  default_type application/octet-stream;
+  server {{
+    listen 127.0.0.1:{{port}} ssl http2;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    root {root};
+  }}",
+            root = root.display(),
+            cert = cert.display(),
+            key = key.display(),
+        );
+        Self::start("", &server)
+    }
+
     /// Proxies every path to the same object of a deployment in `s3` (`sites/<id>/<path>`),
     /// each upstream GET signed with SigV4 by `bench/nginx/s3sign.js` (njs, as nginx's S3
     /// gateway does; `apt-get install libnginx-mod-http-js`), over keep-alive connections.
@@ -176,6 +199,69 @@ http {{
 }
 
 impl Server for Nginx {
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+    fn pids(&self) -> Vec<u32> {
+        with_children(self.process.pid())
+    }
+}
+
+/// Debian's Caddy serving a directory over TLS with a given certificate (`file_server`, HTTP/2
+/// and HTTP/1.1 by ALPN; no admin endpoint, no automatic HTTPS, nothing logged).
+pub struct Caddy {
+    /// `127.0.0.1:port`.
+    pub addr: String,
+    process: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl Caddy {
+    /// Serves `root` for `localhost` with `cert` and `key`.
+    pub fn start_static_tls(root: &Path, cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let conf = format!(
+            "{{
+	admin off
+	auto_https off
+	default_sni localhost
+	storage file_system {dir}/storage
+}}
+https://localhost:{port} {{
+	tls {cert} {key}
+	root * {root}
+	file_server
+}}
+",
+            dir = dir.path().display(),
+            cert = cert.display(),
+            key = key.display(),
+            root = root.display(),
+        );
+        let conf_path = dir.path().join("Caddyfile");
+        std::fs::write(&conf_path, conf)?;
+        let mut process = Process::spawn(
+            Command::new("caddy")
+                .args(["run", "--adapter", "caddyfile", "--config"])
+                .arg(&conf_path)
+                .env("HOME", dir.path())
+                .env("XDG_DATA_HOME", dir.path())
+                .env("XDG_CONFIG_HOME", dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            "caddy (apt-get install caddy)",
+        );
+        wait_for_port(([127, 0, 0, 1], port).into(), &mut process, "caddy");
+        Ok(Caddy {
+            addr: format!("127.0.0.1:{port}"),
+            process,
+            _dir: dir,
+        })
+    }
+}
+
+impl Server for Caddy {
     fn addr(&self) -> &str {
         &self.addr
     }

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::metrics::EdgeMetrics;
 use crate::origin::{OriginError, S3Origin};
+use gitdeploy_api::Production;
 
 /// Why a manifest could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -211,7 +212,7 @@ impl ObjectCache {
 /// generation grows or the time limit passes: a request for a host nobody added costs a map
 /// lookup, never a store read, however many such hosts a client invents.
 pub struct AliasCache {
-    cache: Cache<String, (u64, Option<DeploymentId>)>,
+    cache: Cache<String, (u64, Option<Production>)>,
     domains: tokio::sync::RwLock<Option<DomainMap>>,
     ttl: std::time::Duration,
     records: gitdeploy_api::Records,
@@ -244,7 +245,7 @@ impl AliasCache {
         })
     }
 
-    fn counted(&self, result: &str, id: Option<DeploymentId>) -> Option<DeploymentId> {
+    fn counted(&self, result: &str, id: Option<Production>) -> Option<Production> {
         self.metrics.alias_lookup(match (result, &id) {
             ("hit", None) | ("loaded", None) => "missing",
             _ => result,
@@ -255,7 +256,7 @@ impl AliasCache {
 
 #[async_trait::async_trait]
 impl gitdeploy_api::AliasResolver for AliasCache {
-    async fn production(&self, project: &str) -> Option<DeploymentId> {
+    async fn production(&self, project: &str) -> Option<Production> {
         let generation = self.records.store().alias_generation();
         if let Some((seen, id)) = self.cache.get(project).await {
             if seen >= generation {
@@ -268,10 +269,15 @@ impl gitdeploy_api::AliasResolver for AliasCache {
         let found = self
             .cache
             .try_get_with(project.to_owned(), async move {
-                records
-                    .project(&name)
-                    .await
-                    .map(|p| (generation, p.and_then(|p| p.production)))
+                records.project(&name).await.map(|p| {
+                    let production = p.and_then(|p| {
+                        Some(Production {
+                            id: p.production?,
+                            hsts_max_age_secs: p.hsts_max_age_secs,
+                        })
+                    });
+                    (generation, production)
+                })
             })
             .await;
         match found {

@@ -20,6 +20,7 @@ mod control;
 mod domain_certs;
 mod draining;
 mod embedded_s3;
+mod hsts;
 mod local_ca;
 mod memory;
 mod metrics;

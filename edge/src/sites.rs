@@ -163,7 +163,14 @@ impl SitesProxy {
         // A deployment id serves that build; any other label is a project's production alias.
         let id = match DeploymentId::parse(label) {
             Some(id) => Some(id),
-            None if !looks_like_deployment_id(label) => self.aliases.production(label).await,
+            None if !looks_like_deployment_id(label) => {
+                self.aliases.production(label).await.map(|p| {
+                    if let Some(max_age) = p.hsts_max_age_secs {
+                        crate::hsts::set(session, max_age);
+                    }
+                    p.id
+                })
+            }
             None => None,
         };
         let Some(id) = id else {
@@ -326,6 +333,14 @@ fn is_upgrade(req: &RequestHeader) -> bool {
 #[async_trait]
 impl ProxyHttp for SitesProxy {
     type CTX = RequestCtx;
+
+    fn init_downstream_modules(&self, modules: &mut pingora_core::modules::http::HttpModules) {
+        // Pingora's default: its compression module, off.
+        modules.add_module(
+            pingora_core::modules::http::compression::ResponseCompressionBuilder::enable(0),
+        );
+        modules.add_module(Box::new(crate::hsts::HstsModule));
+    }
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {

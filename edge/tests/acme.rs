@@ -12,30 +12,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    deploy_and_follow as deploy, free_port, DnsServer, GitServer, Gitdeploy, Pebble, PebblePorts,
-    Redis, S3_KEY,
+    add_domain, curl_tls, deploy_and_follow as deploy, free_port, DnsServer, GitServer, Gitdeploy,
+    Pebble, PebblePorts, Redis, S3_KEY,
 };
 use serde_json::{json, Value};
-
-/// `curl` of `https://<host>:<port>/` through the loopback, trusting `root`: exit code, body
-/// and the HTTP version used.
-fn curl(root: &Path, host: &str, port: u16) -> (i32, String, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--http2", "--max-time", "10", "--cacert"])
-        .arg(root)
-        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
-        .args(["-w", "\n%{http_version}"])
-        .arg(format!("https://{host}:{port}/"))
-        .output()
-        .expect("curl is installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, version) = text.rsplit_once('\n').unwrap_or((&text, ""));
-    (
-        out.status.code().unwrap_or(-1),
-        body.to_owned(),
-        version.to_owned(),
-    )
-}
 
 /// The serial and issuer of the certificate the edge presents for `sni` (empty when none).
 fn presented(port: u16, sni: &str) -> String {
@@ -78,17 +58,6 @@ async fn until(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(300));
     }
-}
-
-async fn add_domain(gd: &Gitdeploy, project: &str, domain: &str) {
-    let resp = gd
-        .http()
-        .post(gd.api(&format!("/api/projects/{project}/domains")))
-        .json(&json!({"domain": domain}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
 }
 
 /// The flags of an edge ordering from `pebble` (at `ports`), checking DNS with `dns`.
@@ -147,7 +116,7 @@ async fn a_verified_domain_gets_a_real_certificate_renewed_and_kept_through_an_o
 
     // Claimed but not pointing at the platform: no order, no account, no certificate; an
     // unknown name's handshake fails and orders nothing either.
-    add_domain(&gd, "shop", "www.shop.org").await;
+    assert_eq!(add_domain(&gd, "shop", "www.shop.org").await.0, 201);
     until(&gd, "shop", "www.shop.org", "was checked", |d| {
         d["error"]
             .as_str()
@@ -170,7 +139,7 @@ async fn a_verified_domain_gets_a_real_certificate_renewed_and_kept_through_an_o
     let first_expiry = d["not_after_unix_ms"].as_u64().expect("an expiry");
     assert!(d.get("error").is_none(), "{d}");
     assert_eq!(
-        curl(&root, "www.shop.org", tls_port),
+        curl_tls(&root, "www.shop.org", tls_port, "/", "--http2"),
         (0, "the shop".into(), "2".into())
     );
     let first = presented(tls_port, "www.shop.org");
@@ -230,7 +199,7 @@ async fn a_verified_domain_gets_a_real_certificate_renewed_and_kept_through_an_o
         "{d}"
     );
     assert_eq!(
-        curl(&root, "www.shop.org", tls_port),
+        curl_tls(&root, "www.shop.org", tls_port, "/", "--http2"),
         (0, "the shop".into(), "2".into())
     );
     assert!(
@@ -286,7 +255,7 @@ async fn two_edges_order_a_name_once_and_both_present_it() {
     let root = data_a.path().join("pebble-root.pem");
     pebble.write_root(&root);
     deploy(&a, json!({"repo": git.url("shop"), "project": "shop"})).await;
-    add_domain(&b, "shop", "www.shop.org").await;
+    assert_eq!(add_domain(&b, "shop", "www.shop.org").await.0, 201);
     dns.add_a("www.shop.org", &["127.0.0.1"]);
     for gd in [&a, &b] {
         until(gd, "shop", "www.shop.org", "became active", |d| {
@@ -305,7 +274,7 @@ async fn two_edges_order_a_name_once_and_both_present_it() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(
-            curl(&root, "www.shop.org", port),
+            curl_tls(&root, "www.shop.org", port, "/", "--http2"),
             (0, "the shop".into(), "2".into())
         );
     }

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{deploy_and_follow as deploy, DnsServer, GitServer, Gitdeploy};
+use common::{add_domain, deploy_and_follow as deploy, DnsServer, GitServer, Gitdeploy};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -60,17 +60,6 @@ async fn until_status(gd: &Gitdeploy, project: &str, domain: &str, want: &str) -
     }
 }
 
-async fn add(gd: &Gitdeploy, project: &str, domain: &str) -> (u16, Value) {
-    let resp = gd
-        .http()
-        .post(gd.api(&format!("/api/projects/{project}/domains")))
-        .json(&json!({"domain": domain}))
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn a_custom_domain_serves_its_project_once_dns_points_at_the_platform() {
     let dns = DnsServer::start();
@@ -97,7 +86,7 @@ async fn a_custom_domain_serves_its_project_once_dns_points_at_the_platform() {
     }
 
     // Claimed, not yet pointed at us: listed as pending_dns with what DNS says, not served.
-    let (status, d) = add(&gd, "shop", "WWW.Acme-Shop.com").await;
+    let (status, d) = add_domain(&gd, "shop", "WWW.Acme-Shop.com").await;
     assert_eq!(status, 201, "{d}");
     assert_eq!(
         d,
@@ -124,11 +113,11 @@ async fn a_custom_domain_serves_its_project_once_dns_points_at_the_platform() {
 
     // An A record to a public address verifies too; one to a stranger's does not.
     dns.add_a("acme-shop.com", &["192.0.2.10"]);
-    assert_eq!(add(&gd, "shop", "acme-shop.com").await.0, 201);
+    assert_eq!(add_domain(&gd, "shop", "acme-shop.com").await.0, 201);
     until_status(&gd, "shop", "acme-shop.com", "active").await;
     assert_eq!(at(&gd, "acme-shop.com").await, (200, "the shop".into()));
     dns.add_a("blog.example-cdn.net", &["198.51.100.1"]);
-    assert_eq!(add(&gd, "blog", "blog.example-cdn.net").await.0, 201);
+    assert_eq!(add_domain(&gd, "blog", "blog.example-cdn.net").await.0, 201);
     let d = until_error(&gd, "blog", "blog.example-cdn.net").await;
     assert!(
         d["error"]
@@ -140,7 +129,7 @@ async fn a_custom_domain_serves_its_project_once_dns_points_at_the_platform() {
     assert_eq!(at(&gd, "blog.example-cdn.net").await.0, 404);
 
     // One project per name; the platform's own names, addresses and wildcards are refused.
-    let (status, e) = add(&gd, "blog", "www.acme-shop.com").await;
+    let (status, e) = add_domain(&gd, "blog", "www.acme-shop.com").await;
     assert_eq!(
         (status, e["error"]["code"].as_str()),
         (409, Some("domain_taken"))
@@ -152,11 +141,11 @@ async fn a_custom_domain_serves_its_project_once_dns_points_at_the_platform() {
         "no_such",
         "com",
     ] {
-        let (status, e) = add(&gd, "blog", bad).await;
+        let (status, e) = add_domain(&gd, "blog", bad).await;
         assert_eq!(status, 400, "{bad}: {e}");
         assert_eq!(e["error"]["code"], "invalid_domain", "{bad}: {e}");
     }
-    let (status, _) = add(&gd, "nope", "a.acme-shop.com").await;
+    let (status, _) = add_domain(&gd, "nope", "a.acme-shop.com").await;
     assert_eq!(status, 404);
     // A name nobody claimed is a 404, whatever DNS says.
     dns.set_cname("other.acme-shop.com", "shop.localhost");
@@ -199,7 +188,7 @@ async fn a_custom_domain_serves_its_project_once_dns_points_at_the_platform() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Removed www.acme-shop.com from shop"), "{out}");
     assert_eq!(at(&gd, "www.acme-shop.com").await.0, 404);
-    assert_eq!(add(&gd, "blog", "www.acme-shop.com").await.0, 201);
+    assert_eq!(add_domain(&gd, "blog", "www.acme-shop.com").await.0, 201);
     let resp = gd
         .http()
         .delete(gd.api("/api/projects/shop/domains/www.acme-shop.com"))

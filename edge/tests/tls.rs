@@ -9,32 +9,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{deploy_and_follow as deploy, free_port, GitServer, Gitdeploy, TestCa};
+use common::{curl_tls, deploy_and_follow as deploy, free_port, GitServer, Gitdeploy, TestCa};
 use serde_json::json;
 
 /// The platform certificate for `sites.test` and `*.sites.test`, serial `serial`.
 fn issue_platform(ca: &TestCa, serial: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     ca.issue("site", &["DNS:sites.test", "DNS:*.sites.test"], serial)
-}
-
-/// `curl` of `https://<host>:<port><path>` through the loopback: exit code, body and the HTTP
-/// version used.
-fn curl(ca_pem: &Path, host: &str, port: u16, path: &str, http: &str) -> (i32, String, String) {
-    let out = Command::new("curl")
-        .args(["-sS", http, "--max-time", "10", "--cacert"])
-        .arg(ca_pem)
-        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
-        .args(["-w", "\n%{http_version}"])
-        .arg(format!("https://{host}:{port}{path}"))
-        .output()
-        .expect("curl is installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, version) = text.rsplit_once('\n').unwrap_or((&text, ""));
-    (
-        out.status.code().unwrap_or(-1),
-        body.to_owned(),
-        version.to_owned(),
-    )
 }
 
 /// The serial of the certificate the edge presents for `sni`.
@@ -79,17 +59,17 @@ async fn sites_and_the_api_are_served_over_https_and_http2_with_a_reloaded_certi
     let dir = ca.ca_pem();
     let dir = dir.as_path();
     assert_eq!(
-        curl(dir, "shop.sites.test", tls_port, "/", "--http2"),
+        curl_tls(dir, "shop.sites.test", tls_port, "/", "--http2"),
         (0, "the shop".into(), "2".into())
     );
     assert_eq!(
-        curl(dir, &format!("{id}.sites.test"), tls_port, "/", "--http1.1"),
+        curl_tls(dir, &format!("{id}.sites.test"), tls_port, "/", "--http1.1"),
         (0, "the shop".into(), "1.1".into())
     );
-    let (code, body, version) = curl(dir, "sites.test", tls_port, "/api/health", "--http2");
+    let (code, body, version) = curl_tls(dir, "sites.test", tls_port, "/api/health", "--http2");
     assert_eq!((code, version.as_str()), (0, "2"), "{body}");
     assert!(body.contains("\"ok\":true"), "{body}");
-    let (code, body, _) = curl(dir, "shop.sites.test", tls_port, "/missing", "--http2");
+    let (code, body, _) = curl_tls(dir, "shop.sites.test", tls_port, "/missing", "--http2");
     assert_eq!(code, 0);
     assert!(body.contains("could not be found"), "{body}");
     // Over plain HTTP a site now redirects to HTTPS (308: the method stays), but not an ACME
@@ -121,9 +101,9 @@ async fn sites_and_the_api_are_served_over_https_and_http2_with_a_reloaded_certi
     assert_eq!(resp.status(), 200);
 
     // A name the platform does not serve gets no certificate: the handshake fails.
-    let (code, _, _) = curl(dir, "www.other.org", tls_port, "/", "--http2");
+    let (code, _, _) = curl_tls(dir, "www.other.org", tls_port, "/", "--http2");
     assert_eq!(code, 35, "curl reports a TLS handshake failure");
-    let (code, _, _) = curl(dir, "a.b.sites.test", tls_port, "/", "--http2");
+    let (code, _, _) = curl_tls(dir, "a.b.sites.test", tls_port, "/", "--http2");
     assert_eq!(code, 35);
     let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", gd.metrics_port))
         .await
@@ -152,7 +132,7 @@ async fn sites_and_the_api_are_served_over_https_and_http2_with_a_reloaded_certi
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
-        curl(dir, "shop.sites.test", tls_port, "/", "--http2"),
+        curl_tls(dir, "shop.sites.test", tls_port, "/", "--http2"),
         (0, "the shop".into(), "2".into())
     );
     // A broken replacement is refused and the last good one goes on serving.
@@ -202,17 +182,20 @@ async fn without_certificate_files_a_local_ca_issues_one_per_name() {
     let (id, _) = deploy(&gd, json!({"repo": git.url("shop"), "project": "shop"})).await;
     let ca = data.path().join("tls").join("ca.pem");
     assert_eq!(
-        curl(&ca, "shop.localhost", tls_port, "/", "--http2"),
+        curl_tls(&ca, "shop.localhost", tls_port, "/", "--http2"),
         (0, "the shop".into(), "2".into())
     );
     assert_eq!(
-        curl(&ca, &format!("{id}.localhost"), tls_port, "/", "--http2").1,
+        curl_tls(&ca, &format!("{id}.localhost"), tls_port, "/", "--http2").1,
         "the shop"
     );
-    let (code, body, _) = curl(&ca, "localhost", tls_port, "/api/health", "--http2");
+    let (code, body, _) = curl_tls(&ca, "localhost", tls_port, "/api/health", "--http2");
     assert_eq!(code, 0, "{body}");
     // Names outside the platform get nothing, even from its own CA.
-    assert_eq!(curl(&ca, "www.other.org", tls_port, "/", "--http2").0, 35);
+    assert_eq!(
+        curl_tls(&ca, "www.other.org", tls_port, "/", "--http2").0,
+        35
+    );
     use std::os::unix::fs::PermissionsExt;
     let key = std::fs::metadata(data.path().join("tls").join("ca.key")).unwrap();
     assert_eq!(key.permissions().mode() & 0o777, 0o600);
@@ -225,8 +208,98 @@ async fn without_certificate_files_a_local_ca_issues_one_per_name() {
         "the same CA after a restart"
     );
     assert_eq!(
-        curl(&ca, "shop.localhost", tls_port, "/", "--http2").1,
+        curl_tls(&ca, "shop.localhost", tls_port, "/", "--http2").1,
         "the shop"
     );
     drop(gd);
+}
+
+/// The response headers `curl` gets over HTTP/2 for `https://<host>:<port><path>`.
+fn headers(ca_pem: &Path, host: &str, port: u16, path: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+        ])
+        .arg("--cacert")
+        .arg(ca_pem)
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("curl is installed");
+    String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+}
+
+/// HSTS is a project's option: on every HTTPS response of its production host (a file, a 404),
+/// never on its deployments' own hosts, never over plain HTTP; off again with 0; more than two
+/// years is refused.
+#[tokio::test]
+async fn hsts_is_sent_for_a_project_that_asks_for_it() {
+    let mut git = GitServer::new();
+    git.add_repo("shop", &[("index.html", "the shop")]);
+    git.start();
+    let data = tempfile::tempdir().unwrap();
+    let tls_port = free_port();
+    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let gd = Gitdeploy::start_with(data.path(), &["--tls-listen", &tls_listen]).await;
+    let (id, _) = deploy(&gd, json!({"repo": git.url("shop"), "project": "shop"})).await;
+    let ca = data.path().join("tls").join("ca.pem");
+    let hsts = "strict-transport-security: max-age=31536000";
+    assert!(!headers(&ca, "shop.localhost", tls_port, "/").contains("strict-transport"));
+
+    let patch = |body: serde_json::Value| {
+        let gd = &gd;
+        async move {
+            let resp = gd
+                .http()
+                .patch(gd.api("/api/projects/shop"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (
+                resp.status().as_u16(),
+                resp.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, body) = patch(json!({"hsts_max_age_secs": 63_072_001u64})).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_hsts", "{body}");
+    let (status, body) = patch(json!({"hsts_max_age_secs": 31_536_000})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["hsts_max_age_secs"], 31_536_000);
+    // Alias lookups are cached for up to 5 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !headers(&ca, "shop.localhost", tls_port, "/").contains(hsts) {
+        assert!(Instant::now() < deadline, "HSTS never appeared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(headers(&ca, "shop.localhost", tls_port, "/missing").contains(hsts));
+    assert!(!headers(&ca, &format!("{id}.localhost"), tls_port, "/").contains("strict-transport"));
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(gd.api("/"))
+        .header("host", "shop.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 308);
+    assert!(plain.headers().get("strict-transport-security").is_none());
+    let (status, body) = patch(json!({"hsts_max_age_secs": 0})).await;
+    assert_eq!(status, 200);
+    assert!(body["hsts_max_age_secs"].is_null(), "{body}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while headers(&ca, "shop.localhost", tls_port, "/").contains(hsts) {
+        assert!(Instant::now() < deadline, "HSTS never went away");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -96,6 +96,7 @@ pub(super) async fn create_project(
             webhook_secret: req.webhook_secret,
             deploy_hook: None,
             created_unix_ms: now_ms(),
+            hsts_max_age_secs: None,
         })
         .await
         .map_err(project_error)?;
@@ -154,6 +155,9 @@ pub(super) struct ProjectUpdate {
     /// `true`: a new deploy hook URL (replacing any earlier one); `false`: none.
     #[serde(default)]
     deploy_hook: Option<bool>,
+    /// HSTS max-age in seconds on the project's HTTPS responses; `0` turns it off.
+    #[serde(default)]
+    hsts_max_age_secs: Option<u64>,
 }
 
 pub(super) async fn update_project(
@@ -169,6 +173,20 @@ pub(super) async fn update_project(
     if let Some(secret) = req.webhook_secret.as_deref().filter(|s| !s.is_empty()) {
         validate_webhook_secret(secret)?;
     }
+    let hsts = match req.hsts_max_age_secs {
+        None => None,
+        Some(0) => Some(None),
+        Some(n) if n <= u64::from(crate::projects::HSTS_MAX_AGE_LIMIT) => Some(Some(n as u32)),
+        Some(n) => {
+            return Err(ApiError::bad_request(
+                "invalid_hsts",
+                format!(
+                    "hsts_max_age_secs {n} is more than {} (two years); 0 turns HSTS off",
+                    crate::projects::HSTS_MAX_AGE_LIMIT
+                ),
+            ))
+        }
+    };
     let max_timeout = cp.config.limits.timeout_secs;
     let hook_secret = {
         use rand::distr::{Alphanumeric, SampleString};
@@ -188,6 +206,9 @@ pub(super) async fn update_project(
             }
             if let Some(secret) = req.webhook_secret.clone() {
                 p.webhook_secret = Some(secret).filter(|s| !s.is_empty());
+            }
+            if let Some(hsts) = hsts {
+                p.hsts_max_age_secs = hsts;
             }
             match req.deploy_hook {
                 Some(true) => p.deploy_hook = Some(hook_secret.clone()),

@@ -46,6 +46,7 @@ pub(super) fn project_json(cp: &ControlPlane, p: &Project) -> Value {
             .public
             .api(&format!("/api/hooks/deploy/{}/{secret}", p.name))),
         "created_unix_ms": p.created_unix_ms,
+        "hsts_max_age_secs": p.hsts_max_age_secs,
     })
 }
 

@@ -387,3 +387,41 @@ pub fn assert_complete_log(records: &[LogRecord]) {
         );
     }
 }
+
+/// `curl` of `https://<host>:<port><path>` through the loopback: exit code, body and the HTTP
+/// version used.
+pub fn curl_tls(
+    ca_pem: &Path,
+    host: &str,
+    port: u16,
+    path: &str,
+    http: &str,
+) -> (i32, String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", http, "--max-time", "10", "--cacert"])
+        .arg(ca_pem)
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(["-w", "\n%{http_version}"])
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("curl is installed (scripts/prereqs --test)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, version) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (
+        out.status.code().unwrap_or(-1),
+        body.to_owned(),
+        version.to_owned(),
+    )
+}
+
+/// Claims `domain` for `project`: the status and the answer.
+pub async fn add_domain(gd: &Gitdeploy, project: &str, domain: &str) -> (u16, Value) {
+    let resp = gd
+        .http()
+        .post(gd.api(&format!("/api/projects/{project}/domains")))
+        .json(&serde_json::json!({"domain": domain}))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
