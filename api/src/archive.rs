@@ -18,6 +18,9 @@ pub trait SiteStorage: Send + Sync {
     /// Removes every stored object of `id` (manifest first, so no edge can load it any more);
     /// returns how many.
     fn delete_deployment(&self, id: &DeploymentId) -> ArchiveFuture<'_, u64>;
+
+    /// Whether the storage answers now (readiness): `Err` with why not.
+    fn probe(&self) -> ArchiveFuture<'_, ()>;
 }
 
 /// What a [`LogArchive`] answers with.

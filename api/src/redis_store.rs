@@ -472,6 +472,14 @@ impl Store for RedisStore {
         self.forget_task_access(id).await
     }
 
+    async fn ping(&self) -> io::Result<()> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.conn.clone())
+            .await
+            .map(|_| ())
+            .map_err(io_err)
+    }
+
     fn alias_changes(&self) -> broadcast::Receiver<AliasChange> {
         self.aliases.subscribe()
     }

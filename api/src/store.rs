@@ -186,6 +186,10 @@ pub trait Store: Send + Sync + 'static {
     async fn forget_task(&self, _id: &DeploymentId) -> io::Result<()> {
         Ok(())
     }
+    /// Whether the store answers now (readiness): `Err` with why not.
+    async fn ping(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// Alias moves and deletions, as this process makes or hears of them.
     fn alias_changes(&self) -> broadcast::Receiver<AliasChange>;
     /// A number that grows with every alias change this process has made or heard of. It

@@ -44,6 +44,11 @@ impl ObjectLayout {
         format!("{}sites/{id}/", self.prefix)
     }
 
+    /// The prefix every manifest starts with.
+    pub fn manifests_prefix(&self) -> String {
+        format!("{}manifests/", self.prefix)
+    }
+
     /// Key of a deployment's manifest.
     pub fn manifest(&self, id: &DeploymentId) -> String {
         format!("{}manifests/{id}.json", self.prefix)

@@ -435,6 +435,20 @@ impl gitdeploy_api::SiteStorage for S3Origin {
             Ok(deleted + 1)
         })
     }
+
+    fn probe(&self) -> gitdeploy_api::ArchiveFuture<'_, ()> {
+        Box::pin(async move {
+            self.client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(self.layout.manifests_prefix())
+                .max_keys(1)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| origin_error(&e).to_string())
+        })
+    }
 }
 
 /// Build logs are archived next to the sites, at `logs/<id>.ndjson`.

@@ -24,7 +24,7 @@ pub(super) async fn require_token(
     let path = req.uri().path();
     if matches!(
         path,
-        "/" | "/api/health" | "/api/openapi.json" | "/api/hooks/github"
+        "/" | "/api/health" | "/api/ready" | "/api/openapi.json" | "/api/hooks/github"
     ) || path.starts_with("/assets/")
         || path.starts_with("/api/hooks/deploy/")
     {

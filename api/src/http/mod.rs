@@ -25,11 +25,13 @@
 //! GET  /api/projects/{name}/domains  [{domain, status, error?, not_after_unix_ms?}]
 //! DELETE /api/projects/{name}/domains/{domain}  release it → 204
 //! GET  /api/health                 liveness
+//! GET  /api/ready                  readiness: the state store and the storage answer
 //! ```
 
 mod auth;
 mod deployments;
 mod domains;
+mod health;
 mod hooks;
 mod logs;
 mod projects;
@@ -64,6 +66,7 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
         .route("/", get(index))
         .route("/assets/{file}", get(crate::dashboard::asset))
         .route("/api/health", get(|| async { Json(json!({"ok": true})) }))
+        .route("/api/ready", get(health::ready))
         .route("/api/openapi.json", get(openapi))
         .route(
             "/api/deployments",

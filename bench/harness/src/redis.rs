@@ -111,6 +111,18 @@ impl Redis {
             Self::spawn_with(self.dir.path(), &self.socket, self.persistent, &self.extra);
     }
 
+    /// Kills the server (a Redis outage) until [`Redis::restart`].
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts it again after [`Redis::stop`], on the same socket and data.
+    pub fn restart(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        self.process =
+            Self::spawn_with(self.dir.path(), &self.socket, self.persistent, &self.extra);
+    }
+
     /// The server's process group id.
     pub fn group(&self) -> u32 {
         self.process.pid()
