@@ -212,3 +212,56 @@ async fn until_error(gd: &Gitdeploy, project: &str, domain: &str) -> Value {
         backoff = (backoff * 2).min(Duration::from_millis(500));
     }
 }
+
+/// Without an ACME directory, `up --tls-listen` without certificate files serves a verified
+/// custom domain over HTTPS with a certificate of its local CA; a domain still waiting for its
+/// DNS gets none (the local CA never issues for a name nobody verified).
+#[tokio::test]
+async fn the_local_ca_serves_verified_custom_domains_only() {
+    let dns = DnsServer::start();
+    let mut git = GitServer::new();
+    git.add_repo("shop", &[("index.html", "the shop")]);
+    git.start();
+    let data = tempfile::tempdir().unwrap();
+    let tls_port = common::free_port();
+    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let resolver = dns.dns.to_string();
+    let gd = Gitdeploy::start_with(
+        data.path(),
+        &[
+            "--tls-listen",
+            &tls_listen,
+            "--dns-resolver",
+            &resolver,
+            "--public-address",
+            "192.0.2.10",
+            "--domain-check-interval-ms",
+            "200",
+        ],
+    )
+    .await;
+    deploy(&gd, json!({"repo": git.url("shop"), "project": "shop"})).await;
+    let ca = data.path().join("tls").join("ca.pem");
+    assert_eq!(add_domain(&gd, "shop", "www.acme-shop.com").await.0, 201);
+    until_error(&gd, "shop", "www.acme-shop.com").await;
+    assert_eq!(
+        common::curl_tls(&ca, "www.acme-shop.com", tls_port, "/", "--http2").0,
+        35,
+        "no certificate before it is verified"
+    );
+    dns.add_a("www.acme-shop.com", &["192.0.2.10"]);
+    until_status(&gd, "shop", "www.acme-shop.com", "active").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = common::curl_tls(&ca, "www.acme-shop.com", tls_port, "/", "--http2");
+        if got.0 == 0 {
+            assert_eq!(got, (0, "the shop".into(), "2".into()));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never served over HTTPS: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
