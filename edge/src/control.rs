@@ -24,10 +24,6 @@ pub struct HostRules {
     pub domain: String,
     /// Further hosts that reach the control plane (the address `up` listens on).
     pub control_hosts: Vec<String>,
-    /// The public HTTPS port, when sites are served over HTTPS: plain-HTTP site requests are
-    /// then redirected there (308). The control plane stays on both, for clients that were
-    /// given a plain URL.
-    pub https_port: Option<u16>,
 }
 
 /// The API as a Pingora application on its private socket.

@@ -339,7 +339,10 @@ impl ProxyHttp for SitesProxy {
         modules.add_module(
             pingora_core::modules::http::compression::ResponseCompressionBuilder::enable(0),
         );
-        modules.add_module(Box::new(crate::hsts::HstsModule));
+        // HSTS goes out over TLS only: without a TLS listener no request pays for the module.
+        if self.tls.certificates.is_some() {
+            modules.add_module(Box::new(crate::hsts::HstsModule));
+        }
     }
 
     fn new_ctx(&self) -> RequestCtx {

@@ -26,7 +26,9 @@ pub struct TlsRoutes {
     pub challenges: Option<Arc<dyn CertStore>>,
     /// The TLS listener's certificates (only with a TLS listener).
     pub certificates: Option<Arc<Certificates>>,
-    /// The public HTTPS port, for redirects.
+    /// The public HTTPS port, when sites are served over HTTPS: plain-HTTP site requests are
+    /// then redirected there (308). The control plane stays on both, for clients that were
+    /// given a plain URL.
     pub https_port: Option<u16>,
 }
 

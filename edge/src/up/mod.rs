@@ -304,16 +304,19 @@ fn host_rules(opts: &Platform) -> HostRules {
             SocketAddr::V6(a) => format!("[{}]", a.ip()),
         });
     }
-    // Behind a load balancer the public HTTPS port may differ from the listener's.
-    let https_port = opts.tls.as_ref().map(|tls| match &opts.public {
-        Some(p) if p.scheme == "https" => p.port.unwrap_or(443),
-        _ => tls.listen.port(),
-    });
     HostRules {
         domain: opts.domain.clone(),
         control_hosts,
-        https_port,
     }
+}
+
+/// The public HTTPS port plain-HTTP site requests are redirected to, with a TLS listener:
+/// behind a load balancer it may differ from the listener's.
+fn public_https_port(opts: &Platform) -> Option<u16> {
+    opts.tls.as_ref().map(|tls| match &opts.public {
+        Some(p) if p.scheme == "https" => p.port.unwrap_or(443),
+        _ => tls.listen.port(),
+    })
 }
 
 /// What the public port is built from.
@@ -354,7 +357,6 @@ impl EdgeParts<'_> {
         );
         let draining = Draining::default();
         let tls_handshakes = self.metrics.tls_handshakes.clone();
-        let https_port = self.hosts.https_port;
         let certificates = match &opts.tls {
             Some(tls) => Some(certificates(
                 opts,
@@ -377,7 +379,7 @@ impl EdgeParts<'_> {
         .with_tls(crate::tls_routes::TlsRoutes {
             challenges: opts.acme.as_ref().map(|_| self.certs.clone()),
             certificates: certificates.clone(),
-            https_port,
+            https_port: public_https_port(opts),
         });
         let mut proxy = HttpProxy::new(proxy, server.configuration.clone());
         proxy.handle_init_modules();
