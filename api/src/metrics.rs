@@ -88,6 +88,17 @@ impl ApiMetrics {
                 &["outcome"],
             )?,
         };
+        // Every labelled series exists from the start at 0, so a dashboard's or an alert's
+        // rate() sees the first event instead of a series that appears already counted.
+        for outcome in ["ready", "failed", "canceled", "skipped"] {
+            m.builds_finished.with_label_values(&[outcome]);
+        }
+        for phase in ["clone", "install", "build", "upload"] {
+            m.phase_duration.with_label_values(&[phase]);
+        }
+        for outcome in ["issued", "failed"] {
+            m.acme_orders.with_label_values(&[outcome]);
+        }
         registry.register(Box::new(m.builds_started.clone()))?;
         registry.register(Box::new(m.builds_finished.clone()))?;
         registry.register(Box::new(m.build_duration.clone()))?;

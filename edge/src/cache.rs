@@ -57,6 +57,11 @@ impl ManifestCache {
         }
     }
 
+    /// Bytes held (estimated, like the capacity).
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
     /// Forgets the manifest of `id` (the deployment was deleted).
     pub async fn invalidate(&self, id: &DeploymentId) {
         self.cache.invalidate(id).await;

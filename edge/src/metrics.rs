@@ -25,8 +25,6 @@ pub struct EdgeMetrics {
     pub object_cache: IntCounterVec,
     /// Object cache evictions.
     pub object_cache_evictions: IntCounter,
-    /// Bytes held by the object cache.
-    pub object_cache_bytes: IntGauge,
     /// S3 requests by kind (`object`, `manifest`) and outcome (`ok`, `error`).
     pub s3_requests: IntCounterVec,
     /// S3 time to response header, by kind.
@@ -58,7 +56,6 @@ struct Parts {
     bytes_sent: IntCounter,
     object_cache: IntCounterVec,
     object_cache_evictions: IntCounter,
-    object_cache_bytes: IntGauge,
     s3_requests: IntCounterVec,
     s3_latency: HistogramVec,
     manifest_lookups: IntCounterVec,
@@ -128,10 +125,6 @@ impl EdgeMetrics {
             object_cache_evictions: IntCounter::new(
                 "gitdeploy_object_cache_evictions_total",
                 "Objects evicted from the object cache.",
-            )?,
-            object_cache_bytes: IntGauge::new(
-                "gitdeploy_object_cache_bytes",
-                "Bytes held by the object cache.",
             )?,
             s3_requests: IntCounterVec::new(
                 Opts::new(
@@ -203,7 +196,6 @@ impl EdgeMetrics {
             bytes_sent: m.bytes_sent,
             object_cache: m.object_cache,
             object_cache_evictions: m.object_cache_evictions,
-            object_cache_bytes: m.object_cache_bytes,
             s3_requests: m.s3_requests,
             s3_latency: m.s3_latency,
             manifest_lookups: m.manifest_lookups,
@@ -211,12 +203,22 @@ impl EdgeMetrics {
             certificate_loads: m.certificate_loads,
             tls_handshakes: m.tls_handshakes,
         };
+        // Every labelled series exists from the start at 0 (see `ApiMetrics::new`).
+        for kind in ["object", "manifest"] {
+            m.s3_latency.with_label_values(&[kind]);
+            for outcome in ["ok", "error"] {
+                m.s3_requests.with_label_values(&[kind, outcome]);
+            }
+        }
+        for result in ["loaded", "failed"] {
+            m.certificate_loads.with_label_values(&[result]);
+        }
+        m.tls_handshakes.with_label_values(&["no_certificate"]);
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.latency.clone()))?;
         registry.register(Box::new(m.bytes_sent.clone()))?;
         registry.register(Box::new(m.object_cache.clone()))?;
         registry.register(Box::new(m.object_cache_evictions.clone()))?;
-        registry.register(Box::new(m.object_cache_bytes.clone()))?;
         registry.register(Box::new(m.s3_requests.clone()))?;
         registry.register(Box::new(m.s3_latency.clone()))?;
         registry.register(Box::new(m.manifest_lookups.clone()))?;
@@ -257,6 +259,36 @@ impl EdgeMetrics {
     pub fn alias_lookup(&self, result: &str) {
         self.hot.aliases[lookup_result_index(result)].inc();
     }
+}
+
+/// A gauge read from its owner when scraped (a cache's weight), so nothing on the request path
+/// keeps it current.
+struct SampledGauge<F> {
+    gauge: IntGauge,
+    read: F,
+}
+
+impl<F: Fn() -> u64 + Send + Sync> prometheus::core::Collector for SampledGauge<F> {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.gauge
+            .set(i64::try_from((self.read)()).unwrap_or(i64::MAX));
+        self.gauge.collect()
+    }
+}
+
+/// Registers the gauge `name`, whose value `read` gives at each scrape.
+pub fn register_sampled(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    read: impl Fn() -> u64 + Send + Sync + 'static,
+) -> prometheus::Result<()> {
+    let gauge = IntGauge::new(name, help)?;
+    registry.register(Box::new(SampledGauge { gauge, read }))
 }
 
 /// Serves a registry as Prometheus text at any path of its listener.

@@ -581,9 +581,6 @@ impl ProxyHttp for SitesProxy {
         self.metrics
             .bytes_sent
             .inc_by(session.body_bytes_sent() as u64);
-        self.metrics
-            .object_cache_bytes
-            .set(self.objects.weighted_size() as i64);
     }
 
     async fn fail_to_proxy(

@@ -205,6 +205,20 @@ fn prometheus_files_pass_promtool() {
         "promtool",
         &["check", "config", "prometheus/prometheus.yml"],
     );
+    // Compose's Prometheus, laid out as its container sees it: alerts.yml beside it.
+    let etc = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        deploy_dir().join("compose/prometheus.yml"),
+        etc.path().join("prometheus.yml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        deploy_dir().join("prometheus/alerts.yml"),
+        etc.path().join("alerts.yml"),
+    )
+    .unwrap();
+    let compose = etc.path().join("prometheus.yml");
+    run("promtool", &["check", "config", compose.to_str().unwrap()]);
     let rules = run("promtool", &["check", "rules", "prometheus/alerts.yml"]);
     assert!(rules.contains("SUCCESS: 8 rules found"), "{rules}");
 }
@@ -303,10 +317,12 @@ fn every_sample_configuration_passes_check_config() {
 fn compose_file_refers_to_files_that_exist() {
     let script = "import yaml, sys\n\
                   c = yaml.safe_load(open('compose.yaml'))\n\
-                  assert set(c['services']) == {'redis', 's3', 'edge'}, c['services'].keys()\n\
+                  want = {'redis', 's3', 'edge', 'prometheus', 'grafana'}\n\
+                  assert set(c['services']) == want, c['services'].keys()\n\
                   print(c['services']['s3']['build']['dockerfile'])\n\
-                  for v in c['services']['edge']['volumes']:\n\
-                  \x20   print(v.split(':')[0])\n";
+                  for s in c['services'].values():\n\
+                  \x20   for v in s.get('volumes', []):\n\
+                  \x20       print(v.split(':')[0])\n";
     let out = run(&test_tool("python3"), &["-c", script]);
     let mut lines = out.lines();
     let dockerfile = lines.next().unwrap();
@@ -314,7 +330,16 @@ fn compose_file_refers_to_files_that_exist() {
         deploy_dir().join("..").join(dockerfile).is_file(),
         "{dockerfile}"
     );
-    for source in lines.filter(|l| l.starts_with("./")) {
-        assert!(deploy_dir().join(source).is_file(), "{source}");
+    let mounted: Vec<&str> = lines.filter(|l| l.starts_with("./")).collect();
+    for source in &mounted {
+        assert!(deploy_dir().join(source).exists(), "{source}");
+    }
+    // Prometheus gets the shipped alert rules; Grafana its provisioning and the dashboard.
+    for source in [
+        "./prometheus/alerts.yml",
+        "./grafana/provisioning",
+        "./grafana/dashboards",
+    ] {
+        assert!(mounted.contains(&source), "{source} is not mounted");
     }
 }

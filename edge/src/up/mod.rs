@@ -95,6 +95,9 @@ pub fn run(platform: Platform) -> anyhow::Result<()> {
     let registry = Arc::new(prometheus::Registry::new());
     let api_metrics = ApiMetrics::new(&registry)?;
     let edge_metrics = EdgeMetrics::new(&registry)?;
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
     // Redis connections and the control plane's own tasks are driven by a runtime of their own
     // that lives as long as the server.
     let control_rt = control_runtime()?;
@@ -149,6 +152,7 @@ pub fn run(platform: Platform) -> anyhow::Result<()> {
         origin,
         records: &state.records,
         metrics: edge_metrics,
+        registry: &registry,
         api_socket: &api_socket,
         certs: &state.certs,
         domain_certs,
@@ -327,6 +331,7 @@ struct EdgeParts<'a> {
     origin: Arc<S3Origin>,
     records: &'a Records,
     metrics: EdgeMetrics,
+    registry: &'a prometheus::Registry,
     api_socket: &'a Path,
     certs: &'a Arc<dyn gitdeploy_api::cert_store::CertStore>,
     domain_certs: Arc<crate::domain_certs::DomainCertificates>,
@@ -350,6 +355,19 @@ impl EdgeParts<'_> {
             opts.cache.object_total_bytes,
             self.metrics.object_cache_evictions.clone(),
         ));
+        let (m, o) = (manifests.clone(), objects.clone());
+        crate::metrics::register_sampled(
+            self.registry,
+            "gitdeploy_manifest_cache_bytes",
+            "Bytes held by the manifest cache (estimated from the file lists).",
+            move || m.weighted_size(),
+        )?;
+        crate::metrics::register_sampled(
+            self.registry,
+            "gitdeploy_object_cache_bytes",
+            "Bytes held by the object cache.",
+            move || o.weighted_size(),
+        )?;
         let aliases = AliasCache::new(
             self.records.clone(),
             opts.cache.alias_ttl,
