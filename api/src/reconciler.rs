@@ -142,6 +142,7 @@ impl Reconciler<'_> {
         tracing::info!(id = %d.id, from, "adopted a queued build of a stopped runner");
         let _ = self.queue.force(BuildJob {
             deployment: d.id.clone(),
+            project: d.project.clone(),
             repo: d.repo.clone(),
             git_ref: d.git_ref.clone(),
             serving: d.serving.clone(),

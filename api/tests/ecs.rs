@@ -215,6 +215,7 @@ impl Platform {
         place
             .submit(BuildJob {
                 deployment: id.clone(),
+                project: None,
                 repo: "https://example.com/site.git".into(),
                 git_ref: None,
                 serving: ServingOptions::default(),

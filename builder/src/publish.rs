@@ -160,16 +160,30 @@ pub struct Published {
     pub multipart: u64,
 }
 
-/// Uploads `files` for `id` and then the manifest. Any failure leaves no manifest behind.
+/// What is being published: the deployment, its project and the commit built.
+pub struct Release<'a> {
+    /// The deployment.
+    pub id: &'a DeploymentId,
+    /// Its project, recorded in the manifest.
+    pub project: Option<&'a str>,
+    /// The commit built.
+    pub commit: &'a str,
+}
+
+/// Uploads `files` for the release and then the manifest. Any failure leaves no manifest behind.
 pub async fn publish(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     layout: &ObjectLayout,
-    id: &DeploymentId,
-    commit: &str,
+    release: Release<'_>,
     files: Vec<OutputFile>,
     rules: SiteRules,
 ) -> Result<Published, String> {
+    let Release {
+        id,
+        project,
+        commit,
+    } = release;
     let permits = Arc::new(Semaphore::new(PARALLEL_UPLOADS));
     let site_files: Arc<BTreeSet<String>> =
         Arc::new(files.iter().map(|f| f.relative.clone()).collect());
@@ -273,6 +287,7 @@ pub async fn publish(
     let manifest = Manifest {
         version: MANIFEST_VERSION,
         deployment: id.to_string(),
+        project: project.map(str::to_owned),
         commit: Some(commit.to_owned()),
         created_unix_ms: crate::events::now_ms(),
         files: entries,

@@ -401,8 +401,11 @@ async fn steps(
         &client,
         &config.bucket,
         &config.layout,
-        &job.deployment,
-        &commit,
+        publish::Release {
+            id: &job.deployment,
+            project: job.project.as_deref(),
+            commit: &commit,
+        },
         files,
         rules,
     )

@@ -53,6 +53,10 @@ pub mod env {
 pub struct BuildJob {
     /// The deployment being built.
     pub deployment: DeploymentId,
+    /// The project it belongs to, if any (recorded in the manifest, for access logs and
+    /// traffic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// Repository URL, already validated by [`crate::repo::validate_repo_url`].
     pub repo: String,
     /// Branch, tag or commit; the default branch when absent.

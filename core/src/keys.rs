@@ -1,7 +1,7 @@
 //! Where things live in the bucket. Files under `sites/<id>/`, the manifest at
 //! `manifests/<id>.json` (written last: its presence is what publishes a deployment) and the
 //! archived log at `logs/<id>.ndjson`, the build caches of builders without a lasting disk
-//! under `build-cache/<scope>/`, all under an optional prefix.
+//! under `build-cache/<scope>/`, the edges' access logs under `access-logs/`, all under an optional prefix.
 
 use crate::id::DeploymentId;
 
@@ -57,6 +57,11 @@ impl ObjectLayout {
     /// Key of a deployment's archived build log.
     pub fn log_archive(&self, id: &DeploymentId) -> String {
         format!("{}logs/{id}.ndjson", self.prefix)
+    }
+
+    /// The prefix of the edges' access logs (`access-logs/YYYY/MM/DD/HH/…`).
+    pub fn access_logs_prefix(&self) -> String {
+        format!("{}access-logs/", self.prefix)
     }
 
     /// The prefix of the build caches builds of one cache scope share ([`cache_scope`]).

@@ -19,6 +19,10 @@ pub struct Manifest {
     pub version: u32,
     /// The deployment this manifest describes.
     pub deployment: String,
+    /// The project the deployment belongs to, when it has one (absent in manifests written
+    /// before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// The git commit that was built, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
@@ -312,6 +316,7 @@ mod tests {
         Manifest {
             version: MANIFEST_VERSION,
             deployment: "k3f9q2m8x1ab".into(),
+            project: None,
             commit: None,
             created_unix_ms: 0,
             files: paths

@@ -52,6 +52,10 @@ pub(crate) struct Platform {
     pub tls: Option<TlsListener>,
     /// Where custom domains' certificates are ordered, when they are.
     pub acme: Option<gitdeploy_api::acme::AcmeSettings>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
+    /// The access log, when requests are logged.
+    pub access_log: Option<crate::access_log::AccessLogSettings>,
 }
 
 /// A TLS listener beside the plain one: the same sites and API over HTTPS and HTTP/2.

@@ -1,5 +1,6 @@
 //! The embedded S3 server of `gitdeploy up`: s3s over s3s-fs, on loopback, with SigV4
-//! authentication by a key generated at start-up. Builders upload to it and the sites proxy
+//! authentication by a key generated at start-up, on a runtime of its own that outlives the
+//! Pingora server ([`RunningS3`]). Builders upload to it and the sites proxy
 //! streams from it exactly as they would with real S3; an unsigned request is refused.
 
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use pingora_core::services::background::BackgroundService;
 use s3s::auth::SimpleAuth;
 use s3s::service::{S3Service, S3ServiceBuilder};
 
-/// The embedded S3 server, run as a Pingora background service.
+/// The embedded S3 server (a Pingora background service for `gitdeploy s3-server`).
 pub struct EmbeddedS3 {
     listener: Mutex<Option<std::net::TcpListener>>,
     service: S3Service,
@@ -61,6 +62,36 @@ impl EmbeddedS3 {
             },
             addr,
         ))
+    }
+}
+
+/// The embedded S3 on a runtime of its own, outside the Pingora server: it keeps answering
+/// while the server shuts down, so that what the other services store last (a build's log
+/// archive, the access log's final batch) is stored.
+pub struct RunningS3 {
+    rt: tokio::runtime::Runtime,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl EmbeddedS3 {
+    /// Starts serving on `threads` worker threads.
+    pub fn spawn(self, threads: usize) -> std::io::Result<RunningS3> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("gitdeploy-s3")
+            .enable_all()
+            .build()?;
+        let (stop, watch) = tokio::sync::watch::channel(false);
+        rt.spawn(async move { self.start(watch).await });
+        Ok(RunningS3 { rt, stop })
+    }
+}
+
+impl RunningS3 {
+    /// Stops accepting, and gives requests in flight a moment to finish.
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
+        self.rt.shutdown_timeout(std::time::Duration::from_secs(2));
     }
 }
 

@@ -11,9 +11,11 @@
 //! metrics listener; the embedded S3, the build runner and the ready file as background
 //! services) → `run`. `up.rs` assembles them; `serve.rs` only turns the file into options.
 
+mod access_log;
 mod build_task;
 mod cache;
 mod cli;
+mod client_addr;
 mod client_stream;
 mod config;
 mod control;
@@ -28,6 +30,7 @@ mod origin;
 mod platform;
 mod public;
 mod ready;
+mod request_info;
 mod respond;
 mod runner_service;
 mod serve;
@@ -76,7 +79,7 @@ fn main() {
     pingora_core::tls::install_default_crypto_provider();
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Up(opts) => server("up", || up::run(opts.into_platform())),
+        Command::Up(opts) => server("up", || up::run(opts.into_platform()?)),
         Command::Serve(opts) => server("serve", || serve::run(opts)),
         Command::S3Server(opts) => server("s3-server", || up::run_s3_server(opts)),
         Command::Client(command) => cli::run(cli.api, command),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use gitdeploy_core::host::{normalize_host, request_host, route_host, HostRoute};
+use gitdeploy_core::host::{route_host, HostRoute};
 use gitdeploy_core::id::looks_like_deployment_id;
 use gitdeploy_core::{DeploymentId, Resolution, SitePath};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -21,8 +21,10 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::access_log::AccessLog;
 use crate::cache::{Claim, FillGuard, ManifestCache, ManifestError, ObjectCache, ObjectKey};
-use crate::control::{client_ip, HostRules, CLIENT_HEADER};
+use crate::client_addr::TrustedProxies;
+use crate::control::{HostRules, CLIENT_HEADER};
 use crate::draining::Draining;
 use crate::metrics::EdgeMetrics;
 use crate::origin::S3Origin;
@@ -50,6 +52,8 @@ pub struct SitesProxy {
     aliases: Arc<dyn AliasResolver>,
     draining: Draining,
     tls: TlsRoutes,
+    trusted: TrustedProxies,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl SitesProxy {
@@ -73,12 +77,26 @@ impl SitesProxy {
             aliases,
             draining: Draining::default(),
             tls: TlsRoutes::default(),
+            trusted: TrustedProxies::default(),
+            access_log: None,
         }
     }
 
     /// Responses close their connections once `draining` is on (see [`crate::public`]).
     pub fn with_draining(mut self, draining: Draining) -> Self {
         self.draining = draining;
+        self
+    }
+
+    /// Whose `X-Forwarded-For` names the client (see [`crate::client_addr`]).
+    pub fn with_trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted = trusted;
+        self
+    }
+
+    /// Every request (or the sampled share) logged (see [`crate::access_log`]).
+    pub fn with_access_log(mut self, log: Option<Arc<AccessLog>>) -> Self {
+        self.access_log = log;
         self
     }
 
@@ -97,6 +115,11 @@ pub struct RequestCtx {
     cache: &'static str,
     /// When the S3 request was sent.
     s3_sent: Option<std::time::Instant>,
+    /// Whether this request goes to the access log (sampled once, at its start).
+    logged: bool,
+    /// The project and deployment reached, kept for the access log.
+    project: Option<String>,
+    deployment: Option<DeploymentId>,
 }
 
 #[derive(Default)]
@@ -124,26 +147,6 @@ struct ObjectRequest {
 }
 
 impl SitesProxy {
-    /// The normalized host a request names; `Err` with the reason when the head is
-    /// malformed or ambiguous (which is answered `400`).
-    fn request_host(session: &Session) -> std::result::Result<Option<String>, &'static str> {
-        let req = session.req_header();
-        let hosts: Vec<&[u8]> = req
-            .headers
-            .get_all(http::header::HOST)
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        let host = request_host(
-            req.method.as_str(),
-            req.raw_path(),
-            req.version == http::Version::HTTP_2,
-            req.uri.authority().map(|a| a.as_str()),
-            &hosts,
-        )?;
-        Ok(normalize_host(host))
-    }
-
     /// Decides a site request; `Ok(true)` when the response was already sent.
     async fn route_site(
         &self,
@@ -176,12 +179,23 @@ impl SitesProxy {
         let Some(id) = id else {
             return send_error(session, 404, "There is no site at this address.", head).await;
         };
+        if ctx.logged {
+            ctx.deployment = Some(id.clone());
+            if !looks_like_deployment_id(label) {
+                ctx.project = Some(label.to_owned());
+            }
+        }
         let path = match SitePath::parse(session.req_header().uri.path()) {
             Ok(p) => p,
             Err(e) => return send_error(session, 400, &format!("Bad path: {e}."), head).await,
         };
         let manifest = match self.manifests.get(&id).await {
-            Ok(m) => m,
+            Ok(m) => {
+                if ctx.logged && ctx.project.is_none() {
+                    ctx.project = m.project.clone();
+                }
+                m
+            }
             Err(e) => {
                 return match e.as_ref() {
                     ManifestError::Missing => {
@@ -310,26 +324,6 @@ impl SitesProxy {
     }
 }
 
-impl SitesProxy {
-    /// Whom a control-plane request stands for: the peer, or the client a trusted proxy in
-    /// front of us names.
-    fn client_of(session: &Session) -> Option<std::net::IpAddr> {
-        let forwarded = session
-            .req_header()
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        let peer = session.client_addr()?.as_inet()?.ip();
-        Some(client_ip(peer, forwarded))
-    }
-}
-
-fn is_upgrade(req: &RequestHeader) -> bool {
-    req.headers
-        .get("upgrade")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-}
-
 #[async_trait]
 impl ProxyHttp for SitesProxy {
     type CTX = RequestCtx;
@@ -351,6 +345,9 @@ impl ProxyHttp for SitesProxy {
             started: std::time::Instant::now(),
             cache: "none",
             s3_sent: None,
+            logged: self.access_log.as_ref().is_some_and(|l| l.wants()),
+            project: None,
+            deployment: None,
         }
     }
 
@@ -361,7 +358,7 @@ impl ProxyHttp for SitesProxy {
     ) -> Result<()> {
         // Pipelined requests are answered in order (RFC 9112 §9.3.2), not dropped. Not for a
         // protocol upgrade: what follows it on the connection is the new protocol's.
-        let upgrade = is_upgrade(session.req_header());
+        let upgrade = crate::upgrade::is_upgrade(session.req_header());
         session.as_downstream_mut().set_pipelining_enabled(!upgrade);
         if self.draining.is_on() {
             session.set_keepalive(None);
@@ -374,7 +371,7 @@ impl ProxyHttp for SitesProxy {
         if let Some(sent) = self.tls.answer_challenge(session).await? {
             return Ok(sent);
         }
-        let host = match Self::request_host(session) {
+        let host = match crate::request_info::host(session) {
             Ok(host) => host.unwrap_or_default(),
             Err(why) => {
                 session.set_keepalive(None);
@@ -386,20 +383,10 @@ impl ProxyHttp for SitesProxy {
             false => route_host(&host, &self.hosts.domain, &self.hosts.control_hosts),
         };
         match route {
-            HostRoute::ControlPlane if is_upgrade(session.req_header()) => {
-                // Relayed by us: Pingora's own upgrade proxying can close the stream at once
-                // (see `upgrade`).
-                let socket = match &self.control_plane._address {
-                    pingora_core::protocols::l4::socket::SocketAddr::Unix(addr) => {
-                        addr.as_pathname().map(std::path::Path::to_owned)
-                    }
-                    _ => None,
-                };
-                let Some(socket) = socket else {
-                    return send_error(session, 502, "The API cannot be reached.", head).await;
-                };
-                let client = Self::client_of(session);
-                crate::upgrade::relay(session, &socket, client).await
+            HostRoute::ControlPlane if crate::upgrade::is_upgrade(session.req_header()) => {
+                // Relayed by us: Pingora's own upgrade proxying can close the stream at once.
+                let client = crate::request_info::client(session, &self.trusted);
+                crate::upgrade::relay_to(session, &self.control_plane, client).await
             }
             HostRoute::ControlPlane => {
                 ctx.target = Target::ControlPlane;
@@ -456,7 +443,7 @@ impl ProxyHttp for SitesProxy {
                 // Hop-by-hop: the client's `Connection: close` ends the client's connection,
                 // not the pooled one to the API (which would then be reused closed: a 502).
                 upstream.remove_header(&http::header::CONNECTION);
-                if let Some(client) = Self::client_of(session) {
+                if let Some(client) = crate::request_info::client(session, &self.trusted) {
                     upstream.insert_header(CLIENT_HEADER, client.to_string())?;
                 }
                 return Ok(());
@@ -581,6 +568,17 @@ impl ProxyHttp for SitesProxy {
         self.metrics
             .bytes_sent
             .inc_by(session.body_bytes_sent() as u64);
+        if let (true, Some(log)) = (ctx.logged, &self.access_log) {
+            let served = crate::access_log::Served {
+                status,
+                cache: ctx.cache,
+                started: ctx.started,
+                project: ctx.project.as_deref(),
+                deployment: ctx.deployment.as_ref().map(DeploymentId::as_str),
+                client: crate::request_info::client(session, &self.trusted),
+            };
+            crate::access_log::log_request(log, session, served);
+        }
     }
 
     async fn fail_to_proxy(

@@ -80,6 +80,33 @@ pub(crate) fn parse_answer(buf: &[u8]) -> Result<Option<Answer>> {
     }))
 }
 
+/// Whether the request asks for a WebSocket.
+pub(crate) fn is_upgrade(req: &RequestHeader) -> bool {
+    req.headers
+        .get("upgrade")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Relays an upgrade request to the API's socket, the Unix socket of `peer`; a 502 page when
+/// the peer is not one.
+pub(crate) async fn relay_to(
+    session: &mut Session,
+    peer: &pingora_core::upstreams::peer::HttpPeer,
+    client: Option<IpAddr>,
+) -> Result<bool> {
+    let socket = match &peer._address {
+        pingora_core::protocols::l4::socket::SocketAddr::Unix(addr) => addr.as_pathname(),
+        _ => None,
+    };
+    match socket {
+        Some(socket) => relay(session, socket, client).await,
+        None => {
+            let head = session.req_header().method == http::Method::HEAD;
+            crate::respond::send_error(session, 502, "The API cannot be reached.", head).await
+        }
+    }
+}
+
 /// Relays an upgrade request to the API listening on `socket` and answers it; `Ok(true)`: the
 /// response was sent (as `request_filter` returns).
 pub(crate) async fn relay(

@@ -189,6 +189,19 @@ fn iam_policies_are_least_privilege() {
         );
     }
     assert!(!edge_actions.iter().any(|a| a == "s3:DeleteObject"));
+    // It writes build-log archives and access logs, and no site file.
+    let puts: Vec<String> = edge
+        .iter()
+        .filter(|s| strings(&s["Action"]).iter().any(|a| a == "s3:PutObject"))
+        .flat_map(|s| strings(&s["Resource"]))
+        .collect();
+    assert_eq!(
+        puts,
+        [
+            "arn:aws:s3:::example-gitdeploy-sites/logs/*",
+            "arn:aws:s3:::example-gitdeploy-sites/access-logs/*"
+        ]
+    );
     let pass = edge
         .iter()
         .find(|s| strings(&s["Action"]) == ["iam:PassRole"])

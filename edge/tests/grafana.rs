@@ -198,7 +198,8 @@ fn family_of<'a>(name: &'a str, families: &BTreeMap<String, String>) -> Option<&
 
 #[tokio::test]
 async fn every_metric_on_the_dashboard_is_exported_and_every_exported_one_is_shown() {
-    // A TLS listener with certificate files, so the certificate metrics exist too.
+    // A TLS listener with certificate files and an access log, so the certificate and
+    // access-log metrics exist too.
     let ca = TestCa::new();
     let (cert, key) = ca.issue("site", &["DNS:sites.test", "DNS:*.sites.test"], "0x2001");
     let data = tempfile::tempdir().unwrap();
@@ -214,6 +215,8 @@ async fn every_metric_on_the_dashboard_is_exported_and_every_exported_one_is_sho
             cert.to_str().unwrap(),
             "--tls-key",
             key.to_str().unwrap(),
+            "--access-log",
+            "-",
         ],
     )
     .await;

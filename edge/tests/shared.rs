@@ -351,6 +351,7 @@ async fn a_build_task_reports_its_outcome_and_an_edge_applies_it() {
         .unwrap();
     let job = BuildJob {
         deployment: id.clone(),
+        project: None,
         repo: git_server.url("task"),
         git_ref: None,
         serving: ServingOptions::default(),
@@ -620,6 +621,7 @@ async fn a_build_task_without_bubblewrap_keeps_its_environment_from_the_build() 
     let id = DeploymentId::random();
     let job = BuildJob {
         deployment: id.clone(),
+        project: None,
         repo: git_server.url("snoop"),
         git_ref: None,
         serving: ServingOptions::default(),
@@ -692,6 +694,7 @@ async fn build_tasks_keep_framework_caches_in_the_bucket() {
             };
             let job = BuildJob {
                 deployment: id.clone(),
+                project: None,
                 repo: git_server.url("cached"),
                 git_ref: None,
                 serving: ServingOptions::default(),

@@ -137,6 +137,7 @@ pub(super) async fn queue_deployment(
     place
         .submit(BuildJob {
             deployment: id.clone(),
+            project: deployment.project.clone(),
             repo,
             git_ref,
             serving,

@@ -69,6 +69,21 @@ pub(super) struct ServerSection {
     pub(super) data_dir: PathBuf,
     #[serde(default = "two")]
     pub(super) threads: usize,
+    #[serde(default)]
+    pub(super) access_log: Option<String>,
+    #[serde(default = "one")]
+    pub(super) access_log_sample: f64,
+    #[serde(default)]
+    pub(super) access_log_s3: bool,
+    #[serde(default = "sixty_secs")]
+    pub(super) access_log_s3_interval_secs: u64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn sixty_secs() -> u64 {
+    60
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +97,8 @@ pub(super) struct ClientsSection {
     pub(super) header_timeout_ms: u64,
     #[serde(default = "sixty_four_kib")]
     pub(super) max_header_bytes: usize,
+    #[serde(default)]
+    pub(super) trusted_proxies: Option<Vec<String>>,
 }
 
 impl Default for ClientsSection {
@@ -91,6 +108,7 @@ impl Default for ClientsSection {
             idle_timeout_ms: sixty_seconds_ms(),
             header_timeout_ms: ten_seconds_ms(),
             max_header_bytes: sixty_four_kib(),
+            trusted_proxies: None,
         }
     }
 }

@@ -11,6 +11,8 @@ use gitdeploy_core::head_guard::HeadLimits;
 use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::RepoScheme;
 
+use crate::access_log::AccessLogSettings;
+use crate::client_addr::TrustedProxies;
 use crate::config::{
     ApiSettings, BuildSettings, CacheSettings, DomainSettings, Platform, PublicAddress, RunnerKind,
     S3Credentials, StateBackend, StorageSettings, TlsListener,
@@ -135,6 +137,8 @@ impl Config {
         if self.cache.alias_ttl_ms == 0 || self.cache.alias_ttl_ms > 60_000 {
             return Err("cache.alias_ttl_ms: between 1 and 60000".into());
         }
+        self.access_log()?;
+        self.trusted_proxies()?;
         if self.builds.concurrency == 0 || self.builds.timeout_secs == 0 {
             return Err("builds: concurrency and timeout_secs must be at least 1".into());
         }
@@ -192,6 +196,27 @@ impl Config {
         Ok(())
     }
 
+    fn access_log(&self) -> Result<Option<AccessLogSettings>, String> {
+        let s = &self.server;
+        AccessLogSettings::new(
+            s.access_log.as_deref(),
+            s.access_log_sample,
+            s.access_log_s3,
+            std::time::Duration::from_secs(s.access_log_s3_interval_secs),
+        )
+        .map_err(|e| format!("server.access_log: {e}"))
+    }
+
+    fn trusted_proxies(&self) -> Result<TrustedProxies, String> {
+        match &self.clients.trusted_proxies {
+            None => Ok(TrustedProxies::default()),
+            // An empty list trusts no proxy.
+            Some(list) if list.is_empty() => TrustedProxies::parse(["none"]),
+            Some(list) => TrustedProxies::parse(list),
+        }
+        .map_err(|e| format!("clients.trusted_proxies: {e}"))
+    }
+
     /// The platform this file describes, with the secrets it names read from the environment
     /// and files.
     fn into_platform(self) -> anyhow::Result<Platform> {
@@ -215,6 +240,8 @@ impl Config {
             .filter(|v| !v.is_empty())
             .with_context(|| format!("redis.url_env: {} is not set", self.redis.url_env))?;
         let ms = std::time::Duration::from_millis;
+        let access_log = self.access_log().map_err(anyhow::Error::msg)?;
+        let trusted_proxies = self.trusted_proxies().map_err(anyhow::Error::msg)?;
         let runner = match (self.builds.runner.as_str(), self.builds.ecs) {
             ("ecs", Some(ecs)) => RunnerKind::Ecs(Box::new(gitdeploy_api::EcsRunnerConfig {
                 cluster: ecs.cluster,
@@ -238,6 +265,8 @@ impl Config {
             _ => RunnerKind::Local,
         };
         Ok(Platform {
+            access_log,
+            trusted_proxies,
             listen: self.server.listen,
             metrics_listen: self.server.metrics_listen,
             domain: self

@@ -104,6 +104,25 @@ security_groups = []
             with("listen = \"0.0.0.0:8080\"", "listen = \"nope\""),
             "listen",
         ),
+        (
+            with("[api]", "access_log = \"-\"\naccess_log_sample = 0\n[api]"),
+            "server.access_log: access log sample rate",
+        ),
+        (
+            with("[api]", "access_log_sample = 0.5\n[api]"),
+            "needs an access log",
+        ),
+        (
+            with(
+                "[api]",
+                "access_log_s3 = true\naccess_log_s3_interval_secs = 0\n[api]",
+            ),
+            "at least one second",
+        ),
+        (
+            format!("{MINIMAL}[clients]\ntrusted_proxies = [\"10.0.0.0/40\"]\n"),
+            "clients.trusted_proxies",
+        ),
     ] {
         let err = Config::parse(&config)
             .err()

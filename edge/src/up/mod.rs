@@ -121,6 +121,11 @@ pub fn run(platform: Platform) -> anyhow::Result<()> {
     let public = opts.public_urls();
     let api = control_plane(opts, limits, &state, queue, &origin);
     start_domain_checks(opts, &control_rt, &state, &api, &api_metrics)?;
+    let access_log = opts
+        .access_log
+        .as_ref()
+        .map(|settings| crate::access_log::start(settings, &origin, &control_rt, &registry))
+        .transpose()?;
     let domain_certs = crate::domain_certs::DomainCertificates::new(
         opts.acme.is_none() && opts.tls.as_ref().is_some_and(|t| t.platform.is_none()),
         opts.acme
@@ -156,19 +161,21 @@ pub fn run(platform: Platform) -> anyhow::Result<()> {
         api_socket: &api_socket,
         certs: &state.certs,
         domain_certs,
+        access_log: access_log.as_ref().map(|(log, _)| log.clone()),
     };
     let sites = edge.public_port(&server)?;
-    let s3 = storage.embedded.take().map(|s3| {
-        let mut s3 = background_service("embedded S3", s3);
-        s3.threads = Some(opts.threads);
-        server.add_service(s3)
-    });
+    // The store runs before the server starts (the runner settles earlier builds at once,
+    // archiving their logs) and stops after it (see `RunningS3`).
+    let embedded = storage.embedded.is_some();
+    let s3 = storage
+        .embedded
+        .take()
+        .map(|s3| s3.spawn(opts.threads))
+        .transpose()?;
     let runner = server.add_service(background_service(
         "local runner",
         RunnerService::new(runner),
     ));
-    // The runner settles earlier builds at once (archiving their logs): the store must run.
-    runner.add_dependencies(s3.iter());
     let mut metrics = Service::new("metrics".into(), metrics_server(registry));
     metrics.add_tcp(&opts.metrics_listen.to_string());
     server.add_service(metrics);
@@ -176,14 +183,21 @@ pub fn run(platform: Platform) -> anyhow::Result<()> {
     // The public port opens last, once everything behind it runs; then the ready file.
     let sites = server.add_service(sites);
     sites.add_dependencies([&api, &runner]);
-    sites.add_dependencies(s3.iter());
     if let Some(ready) = ready_file(opts, &public, &storage, &domain) {
         server
             .add_service(background_service("ready file", ready))
             .add_dependencies([&sites]);
     }
-    banner(opts, &public, &data, &storage, s3.is_some());
+    banner(opts, &public, &data, &storage, embedded);
     server.run(RunArgs::default());
+    // The public port no longer answers: the access log's last records go out, then the store
+    // stops.
+    if let Some((_, running)) = access_log {
+        running.finish(&control_rt);
+    }
+    if let Some(s3) = s3 {
+        s3.stop();
+    }
     control_rt.shutdown_background();
     Ok(())
 }
@@ -335,6 +349,7 @@ struct EdgeParts<'a> {
     api_socket: &'a Path,
     certs: &'a Arc<dyn gitdeploy_api::cert_store::CertStore>,
     domain_certs: Arc<crate::domain_certs::DomainCertificates>,
+    access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 impl EdgeParts<'_> {
@@ -394,6 +409,8 @@ impl EdgeParts<'_> {
             aliases,
         )
         .with_draining(draining.clone())
+        .with_trusted_proxies(opts.trusted_proxies.clone())
+        .with_access_log(self.access_log)
         .with_tls(crate::tls_routes::TlsRoutes {
             challenges: opts.acme.as_ref().map(|_| self.certs.clone()),
             certificates: certificates.clone(),

@@ -10,6 +10,8 @@ use gitdeploy_core::head_guard::HeadLimits;
 use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::RepoScheme;
 
+use crate::access_log::AccessLogSettings;
+use crate::client_addr::TrustedProxies;
 use crate::config::{
     ApiSettings, BuildSettings, CacheSettings, DomainSettings, Platform, RunnerKind, S3Credentials,
     StateBackend, StorageSettings, TlsListener,
@@ -178,14 +180,46 @@ pub struct UpOptions {
     /// How often the runner sends its heartbeat and settles builds of stopped runners, in ms.
     #[arg(long, default_value_t = 5000, hide = true)]
     heartbeat_interval_ms: u64,
+    /// A proxy (address or CIDR, repeatable) whose X-Forwarded-For names the client, for rate
+    /// limits and the access log; `none` trusts none. Default: loopback, the private ranges and
+    /// link-local, where a load balancer in front of the edge sits.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    trusted_proxies: Vec<String>,
+    /// Write an access log (one JSON line per request) to FILE, or `-` for stderr.
+    #[arg(long, value_name = "FILE", env = "GITDEPLOY_ACCESS_LOG")]
+    access_log: Option<String>,
+    /// Log this fraction of the requests (0.01: one in a hundred, evenly spaced).
+    #[arg(long, default_value_t = 1.0, value_name = "RATE")]
+    access_log_sample: f64,
+    /// Also store the access log in the bucket, as gzip NDJSON objects under
+    /// `access-logs/YYYY/MM/DD/HH/`.
+    #[arg(long)]
+    access_log_s3: bool,
+    /// How long an S3 access-log object collects records before it is stored, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    access_log_s3_interval: u64,
 }
 
 impl UpOptions {
     /// The platform these flags describe: files or Redis for state, the embedded or an
     /// external S3, local builds.
-    pub(crate) fn into_platform(self) -> Platform {
+    pub(crate) fn into_platform(self) -> anyhow::Result<Platform> {
         let ms = std::time::Duration::from_millis;
-        Platform {
+        let trusted_proxies = match self.trusted_proxies.is_empty() {
+            true => TrustedProxies::default(),
+            false => TrustedProxies::parse(&self.trusted_proxies)
+                .map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?,
+        };
+        let access_log = AccessLogSettings::new(
+            self.access_log.as_deref(),
+            self.access_log_sample,
+            self.access_log_s3,
+            std::time::Duration::from_secs(self.access_log_s3_interval),
+        )
+        .map_err(|e| anyhow::anyhow!("--access-log: {e}"))?;
+        Ok(Platform {
+            trusted_proxies,
+            access_log,
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             domain: self.domain.trim_end_matches('.').to_ascii_lowercase(),
@@ -276,6 +310,6 @@ impl UpOptions {
                 heartbeat: ms(self.heartbeat_interval_ms.max(10)),
                 runner: RunnerKind::Local,
             },
-        }
+        })
     }
 }

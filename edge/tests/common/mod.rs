@@ -345,6 +345,22 @@ impl Gitdeploy {
             .unwrap_or(0)
     }
 
+    /// Stops the server as an orchestrator does (SIGTERM) and waits until it has exited.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        self.process.signal(nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.process.try_wait() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops the server abruptly (as a crash would).
     pub fn kill(mut self) {
         self.process.kill();
