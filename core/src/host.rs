@@ -108,6 +108,19 @@ pub fn route_host(host: &str, domain: &str, extra_control_hosts: &[String]) -> H
     }
 }
 
+/// Whether a request for `host` and `path` is a load balancer's health probe: `GET
+/// /api/health` or `/api/ready` addressed to an IP literal, as an AWS load balancer's health
+/// check is (its `Host` is the target's address). Such a request is answered by the control
+/// plane although an address is not one of its hosts; nothing else is (an address reaching the
+/// dashboard or the API would sidestep the host check that keeps DNS rebinding out).
+pub fn is_health_probe(host: &str, path: &str) -> bool {
+    let literal = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    matches!(path, "/api/health" | "/api/ready") && literal.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// Where a plain-HTTP request for a site goes once the edge serves it over HTTPS: `None` when
 /// it stays (ACME HTTP-01 challenges are answered over plain HTTP, as the CA asks for them),
 /// else the `https://` URL of the same host and target on `https_port` (left out when 443).
@@ -253,6 +266,24 @@ mod tests {
             ("-a.com", HostRoute::Unknown),
         ] {
             assert_eq!(route_host(host, "localhost", &extra), want, "{host}");
+        }
+    }
+
+    #[test]
+    fn health_probe_table() {
+        for (host, path, want) in [
+            ("10.0.1.5", "/api/ready", true),
+            ("10.0.1.5", "/api/health", true),
+            ("[fd00::5]", "/api/ready", true),
+            ("10.0.1.5", "/api/deployments", false),
+            ("10.0.1.5", "/", false),
+            ("10.0.1.5", "/api/ready/", false),
+            ("sites.example.com", "/api/ready", false),
+            ("evil.com", "/api/health", false),
+            ("[not-an-ip]", "/api/ready", false),
+            ("10.0.1", "/api/ready", false),
+        ] {
+            assert_eq!(is_health_probe(host, path), want, "{host} {path}");
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use gitdeploy_core::host::{route_host, HostRoute};
+use gitdeploy_core::host::{is_health_probe, route_host, HostRoute};
 use gitdeploy_core::id::looks_like_deployment_id;
 use gitdeploy_core::{DeploymentId, Resolution, SitePath};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -117,6 +117,8 @@ pub struct RequestCtx {
     s3_sent: Option<std::time::Instant>,
     /// Whether this request goes to the access log (sampled once, at its start).
     logged: bool,
+    /// A health probe addressed to our IP, forwarded with the platform's host.
+    probe: bool,
     /// The project and deployment reached, kept for the access log.
     project: Option<String>,
     deployment: Option<DeploymentId>,
@@ -346,6 +348,7 @@ impl ProxyHttp for SitesProxy {
             cache: "none",
             s3_sent: None,
             logged: self.access_log.as_ref().is_some_and(|l| l.wants()),
+            probe: false,
             project: None,
             deployment: None,
         }
@@ -408,6 +411,12 @@ impl ProxyHttp for SitesProxy {
                 }
                 None => send_error(session, 404, "There is no site at this address.", head).await,
             },
+            // A load balancer's health check, addressed to our IP: the API answers it as its own.
+            HostRoute::Unknown if is_health_probe(&host, session.req_header().uri.path()) => {
+                ctx.target = Target::ControlPlane;
+                ctx.probe = true;
+                Ok(false)
+            }
             HostRoute::Unknown => {
                 send_error(session, 404, "There is no site at this address.", head).await
             }
@@ -445,6 +454,9 @@ impl ProxyHttp for SitesProxy {
                 upstream.remove_header(&http::header::CONNECTION);
                 if let Some(client) = crate::request_info::client(session, &self.trusted) {
                     upstream.insert_header(CLIENT_HEADER, client.to_string())?;
+                }
+                if ctx.probe {
+                    upstream.insert_header(http::header::HOST, self.hosts.domain.as_str())?;
                 }
                 return Ok(());
             }

@@ -106,3 +106,36 @@ async fn readiness_says_which_dependency_the_edge_cannot_reach() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_load_balancers_probe_by_address_is_answered() {
+    // An AWS load balancer's health check names the target's address as its host.
+    let data = tempfile::tempdir().unwrap();
+    let gd = Gitdeploy::start_with(data.path(), &["--api-token", "a-token-of-enough-length"]).await;
+    let probe = |host: &'static str, path: &str| {
+        gd.http()
+            .get(gd.api(path))
+            .header("host", host)
+            .header("user-agent", "ELB-HealthChecker/2.0")
+            .send()
+    };
+    for (host, path) in [
+        ("10.0.1.5:8080", "/api/ready"),
+        ("10.0.1.5:8080", "/api/health"),
+        ("[fd00::5]:8080", "/api/ready"),
+    ] {
+        let resp = probe(host, path).await.unwrap();
+        assert_eq!(resp.status(), 200, "{host} {path}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(body["ok"] == true || body["ready"] == true, "{body}");
+    }
+    // Nothing else of the control plane answers an address.
+    for (host, path) in [
+        ("10.0.1.5:8080", "/api/deployments"),
+        ("10.0.1.5:8080", "/"),
+        ("10.0.1.5:8080", "/api/ready/x"),
+    ] {
+        let status = probe(host, path).await.unwrap().status();
+        assert_eq!(status, 404, "{host} {path}");
+    }
+}
