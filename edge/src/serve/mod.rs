@@ -1,7 +1,8 @@
 //! `gitdeploy serve --config FILE`: production. The same server as `up` (one code path), set up
 //! from a TOML file: state and logs in Redis, an external S3 signed with the task role's
 //! credentials, builds on ECS or local, a required API token. `--check-config` validates a file
-//! and exits. Every key is documented in `deploy/gitdeploy.toml`.
+//! and exits. Every key is documented in `deploy/gitdeploy.toml`. The TOML may come in the
+//! environment instead (`GITDEPLOY_CONFIG_TOML`), as the CloudFormation template renders it.
 
 use std::path::{Path, PathBuf};
 
@@ -27,7 +28,11 @@ use file::*;
 pub struct ServeOptions {
     /// The configuration file (see deploy/gitdeploy.toml).
     #[arg(long, env = "GITDEPLOY_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// The configuration itself, instead of a file: what an orchestrator that renders it (the
+    /// CloudFormation template's task definition) passes in the environment.
+    #[arg(long, env = "GITDEPLOY_CONFIG_TOML", hide_env_values = true)]
+    config_toml: Option<String>,
     /// Validate the file and exit.
     #[arg(long)]
     check_config: bool,
@@ -373,11 +378,25 @@ fn load(path: &Path) -> anyhow::Result<Config> {
 
 /// Runs `gitdeploy serve`.
 pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
-    let config = load(&opts.config)?;
+    let (config, source) = match (&opts.config, &opts.config_toml) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "both a configuration file (--config, GITDEPLOY_CONFIG) and GITDEPLOY_CONFIG_TOML are \
+             set: keep one"
+        ),
+        (Some(path), None) => (load(path)?, path.display().to_string()),
+        (None, Some(text)) => (
+            Config::parse(text).map_err(|e| anyhow::anyhow!("GITDEPLOY_CONFIG_TOML: {e}"))?,
+            "GITDEPLOY_CONFIG_TOML".to_owned(),
+        ),
+        (None, None) => anyhow::bail!(
+            "no configuration: pass --config FILE (GITDEPLOY_CONFIG) or the TOML itself in \
+             GITDEPLOY_CONFIG_TOML"
+        ),
+    };
     if opts.check_config {
         println!(
             "{}: OK (domain {}, {} runner, bucket {}, Redis from ${})",
-            opts.config.display(),
+            source,
             config.server.domain,
             config.builds.runner,
             config.s3.bucket,
