@@ -449,6 +449,7 @@ async function projectPage(name) {
         h("dt", {}, "Production branch"), h("dd", {}, p.production_branch || "default branch")),
       h("div", { class: "actions" }, rollback)),
     h("h2", {}, "Deployments"), history,
+    h("h2", {}, "Traffic"), await trafficCard(p.name),
     h("h2", {}, "Custom domains"), await domainsCard(p),
     h("h2", {}, "Deploy hook"), deployHook(p),
     h("h2", {}, "Settings"), settingsForm(p));

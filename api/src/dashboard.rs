@@ -29,6 +29,13 @@ const ASSETS: &[(&str, Asset)] = &[
         },
     ),
     (
+        "traffic.js",
+        Asset {
+            content_type: "text/javascript; charset=utf-8",
+            body: include_str!("../dashboard/traffic.js"),
+        },
+    ),
+    (
         "app.css",
         Asset {
             content_type: "text/css; charset=utf-8",

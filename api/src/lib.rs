@@ -33,6 +33,7 @@ pub mod runner;
 pub mod store;
 mod store_error;
 pub mod task_access;
+pub mod traffic;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -122,6 +123,7 @@ pub struct ControlPlane {
     limiter: Option<Arc<ratelimit::Limiter>>,
     domain_added: Arc<tokio::sync::Notify>,
     certs: Option<Arc<dyn cert_store::CertStore>>,
+    traffic: Option<Arc<dyn traffic::TrafficStore>>,
 }
 
 impl ControlPlane {
@@ -146,6 +148,7 @@ impl ControlPlane {
             storage: None,
             domain_added: Arc::new(tokio::sync::Notify::new()),
             certs: None,
+            traffic: None,
         }
     }
 
@@ -164,6 +167,12 @@ impl ControlPlane {
     /// Where custom domains' certificates are, so removing a domain removes its certificate.
     pub fn with_cert_store(mut self, certs: Arc<dyn cert_store::CertStore>) -> Self {
         self.certs = Some(certs);
+        self
+    }
+
+    /// Where the edges' per-project traffic counts are, for `GET /api/projects/{name}/traffic`.
+    pub fn with_traffic(mut self, traffic: Arc<dyn traffic::TrafficStore>) -> Self {
+        self.traffic = Some(traffic);
         self
     }
 

@@ -176,6 +176,11 @@ impl RedisStore {
         crate::cert_store::RedisCertStore::new(self.conn.clone(), &self.prefix)
     }
 
+    /// The per-project traffic counts on the same connection and prefix.
+    pub fn traffic_store(&self) -> crate::traffic::RedisTraffic {
+        crate::traffic::RedisTraffic::new(self.conn.clone(), &self.prefix)
+    }
+
     pub(crate) fn key(&self, kind: &str, name: &str) -> String {
         format!("{}{kind}:{name}", self.prefix)
     }

@@ -544,3 +544,80 @@ async fn log_bus_contract() {
         assert_eq!(r.seq, 1, "{name}");
     }
 }
+
+#[tokio::test]
+async fn traffic_contract() {
+    use gitdeploy_api::traffic::{
+        bucket_of, summarize, Counts, Delta, FileTraffic, TrafficStore, DAY_BUCKETS,
+    };
+    for backend in Backend::all() {
+        let name = backend.name();
+        let traffic: Arc<dyn TrafficStore> = match &backend {
+            Backend::Files(_) => Arc::new(FileTraffic::default()),
+            Backend::Redis(r) => Arc::new(
+                RedisStore::connect(&r.url, "t:")
+                    .await
+                    .unwrap()
+                    .traffic_store(),
+            ),
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let now = bucket_of(now_ms);
+        let delta = |project: &str, bucket: u64, requests: u64, paths: &[(&str, u64)]| Delta {
+            project: project.into(),
+            bucket,
+            counts: Counts {
+                requests,
+                bytes: requests * 100,
+                status: [0, requests - 1, 0, 1, 0],
+            },
+            paths: paths.iter().map(|(p, n)| (p.to_string(), *n)).collect(),
+        };
+        // Two edges flush into the same bucket at once; a third an hour ago.
+        let a = [delta("site", now, 10, &[("/", 7), ("/a", 3)])];
+        let b = [
+            delta("site", now, 5, &[("/", 1), ("/b", 4)]),
+            delta("other", now, 2, &[("/x", 2)]),
+        ];
+        let (ra, rb) = tokio::join!(traffic.add(&a), traffic.add(&b));
+        ra.unwrap();
+        rb.unwrap();
+        traffic
+            .add(&[delta("site", now - 13, 20, &[("/old", 20)])])
+            .await
+            .unwrap();
+        let buckets = traffic
+            .buckets("site", now + 1 - DAY_BUCKETS)
+            .await
+            .unwrap();
+        assert_eq!(buckets.len(), 2, "{name}: {buckets:?}");
+        let s = summarize(&buckets, now_ms);
+        assert_eq!(s.hour.requests, 15, "{name}");
+        assert_eq!(s.hour.bytes, 1500, "{name}");
+        assert_eq!(s.day.requests, 35, "{name}");
+        let hour: Vec<(&str, u64)> = s
+            .hour
+            .top_paths
+            .iter()
+            .map(|p| (p.path.as_str(), p.requests))
+            .collect();
+        assert_eq!(hour, [("/", 8), ("/b", 4), ("/a", 3)], "{name}");
+        assert_eq!(s.day.top_paths[0].path, "/old", "{name}");
+        let json = serde_json::to_value(&s.hour.status).unwrap();
+        assert_eq!(json["2xx"], 13, "{name}");
+        assert_eq!(json["4xx"], 2, "{name}");
+        // Projects are apart; a project without traffic has none.
+        let other = traffic.buckets("other", now - 1).await.unwrap();
+        assert_eq!(other.len(), 1, "{name}");
+        assert!(traffic.buckets("none", now - 1).await.unwrap().is_empty());
+        // Only buckets from `since` on.
+        assert_eq!(
+            traffic.buckets("site", now).await.unwrap().len(),
+            1,
+            "{name}"
+        );
+    }
+}

@@ -56,6 +56,8 @@ pub(crate) struct Platform {
     pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// The access log, when requests are logged.
     pub access_log: Option<crate::access_log::AccessLogSettings>,
+    /// How often the edge stores its per-project traffic counts.
+    pub traffic_flush: Duration,
 }
 
 /// A TLS listener beside the plain one: the same sites and API over HTTPS and HTTP/2.

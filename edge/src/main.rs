@@ -38,6 +38,7 @@ mod serving;
 mod sites;
 mod tls;
 mod tls_routes;
+mod traffic;
 mod up;
 mod upgrade;
 

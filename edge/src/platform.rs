@@ -205,6 +205,8 @@ pub(crate) struct State {
     pub(crate) task_access: Option<Arc<dyn TaskAccess>>,
     /// Custom domains' certificates and ACME state.
     pub(crate) certs: Arc<dyn gitdeploy_api::cert_store::CertStore>,
+    /// The edges' per-project traffic counts.
+    pub(crate) traffic: Arc<dyn gitdeploy_api::traffic::TrafficStore>,
 }
 
 impl State {
@@ -230,6 +232,7 @@ impl State {
                 certs: Arc::new(gitdeploy_api::cert_store::FileCertStore::open(
                     &dir.join("tls"),
                 )?),
+                traffic: Arc::new(gitdeploy_api::traffic::FileTraffic::default()),
             });
         };
         if let Some(ca) = ca_file {
@@ -254,6 +257,7 @@ impl State {
                 records: Records::new(store.clone() as Arc<dyn Store>),
                 bus: Arc::new(bus),
                 certs: Arc::new(store.cert_store()),
+                traffic: Arc::new(store.traffic_store()),
                 task_access: Some(store),
             })
         })
@@ -374,4 +378,5 @@ pub(crate) fn control_plane(
     )
     .with_site_storage(origin.clone())
     .with_cert_store(state.certs.clone())
+    .with_traffic(state.traffic.clone())
 }

@@ -154,3 +154,20 @@ impl FilePlan {
         Ok(resp)
     }
 }
+
+/// How a failed upstream request is answered: 504 when it timed out, the status an upstream
+/// error carries, 502 otherwise; with the page's words.
+pub fn upstream_failure(e: &pingora_error::Error) -> (u16, &'static str) {
+    use pingora_error::ErrorType;
+    let status = match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+        ErrorType::HTTPStatus(code) => *code,
+        _ => 502,
+    };
+    let message = if status == 504 {
+        "The origin took too long to answer."
+    } else {
+        "The site is temporarily unavailable."
+    };
+    (status, message)
+}

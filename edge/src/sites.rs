@@ -54,6 +54,7 @@ pub struct SitesProxy {
     tls: TlsRoutes,
     trusted: TrustedProxies,
     access_log: Option<Arc<AccessLog>>,
+    traffic: Option<Arc<crate::traffic::TrafficRecorder>>,
 }
 
 impl SitesProxy {
@@ -79,6 +80,7 @@ impl SitesProxy {
             tls: TlsRoutes::default(),
             trusted: TrustedProxies::default(),
             access_log: None,
+            traffic: None,
         }
     }
 
@@ -97,6 +99,12 @@ impl SitesProxy {
     /// Every request (or the sampled share) logged (see [`crate::access_log`]).
     pub fn with_access_log(mut self, log: Option<Arc<AccessLog>>) -> Self {
         self.access_log = log;
+        self
+    }
+
+    /// Per-project traffic counted (see [`crate::traffic`]).
+    pub fn with_traffic(mut self, traffic: Arc<crate::traffic::TrafficRecorder>) -> Self {
+        self.traffic = Some(traffic);
         self
     }
 
@@ -119,9 +127,21 @@ pub struct RequestCtx {
     logged: bool,
     /// A health probe addressed to our IP, forwarded with the platform's host.
     probe: bool,
-    /// The project and deployment reached, kept for the access log.
+    /// The project and deployment reached, kept for the access log (the manifest names its
+    /// project, see [`RequestCtx::project`]).
     project: Option<String>,
     deployment: Option<DeploymentId>,
+    /// The manifest served from.
+    manifest: Option<Arc<gitdeploy_core::Manifest>>,
+}
+
+impl RequestCtx {
+    /// The project the request reached, if any.
+    fn project(&self) -> Option<&str> {
+        self.project
+            .as_deref()
+            .or_else(|| self.manifest.as_ref()?.project.as_deref())
+    }
 }
 
 #[derive(Default)]
@@ -193,9 +213,12 @@ impl SitesProxy {
         };
         let manifest = match self.manifests.get(&id).await {
             Ok(m) => {
-                if ctx.logged && ctx.project.is_none() {
-                    ctx.project = m.project.clone();
+                // Manifests from before the project was recorded: the alias names it.
+                if ctx.project.is_none() && m.project.is_none() && !looks_like_deployment_id(label)
+                {
+                    ctx.project = Some(label.to_owned());
                 }
+                ctx.manifest = Some(m.clone());
                 m
             }
             Err(e) => {
@@ -351,6 +374,7 @@ impl ProxyHttp for SitesProxy {
             probe: false,
             project: None,
             deployment: None,
+            manifest: None,
         }
     }
 
@@ -569,23 +593,21 @@ impl ProxyHttp for SitesProxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let kind = if matches!(ctx.target, Target::ControlPlane) {
-            "control"
-        } else {
-            "site"
-        };
+        let bytes = session.body_bytes_sent() as u64;
+        let control = matches!(ctx.target, Target::ControlPlane);
         self.metrics.count_request(status, ctx.cache);
         self.metrics
-            .observe_latency(kind == "control", ctx.started.elapsed().as_secs_f64());
-        self.metrics
-            .bytes_sent
-            .inc_by(session.body_bytes_sent() as u64);
+            .observe_latency(control, ctx.started.elapsed().as_secs_f64());
+        self.metrics.bytes_sent.inc_by(bytes);
+        if let (Some(traffic), Some(project)) = (&self.traffic, ctx.project()) {
+            traffic.record(project, session.req_header().uri.path(), status, bytes);
+        }
         if let (true, Some(log)) = (ctx.logged, &self.access_log) {
             let served = crate::access_log::Served {
                 status,
                 cache: ctx.cache,
                 started: ctx.started,
-                project: ctx.project.as_deref(),
+                project: ctx.project(),
                 deployment: ctx.deployment.as_ref().map(DeploymentId::as_str),
                 client: crate::request_info::client(session, &self.trusted),
             };
@@ -600,16 +622,10 @@ impl ProxyHttp for SitesProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let downstream_gone = matches!(e.esource(), pingora_error::ErrorSource::Downstream);
-        let status = match ctx.target {
-            _ if downstream_gone => 0,
-            Target::Answered => 0,
-            Target::Object(_) | Target::ControlPlane => match e.etype() {
-                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                    504
-                }
-                ErrorType::HTTPStatus(code) => *code,
-                _ => 502,
-            },
+        let (status, message) = match ctx.target {
+            _ if downstream_gone => (0, ""),
+            Target::Answered => (0, ""),
+            Target::Object(_) | Target::ControlPlane => crate::respond::upstream_failure(e),
         };
         if matches!(ctx.target, Target::Object(_)) && !downstream_gone {
             self.metrics
@@ -620,11 +636,6 @@ impl ProxyHttp for SitesProxy {
         if status > 0 {
             tracing::warn!("upstream failure ({status}): {e}");
             let head = session.req_header().method == http::Method::HEAD;
-            let message = if status == 504 {
-                "The origin took too long to answer."
-            } else {
-                "The site is temporarily unavailable."
-            };
             let _ = send_error(session, status, message, head).await;
         }
         FailToProxy {

@@ -68,7 +68,11 @@ async fn dashboard_deploys_follows_promotes_and_rolls_back_in_chromium() {
     );
     git.start();
     let data = tempfile::tempdir().unwrap();
-    let gd = Gitdeploy::start_with(data.path(), &["--api-token", TOKEN]).await;
+    let gd = Gitdeploy::start_with(
+        data.path(),
+        &["--api-token", TOKEN, "--traffic-flush-interval-ms", "100"],
+    )
+    .await;
 
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     let _ = std::fs::remove_dir_all(&artifacts);
@@ -94,7 +98,13 @@ async fn dashboard_deploys_follows_promotes_and_rolls_back_in_chromium() {
         artifacts.display()
     );
     assert!(stdout.contains("dashboard ok"), "{stdout}");
-    for shot in ["01-sign-in", "05-ready", "07-project", "11-phone-home"] {
+    for shot in [
+        "01-sign-in",
+        "05-ready",
+        "07-project",
+        "09b-traffic",
+        "11-phone-home",
+    ] {
         let png = std::fs::read(artifacts.join(format!("{shot}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{shot} is a PNG");
     }

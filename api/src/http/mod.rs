@@ -21,6 +21,7 @@
 //! DELETE /api/projects/{name}      remove a project (its deployments stay at their own URLs)
 //! POST /api/projects/{name}/promote {"deployment": id}: move production (promote or roll back)
 //! POST /api/projects/{name}/rollback  back to the previous production deployment
+//! GET  /api/projects/{name}/traffic  requests, bytes, status classes, top paths: last hour, day
 //! POST /api/projects/{name}/domains {"domain"} → 201 {domain, status}: claim a custom domain
 //! GET  /api/projects/{name}/domains  [{domain, status, error?, not_after_unix_ms?}]
 //! DELETE /api/projects/{name}/domains/{domain}  release it → 204
@@ -35,6 +36,7 @@ mod health;
 mod hooks;
 mod logs;
 mod projects;
+mod traffic;
 mod views;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -89,6 +91,10 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
         )
         .route("/api/projects/{name}/promote", post(promote))
         .route("/api/projects/{name}/rollback", post(rollback))
+        .route(
+            "/api/projects/{name}/traffic",
+            get(traffic::project_traffic),
+        )
         .route(
             "/api/projects/{name}/domains",
             post(add_domain).get(list_domains),

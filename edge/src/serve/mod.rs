@@ -272,6 +272,7 @@ impl Config {
         Ok(Platform {
             access_log,
             trusted_proxies,
+            traffic_flush: std::time::Duration::from_secs(10),
             listen: self.server.listen,
             metrics_listen: self.server.metrics_listen,
             domain: self

@@ -126,6 +126,8 @@ pub fn run(platform: Platform) -> anyhow::Result<()> {
         .as_ref()
         .map(|settings| crate::access_log::start(settings, &origin, &control_rt, &registry))
         .transpose()?;
+    let traffic = Arc::new(crate::traffic::TrafficRecorder::default());
+    traffic.start(state.traffic.clone(), &control_rt, opts.traffic_flush);
     let domain_certs = crate::domain_certs::DomainCertificates::new(
         opts.acme.is_none() && opts.tls.as_ref().is_some_and(|t| t.platform.is_none()),
         opts.acme
@@ -162,6 +164,7 @@ pub fn run(platform: Platform) -> anyhow::Result<()> {
         certs: &state.certs,
         domain_certs,
         access_log: access_log.as_ref().map(|(log, _)| log.clone()),
+        traffic: traffic.clone(),
     };
     let sites = edge.public_port(&server)?;
     // The store runs before the server starts (the runner settles earlier builds at once,
@@ -190,8 +193,9 @@ pub fn run(platform: Platform) -> anyhow::Result<()> {
     }
     banner(opts, &public, &data, &storage, embedded);
     server.run(RunArgs::default());
-    // The public port no longer answers: the access log's last records go out, then the store
-    // stops.
+    // The public port no longer answers: the last traffic counts and access-log records go out,
+    // then the store stops.
+    control_rt.block_on(traffic.flush(state.traffic.as_ref()));
     if let Some((_, running)) = access_log {
         running.finish(&control_rt);
     }
@@ -350,6 +354,7 @@ struct EdgeParts<'a> {
     certs: &'a Arc<dyn gitdeploy_api::cert_store::CertStore>,
     domain_certs: Arc<crate::domain_certs::DomainCertificates>,
     access_log: Option<Arc<crate::access_log::AccessLog>>,
+    traffic: Arc<crate::traffic::TrafficRecorder>,
 }
 
 impl EdgeParts<'_> {
@@ -411,6 +416,7 @@ impl EdgeParts<'_> {
         .with_draining(draining.clone())
         .with_trusted_proxies(opts.trusted_proxies.clone())
         .with_access_log(self.access_log)
+        .with_traffic(self.traffic)
         .with_tls(crate::tls_routes::TlsRoutes {
             challenges: opts.acme.as_ref().map(|_| self.certs.clone()),
             certificates: certificates.clone(),

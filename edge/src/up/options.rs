@@ -198,6 +198,9 @@ pub struct UpOptions {
     /// How long an S3 access-log object collects records before it is stored, in seconds.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     access_log_s3_interval: u64,
+    /// How often the per-project traffic counts are stored, in ms.
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    traffic_flush_interval_ms: u64,
 }
 
 impl UpOptions {
@@ -220,6 +223,7 @@ impl UpOptions {
         Ok(Platform {
             trusted_proxies,
             access_log,
+            traffic_flush: ms(self.traffic_flush_interval_ms.max(10)),
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             domain: self.domain.trim_end_matches('.').to_ascii_lowercase(),

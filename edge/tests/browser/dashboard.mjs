@@ -133,6 +133,23 @@ try {
   assert.match(await served(), /version 2/);
   await shot("09-promoted");
 
+  step = "traffic";
+  // Three visits of the production URL so far; the edge stores its counts every 100 ms here.
+  const hour = page.locator("#traffic-hour");
+  for (const deadline = Date.now() + 20000; ; ) {
+    await page.reload();
+    await hour.locator(".requests").waitFor();
+    const ok = Number(await hour.locator('[data-class="2xx"]').textContent().then((t) => t.split(" ")[1]));
+    if (ok >= 3) break;
+    assert.ok(Date.now() < deadline, `the traffic card never showed the visits: ${await hour.textContent()}`);
+    await page.waitForTimeout(100);
+  }
+  assert.ok(Number(await hour.locator(".requests").textContent()) >= 3);
+  const top = page.getByRole("table", { name: "Top paths, last hour" });
+  assert.equal(await top.locator("tbody tr").first().locator(".path").textContent(), "/");
+  await page.locator("#traffic-day .requests").waitFor();
+  await shot("09b-traffic");
+
   step = "settings with a write-only secret";
   await page.getByLabel("Build command").fill("npm run build");
   await page.getByRole("button", { name: "Add variable" }).click();
