@@ -19,6 +19,7 @@ pub mod path;
 pub mod repo;
 pub mod rules;
 pub mod status;
+pub mod text;
 pub mod watch;
 
 pub use id::DeploymentId;

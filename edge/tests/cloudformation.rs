@@ -3,41 +3,16 @@
 //! the least-privilege ones in `deploy/iam/` statement for statement, and the configuration the
 //! edge task renders passes `gitdeploy serve --check-config`.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use common::deploy::{deploy_dir, run, test_tool as tool};
 
 use serde_json::Value;
 
 const TEMPLATE: &str = "cloudformation/gitdeploy.yaml";
-
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-/// A PyPI tool at the version `scripts/prereqs --test` pins.
-fn tool(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../.tools/venv/bin")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(deploy_dir())
-        .output()
-        .unwrap_or_else(|e| panic!("{program} (scripts/prereqs --test installs it): {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{program} {args:?}:\n{text}");
-    text
-}
 
 /// The template as JSON, short-form intrinsics (`!Sub`) in their long form (`Fn::Sub`).
 fn template() -> Value {

@@ -3,44 +3,17 @@
 //! promtool, Dockerfiles pass hadolint, every sample configuration passes
 //! `gitdeploy serve --check-config`, and the Compose file points at files that exist.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Command;
 
+use common::deploy::{deploy_dir, run, test_tool};
 use serde_json::Value;
-
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
 
 fn json(rel: &str) -> Value {
     let path = deploy_dir().join(rel);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{rel}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{rel} is not JSON: {e}"))
-}
-
-/// A test tool from PyPI at the version `scripts/prereqs --test` pins, in the project's own
-/// virtualenv (never whatever version the machine happens to carry).
-fn test_tool(name: &str) -> String {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../.tools/venv/bin")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(deploy_dir())
-        .output()
-        .unwrap_or_else(|e| panic!("{program} (scripts/prereqs --test installs it): {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{program} {args:?}:\n{text}");
-    text
 }
 
 #[test]

@@ -108,14 +108,7 @@ impl TopPaths {
 }
 
 fn clip(path: &str) -> &str {
-    if path.len() <= MAX_PATH {
-        return path;
-    }
-    let mut end = MAX_PATH;
-    while !path.is_char_boundary(end) {
-        end -= 1;
-    }
-    &path[..end]
+    gitdeploy_core::text::clip(path, MAX_PATH)
 }
 
 /// What one edge counted for one project since its last flush.

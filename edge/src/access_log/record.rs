@@ -6,6 +6,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use gitdeploy_core::text::clip;
 use serde::Serialize;
 
 /// Longest host kept (a DNS name has at most 253 characters).
@@ -61,18 +62,6 @@ impl Record<'_> {
         line.push(b'\n');
         line
     }
-}
-
-/// `s` cut to at most `max` bytes, at a character boundary.
-fn clip(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 fn clipped_host<S: serde::Serializer>(s: &&str, ser: S) -> Result<S::Ok, S::Error> {
@@ -207,13 +196,5 @@ mod tests {
                 .unwrap()
                 .starts_with(v["user_agent"].as_str().unwrap()));
         }
-    }
-
-    #[test]
-    fn clip_keeps_characters_whole() {
-        assert_eq!(clip("abc", 5), "abc");
-        assert_eq!(clip("abcdef", 3), "abc");
-        assert_eq!(clip("aé", 2), "a");
-        assert_eq!(clip("", 0), "");
     }
 }

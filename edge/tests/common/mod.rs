@@ -3,6 +3,8 @@
 //! over loopback, ports, process groups) come from the shared harness, `gitdeploy-harness`.
 #![allow(dead_code)]
 
+pub mod deploy;
+
 #[allow(unused_imports)]
 pub use gitdeploy_harness::{
     free_port, git, survivors, wait_for_port, wait_for_ready_file, DnsServer, GitServer, Pebble,
