@@ -181,6 +181,26 @@ async fn main() -> anyhow::Result<()> {
                     &small.with_encoding(encoding),
                 )?);
             }
+            // What the access log costs: a second edge on the same store, logging every
+            // request to a file (the first logs none).
+            let log_dir = tempfile::tempdir()?;
+            let log_file = log_dir.path().join("access.log");
+            let logging = Edge::start_with(
+                &gitdeploy,
+                &["--access-log", log_file.to_str().context("path")?],
+                Some(&s3),
+            )
+            .await?;
+            let identity = small.with_encoding("identity");
+            wrk(&logging.addr, &host, &identity)?;
+            rows.push(measure(
+                HOT,
+                "gitdeploy edge (identity, access log to a file)".into(),
+                &logging,
+                &host,
+                &identity,
+            )?);
+            drop(logging);
             rows.push(measure(
                 HOT,
                 NGINX_DISK.into(),

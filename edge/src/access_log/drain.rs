@@ -150,13 +150,6 @@ impl Batcher {
         }
     }
 
-    /// When the open batch is due, if there is one.
-    pub fn due_in(&self) -> Option<Duration> {
-        self.open
-            .as_ref()
-            .map(|o| self.interval.saturating_sub(o.opened.elapsed()))
-    }
-
     /// Seals the open batch and queues it for upload.
     pub fn seal(&mut self) {
         let Some(open) = self.open.take() else {
@@ -318,6 +311,6 @@ mod tests {
             b.tick();
         }
         assert_eq!(c.dropped.get(), 2);
-        assert!(b.due_in().is_none());
+        assert!(b.open.is_none());
     }
 }

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
@@ -134,8 +134,15 @@ pub struct WriterCounters {
     pub dropped: IntCounter,
 }
 
-/// Records handled between two flushes at most.
-const BURST: usize = 4096;
+/// How often the writer takes what was queued. The writer never sleeps on the queue itself:
+/// a receiver parked there is woken by every record (a futex call and a context switch per
+/// request, and one `write` per request when it then drains a single record); polling takes a
+/// tick's records in one pass and writes them in one flush. The queue holds 16,384 records,
+/// enough for over 300,000 requests a second at this tick.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Records taken between two flushes at most.
+const BURST: usize = 65_536;
 
 /// Runs until [`Message::Close`] or until every sender is gone.
 pub fn run(
@@ -144,16 +151,11 @@ pub fn run(
     mut drain: Option<Batcher>,
     counters: WriterCounters,
 ) {
-    let idle = Duration::from_millis(250);
     loop {
-        let wait = drain
-            .as_ref()
-            .and_then(Batcher::due_in)
-            .map_or(idle, |due| due.min(idle));
-        let mut next = queue.recv_timeout(wait);
-        // What is queued now (a bounded run, so that a busy edge still flushes), then one flush.
+        std::thread::sleep(TICK);
+        // What is queued (a bounded run, so that an edge busier than its writer still flushes).
         for _ in 0..BURST {
-            match next {
+            match queue.try_recv() {
                 Ok(Message::Record { unix_ms, line }) => {
                     if let Some(out) = output.as_mut() {
                         if out.write(&line) {
@@ -166,7 +168,7 @@ pub fn run(
                         drain.push(unix_ms, &line);
                     }
                 }
-                Ok(Message::Close) | Err(RecvTimeoutError::Disconnected) => {
+                Ok(Message::Close) | Err(TryRecvError::Disconnected) => {
                     if let Some(out) = output.as_mut() {
                         out.flush();
                     }
@@ -175,15 +177,8 @@ pub fn run(
                     }
                     return;
                 }
-                Err(RecvTimeoutError::Timeout) => break,
+                Err(TryRecvError::Empty) => break,
             }
-            next = match queue.try_recv() {
-                Ok(m) => Ok(m),
-                Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    Err(RecvTimeoutError::Disconnected)
-                }
-            };
         }
         if let Some(out) = output.as_mut() {
             out.flush();
