@@ -218,9 +218,11 @@ pub struct Served<'a> {
     pub status: u16,
     /// The object cache's result.
     pub cache: &'static str,
+    /// The host, normalised (`None`: answered before the host was read; the raw one is logged).
+    pub host: Option<&'a str>,
     /// When the request arrived.
     pub started: std::time::Instant,
-    /// The project and deployment it reached.
+    /// The project it reached.
     pub project: Option<&'a str>,
     /// The deployment it reached.
     pub deployment: Option<&'a str>,
@@ -236,17 +238,11 @@ pub fn log_request(log: &AccessLog, session: &pingora_proxy::Session, served: Se
             .get(name)
             .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or("(not UTF-8)"))
     };
-    let host = crate::request_info::host(session).ok().flatten();
-    let raw_host;
-    let host = match &host {
-        Some(h) => h.as_str(),
-        None => {
-            raw_host = header(http::header::HOST)
-                .or(req.uri.authority().map(|a| a.as_str()))
-                .unwrap_or("");
-            raw_host
-        }
-    };
+    let host = served.host.unwrap_or_else(|| {
+        header(http::header::HOST)
+            .or(req.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("")
+    });
     log.log(&Record {
         time: now_ms(),
         host,

@@ -22,7 +22,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::access_log::AccessLog;
-use crate::cache::{Claim, FillGuard, ManifestCache, ManifestError, ObjectCache, ObjectKey};
+use crate::cache::{Claim, ManifestCache, ManifestError, ObjectCache};
 use crate::client_addr::TrustedProxies;
 use crate::control::{HostRules, CLIENT_HEADER};
 use crate::draining::Draining;
@@ -33,6 +33,10 @@ use crate::serving::conditional::{self, Conditions, Precondition};
 use crate::serving::encoding;
 use crate::serving::range::{self, RangeOutcome};
 use crate::tls_routes::TlsRoutes;
+
+mod ctx;
+pub use ctx::RequestCtx;
+use ctx::{ObjectRequest, Target};
 use gitdeploy_api::AliasResolver;
 
 /// How long one write to a slow client may take before the connection is dropped.
@@ -113,59 +117,6 @@ impl SitesProxy {
         self.tls = tls;
         self
     }
-}
-
-/// Per-request state.
-pub struct RequestCtx {
-    target: Target,
-    started: std::time::Instant,
-    /// `hit`, `miss` or `none` (answered without an object, or not a site request).
-    cache: &'static str,
-    /// When the S3 request was sent.
-    s3_sent: Option<std::time::Instant>,
-    /// Whether this request goes to the access log (sampled once, at its start).
-    logged: bool,
-    /// A health probe addressed to our IP, forwarded with the platform's host.
-    probe: bool,
-    /// The project and deployment reached, kept for the access log (the manifest names its
-    /// project, see [`RequestCtx::project`]).
-    project: Option<String>,
-    deployment: Option<DeploymentId>,
-    /// The manifest served from.
-    manifest: Option<Arc<gitdeploy_core::Manifest>>,
-}
-
-impl RequestCtx {
-    /// The project the request reached, if any.
-    fn project(&self) -> Option<&str> {
-        self.project
-            .as_deref()
-            .or_else(|| self.manifest.as_ref()?.project.as_deref())
-    }
-}
-
-#[derive(Default)]
-enum Target {
-    /// Answered in `request_filter`.
-    #[default]
-    Answered,
-    /// Forwarded to the API.
-    ControlPlane,
-    /// Streamed from S3.
-    Object(Box<ObjectRequest>),
-}
-
-struct ObjectRequest {
-    key: String,
-    cache_key: ObjectKey,
-    plan: FilePlan,
-    head: bool,
-    /// Body copied for the object cache while it streams.
-    fill: Option<BytesMut>,
-    /// This request's claim on filling the object (waiters are released when it is dropped).
-    fill_guard: Option<FillGuard>,
-    /// S3 failed: the body is replaced by this page.
-    error_page: Option<Bytes>,
 }
 
 impl SitesProxy {
@@ -365,17 +316,7 @@ impl ProxyHttp for SitesProxy {
     }
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            target: Target::Answered,
-            started: std::time::Instant::now(),
-            cache: "none",
-            s3_sent: None,
-            logged: self.access_log.as_ref().is_some_and(|l| l.wants()),
-            probe: false,
-            project: None,
-            deployment: None,
-            manifest: None,
-        }
+        RequestCtx::new(self.access_log.as_ref().is_some_and(|l| l.wants()))
     }
 
     async fn early_request_filter(
@@ -405,6 +346,9 @@ impl ProxyHttp for SitesProxy {
                 return send_error(session, 400, &format!("Bad request: {why}."), head).await;
             }
         };
+        if ctx.logged {
+            ctx.host = Some(host.clone());
+        }
         let route = match host.is_empty() {
             true => HostRoute::Unknown,
             false => route_host(&host, &self.hosts.domain, &self.hosts.control_hosts),
@@ -607,6 +551,7 @@ impl ProxyHttp for SitesProxy {
                 status,
                 cache: ctx.cache,
                 started: ctx.started,
+                host: ctx.host.as_deref(),
                 project: ctx.project(),
                 deployment: ctx.deployment.as_ref().map(DeploymentId::as_str),
                 client: crate::request_info::client(session, &self.trusted),
