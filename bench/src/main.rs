@@ -10,6 +10,7 @@
 //! ```
 
 mod clients;
+mod deploys;
 mod edge;
 mod host;
 mod load;
@@ -275,28 +276,10 @@ async fn main() -> anyhow::Result<()> {
         )?);
         rows.push(measure(NODE, NODE_PROXY.into(), &node, &host, &small)?);
     }
-    let mut deploys = Vec::new();
-    if run(Scenario::Deploy) {
-        let edge = Edge::start(&gitdeploy, &[]).await?;
-        for n in [10usize, 100, 1000] {
-            let files = site::Files::create(n)?;
-            let mut runs = Vec::new();
-            for _ in 0..3 {
-                let (wall, record) = edge.timed_deploy(&files.root).await?;
-                let id = record["id"].as_str().unwrap_or_default().to_owned();
-                let log = edge.log(&id).await?;
-                runs.push((wall, upload_seconds(&log)));
-            }
-            runs.sort_by_key(|r| r.0);
-            let (wall, upload) = runs[runs.len() / 2];
-            deploys.push(DeployRow {
-                files: n + 1,
-                bytes: files.bytes,
-                wall,
-                upload,
-            });
-        }
-    }
+    let deploys = match run(Scenario::Deploy) {
+        true => deploys::measure(&gitdeploy).await?,
+        false => Vec::new(),
+    };
 
     let mut log_rows = Vec::new();
     if run(Scenario::Logs) {
@@ -354,7 +337,7 @@ async fn main() -> anyhow::Result<()> {
     let mut report = render(&opts, &rows)?;
     report.push_str(&render_targets(&rows));
     if !deploys.is_empty() {
-        report.push_str(&render_deploys(&deploys)?);
+        report.push_str(&deploys::render(&deploys)?);
     }
     if !log_rows.is_empty() {
         report.push_str(&logs::render(&log_rows));
@@ -381,60 +364,6 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(dir.join(&name), &report)
         .with_context(|| format!("writing bench/results/{name}"))?;
     Ok(())
-}
-
-/// One size of the deploy-overhead scenario (median of three deploys).
-struct DeployRow {
-    files: usize,
-    bytes: u64,
-    wall: Duration,
-    upload: Option<f64>,
-}
-
-/// Seconds the upload took, from the builder's "Uploaded ... in Xs" line.
-fn upload_seconds(log: &[serde_json::Value]) -> Option<f64> {
-    log.iter()
-        .filter_map(|r| r["line"].as_str())
-        .find(|l| l.starts_with("Uploaded "))
-        .and_then(|l| l.rsplit(" in ").next())
-        .and_then(|t| t.trim_end_matches('s').parse().ok())
-}
-
-fn render_deploys(rows: &[DeployRow]) -> anyhow::Result<String> {
-    let mut out = String::new();
-    writeln!(
-        out,
-        "\n## Deploy overhead\n\nA static site (no build command, so everything measured is \
-         GitDeploy's own work: queue, clone, collect, precompress, upload, manifest, records), \
-         median of 3 deploys, from `POST /api/deployments` to the API reporting `ready`.\n"
-    )?;
-    writeln!(
-        out,
-        "| files | bytes | request → ready | upload | upload throughput |"
-    )?;
-    writeln!(out, "|---:|---:|---:|---:|---:|")?;
-    for r in rows {
-        let upload = r.upload.map(|s| format!("{s:.2} s")).unwrap_or("-".into());
-        let rate = r
-            .upload
-            .filter(|s| *s > 0.0)
-            .map(|s| {
-                format!(
-                    "{:.1} MB/s, {:.0} files/s",
-                    r.bytes as f64 / s / 1e6,
-                    r.files as f64 / s
-                )
-            })
-            .unwrap_or("-".into());
-        writeln!(
-            out,
-            "| {} | {} KiB | {} ms | {upload} | {rate} |",
-            r.files,
-            r.bytes / 1024,
-            r.wall.as_millis()
-        )?;
-    }
-    Ok(out)
 }
 
 /// A target of the issue: the edge's row against a peer's row of the same run.
