@@ -9,6 +9,7 @@
 //!                                                  # logs, clients, tls
 //! ```
 
+mod callgrind;
 mod clients;
 mod deploys;
 mod edge;
@@ -101,6 +102,9 @@ enum Scenario {
     /// HTTPS: new handshakes/s, hot files over HTTP/1.1 and HTTP/2, memory per idle TLS
     /// connection, against nginx and Caddy with the same certificate.
     Tls,
+    /// Instructions per request of a 304 and a hot 10 KiB file, counted by callgrind (needs
+    /// valgrind and h2load; not part of `all`).
+    Callgrind,
 }
 
 /// One row of a results table.
@@ -293,6 +297,32 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let mut callgrind_report = None;
+    if opts.scenario == Scenario::Callgrind {
+        let s3 = S3Server::start(&gitdeploy);
+        let edge = Edge::start_with(&gitdeploy, &[], Some(&s3)).await?;
+        let host = format!("{}.localhost", edge.deploy(&site).await?);
+        let path = site::TEN_KIB_PATH.to_owned();
+        let etag = edge
+            .etags(&host, std::slice::from_ref(&path))
+            .await?
+            .remove(0);
+        let identity = "accept-encoding: identity".to_owned();
+        let cases = [
+            callgrind::Case {
+                name: "hot 10 KiB file (identity, object cache)",
+                path: path.clone(),
+                headers: vec![identity.clone()],
+            },
+            callgrind::Case {
+                name: "revalidation (304)",
+                path,
+                headers: vec![identity, format!("if-none-match: {etag}")],
+            },
+        ];
+        let counted = callgrind::measure(&gitdeploy, &s3, &host, &cases).await?;
+        callgrind_report = Some(callgrind::render(&counted)?);
+    }
     let mut clients_report = None;
     if run(Scenario::Clients) {
         let edge = Edge::start(&gitdeploy, &["--max-connections", "20000"]).await?;
@@ -341,6 +371,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if !log_rows.is_empty() {
         report.push_str(&logs::render(&log_rows));
+    }
+    if let Some(r) = &callgrind_report {
+        report.push_str(r);
     }
     if let Some(r) = &clients_report {
         report.push_str(&clients::render(r));

@@ -8,6 +8,8 @@ use anyhow::{bail, Context};
 
 /// Path of the large file.
 pub const LARGE_PATH: &str = "/large.bin";
+/// A file of exactly 10 KiB (the hot path's instruction counts use it).
+pub const TEN_KIB_PATH: &str = "/ten-kib.html";
 
 /// The fixture on disk.
 pub struct Fixture {
@@ -46,6 +48,16 @@ impl Fixture {
             small.push(format!("/{name}"));
         }
         std::fs::write(root.join("index.html"), "<h1>bench</h1>")?;
+        let ten: String = words
+            .iter()
+            .cycle()
+            .take(2000)
+            .flat_map(|w| [*w, " "])
+            .collect();
+        std::fs::write(
+            root.join(TEN_KIB_PATH.trim_start_matches('/')),
+            &ten.as_bytes()[..10240],
+        )?;
         let block: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
         let mut large = Vec::with_capacity(50 << 20);
         for _ in 0..50 {
