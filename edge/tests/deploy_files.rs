@@ -206,7 +206,7 @@ fn prometheus_files_pass_promtool() {
     let compose = etc.path().join("prometheus.yml");
     run("promtool", &["check", "config", compose.to_str().unwrap()]);
     let rules = run("promtool", &["check", "rules", "prometheus/alerts.yml"]);
-    assert!(rules.contains("SUCCESS: 8 rules found"), "{rules}");
+    assert!(rules.contains("SUCCESS: 9 rules found"), "{rules}");
 }
 
 #[test]
