@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gitdeploy_core::{DeploymentId, DeploymentStatus, LogRecord, LogStream, Outcome};
 
-use crate::archive::LogArchive;
+use crate::archive::BuildArchive;
 use crate::logbus::LogBus;
 use crate::metrics::ApiMetrics;
 use crate::now_ms;
@@ -200,7 +200,7 @@ impl<'a> Job<'a> {
     /// that sees the final record can already read the archive.
     pub(crate) async fn finish_and_archive(
         &self,
-        archive: Option<&dyn LogArchive>,
+        archive: Option<&dyn BuildArchive>,
         finished: Finished,
     ) {
         if !self.record_outcome(&finished).await {
@@ -264,6 +264,23 @@ impl Finished {
                 commit: ending.commit,
             },
             Err(e) => Finished::failed(e, None),
+        }
+    }
+
+    /// A task's reported ending once what it staged is published ([`BuildArchive::publish_staged`]):
+    /// a `ready` build whose upload is refused fails, saying why.
+    pub(crate) async fn published(
+        self,
+        archive: Option<&dyn BuildArchive>,
+        id: &DeploymentId,
+    ) -> Self {
+        let Some(archive) = archive.filter(|_| self.outcome.status == DeploymentStatus::Ready)
+        else {
+            return self;
+        };
+        match archive.publish_staged(id).await {
+            Ok(_) => self,
+            Err(e) => Finished::failed(format!("the build's upload was refused: {e}"), None),
         }
     }
 

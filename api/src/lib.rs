@@ -42,7 +42,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::RepoScheme;
 
-pub use archive::{ArchiveFuture, LogArchive, SiteStorage};
+pub use archive::{ArchiveFuture, BuildArchive, SiteStorage};
 pub use ecs::{EcsRunner, EcsRunnerConfig};
 pub use error::ApiError;
 pub use file_store::FileStore;
@@ -118,7 +118,7 @@ pub struct ControlPlane {
     records: Records,
     bus: Arc<dyn LogBus>,
     queue: JobQueue,
-    archive: Option<Arc<dyn LogArchive>>,
+    archive: Option<Arc<dyn BuildArchive>>,
     storage: Option<Arc<dyn SiteStorage>>,
     limiter: Option<Arc<ratelimit::Limiter>>,
     domain_added: Arc<tokio::sync::Notify>,
@@ -133,7 +133,7 @@ impl ControlPlane {
         records: Records,
         bus: Arc<dyn LogBus>,
         queue: JobQueue,
-        archive: Option<Arc<dyn LogArchive>>,
+        archive: Option<Arc<dyn BuildArchive>>,
     ) -> Self {
         let limiter = config
             .rate_limit

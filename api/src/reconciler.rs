@@ -10,7 +10,7 @@ use std::time::Duration;
 use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::{BuildJob, DeploymentId, DeploymentStatus};
 
-use crate::archive::LogArchive;
+use crate::archive::BuildArchive;
 use crate::job::{Finished, Job};
 use crate::logbus::LogBus;
 use crate::metrics::ApiMetrics;
@@ -31,7 +31,7 @@ pub(crate) struct Reconciler<'a> {
     /// stopped (an edge restarted while its build tasks ran on).
     pub(crate) watching: Vec<DeploymentId>,
     /// Where the logs of builds it fails are archived.
-    pub(crate) archive: Option<&'a dyn LogArchive>,
+    pub(crate) archive: Option<&'a dyn BuildArchive>,
 }
 
 impl Reconciler<'_> {
@@ -89,7 +89,7 @@ impl Reconciler<'_> {
                         .and_then(|r| r.ended)
                         .map(Finished::from_task);
                     let finished = match reported {
-                        Some(f) => f,
+                        Some(f) => f.published(self.archive, &d.id).await,
                         None if store
                             .runner_alive(&crate::task_access::task_instance(&d.id))
                             .await? =>

@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use crate::archive::LogArchive;
+use crate::archive::BuildArchive;
 use crate::job::{Claim, Finished, Job};
 use crate::logbus::LogBus;
 use crate::metrics::ApiMetrics;
@@ -42,7 +42,7 @@ pub struct LocalRunnerConfig {
     /// clone and upload.
     pub limits: BuildLimits,
     /// Where finished logs are archived.
-    pub archive: Option<Arc<dyn LogArchive>>,
+    pub archive: Option<Arc<dyn BuildArchive>>,
     /// Builds that may wait for a slot; more are refused (HTTP 429).
     pub max_queued: usize,
     /// Called after a builder was killed (timeout, cancel), to release what it could not.

@@ -9,9 +9,10 @@
 //!   its own deployment record (to see a cancel). Nothing else: no other build's keys, no
 //!   project, no alias, no channel, no key listing, no admin command.
 //! - **Storage:** a session of the upload role, assumed by the edge with the session policy of
-//!   [`s3_session_policy`] (the build's `sites/<id>/*` and `manifests/<id>.json`, and its cache
-//!   scope's `build-cache/<scope>/*`, read and written), handed over
-//!   through Redis with the secrets. The task role itself needs no S3 permission at all.
+//!   [`s3_session_policy`]: write its own staging area `uploads/<id>/*`, read `blobs/*` (to see
+//!   which are stored already), and read and write its cache scope's `build-cache/<scope>/*`.
+//!   It writes nothing that is served: the edge checks what it staged and publishes it. The
+//!   session travels through Redis with the secrets; the task role needs no S3 permission.
 //!
 //! So the task never writes a shared record. It reports its outcome into `task:<id>`, and an
 //! edge (the one watching the task, or any edge's reconciler once the task is gone) checks it
@@ -125,10 +126,11 @@ pub fn acl_rules(prefix: &str, id: &DeploymentId, password_sha256: &str) -> Vec<
     rules
 }
 
-/// The session policy limiting an upload-role session to deployment `id`'s objects in
-/// `bucket`: its files and its manifest, put (and multipart uploads of them aborted), nothing
-/// read, listed or deleted; and the build caches of its cache scope (`scope`, from
-/// [`gitdeploy_core::keys::cache_scope`]), read and put.
+/// The session policy limiting an upload-role session to deployment `id` in `bucket`: its
+/// staging area put (and multipart uploads into it aborted), the shared blobs read (a `HEAD`
+/// says whether one is stored; a blob's name is the hash of its bytes, so only what the build
+/// has can be found), nothing listed or deleted; and the build caches of its cache scope
+/// (`scope`, from [`gitdeploy_core::keys::cache_scope`]), read and put.
 pub fn s3_session_policy(
     bucket: &str,
     layout: &ObjectLayout,
@@ -139,13 +141,15 @@ pub fn s3_session_policy(
     serde_json::json!({
         "Version": "2012-10-17",
         "Statement": [{
-            "Sid": "PublishThisDeploymentOnly",
+            "Sid": "StageThisDeploymentOnly",
             "Effect": "Allow",
             "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-            "Resource": [
-                arn(format!("{}*", layout.site_prefix(id))),
-                arn(layout.manifest(id)),
-            ],
+            "Resource": [arn(format!("{}*", layout.upload_prefix(id)))],
+        }, {
+            "Sid": "SeeWhichBlobsAreStored",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": [arn(format!("{}*", layout.blobs_prefix()))],
         }, {
             "Sid": "BuildCachesOfThisScopeOnly",
             "Effect": "Allow",
@@ -257,23 +261,14 @@ mod tests {
     }
 
     #[test]
-    fn an_upload_session_may_put_this_deployment_and_nothing_else() {
-        for (prefix, want) in [
-            (
-                "",
-                [
-                    "arn:aws:s3:::b/sites/k3f9q2m8x1ab/*",
-                    "arn:aws:s3:::b/manifests/k3f9q2m8x1ab.json",
-                ],
-            ),
-            (
-                "/prod/",
-                [
-                    "arn:aws:s3:::b/prod/sites/k3f9q2m8x1ab/*",
-                    "arn:aws:s3:::b/prod/manifests/k3f9q2m8x1ab.json",
-                ],
-            ),
-        ] {
+    fn an_upload_session_may_stage_this_deployment_and_nothing_else() {
+        for prefix in ["", "/prod/"] {
+            let p = prefix.trim_matches('/');
+            let p = if p.is_empty() {
+                String::new()
+            } else {
+                format!("{p}/")
+            };
             let policy: serde_json::Value = serde_json::from_str(&s3_session_policy(
                 "b",
                 &ObjectLayout::new(prefix),
@@ -281,29 +276,31 @@ mod tests {
                 "project-p",
             ))
             .unwrap();
-            let st = &policy["Statement"][0];
-            assert_eq!(st["Effect"], "Allow");
-            assert_eq!(st["Resource"], serde_json::json!(want));
-            assert_eq!(
-                st["Action"],
-                serde_json::json!(["s3:PutObject", "s3:AbortMultipartUpload"])
-            );
-            let cache = &policy["Statement"][1];
-            let p = prefix.trim_matches('/');
-            let p = if p.is_empty() {
-                String::new()
-            } else {
-                format!("{p}/")
-            };
-            assert_eq!(
-                cache["Resource"],
-                serde_json::json!([format!("arn:aws:s3:::b/{p}build-cache/project-p/*")])
-            );
-            assert_eq!(
-                cache["Action"],
-                serde_json::json!(["s3:GetObject", "s3:PutObject"])
-            );
-            assert_eq!(policy["Statement"].as_array().unwrap().len(), 2);
+            let statements = policy["Statement"].as_array().unwrap();
+            let got: Vec<_> = statements
+                .iter()
+                .map(|st| {
+                    assert_eq!(st["Effect"], "Allow");
+                    (st["Action"].clone(), st["Resource"].clone())
+                })
+                .collect();
+            // Writes reach this deployment's staging area and its cache scope, nothing shared:
+            // no blob, no manifest, no other deployment (the edge checks and publishes).
+            let want = [
+                (
+                    serde_json::json!(["s3:PutObject", "s3:AbortMultipartUpload"]),
+                    serde_json::json!([format!("arn:aws:s3:::b/{p}uploads/k3f9q2m8x1ab/*")]),
+                ),
+                (
+                    serde_json::json!(["s3:GetObject"]),
+                    serde_json::json!([format!("arn:aws:s3:::b/{p}blobs/*")]),
+                ),
+                (
+                    serde_json::json!(["s3:GetObject", "s3:PutObject"]),
+                    serde_json::json!([format!("arn:aws:s3:::b/{p}build-cache/project-p/*")]),
+                ),
+            ];
+            assert_eq!(got, want, "{prefix}");
         }
     }
 

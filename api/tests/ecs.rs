@@ -117,11 +117,12 @@ fn runner_config(cluster: &str, subnet: &str, sg: &str) -> EcsRunnerConfig {
     }
 }
 
-/// Keeps archived logs in memory.
+/// Keeps archived logs in memory; no build here stages an upload (the tasks never run: moto
+/// runs no containers).
 #[derive(Default)]
 struct MemoryArchive(std::sync::Mutex<std::collections::HashMap<DeploymentId, Vec<u8>>>);
 
-impl gitdeploy_api::LogArchive for MemoryArchive {
+impl gitdeploy_api::BuildArchive for MemoryArchive {
     fn archive(&self, id: &DeploymentId, ndjson: Vec<u8>) -> gitdeploy_api::ArchiveFuture<'_, ()> {
         self.0.lock().unwrap().insert(id.clone(), ndjson);
         Box::pin(async { Ok(()) })
@@ -130,6 +131,10 @@ impl gitdeploy_api::LogArchive for MemoryArchive {
     fn fetch(&self, id: &DeploymentId) -> gitdeploy_api::ArchiveFuture<'_, Option<Vec<u8>>> {
         let found = self.0.lock().unwrap().get(id).cloned();
         Box::pin(async move { Ok(found) })
+    }
+
+    fn publish_staged(&self, _id: &DeploymentId) -> gitdeploy_api::ArchiveFuture<'_, bool> {
+        Box::pin(async { Ok(false) })
     }
 }
 

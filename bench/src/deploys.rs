@@ -41,11 +41,11 @@ pub struct DeployRow {
     upload: Option<f64>,
 }
 
-/// Seconds the upload took, from the builder's "Uploaded ... in Xs" line.
+/// Seconds the upload took, from the builder's "Published ... in Xs" line.
 fn upload_seconds(log: &[serde_json::Value]) -> Option<f64> {
     log.iter()
         .filter_map(|r| r["line"].as_str())
-        .find(|l| l.starts_with("Uploaded "))
+        .find(|l| l.starts_with("Published "))
         .and_then(|l| l.rsplit(" in ").next())
         .and_then(|t| t.trim_end_matches('s').parse().ok())
 }

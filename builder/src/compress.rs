@@ -33,14 +33,17 @@ pub fn is_compressible(content_type: &str) -> bool {
 }
 
 /// Compresses `bytes` with `encoding` at a level suited to build time (brotli 11 below 1 MiB,
-/// 9 above; gzip 9).
+/// 9 above; gzip 9). Brotli's window is no larger than the input needs (at least 1 KiB, at most
+/// 4 MiB): the same output for a small file, without preparing a 4 MiB window for it.
 pub fn compress(bytes: &[u8], encoding: Encoding) -> Vec<u8> {
     match encoding {
         Encoding::Br => {
             let quality = if bytes.len() <= 1 << 20 { 11 } else { 9 };
+            let window =
+                (usize::BITS - bytes.len().saturating_sub(1).leading_zeros()).clamp(10, 22);
             let mut out = Vec::new();
             {
-                let mut w = brotli::CompressorWriter::new(&mut out, 64 * 1024, quality, 22);
+                let mut w = brotli::CompressorWriter::new(&mut out, 64 * 1024, quality, window);
                 // Writing to a Vec cannot fail.
                 let _ = w.write_all(bytes);
             }
@@ -54,28 +57,41 @@ pub fn compress(bytes: &[u8], encoding: Encoding) -> Vec<u8> {
     }
 }
 
-/// The variants worth keeping for file `relative`. A variant is skipped when the site has a real
-/// file at the variant's key (`app.js.gz` next to `app.js`), which it would overwrite.
-pub fn variants(
+/// The encodings worth trying for file `relative` of `size` bytes. One is skipped when the site
+/// has a real file of that name (`app.js.gz` next to `app.js`): the site's own file is served
+/// under its name, and a request for `app.js` gets no variant the author did not mean.
+pub fn wanted(
     relative: &str,
-    bytes: &[u8],
+    size: u64,
     content_type: &str,
     site_files: &BTreeSet<String>,
-) -> Vec<(Encoding, Vec<u8>)> {
-    if bytes.len() < MIN_SIZE || !is_compressible(content_type) {
+) -> Vec<Encoding> {
+    if size < MIN_SIZE as u64 || !is_compressible(content_type) {
         return Vec::new();
     }
     [Encoding::Br, Encoding::Gzip]
         .into_iter()
         .filter(|enc| !site_files.contains(&format!("{relative}{}", enc.suffix())))
-        .map(|enc| (enc, compress(bytes, enc)))
-        .filter(|(_, compressed)| compressed.len() < bytes.len())
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The variants worth keeping for file `relative`: each [`wanted`] encoding, kept when smaller.
+    fn variants(
+        relative: &str,
+        bytes: &[u8],
+        content_type: &str,
+        site_files: &BTreeSet<String>,
+    ) -> Vec<(Encoding, Vec<u8>)> {
+        wanted(relative, bytes.len() as u64, content_type, site_files)
+            .into_iter()
+            .map(|enc| (enc, compress(bytes, enc)))
+            .filter(|(_, compressed)| compressed.len() < bytes.len())
+            .collect()
+    }
     use std::io::Read;
 
     #[test]
@@ -108,6 +124,16 @@ mod tests {
             .read_to_end(&mut out)
             .unwrap();
         assert_eq!(out, text.as_bytes());
+        // Sizes around the smallest and largest windows round-trip.
+        for n in [1024usize, 1025, 70_000] {
+            let text = "abcdefghij0123456789".repeat(n / 20 + 1)[..n].to_owned();
+            let br = compress(text.as_bytes(), Encoding::Br);
+            let mut out = Vec::new();
+            brotli::Decompressor::new(&br[..], 4096)
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out, text.as_bytes(), "{n}");
+        }
 
         assert!(variants("small.js", b"x", "text/javascript", &none).is_empty());
         assert!(variants("a.png", text.as_bytes(), "image/png", &none).is_empty());

@@ -26,6 +26,9 @@ pub struct BuilderConfig {
     pub credentials: Option<(String, String)>,
     /// Build caches are kept in the bucket ([`crate::remote_cache`]): the disk does not last.
     pub remote_cache: bool,
+    /// The storage session covers this deployment's staging area only
+    /// ([`crate::publish::Placement::Staged`]).
+    pub staged_upload: bool,
 }
 
 impl BuilderConfig {
@@ -47,6 +50,7 @@ impl BuilderConfig {
             layout: ObjectLayout::new(&var(S3_PREFIX).unwrap_or_default()),
             credentials: var("AWS_ACCESS_KEY_ID").zip(var("AWS_SECRET_ACCESS_KEY")),
             remote_cache: var(REMOTE_CACHE).as_deref() == Some("1"),
+            staged_upload: var(STAGED_UPLOAD).as_deref() == Some("1"),
         })
     }
 }

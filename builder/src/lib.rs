@@ -21,7 +21,7 @@ mod lines;
 mod network;
 mod node_version;
 mod prepare;
-mod publish;
+pub mod publish;
 mod remote_cache;
 mod sandbox;
 mod skip;

@@ -396,29 +396,31 @@ async fn steps(
 
     // Upload, manifest last.
     let step = Instant::now();
-    let client = publish::s3_client(config).await;
-    let published = publish::publish(
-        &client,
+    let placement = if config.staged_upload {
+        publish::Placement::Staged
+    } else {
+        publish::Placement::Shared
+    };
+    let blobs = publish::S3Blobs::new(
+        publish::s3_client(config).await,
         &config.bucket,
         &config.layout,
+        &job.deployment,
+        placement,
+    );
+    let published = publish::publish(
+        &blobs,
         publish::Release {
             id: &job.deployment,
             project: job.project.as_deref(),
-            commit: &commit,
+            commit: Some(&commit),
         },
         files,
         rules,
     )
     .await
     .map_err(Failure::Internal)?;
-    emitter.system(&format!(
-        "Uploaded {} files ({} bytes, {} in parts) and {} precompressed variants in {}",
-        published.files,
-        published.bytes,
-        published.multipart,
-        published.variants,
-        secs(step)
-    ));
+    emitter.system(&published.summary(&secs(step)));
     emitter.phase("upload", step);
     Ok(Done::Published { commit, published })
 }

@@ -28,6 +28,9 @@ pub mod env {
     /// `1` on a builder whose disk does not outlive it (an ECS task): the framework build
     /// caches are fetched from and kept in the bucket.
     pub const REMOTE_CACHE: &str = "GITDEPLOY_BUILD_CACHE_REMOTE";
+    /// `1` on a builder holding a storage session limited to its own deployment: it stages its
+    /// blobs and manifest under `uploads/<id>/` for the edge to check and publish.
+    pub const STAGED_UPLOAD: &str = "GITDEPLOY_STAGED_UPLOAD";
 
     /// Machine settings that reach the builder and the build: where the trusted CA certificates
     /// are (a machine may trust a private CA for its registry mirror or proxy) and the outbound

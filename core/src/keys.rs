@@ -1,9 +1,13 @@
-//! Where things live in the bucket. Files under `sites/<id>/`, the manifest at
+//! Where things live in the bucket. Site content as blobs named by their content hash under
+//! `blobs/` (shared by every deployment; version-1 deployments keep theirs under `sites/<id>/`),
+//! a publish in progress under `uploads/<id>/`, the manifest at
 //! `manifests/<id>.json` (written last: its presence is what publishes a deployment) and the
 //! archived log at `logs/<id>.ndjson`, the build caches of builders without a lasting disk
 //! under `build-cache/<scope>/`, the edges' access logs under `access-logs/`, all under an optional prefix.
 
+use crate::content::ContentHash;
 use crate::id::DeploymentId;
+use crate::manifest::{Encoding, FileEntry};
 
 /// The bucket layout, with an optional key prefix shared by every object.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,6 +41,47 @@ impl ObjectLayout {
         encoding: crate::Encoding,
     ) -> String {
         format!("{}{}", self.site_file(id, relative), encoding.suffix())
+    }
+
+    /// Key of the blob holding the bytes with this content hash.
+    pub fn blob(&self, hash: &ContentHash) -> String {
+        format!("{}blobs/{hash}", self.prefix)
+    }
+
+    /// The prefix every blob starts with.
+    pub fn blobs_prefix(&self) -> String {
+        format!("{}blobs/", self.prefix)
+    }
+
+    /// Key of the object holding one representation of a manifest entry: its blob when the
+    /// manifest names one, else (version 1) the file or variant under the deployment's prefix.
+    pub fn representation(
+        &self,
+        id: &DeploymentId,
+        relative: &str,
+        entry: &FileEntry,
+        encoding: Option<Encoding>,
+    ) -> String {
+        let hash = match encoding {
+            None => entry.hash,
+            Some(enc) => entry.encodings.get(&enc).and_then(|v| v.hash),
+        };
+        match (hash, encoding) {
+            (Some(hash), _) => self.blob(&hash),
+            (None, Some(enc)) => self.site_variant(id, relative, enc),
+            (None, None) => self.site_file(id, relative),
+        }
+    }
+
+    /// The prefix of a publish in progress: what an uploader stages there before the manifest
+    /// is written ([`ObjectLayout::staged_blob`]).
+    pub fn upload_prefix(&self, id: &DeploymentId) -> String {
+        format!("{}uploads/{id}/", self.prefix)
+    }
+
+    /// Key a scoped uploader stages a blob at, for a trusted finisher to verify and move.
+    pub fn staged_blob(&self, id: &DeploymentId, hash: &ContentHash) -> String {
+        format!("{}{hash}", self.upload_prefix(id))
     }
 
     /// The prefix every site file of a deployment starts with.
@@ -110,6 +155,54 @@ mod tests {
     }
 
     #[test]
+    fn representations_are_blobs_when_named_else_beside_the_file() {
+        let id = DeploymentId::parse("k3f9q2m8x1ab").unwrap();
+        let l = ObjectLayout::new("");
+        let (file, br) = (
+            ContentHash::from_digest([1; 32]),
+            ContentHash::from_digest([2; 32]),
+        );
+        let mut entry = FileEntry {
+            size: 1,
+            etag: String::new(),
+            content_type: "text/html".into(),
+            hash: None,
+            encodings: Default::default(),
+        };
+        let variant = |hash| crate::Variant {
+            size: 1,
+            etag: String::new(),
+            hash,
+        };
+        entry.encodings.insert(Encoding::Br, variant(None));
+        entry.encodings.insert(Encoding::Gzip, variant(None));
+        let v1 = [
+            (None, "sites/k3f9q2m8x1ab/a.html".to_owned()),
+            (
+                Some(Encoding::Br),
+                "sites/k3f9q2m8x1ab/a.html.br".to_owned(),
+            ),
+        ];
+        for (enc, want) in v1 {
+            assert_eq!(l.representation(&id, "a.html", &entry, enc), want);
+        }
+        entry.hash = Some(file);
+        entry.encodings.insert(Encoding::Br, variant(Some(br)));
+        let v2 = [
+            (None, l.blob(&file)),
+            (Some(Encoding::Br), l.blob(&br)),
+            // A variant without a blob of its own stays beside the file.
+            (
+                Some(Encoding::Gzip),
+                "sites/k3f9q2m8x1ab/a.html.gz".to_owned(),
+            ),
+        ];
+        for (enc, want) in v2 {
+            assert_eq!(l.representation(&id, "a.html", &entry, enc), want);
+        }
+    }
+
+    #[test]
     fn layout_table() {
         let id = DeploymentId::parse("k3f9q2m8x1ab").unwrap();
         for (prefix, want) in [
@@ -121,6 +214,15 @@ mod tests {
         }
         let l = ObjectLayout::new("");
         assert_eq!(l.manifest(&id), "manifests/k3f9q2m8x1ab.json");
+        let h = ContentHash::from_digest([0xab; 32]);
+        assert_eq!(
+            ObjectLayout::new("gd").blob(&h),
+            format!("gd/blobs/{}", "ab".repeat(32))
+        );
+        assert_eq!(
+            ObjectLayout::new("gd").staged_blob(&id, &h),
+            format!("gd/uploads/k3f9q2m8x1ab/{}", "ab".repeat(32))
+        );
         assert_eq!(l.log_archive(&id), "logs/k3f9q2m8x1ab.ndjson");
     }
 }

@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod content;
 pub mod domain;
 pub mod egress;
 pub mod head_guard;
@@ -22,6 +23,7 @@ pub mod status;
 pub mod text;
 pub mod watch;
 
+pub use content::ContentHash;
 pub use id::DeploymentId;
 pub use job::{BuildJob, BuilderEvent};
 pub use keys::ObjectLayout;

@@ -6,11 +6,16 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::path::{encode_path, SitePath};
+use crate::content::ContentHash;
+use crate::path::{check_relative_path, encode_path, SitePath};
 use crate::rules::{HeaderRule, RedirectRule};
 
-/// Current manifest format version.
-pub const MANIFEST_VERSION: u32 = 1;
+/// Current manifest format version: 2 names every representation's blob by content hash
+/// ([`FileEntry::hash`]); 1 (still read) kept files under the deployment's own prefix.
+pub const MANIFEST_VERSION: u32 = 2;
+
+/// The oldest manifest version this code still serves.
+pub const OLDEST_MANIFEST_VERSION: u32 = 1;
 
 /// One deployment's file list (`manifests/<id>.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +93,10 @@ pub struct Variant {
     pub size: u64,
     /// ETag of this representation (differs from the identity ETag).
     pub etag: String,
+    /// The blob holding the compressed bytes (its own content hash); absent in version 1,
+    /// where the variant sits beside the file (`<path>.br`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<ContentHash>,
 }
 
 /// One served file.
@@ -99,6 +108,10 @@ pub struct FileEntry {
     pub etag: String,
     /// `Content-Type` to serve.
     pub content_type: String,
+    /// The blob holding the bytes (`blobs/<hash>`); absent in version 1, where the file sits
+    /// under the deployment's prefix (`sites/<id>/<path>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<ContentHash>,
     /// Precompressed variants, when smaller than the file.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub encodings: BTreeMap<Encoding, Variant>,
@@ -131,10 +144,50 @@ impl Manifest {
     /// Parses a manifest, refusing versions this code does not understand.
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if m.version != MANIFEST_VERSION {
+        if !(OLDEST_MANIFEST_VERSION..=MANIFEST_VERSION).contains(&m.version) {
             return Err(format!("unsupported manifest version {}", m.version));
         }
         Ok(m)
+    }
+
+    /// Checks a manifest from an uploader the edge does not trust (a build task's staged
+    /// upload, a client's folder): the deployment it claims, every path
+    /// ([`check_relative_path`]), and a blob named for every file and variant (version 2).
+    pub fn check_untrusted(&self, deployment: &str) -> Result<(), String> {
+        if self.version != MANIFEST_VERSION {
+            return Err(format!(
+                "the manifest is version {}, not {MANIFEST_VERSION}",
+                self.version
+            ));
+        }
+        if self.deployment != deployment {
+            return Err(format!(
+                "the manifest describes deployment {:?}, not {deployment}",
+                self.deployment
+            ));
+        }
+        if self.files.is_empty() {
+            return Err("the manifest lists no files".into());
+        }
+        for (path, entry) in &self.files {
+            check_relative_path(path)?;
+            if entry.hash.is_none() || entry.encodings.values().any(|v| v.hash.is_none()) {
+                return Err(format!("{path:?} names no blob"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every blob the manifest names (files and variants), each once, in order.
+    pub fn blobs(&self) -> std::collections::BTreeSet<ContentHash> {
+        self.files
+            .values()
+            .flat_map(|f| {
+                f.hash
+                    .into_iter()
+                    .chain(f.encodings.values().filter_map(|v| v.hash))
+            })
+            .collect()
     }
 
     fn file(&self, path: &str) -> Option<(&str, &FileEntry)> {
@@ -328,6 +381,7 @@ mod tests {
                             size: 1,
                             etag: format!("\"{p}\""),
                             content_type: "text/html".into(),
+                            hash: None,
                             encodings: BTreeMap::new(),
                         },
                     )
@@ -482,6 +536,46 @@ mod tests {
     }
 
     #[test]
+    fn untrusted_manifests_name_a_blob_for_everything() {
+        let mut m = manifest(&["index.html"]);
+        let entry = m.files.get_mut("index.html").unwrap();
+        entry.hash = Some(ContentHash::from_digest([1; 32]));
+        entry.encodings.insert(
+            Encoding::Br,
+            Variant {
+                size: 1,
+                etag: String::new(),
+                hash: Some(ContentHash::from_digest([2; 32])),
+            },
+        );
+        assert_eq!(m.check_untrusted("k3f9q2m8x1ab"), Ok(()));
+        assert!(m
+            .check_untrusted("z9y8x7w6v5ut")
+            .unwrap_err()
+            .contains("not z9y8x7w6v5ut"));
+        let mut no_blob = m.clone();
+        no_blob
+            .files
+            .get_mut("index.html")
+            .unwrap()
+            .encodings
+            .get_mut(&Encoding::Br)
+            .unwrap()
+            .hash = None;
+        assert!(no_blob.check_untrusted("k3f9q2m8x1ab").is_err());
+        let mut traversal = m.clone();
+        let e = traversal.files.remove("index.html").unwrap();
+        traversal.files.insert("../manifests/x.json".into(), e);
+        assert!(traversal.check_untrusted("k3f9q2m8x1ab").is_err());
+        let mut old = m.clone();
+        old.version = 1;
+        assert!(old.check_untrusted("k3f9q2m8x1ab").is_err());
+        let mut empty = m;
+        empty.files.clear();
+        assert!(empty.check_untrusted("k3f9q2m8x1ab").is_err());
+    }
+
+    #[test]
     fn json_round_trip_and_version_check() {
         let mut m = manifest(&["index.html"]);
         m.rules.spa = Some(true);
@@ -490,10 +584,32 @@ mod tests {
             Variant {
                 size: 1,
                 etag: "\"x-br\"".into(),
+                hash: Some(ContentHash::from_digest([2; 32])),
             },
         );
+        m.files.get_mut("index.html").unwrap().hash = Some(ContentHash::from_digest([1; 32]));
         let json = serde_json::to_vec(&m).unwrap();
         assert_eq!(Manifest::from_json(&json).unwrap(), m);
+        assert_eq!(
+            m.blobs().into_iter().collect::<Vec<_>>(),
+            [
+                ContentHash::from_digest([1; 32]),
+                ContentHash::from_digest([2; 32])
+            ]
+        );
+        // Version 1 (files under the deployment's prefix) is still read.
+        let mut old = manifest(&["index.html"]);
+        old.version = 1;
+        assert_eq!(
+            Manifest::from_json(&serde_json::to_vec(&old).unwrap()).unwrap(),
+            old
+        );
+        assert!(old.blobs().is_empty());
+        // A hash that is not 64 hex digits never parses (it could otherwise spell a key).
+        let hostile = String::from_utf8(json)
+            .unwrap()
+            .replace(&"01".repeat(32), "../../manifests/x");
+        assert!(Manifest::from_json(hostile.as_bytes()).is_err());
         let mut future = m.clone();
         future.version = 99;
         assert!(Manifest::from_json(&serde_json::to_vec(&future).unwrap()).is_err());

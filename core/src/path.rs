@@ -132,6 +132,25 @@ pub fn encode_path(relative: &str) -> String {
         .join("/")
 }
 
+/// Whether `path` can be a manifest path: `/`-separated segments, none empty, `.` or `..`, no
+/// control character or `\\`, no leading or trailing `/`, at most 1,024 bytes.
+pub fn check_relative_path(path: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{path:?} is not a site path: {why}"));
+    if path.is_empty() || path.len() > 1024 {
+        return bad("empty or longer than 1,024 bytes");
+    }
+    if let Some(c) = path.chars().find(|c| c.is_control() || *c == '\\') {
+        return bad(&format!("it contains {c:?}"));
+    }
+    if path
+        .split('/')
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+    {
+        return bad("empty, `.` or `..` segments (or a `/` at either end)");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +274,35 @@ mod properties {
             )
         ) {
             confined(&format!("/{}", pieces.concat()));
+        }
+    }
+
+    #[test]
+    fn relative_paths_table() {
+        for ok in [
+            "index.html",
+            "a/b/c.js",
+            "with space.html",
+            "ünï/code.txt",
+            ".well-known/x",
+        ] {
+            assert_eq!(check_relative_path(ok), Ok(()), "{ok}");
+        }
+        let long = "a".repeat(1025);
+        for bad in [
+            "",
+            "/index.html",
+            "a/",
+            "a//b",
+            "./a",
+            "a/../b",
+            "..",
+            "a\\b",
+            "a\0b",
+            "a\nb",
+            &long,
+        ] {
+            assert!(check_relative_path(bad).is_err(), "{bad:?}");
         }
     }
 }

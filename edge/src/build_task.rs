@@ -146,6 +146,7 @@ async fn run_job() -> anyhow::Result<bool> {
                 session.secret_access_key,
             ),
             ("AWS_SESSION_TOKEN".to_owned(), session.session_token),
+            (env::STAGED_UPLOAD.to_owned(), "1".to_owned()),
         ]),
         None => builder_env.extend(
             TASK_CREDENTIALS

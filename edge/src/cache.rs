@@ -113,8 +113,34 @@ impl ManifestCache {
     }
 }
 
-/// Cache key of an object body: deployment, site-relative path and encoding.
-pub type ObjectKey = (DeploymentId, String, Option<gitdeploy_core::Encoding>);
+/// Cache key of an object body.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectKey {
+    /// A blob, by content hash: one entry for every deployment and path holding those bytes.
+    Blob(gitdeploy_core::ContentHash),
+    /// A version-1 file: deployment, site-relative path and encoding.
+    Site(DeploymentId, String, Option<gitdeploy_core::Encoding>),
+}
+
+impl ObjectKey {
+    /// The key of one representation of a manifest entry (the same choice as
+    /// `ObjectLayout::representation` makes for the object key).
+    pub fn of(
+        id: &DeploymentId,
+        relative: &str,
+        entry: &gitdeploy_core::FileEntry,
+        encoding: Option<gitdeploy_core::Encoding>,
+    ) -> Self {
+        let hash = match encoding {
+            None => entry.hash,
+            Some(enc) => entry.encodings.get(&enc).and_then(|v| v.hash),
+        };
+        match hash {
+            Some(hash) => ObjectKey::Blob(hash),
+            None => ObjectKey::Site(id.clone(), relative.to_owned(), encoding),
+        }
+    }
+}
 
 /// Small object bodies (a sync cache: it is filled from Pingora's synchronous body filter).
 ///
@@ -341,11 +367,35 @@ mod tests {
     use super::*;
 
     fn key() -> ObjectKey {
-        (
+        ObjectKey::Site(
             DeploymentId::parse("k3f9q2m8x1ab").unwrap(),
             "a.js".into(),
             None,
         )
+    }
+
+    #[test]
+    fn blobs_are_one_entry_whatever_the_deployment_and_path() {
+        let mut entry = gitdeploy_core::FileEntry {
+            size: 1,
+            etag: String::new(),
+            content_type: "text/css".into(),
+            hash: Some(gitdeploy_core::ContentHash::from_digest([7; 32])),
+            encodings: Default::default(),
+        };
+        let (a, b) = (
+            DeploymentId::parse("k3f9q2m8x1ab").unwrap(),
+            DeploymentId::parse("z9y8x7w6v5ut").unwrap(),
+        );
+        assert_eq!(
+            ObjectKey::of(&a, "a.css", &entry, None),
+            ObjectKey::of(&b, "other/b.css", &entry, None)
+        );
+        entry.hash = None;
+        assert_ne!(
+            ObjectKey::of(&a, "a.css", &entry, None),
+            ObjectKey::of(&b, "a.css", &entry, None)
+        );
     }
 
     #[tokio::test]

@@ -429,6 +429,14 @@ impl gitdeploy_api::SiteStorage for S3Origin {
                 self.delete(&key).await.map_err(fail)?;
                 deleted += 1;
             }
+            // What a build task staged and nobody published (it failed, or was canceled).
+            deleted += gitdeploy_builder::publish::remove_staging(
+                &self.client,
+                &self.bucket,
+                &self.layout,
+                &id,
+            )
+            .await?;
             self.delete(&self.layout.log_archive(&id))
                 .await
                 .map_err(fail)?;
@@ -452,7 +460,7 @@ impl gitdeploy_api::SiteStorage for S3Origin {
 }
 
 /// Build logs are archived next to the sites, at `logs/<id>.ndjson`.
-impl gitdeploy_api::LogArchive for S3Origin {
+impl gitdeploy_api::BuildArchive for S3Origin {
     fn archive(
         &self,
         id: &gitdeploy_core::DeploymentId,
@@ -476,6 +484,24 @@ impl gitdeploy_api::LogArchive for S3Origin {
                 .await
                 .map(|body| body.map(|b| b.to_vec()))
                 .map_err(|e| e.to_string())
+        })
+    }
+
+    fn publish_staged(
+        &self,
+        id: &gitdeploy_core::DeploymentId,
+    ) -> gitdeploy_api::ArchiveFuture<'_, bool> {
+        let id = id.clone();
+        Box::pin(async move {
+            use gitdeploy_builder::publish;
+            let published =
+                publish::publish_staged(&self.client, &self.bucket, &self.layout, &id).await;
+            if let Err(e) =
+                publish::remove_staging(&self.client, &self.bucket, &self.layout, &id).await
+            {
+                tracing::warn!(%id, "the staging area of the upload stays: {e}");
+            }
+            published
         })
     }
 }

@@ -374,7 +374,7 @@ pub(crate) fn control_plane(
         state.records.clone(),
         state.bus.clone(),
         queue,
-        Some(origin.clone() as Arc<dyn gitdeploy_api::LogArchive>),
+        Some(origin.clone() as Arc<dyn gitdeploy_api::BuildArchive>),
     )
     .with_site_storage(origin.clone())
     .with_cert_store(state.certs.clone())

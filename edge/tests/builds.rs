@@ -333,7 +333,8 @@ async fn large_files_are_uploaded_in_parts_and_served_whole() {
     .await;
     assert_eq!(outcome(&log).0, DeploymentStatus::Ready, "{}", text(&log));
     assert!(
-        text(&log).contains("Uploaded 2 files (20000003 bytes, 1 in parts)"),
+        text(&log).contains("Published 2 files (20000003 bytes)")
+            && text(&log).contains(", 1 in parts)"),
         "{}",
         text(&log)
     );

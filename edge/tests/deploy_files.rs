@@ -116,9 +116,9 @@ fn iam_policies_are_least_privilege() {
             }
         }
     }
-    // Builds publish sites and manifests, and read and write build caches, nothing else (each
-    // session narrows this to one deployment and its cache scope:
-    // gitdeploy_api::task_access::s3_session_policy).
+    // Builds stage uploads, see which blobs are stored, and read and write build caches,
+    // nothing else: no blob or manifest is written by a build (each session narrows this to
+    // one deployment and its cache scope: gitdeploy_api::task_access::s3_session_policy).
     let upload = statements("iam/upload-role-policy.json");
     for st in &upload {
         let mut actions = strings(&st["Action"]);
@@ -126,11 +126,10 @@ fn iam_policies_are_least_privilege() {
         for r in strings(&st["Resource"]) {
             if r.ends_with("/build-cache/*") {
                 assert_eq!(actions, ["s3:GetObject", "s3:PutObject"], "{st}");
+            } else if r.ends_with("/blobs/*") {
+                assert_eq!(actions, ["s3:GetObject"], "builds may only read {r}");
             } else {
-                assert!(
-                    ["/sites/*", "/manifests/*"].iter().any(|p| r.ends_with(p)),
-                    "builds may write {r}"
-                );
+                assert!(r.ends_with("/uploads/*"), "builds may write {r}");
                 assert_eq!(actions, ["s3:AbortMultipartUpload", "s3:PutObject"], "{st}");
             }
         }
@@ -161,19 +160,28 @@ fn iam_policies_are_least_privilege() {
             "edge lacks {needed}"
         );
     }
-    assert!(!edge_actions.iter().any(|a| a == "s3:DeleteObject"));
-    // It writes build-log archives and access logs, and no site file.
-    let puts: Vec<String> = edge
-        .iter()
-        .filter(|s| strings(&s["Action"]).iter().any(|a| a == "s3:PutObject"))
-        .flat_map(|s| strings(&s["Resource"]))
-        .collect();
+    let granted = |action: &str| -> Vec<String> {
+        edge.iter()
+            .filter(|s| strings(&s["Action"]).iter().any(|a| a == action))
+            .flat_map(|s| strings(&s["Resource"]))
+            .collect()
+    };
+    let bucket = |keys: &[&str]| -> Vec<String> {
+        keys.iter()
+            .map(|k| format!("arn:aws:s3:::example-gitdeploy-sites/{k}/*"))
+            .collect()
+    };
+    // It deletes a deployment's own objects (the DELETE API) and its staging area; never a
+    // shared blob, a build cache or an access log.
     assert_eq!(
-        puts,
-        [
-            "arn:aws:s3:::example-gitdeploy-sites/logs/*",
-            "arn:aws:s3:::example-gitdeploy-sites/access-logs/*"
-        ]
+        granted("s3:DeleteObject"),
+        bucket(&["sites", "manifests", "logs", "uploads"])
+    );
+    // It writes the blobs and manifests of uploads it checked, build-log archives and access
+    // logs.
+    assert_eq!(
+        granted("s3:PutObject"),
+        bucket(&["blobs", "manifests", "logs", "access-logs"])
     );
     let pass = edge
         .iter()

@@ -300,10 +300,16 @@ async fn s3_failures_become_small_502_pages_and_cached_copies_still_serve() {
     // Warm the object cache with one file.
     let (status, _, cached) = get(&site, "/posts/hello.html", &[]).await;
     assert_eq!(status, 200);
-    // Remove objects behind the edge's back: S3 now answers 404 for them.
-    let objects = gd.data_dir.join("s3/gitdeploy/sites").join(&site.id);
-    std::fs::remove_file(objects.join("posts/hello.html")).unwrap();
-    std::fs::remove_file(objects.join("big.bin")).unwrap();
+    // Remove blobs behind the edge's back: S3 now answers 404 for them.
+    let bucket = gd.data_dir.join("s3/gitdeploy");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(bucket.join(format!("manifests/{}.json", site.id))).unwrap(),
+    )
+    .unwrap();
+    for path in ["posts/hello.html", "big.bin"] {
+        let hash = manifest["files"][path]["hash"].as_str().unwrap();
+        std::fs::remove_file(bucket.join("blobs").join(hash)).unwrap();
+    }
     let (status, headers, body) = get(&site, "/big.bin", &[]).await;
     assert_eq!(status, 502);
     assert_eq!(headers["content-type"], "text/html; charset=utf-8");

@@ -21,7 +21,7 @@ use std::time::Duration;
 use gitdeploy_core::{BuildJob, DeploymentId, DeploymentStatus};
 use tokio::sync::{oneshot, watch, Mutex};
 
-use crate::archive::LogArchive;
+use crate::archive::BuildArchive;
 use crate::job::{Finished, Job};
 use crate::logbus::LogBus;
 use crate::metrics::ApiMetrics;
@@ -167,7 +167,7 @@ impl EcsRunner {
     }
 
     /// Archives each build's complete log when its task ends (the Redis stream expires).
-    pub fn with_log_archive(mut self, archive: Arc<dyn LogArchive>) -> Self {
+    pub fn with_log_archive(mut self, archive: Arc<dyn BuildArchive>) -> Self {
         self.shared.archive = Some(archive);
         self
     }
@@ -200,7 +200,7 @@ impl EcsRunner {
 }
 
 struct Shared {
-    archive: Option<Arc<dyn LogArchive>>,
+    archive: Option<Arc<dyn BuildArchive>>,
     upload_role: Option<UploadRole>,
     config: EcsRunnerConfig,
     client: aws_sdk_ecs::Client,
@@ -446,6 +446,7 @@ impl Shared {
     /// Applies a task's ending as the outcome (status, alias move, archive, final record),
     /// then removes the task's access.
     async fn settle(&self, id: &DeploymentId, f: Finished) {
+        let f = f.published(self.archive.as_deref(), id).await;
         self.job(id)
             .finish_and_archive(self.archive.as_deref(), f)
             .await;

@@ -22,7 +22,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::access_log::AccessLog;
-use crate::cache::{Claim, ManifestCache, ManifestError, ObjectCache};
+use crate::cache::{Claim, ManifestCache, ManifestError, ObjectCache, ObjectKey};
 use crate::client_addr::TrustedProxies;
 use crate::control::{HostRules, CLIENT_HEADER};
 use crate::draining::Draining;
@@ -258,7 +258,7 @@ impl SitesProxy {
                 }
             }
         }
-        let cache_key = (id.clone(), rel.clone(), plan.encoding);
+        let cache_key = ObjectKey::of(&id, &rel, &plan.entry, plan.encoding);
         let mut fill_guard = None;
         if self.objects.admits(plan.representation_size()) {
             if self.objects.get(&cache_key).is_none() && !head && plan.range.is_none() {
@@ -281,10 +281,10 @@ impl SitesProxy {
                 return send(session, resp, body, head).await;
             }
         }
-        let key = match plan.encoding {
-            Some(enc) => self.origin.layout().site_variant(&id, &rel, enc),
-            None => self.origin.layout().site_file(&id, &rel),
-        };
+        let key = self
+            .origin
+            .layout()
+            .representation(&id, &rel, &plan.entry, plan.encoding);
         ctx.cache = "miss";
         self.metrics.object_cache_lookup(false);
         ctx.target = Target::Object(Box::new(ObjectRequest {

@@ -1,0 +1,227 @@
+//! The blob store a publish writes into: `blobs/<sha256>` in the bucket, shared by every
+//! deployment, or, for an uploader holding only its own deployment's session, a staging area
+//! (`uploads/<id>/`) a trusted finisher verifies and moves from ([`super::promote`]).
+//!
+//! A blob written here carries S3's own SHA-256 checksum (`x-amz-checksum-sha256`), so the
+//! store refuses bytes that are not the ones the key names. A shared identity blob also records
+//! in its metadata which precompressed variants were made of it ([`Recorded`]), so a redeploy of
+//! an unchanged file neither uploads nor compresses anything: one `HEAD` answers both.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_s3::primitives::ByteStream;
+use gitdeploy_core::{ContentHash, DeploymentId, Encoding, Manifest, ObjectLayout};
+
+use crate::storage::describe as storage_error;
+
+/// The metadata key (`x-amz-meta-gitdeploy-variants`) of [`Recorded`].
+const VARIANTS_METADATA: &str = "gitdeploy-variants";
+
+/// What an identity blob's metadata says of its variants: for each encoding tried, the variant
+/// kept (its blob and size), or `None` when it came out no smaller than the file.
+pub type Recorded = BTreeMap<Encoding, Option<(ContentHash, u64)>>;
+
+/// [`Recorded`] as metadata text: `br=<hex>:<size>,gzip=-`.
+pub fn write_recorded(recorded: &Recorded) -> String {
+    recorded
+        .iter()
+        .map(|(enc, kept)| match kept {
+            Some((hash, size)) => format!("{}={hash}:{size}", enc.token()),
+            None => format!("{}=-", enc.token()),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Reads [`write_recorded`]'s text; `None` when any part is malformed (then nothing recorded is
+/// trusted and the variants are made again).
+pub fn read_recorded(text: &str) -> Option<Recorded> {
+    let mut out = Recorded::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (token, kept) = part.split_once('=')?;
+        let enc = match token {
+            "br" => Encoding::Br,
+            "gzip" => Encoding::Gzip,
+            _ => return None,
+        };
+        let kept = match kept {
+            "-" => None,
+            kept => {
+                let (hash, size) = kept.split_once(':')?;
+                Some((ContentHash::parse(hash).ok()?, size.parse().ok()?))
+            }
+        };
+        if out.insert(enc, kept).is_some() {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// Where blobs go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Straight into `blobs/`: an uploader the platform trusts with the shared store.
+    Shared,
+    /// Into `uploads/<id>/`, blobs and manifest alike: an uploader holding a session limited to
+    /// its own deployment. Nothing it writes is served until a finisher checked it.
+    Staged,
+}
+
+/// One deployment's view of the blob store.
+#[derive(Clone)]
+pub struct S3Blobs {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    layout: ObjectLayout,
+    id: DeploymentId,
+    placement: Placement,
+}
+
+impl S3Blobs {
+    /// The store for publishing deployment `id`.
+    pub fn new(
+        client: aws_sdk_s3::Client,
+        bucket: &str,
+        layout: &ObjectLayout,
+        id: &DeploymentId,
+        placement: Placement,
+    ) -> Self {
+        S3Blobs {
+            client,
+            bucket: bucket.to_owned(),
+            layout: layout.clone(),
+            id: id.clone(),
+            placement,
+        }
+    }
+
+    /// Where this store writes.
+    pub fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    /// The deployment being published.
+    pub fn deployment(&self) -> &DeploymentId {
+        &self.id
+    }
+
+    /// Whether the shared store holds `hash`, and what it recorded of its variants (empty when
+    /// nothing readable was recorded).
+    pub async fn lookup(&self, hash: &ContentHash) -> Result<Option<Recorded>, String> {
+        let found = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.layout.blob(hash))
+            .send()
+            .await;
+        match found {
+            Ok(head) => Ok(Some(
+                head.metadata()
+                    .and_then(|m| m.get(VARIANTS_METADATA))
+                    .and_then(|t| read_recorded(t))
+                    .unwrap_or_default(),
+            )),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
+            Err(e) => Err(format!(
+                "checking for blob {hash} failed: {}",
+                storage_error(&e)
+            )),
+        }
+    }
+
+    /// The key a blob is written at.
+    pub fn key(&self, hash: &ContentHash) -> String {
+        match self.placement {
+            Placement::Shared => self.layout.blob(hash),
+            Placement::Staged => self.layout.staged_blob(&self.id, hash),
+        }
+    }
+
+    /// Writes one blob whose bytes hash to `hash` (the store checks it). `recorded` goes into
+    /// the metadata of a shared identity blob; a staged blob carries none, since the finisher
+    /// does not trust it.
+    pub async fn put(
+        &self,
+        hash: &ContentHash,
+        body: Vec<u8>,
+        recorded: Option<&Recorded>,
+    ) -> Result<(), String> {
+        let metadata = match (self.placement, recorded) {
+            (Placement::Shared, Some(r)) => Some(write_recorded(r)),
+            _ => None,
+        };
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(hash))
+            .checksum_sha256(hash.base64())
+            .body(ByteStream::from(body));
+        if let Some(m) = metadata {
+            req = req.metadata(VARIANTS_METADATA, m);
+        }
+        req.send().await.map(|_| ()).map_err(|e| storage_error(&e))
+    }
+
+    /// The S3 client and bucket, for the multipart upload of a large blob.
+    pub fn client(&self) -> (&aws_sdk_s3::Client, &str) {
+        (&self.client, &self.bucket)
+    }
+
+    /// Writes the manifest, once every blob it names is stored: the deployment's
+    /// `manifests/<id>.json` (which publishes it), or for a staged upload
+    /// `uploads/<id>/manifest.json`, which the finisher checks and moves.
+    pub async fn finalize(&self, manifest: &Manifest) -> Result<(), String> {
+        let body = serde_json::to_vec(manifest).map_err(|e| e.to_string())?;
+        let key = match self.placement {
+            Placement::Shared => self.layout.manifest(&self.id),
+            Placement::Staged => staged_manifest(&self.layout, &self.id),
+        };
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("writing the manifest failed: {}", storage_error(&e)))
+    }
+}
+
+/// Where a staged upload's manifest waits for the finisher.
+pub fn staged_manifest(layout: &ObjectLayout, id: &DeploymentId) -> String {
+    format!("{}manifest.json", layout.upload_prefix(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_variants_round_trip_and_malformed_text_is_not_trusted() {
+        let h = ContentHash::from_digest([0x0f; 32]);
+        let mut r = Recorded::new();
+        assert_eq!(write_recorded(&r), "");
+        assert_eq!(read_recorded(""), Some(Recorded::new()));
+        r.insert(Encoding::Br, Some((h, 120)));
+        r.insert(Encoding::Gzip, None);
+        let text = write_recorded(&r);
+        assert_eq!(text, format!("br={h}:120,gzip=-"));
+        assert_eq!(read_recorded(&text), Some(r));
+        for bad in [
+            "br",
+            "zstd=-",
+            "br=-,br=-",
+            "br=abc:1",
+            &format!("br={h}"),
+            &format!("br={h}:-1"),
+            &format!("br={h}:1:2"),
+        ] {
+            assert_eq!(read_recorded(bad), None, "{bad}");
+        }
+    }
+}
