@@ -793,3 +793,98 @@ async fn state_and_logs_in_redis_over_tls() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot connect to Redis"), "{err}");
 }
+
+/// A build task handed a storage session of its own stages its upload under `uploads/<id>/`
+/// (it may write nothing served); the edge applying its ending checks it, publishes it and
+/// removes the staging area, and the site is served from the shared blobs.
+#[tokio::test]
+async fn a_build_task_with_a_session_of_its_own_stages_and_the_edge_publishes() {
+    use gitdeploy_api::{Records, RedisStore, Store, TaskAccess};
+    use gitdeploy_core::job::{BuildLimits, BuildSettings, ServingOptions, SessionCredentials};
+    use gitdeploy_core::{BuildJob, DeploymentId};
+    use std::sync::Arc;
+
+    let redis = Redis::start();
+    let s3 = common::s3_server();
+    let mut git_server = GitServer::new();
+    git_server.add_repo("staged", &[("index.html", "staged and checked")]);
+    git_server.start();
+    let data = tempfile::tempdir().unwrap();
+    let gd = edge(&redis, &s3, data.path()).await;
+    let store = Arc::new(RedisStore::connect(&redis.url, "gitdeploy:").await.unwrap());
+    let records = Records::new(store.clone() as Arc<dyn Store>);
+    let id = DeploymentId::random();
+    // The S3 server here has one key; a session token rides along as it would from STS.
+    let withheld = gitdeploy_core::job::WithheldFromTask {
+        secrets: Default::default(),
+        repo: None,
+        storage: Some(SessionCredentials {
+            access_key_id: S3_KEY.0.into(),
+            secret_access_key: S3_KEY.1.into(),
+            session_token: "session-of-this-build".into(),
+        }),
+    };
+    store
+        .put_withheld(&id, serde_json::to_string(&withheld).unwrap())
+        .await
+        .unwrap();
+    let job = BuildJob {
+        deployment: id.clone(),
+        project: None,
+        repo: git_server.url("staged"),
+        git_ref: None,
+        serving: ServingOptions::default(),
+        build: BuildSettings::default(),
+        limits: BuildLimits::default(),
+        cache_key: None,
+        previous_commit: None,
+    };
+    records.insert(building(&job, None)).await.unwrap();
+    let status = run_build_task(&job, &redis, &s3, None).await;
+    assert!(status.success(), "build-task exited with {status}");
+
+    let log = gd.follow(id.as_str(), 0).await;
+    assert_eq!(outcome(&log).status, DeploymentStatus::Ready, "{log:#?}");
+    assert_eq!(
+        page(&gd, id.as_str(), "/").await,
+        (200, "staged and checked".into())
+    );
+    let client = gitdeploy_builder::storage::client(
+        &gitdeploy_builder::storage::Endpoint {
+            url: Some(s3.endpoint.clone()),
+            region: "us-east-1".into(),
+        },
+        gitdeploy_builder::storage::static_keys(S3_KEY.0, S3_KEY.1, None),
+    );
+    let staged = client
+        .list_objects_v2()
+        .bucket("gitdeploy")
+        .prefix(format!("uploads/{id}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(staged.key_count(), Some(0), "the staging area is removed");
+    let blobs = client
+        .list_objects_v2()
+        .bucket("gitdeploy")
+        .prefix("blobs/")
+        .send()
+        .await
+        .unwrap();
+    // Published by the edge: a blob it copied carries none of its writer's metadata (a build
+    // publishing straight into the store records its variants there).
+    let key = blobs.contents()[0].key().unwrap().to_owned();
+    let head = client
+        .head_object()
+        .bucket("gitdeploy")
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        head.metadata()
+            .is_none_or(|m| !m.contains_key("gitdeploy-variants")),
+        "{key}: {:?}",
+        head.metadata()
+    );
+}
