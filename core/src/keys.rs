@@ -62,11 +62,7 @@ impl ObjectLayout {
         entry: &FileEntry,
         encoding: Option<Encoding>,
     ) -> String {
-        let hash = match encoding {
-            None => entry.hash,
-            Some(enc) => entry.encodings.get(&enc).and_then(|v| v.hash),
-        };
-        match (hash, encoding) {
+        match (entry.blob(encoding), encoding) {
             (Some(hash), _) => self.blob(&hash),
             (None, Some(enc)) => self.site_variant(id, relative, enc),
             (None, None) => self.site_file(id, relative),

@@ -117,6 +117,17 @@ pub struct FileEntry {
     pub encodings: BTreeMap<Encoding, Variant>,
 }
 
+impl FileEntry {
+    /// The blob holding one representation (the file, or its variant in `encoding`), when the
+    /// manifest names one (version 2).
+    pub fn blob(&self, encoding: Option<Encoding>) -> Option<ContentHash> {
+        match encoding {
+            None => self.hash,
+            Some(enc) => self.encodings.get(&enc).and_then(|v| v.hash),
+        }
+    }
+}
+
 /// What the edge should do with a request path, decided from the manifest alone.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resolution<'a> {
@@ -176,18 +187,6 @@ impl Manifest {
             }
         }
         Ok(())
-    }
-
-    /// Every blob the manifest names (files and variants), each once, in order.
-    pub fn blobs(&self) -> std::collections::BTreeSet<ContentHash> {
-        self.files
-            .values()
-            .flat_map(|f| {
-                f.hash
-                    .into_iter()
-                    .chain(f.encodings.values().filter_map(|v| v.hash))
-            })
-            .collect()
     }
 
     fn file(&self, path: &str) -> Option<(&str, &FileEntry)> {
@@ -590,13 +589,13 @@ mod tests {
         m.files.get_mut("index.html").unwrap().hash = Some(ContentHash::from_digest([1; 32]));
         let json = serde_json::to_vec(&m).unwrap();
         assert_eq!(Manifest::from_json(&json).unwrap(), m);
+        let entry = &m.files["index.html"];
+        assert_eq!(entry.blob(None), Some(ContentHash::from_digest([1; 32])));
         assert_eq!(
-            m.blobs().into_iter().collect::<Vec<_>>(),
-            [
-                ContentHash::from_digest([1; 32]),
-                ContentHash::from_digest([2; 32])
-            ]
+            entry.blob(Some(Encoding::Br)),
+            Some(ContentHash::from_digest([2; 32]))
         );
+        assert_eq!(entry.blob(Some(Encoding::Gzip)), None);
         // Version 1 (files under the deployment's prefix) is still read.
         let mut old = manifest(&["index.html"]);
         old.version = 1;
@@ -604,7 +603,6 @@ mod tests {
             Manifest::from_json(&serde_json::to_vec(&old).unwrap()).unwrap(),
             old
         );
-        assert!(old.blobs().is_empty());
         // A hash that is not 64 hex digits never parses (it could otherwise spell a key).
         let hostile = String::from_utf8(json)
             .unwrap()

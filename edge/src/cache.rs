@@ -123,19 +123,15 @@ pub enum ObjectKey {
 }
 
 impl ObjectKey {
-    /// The key of one representation of a manifest entry (the same choice as
-    /// `ObjectLayout::representation` makes for the object key).
+    /// The key of one representation of a manifest entry (`FileEntry::blob`, the choice
+    /// `ObjectLayout::representation` makes for the object key too).
     pub fn of(
         id: &DeploymentId,
         relative: &str,
         entry: &gitdeploy_core::FileEntry,
         encoding: Option<gitdeploy_core::Encoding>,
     ) -> Self {
-        let hash = match encoding {
-            None => entry.hash,
-            Some(enc) => entry.encodings.get(&enc).and_then(|v| v.hash),
-        };
-        match hash {
+        match entry.blob(encoding) {
             Some(hash) => ObjectKey::Blob(hash),
             None => ObjectKey::Site(id.clone(), relative.to_owned(), encoding),
         }
