@@ -188,12 +188,15 @@ function signIn(returnTo) {
   form.elements.token.focus();
 }
 
+// Where a deployment's files came from: its repository, or "local folder" (`deploy --prebuilt`).
+function sourceOf(d) { return d.source === "local folder" ? "local folder" : d.repo; }
+
 function deploymentRow(d, extra) {
   return h("li", { class: "row" },
     badge(d.status),
     h("div", { class: "main" },
       h("a", { href: `#/deployments/${d.id}` }, d.id),
-      " ", h("span", { class: "meta" }, d.project ? `${d.project} · ` : "", d.repo, d.ref ? ` @ ${d.ref}` : "")),
+      " ", h("span", { class: "meta source" }, d.project ? `${d.project} · ` : "", sourceOf(d), d.ref ? ` @ ${d.ref}` : "")),
     h("span", { class: "meta" }, shortCommit(d.commit)),
     h("span", { class: "meta" }, buildTime(d)),
     h("span", { class: "meta", title: new Date(d.created_unix_ms).toISOString() }, ago(d.created_unix_ms)),
@@ -345,13 +348,13 @@ async function deploymentPage(id) {
   const banner = h("div", { id: "outcome" });
   const info = h("dl", { class: "kv" },
     h("dt", {}, "Status"), h("dd", { id: "status" }, badge(d.status)),
-    h("dt", {}, "Repository"), h("dd", {}, d.repo, d.ref ? ` @ ${d.ref}` : ""),
+    h("dt", {}, "Source"), h("dd", { id: "source" }, sourceOf(d), d.ref ? ` @ ${d.ref}` : ""),
     d.project && [h("dt", {}, "Project"), h("dd", {}, h("a", { href: `#/projects/${d.project}` }, d.project))],
     h("dt", {}, "Commit"), h("dd", { id: "commit" }, shortCommit(d.commit) || "—"),
     h("dt", {}, "Created"), h("dd", {}, new Date(d.created_unix_ms).toLocaleString()),
     h("dt", {}, "URL"), h("dd", {}, h("a", { href: d.url, target: "_blank", rel: "noopener" }, d.url)));
   const cancel = h("button", { type: "button", class: "danger", id: "cancel",
-    hidden: d.status !== "queued" && d.status !== "building" }, "Cancel build");
+    hidden: !["queued", "building", "uploading"].includes(d.status) }, "Cancel build");
   cancel.addEventListener("click", async () => {
     if (!(await confirmDialog("Cancel this build?", `Deployment ${d.id} stops and is marked canceled.`, "Cancel build"))) return;
     try { await api(`/api/deployments/${d.id}/cancel`, { method: "POST" }); } catch (err) { alertBanner(banner, err.message); }
@@ -400,7 +403,7 @@ async function projectsPage() {
   const list = h("ul", { class: "list card", "aria-label": "Projects" },
     ...(projects.length ? projects.map((p) => h("li", { class: "row" },
       h("div", { class: "main" }, h("a", { href: `#/projects/${p.name}` }, p.name), " ",
-        h("span", { class: "meta" }, p.repo)),
+        h("span", { class: "meta" }, p.repo || "local folder")),
       p.production ? h("a", { href: p.url, target: "_blank", rel: "noopener" }, p.url) : h("span", { class: "meta" }, "no production deployment yet")))
       : [h("li", { class: "empty" }, "No projects yet. Deploy with a project name to create one.")]));
   main.replaceChildren(h("h1", {}, "Projects"), list);
@@ -445,7 +448,7 @@ async function projectPage(name) {
         h("dt", {}, "Production"), h("dd", {}, p.production
           ? h("a", { href: p.url, target: "_blank", rel: "noopener", id: "production-url" }, p.url) : "not yet deployed"),
         h("dt", {}, "Serving"), h("dd", { id: "production-id" }, p.production || "—"),
-        h("dt", {}, "Repository"), h("dd", {}, p.repo),
+        h("dt", {}, "Repository"), h("dd", {}, p.repo || "none: deployed from a local folder"),
         h("dt", {}, "Production branch"), h("dd", {}, p.production_branch || "default branch")),
       h("div", { class: "actions" }, rollback)),
     h("h2", {}, "Deployments"), history,

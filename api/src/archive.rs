@@ -2,7 +2,7 @@
 //! build task's staged upload and the stored site files. Ports (traits) only; the edge's S3
 //! origin implements them.
 
-use gitdeploy_core::DeploymentId;
+use gitdeploy_core::{ContentHash, DeploymentId, Manifest};
 
 /// Where a build's results are kept beyond the store: finished build logs are archived
 /// (`logs/<id>.ndjson` in the bucket) and read back once the log bus no longer holds them (Redis
@@ -28,6 +28,32 @@ pub trait SiteStorage: Send + Sync {
 
     /// Whether the storage answers now (readiness): `Err` with why not.
     fn probe(&self) -> ArchiveFuture<'_, ()>;
+
+    /// For each hash, in order: `None` when the blob store lacks it, else what the store
+    /// recorded of its variants (`br=<hash>:<size>,gzip=-`, empty when nothing).
+    fn lookup_blobs(&self, hashes: Vec<ContentHash>) -> ArchiveFuture<'_, Vec<Option<String>>>;
+
+    /// Stores a blob of deployment `id`'s upload whose bytes the API checked hash to `hash`.
+    fn put_blob(
+        &self,
+        id: &DeploymentId,
+        hash: ContentHash,
+        body: BlobBody,
+    ) -> ArchiveFuture<'_, ()>;
+
+    /// Publishes an uploaded deployment's manifest once every blob and variant it names is
+    /// checked (as a build task's staged upload is); an `Err` says what was refused, and
+    /// nothing is published.
+    fn publish_upload(&self, id: &DeploymentId, manifest: Manifest) -> ArchiveFuture<'_, ()>;
+}
+
+/// The bytes of one uploaded blob, already checked against its hash.
+pub enum BlobBody {
+    /// Held in memory.
+    Memory(bytes::Bytes),
+    /// Spooled to an unnamed temporary file (a large blob) of this many bytes, read from the
+    /// start.
+    File(std::fs::File, u64),
 }
 
 /// What a [`BuildArchive`] answers with.

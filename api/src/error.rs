@@ -30,6 +30,17 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, code, message)
     }
 
+    /// 413: more than the limits accept.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+
+    /// 422: well-formed, but refused on what it says (bytes that are not their hash, a
+    /// manifest naming what was never uploaded).
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
     /// 401: no valid token.
     pub fn unauthorized() -> Self {
         Self::new(

@@ -90,7 +90,11 @@ impl Ledger for Records {
                         d.commit = f.commit.clone();
                     }
                 },
-                |d, project| project.is_production_ref(d.git_ref.as_deref()),
+                // A folder sent through the API is a preview until promoted (`--prod`).
+                |d, project| {
+                    d.source == crate::store::DeploymentSource::Git
+                        && project.is_production_ref(d.git_ref.as_deref())
+                },
             )
             .await?;
         Ok(match finished {

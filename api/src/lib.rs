@@ -34,6 +34,7 @@ pub mod store;
 mod store_error;
 pub mod task_access;
 pub mod traffic;
+mod uploads;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -42,7 +43,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::RepoScheme;
 
-pub use archive::{ArchiveFuture, BuildArchive, SiteStorage};
+pub use archive::{ArchiveFuture, BlobBody, BuildArchive, SiteStorage};
 pub use ecs::{EcsRunner, EcsRunnerConfig};
 pub use error::ApiError;
 pub use file_store::FileStore;

@@ -44,7 +44,31 @@ pub struct Project {
     /// `<name>.<domain>` and its custom domains; `None`: no HSTS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hsts_max_age_secs: Option<u32>,
+    /// Production deployments replaced lately, newest first, and when (skew protection).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<Replaced>,
+    /// How long after it is replaced a production deployment's hashed assets are still served
+    /// at the project's hosts, in seconds; `None`: [`SKEW_WINDOW_DEFAULT_SECS`], `0`: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skew_protection_secs: Option<u32>,
 }
+
+/// A production deployment that was replaced, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replaced {
+    /// The deployment.
+    pub id: DeploymentId,
+    /// Replaced at (Unix ms).
+    pub unix_ms: u64,
+}
+
+/// Replaced production deployments whose hashed assets stay served ("the previous few").
+pub const SKEW_KEEP: usize = 3;
+/// The skew protection window when a project sets none: a page loaded up to 12 hours before a
+/// promotion still finds its chunks.
+pub const SKEW_WINDOW_DEFAULT_SECS: u32 = 43_200;
+/// The longest skew protection window accepted (a week).
+pub const SKEW_WINDOW_LIMIT_SECS: u32 = 604_800;
 
 /// The longest HSTS max-age accepted (two years, what preload lists ask for).
 pub const HSTS_MAX_AGE_LIMIT: u32 = 63_072_000;
@@ -56,6 +80,10 @@ pub struct Production {
     pub id: DeploymentId,
     /// Its HSTS max-age, when it sends HSTS.
     pub hsts_max_age_secs: Option<u32>,
+    /// Earlier production deployments whose hashed assets are still served when the current
+    /// one lacks them (skew protection), newest first, each until a time (Unix ms). Shared,
+    /// so handing a cached lookup to a request copies no list.
+    pub earlier: std::sync::Arc<[(DeploymentId, u64)]>,
 }
 
 impl Project {
@@ -72,19 +100,57 @@ impl Project {
             deploy_hook: None,
             created_unix_ms: now,
             hsts_max_age_secs: None,
+            replaced: Vec::new(),
+            skew_protection_secs: None,
         }
     }
 
-    /// Points the alias at `deployment`, remembering the one it replaces.
-    pub fn set_production(&mut self, deployment: &DeploymentId) {
+    /// Points the alias at `deployment` at time `now`, remembering the one it replaces.
+    pub fn set_production(&mut self, deployment: &DeploymentId, now: u64) {
         if self.production.as_ref() == Some(deployment) {
             return;
         }
         if let Some(previous) = self.production.replace(deployment.clone()) {
-            self.history.push(previous);
+            self.history.push(previous.clone());
             let excess = self.history.len().saturating_sub(MAX_HISTORY);
             self.history.drain(..excess);
+            self.note_replaced(previous, now);
         }
+    }
+
+    /// Records that `previous` stopped serving production at `now` (newest first, the last
+    /// [`SKEW_KEEP`]).
+    pub fn note_replaced(&mut self, previous: DeploymentId, now: u64) {
+        self.replaced.retain(|r| r.id != previous);
+        self.replaced.insert(
+            0,
+            Replaced {
+                id: previous,
+                unix_ms: now,
+            },
+        );
+        self.replaced.truncate(SKEW_KEEP);
+    }
+
+    /// What serving the production host needs: the deployment, HSTS, and the earlier
+    /// deployments skew protection still serves assets of (with until when).
+    pub fn production(&self) -> Option<Production> {
+        let id = self.production.clone()?;
+        let window = u64::from(
+            self.skew_protection_secs
+                .unwrap_or(SKEW_WINDOW_DEFAULT_SECS),
+        );
+        let earlier = self
+            .replaced
+            .iter()
+            .filter(|r| window > 0 && r.id != id)
+            .map(|r| (r.id.clone(), r.unix_ms.saturating_add(window * 1000)))
+            .collect();
+        Some(Production {
+            id,
+            hsts_max_age_secs: self.hsts_max_age_secs,
+            earlier,
+        })
     }
 
     /// The repository URL with credentials hidden.
@@ -135,6 +201,58 @@ pub enum ProjectError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replaced_productions_are_kept_newest_first_within_the_window() {
+        let id = |s: &str| DeploymentId::parse(s).unwrap();
+        let (a, b, c, d, e) = (
+            id("aaaaaaaaaaa1"),
+            id("bbbbbbbbbbb2"),
+            id("ccccccccccc3"),
+            id("ddddddddddd4"),
+            id("eeeeeeeeeee5"),
+        );
+        let mut p = Project::new("x", "r", None, 0);
+        assert_eq!(p.production(), None);
+        p.set_production(&a, 1_000);
+        assert!(p.production().unwrap().earlier.is_empty());
+        p.set_production(&b, 2_000);
+        p.set_production(&b, 2_500); // the same again changes nothing
+        p.set_production(&c, 3_000);
+        let window = u64::from(SKEW_WINDOW_DEFAULT_SECS) * 1000;
+        assert_eq!(
+            p.production().unwrap().earlier[..],
+            [(b.clone(), 3_000 + window), (a.clone(), 2_000 + window)]
+        );
+        p.set_production(&d, 4_000);
+        p.set_production(&e, 5_000);
+        let earlier: Vec<_> = p
+            .production()
+            .unwrap()
+            .earlier
+            .iter()
+            .map(|(i, _)| i.clone())
+            .collect();
+        assert_eq!(
+            earlier,
+            vec![d.clone(), c.clone(), b.clone()],
+            "the last {SKEW_KEEP}"
+        );
+        // Back to one that was replaced: it is production, not an earlier one.
+        p.set_production(&c, 6_000);
+        let earlier: Vec<_> = p
+            .production()
+            .unwrap()
+            .earlier
+            .iter()
+            .map(|(i, _)| i.clone())
+            .collect();
+        assert_eq!(earlier, vec![e.clone(), d.clone()]);
+        p.skew_protection_secs = Some(60);
+        assert_eq!(p.production().unwrap().earlier[0], (e, 6_000 + 60_000));
+        p.skew_protection_secs = Some(0);
+        assert!(p.production().unwrap().earlier.is_empty(), "0 turns it off");
+    }
 
     #[test]
     fn production_ref_table() {

@@ -85,6 +85,11 @@ pub(crate) fn new_instance_id() -> String {
 
 impl JobQueue {
     /// A queue of at most `capacity` waiting jobs, and the receiving end for its runner.
+    /// The metrics its jobs count in.
+    pub(crate) fn metrics(&self) -> &ApiMetrics {
+        &self.metrics
+    }
+
     pub(crate) fn new(capacity: usize, metrics: ApiMetrics) -> (Self, JobReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = JobQueue {

@@ -1,7 +1,8 @@
 //! Every runner's heartbeat and the settling of builds whose runner stopped: a `building`
 //! deployment is settled by its ECS task's report, left alone while its task heartbeats, and
 //! otherwise failed with its log archived; a `queued` one is adopted (unless it needs secret
-//! values, which are never stored). Local and ECS runners run the same reconciler.
+//! values, which are never stored); an upload left `uploading` for an hour is failed. Local and
+//! ECS runners run the same reconciler.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +18,9 @@ use crate::metrics::ApiMetrics;
 use crate::now_ms;
 use crate::queue::JobQueue;
 use crate::store::{Deployment, Records};
+
+/// How long an upload may stay open (`uploading`) before it is failed.
+const UPLOAD_WINDOW: Duration = Duration::from_secs(3600);
 
 /// Keeps a runner's heartbeat and settles the builds of runners that stopped (every runner
 /// kind runs one).
@@ -53,6 +57,23 @@ impl Reconciler<'_> {
                 continue;
             }
             if now_ms().saturating_sub(d.created_unix_ms) < ttl.as_millis() as u64 {
+                continue;
+            }
+            // An upload belongs to no runner: it ends when its client finalizes it, or here
+            // once its client has been gone too long.
+            if d.status == DeploymentStatus::Uploading {
+                if now_ms().saturating_sub(d.created_unix_ms) > UPLOAD_WINDOW.as_millis() as u64 {
+                    Job::new(self.records, self.bus, self.metrics, d.id.clone())
+                        .finish_and_archive(
+                            self.archive,
+                            Finished::failed(
+                                "the upload was not finalized within an hour of its start: deploy again"
+                                    .into(),
+                                None,
+                            ),
+                        )
+                        .await;
+                }
                 continue;
             }
             let holder = d.runner.clone().unwrap_or_default();

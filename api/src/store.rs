@@ -77,6 +77,27 @@ pub struct Deployment {
     /// Why it was skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_reason: Option<String>,
+    /// Where its files came from.
+    #[serde(default, skip_serializing_if = "DeploymentSource::is_git")]
+    pub source: DeploymentSource,
+}
+
+/// Where a deployment's files came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeploymentSource {
+    /// Built from a git repository.
+    #[default]
+    #[serde(rename = "git")]
+    Git,
+    /// A folder published as is through the deploy API (`gitdeploy deploy ./dist --prebuilt`).
+    #[serde(rename = "local folder")]
+    Folder,
+}
+
+impl DeploymentSource {
+    fn is_git(&self) -> bool {
+        *self == DeploymentSource::Git
+    }
 }
 
 impl Deployment {
@@ -335,7 +356,7 @@ impl Records {
                     {
                         if promote(&next, &project.value) {
                             let mut p = project.value.clone();
-                            p.set_production(&next.id);
+                            p.set_production(&next.id, crate::now_ms());
                             writes.push(Write::Project {
                                 expect: project.version,
                                 value: p.clone(),
@@ -492,7 +513,7 @@ impl Records {
         deployment: &DeploymentId,
     ) -> Result<Option<Project>, StoreError> {
         self.update_project(name, |p| {
-            p.set_production(deployment);
+            p.set_production(deployment, crate::now_ms());
             Ok::<_, StoreError>(())
         })
         .await
@@ -513,7 +534,9 @@ impl Records {
                     .await?
                     .is_some_and(|d| d.status == DeploymentStatus::Ready);
                 if ready && next.production.as_ref() != Some(&previous) {
-                    next.production = Some(previous);
+                    if let Some(replaced) = next.production.replace(previous) {
+                        next.note_replaced(replaced, crate::now_ms());
+                    }
                     break;
                 }
             }
@@ -576,6 +599,7 @@ mod tests {
             cancel_requested: false,
             previous_commit: None,
             skip_reason: None,
+            source: Default::default(),
         };
         assert_eq!(d.repo_display(), "https://***@example.com/r");
     }

@@ -150,6 +150,7 @@ mod tests {
             cancel_requested: false,
             previous_commit: None,
             skip_reason: None,
+            source: Default::default(),
         };
         use DeploymentStatus::{Failed, Ready, Skipped};
         let serving = ServingOptions::default();

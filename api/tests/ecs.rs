@@ -213,6 +213,7 @@ impl Platform {
                 cancel_requested: false,
                 previous_commit: None,
                 skip_reason: None,
+                source: Default::default(),
                 repo_credentials_withheld: false,
             })
             .await

@@ -85,6 +85,7 @@ fn deployment(n: u32, project: Option<&str>, at: u64) -> Deployment {
         cancel_requested: false,
         previous_commit: None,
         skip_reason: None,
+        source: Default::default(),
         repo_credentials_withheld: false,
     }
 }

@@ -204,6 +204,22 @@ pub fn collect(source: &OutputSource<'_>, limits: &BuildLimits) -> Result<Vec<Ou
     Ok(files)
 }
 
+/// The text of rule file `name` (`_redirects`, `_headers`) at the output root, if there is one:
+/// a regular file (not a link) of at most 1 MiB.
+pub fn read_rule_file(root: &Path, name: &str) -> Result<Option<String>, String> {
+    let path = root.join(name);
+    match std::fs::symlink_metadata(&path) {
+        Err(_) => Ok(None),
+        Ok(meta) if !meta.is_file() => Err(format!("{name} must be a regular file")),
+        Ok(meta) if meta.len() > MAX_RULE_FILE => {
+            Err(format!("{name} is larger than {MAX_RULE_FILE} bytes"))
+        }
+        Ok(_) => std::fs::read_to_string(&path)
+            .map(Some)
+            .map_err(|e| format!("cannot read {name}: {e}")),
+    }
+}
+
 /// Reads `_redirects` and `_headers` from the output root into the site's rules, logging every
 /// malformed line with its number (the line is skipped, the build goes on).
 pub fn site_rules(
@@ -211,19 +227,7 @@ pub fn site_rules(
     options: &ServingOptions,
     emitter: &Emitter,
 ) -> Result<SiteRules, String> {
-    let read = |name: &str| -> Result<Option<String>, String> {
-        let path = root.join(name);
-        match std::fs::symlink_metadata(&path) {
-            Err(_) => Ok(None),
-            Ok(meta) if !meta.is_file() => Err(format!("{name} must be a regular file")),
-            Ok(meta) if meta.len() > MAX_RULE_FILE => {
-                Err(format!("{name} is larger than {MAX_RULE_FILE} bytes"))
-            }
-            Ok(_) => std::fs::read_to_string(&path)
-                .map(Some)
-                .map_err(|e| format!("cannot read {name}: {e}")),
-        }
-    };
+    let read = |name: &str| read_rule_file(root, name);
     let mut rules = SiteRules {
         spa: options.spa,
         clean_urls: options.clean_urls,

@@ -8,7 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod build_cache;
-mod collect;
+pub mod collect;
 mod compress;
 mod config;
 mod confine;

@@ -417,6 +417,7 @@ async fn steps(
         },
         files,
         rules,
+        &Default::default(),
     )
     .await
     .map_err(Failure::Internal)?;

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 pub enum DeploymentStatus {
     /// Accepted, waiting for a builder.
     Queued,
+    /// A folder published through the deploy API: its files are being uploaded, and it is
+    /// ready once the upload is finalized.
+    Uploading,
     /// A builder is working on it.
     Building,
     /// Built and published; served by the edge.

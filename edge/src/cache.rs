@@ -297,12 +297,7 @@ impl gitdeploy_api::AliasResolver for AliasCache {
             .cache
             .try_get_with(project.to_owned(), async move {
                 records.project(&name).await.map(|p| {
-                    let production = p.and_then(|p| {
-                        Some(Production {
-                            id: p.production?,
-                            hsts_max_age_secs: p.hsts_max_age_secs,
-                        })
-                    });
+                    let production = p.and_then(|p| p.production());
                     (generation, production)
                 })
             })

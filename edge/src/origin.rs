@@ -27,6 +27,8 @@ use gitdeploy_core::path::encode_path;
 use gitdeploy_core::ObjectLayout;
 use pingora_core::upstreams::peer::HttpPeer;
 
+mod site_storage;
+
 /// SHA-256 of the empty body: every request the edge sends to S3 has no body.
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
@@ -405,57 +407,6 @@ where
             detail: storage::describe(e),
         },
         Failure::Unreachable | Failure::Other => OriginError::Transport(storage::describe(e)),
-    }
-}
-
-impl gitdeploy_api::SiteStorage for S3Origin {
-    fn delete_deployment(
-        &self,
-        id: &gitdeploy_core::DeploymentId,
-    ) -> gitdeploy_api::ArchiveFuture<'_, u64> {
-        let id = id.clone();
-        Box::pin(async move {
-            let fail = |e: OriginError| e.to_string();
-            // The manifest first: from then on no edge can load the deployment.
-            self.delete(&self.layout.manifest(&id))
-                .await
-                .map_err(fail)?;
-            let keys = self
-                .list(&self.layout.site_prefix(&id))
-                .await
-                .map_err(fail)?;
-            let mut deleted = 1;
-            for key in keys {
-                self.delete(&key).await.map_err(fail)?;
-                deleted += 1;
-            }
-            // What a build task staged and nobody published (it failed, or was canceled).
-            deleted += gitdeploy_builder::publish::remove_staging(
-                &self.client,
-                &self.bucket,
-                &self.layout,
-                &id,
-            )
-            .await?;
-            self.delete(&self.layout.log_archive(&id))
-                .await
-                .map_err(fail)?;
-            Ok(deleted + 1)
-        })
-    }
-
-    fn probe(&self) -> gitdeploy_api::ArchiveFuture<'_, ()> {
-        Box::pin(async move {
-            self.client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(self.layout.manifests_prefix())
-                .max_keys(1)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| origin_error(&e).to_string())
-        })
     }
 }
 

@@ -1,8 +1,8 @@
 //! The dashboard in a real browser: headless Chromium (Debian's `chromium`, driven by
 //! playwright-core from `tests/browser/`) against a real `gitdeploy up` that requires a token.
 //! The script signs in, deploys a fixture repository over git on loopback, watches its log
-//! arrive, opens the site, deploys again, rolls back and promotes, saves settings, and checks the
-//! pages at 375 px. Screenshots of every page land in `target/tmp/dashboard/`.
+//! arrive, opens the site, deploys again, rolls back and promotes, saves settings, shows a folder
+//! published with `deploy --prebuilt` with its source, and checks the pages at 375 px. Screenshots of every page land in `target/tmp/dashboard/`.
 
 mod common;
 
@@ -74,6 +74,22 @@ async fn dashboard_deploys_follows_promotes_and_rolls_back_in_chromium() {
     )
     .await;
 
+    // A folder published through the CLI, for the dashboard to show with its source.
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(folder.path().join("index.html"), "<h1>from a folder</h1>").unwrap();
+    let published = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+        .args(["deploy", folder.path().to_str().unwrap(), "--prebuilt"])
+        .args(["--api", &gd.api(""), "--token", TOKEN])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&published.stdout);
+    assert!(
+        published.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let folder_id = printed.split_whitespace().nth(1).unwrap().to_owned();
+
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     let _ = std::fs::remove_dir_all(&artifacts);
     let script = browser_dir.join("dashboard.mjs");
@@ -84,6 +100,7 @@ async fn dashboard_deploys_follows_promotes_and_rolls_back_in_chromium() {
         .env("API_TOKEN", TOKEN)
         .env("REPO_URL", git.url("dash"))
         .env("REPO_DIR", &repo_dir)
+        .env("FOLDER_ID", &folder_id)
         .env("ARTIFACTS", &artifacts)
         .env("CHROMIUM", &chromium)
         .kill_on_drop(true)

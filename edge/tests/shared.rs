@@ -306,6 +306,7 @@ fn building(job: &gitdeploy_core::BuildJob, project: Option<&str>) -> gitdeploy_
         cancel_requested: false,
         previous_commit: None,
         skip_reason: None,
+        source: Default::default(),
     }
 }
 

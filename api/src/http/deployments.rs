@@ -21,7 +21,11 @@ use crate::{now_ms, ControlPlane};
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DeployRequest {
-    repo: String,
+    #[serde(default)]
+    repo: Option<String>,
+    /// `"local folder"` opens an upload ([`super::uploads`]); absent or `"git"` builds `repo`.
+    #[serde(default)]
+    source: Option<String>,
     #[serde(default, rename = "ref")]
     git_ref: Option<String>,
     #[serde(default)]
@@ -39,7 +43,13 @@ pub(super) fn parse_deploy_request(body: &[u8]) -> Result<DeployRequest, ApiErro
             "the request body must be a JSON object with a \"repo\" field",
         ));
     }
-    serde_json::from_slice(body).map_err(|e| {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "the request body must be a JSON object",
+        ));
+    }
+    let req: DeployRequest = serde_json::from_slice(body).map_err(|e| {
         let message = e.to_string();
         let code = if message.starts_with("missing field") {
             "missing_field"
@@ -47,7 +57,14 @@ pub(super) fn parse_deploy_request(body: &[u8]) -> Result<DeployRequest, ApiErro
             "invalid_body"
         };
         ApiError::bad_request(code, format!("invalid deploy request: {message}"))
-    })
+    })?;
+    if req.repo.is_none() && matches!(req.source.as_deref(), None | Some("git")) {
+        return Err(ApiError::bad_request(
+            "missing_field",
+            "invalid deploy request: missing field `repo`",
+        ));
+    }
+    Ok(req)
 }
 
 pub(super) async fn create_deployment(
@@ -55,7 +72,34 @@ pub(super) async fn create_deployment(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req = parse_deploy_request(&body)?;
-    let repo = req.repo.trim().to_owned();
+    let repo = match (req.source.as_deref(), &req.repo) {
+        (Some("local folder"), None) => {
+            if req.git_ref.is_some() || req.build != BuildSettings::default() {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    "a local folder is published as is: it takes no \"ref\" or \"build\"",
+                ));
+            }
+            return create_upload(&cp, req.project, req.serving).await;
+        }
+        (Some("local folder"), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "a deployment comes from a \"repo\" or from a \"local folder\", not both",
+            ))
+        }
+        (None | Some("git"), Some(repo)) => repo.trim().to_owned(),
+        // A missing repo was refused by the parser; what is left is an unknown source.
+        (other, _) => {
+            return Err(ApiError::bad_request(
+                "invalid_source",
+                format!(
+                    "unknown source {:?}: use \"git\" (with \"repo\") or \"local folder\"",
+                    other.unwrap_or_default()
+                ),
+            ))
+        }
+    };
     validate_repo_url(&repo, &cp.config.allowed_repo_schemes)
         .map_err(|e| ApiError::bad_request("invalid_repo", e))?;
     if let Some(r) = &req.git_ref {
@@ -130,6 +174,7 @@ pub(super) async fn queue_deployment(
         cancel_requested: false,
         previous_commit: previous_commit.clone(),
         skip_reason: None,
+        source: Default::default(),
     };
     let id = deployment.id.clone();
     cp.bus.create(&id).await?;
@@ -240,6 +285,14 @@ pub(super) async fn cancel_deployment(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let mut d = lookup(&cp, &id).await?;
+    if d.status == DeploymentStatus::Uploading {
+        cancel_upload(&cp, &d.id).await;
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"id": d.id, "canceling": true})),
+        )
+            .into_response());
+    }
     let canceling = || {
         Ok((
             StatusCode::ACCEPTED,
@@ -288,6 +341,7 @@ mod tests {
             (b"{", "invalid_body"),
             (b"[]", "invalid_body"),
             (b"{}", "missing_field"),
+            (b"{\"source\": \"git\"}", "missing_field"),
             (b"{\"repo\": 5}", "invalid_body"),
             (b"{\"repo\": \"x\", \"extra\": 1}", "invalid_body"),
         ] {

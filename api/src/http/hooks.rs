@@ -140,6 +140,15 @@ pub(super) async fn deploy_hook(
     if !token_matches(&secret, &token_sha256(expected)) {
         return Err(unknown());
     }
+    if project.repo.is_empty() {
+        return Err(ApiError::conflict(
+            "no_repository",
+            format!(
+                "project {} has no repository to build: it is deployed from a folder (gitdeploy deploy <folder> --project {})",
+                project.name, project.name
+            ),
+        ));
+    }
     let d = queue_deployment(
         &cp,
         project.repo.clone(),

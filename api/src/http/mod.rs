@@ -12,11 +12,17 @@
 //! GET  /api/deployments/{id}/logs/ws  WebSocket: backlog, live lines, final record, close
 //!                                  (?since=N; ?batch=1: a text frame may carry several
 //!                                  records, one JSON object per line)
-//! POST /api/deployments/{id}/cancel  stop a queued or running build
+//! POST /api/deployments/{id}/cancel  stop a queued or running build (or an upload)
+//! POST /api/deployments            {"source": "local folder", "project"?, "serving"?} → 201,
+//!                                  status "uploading": then the upload protocol (`uploads`):
+//! POST /api/deployments/{id}/missing   {"files": [{"path","hash","size"}]} → {"missing","stored"}
+//! PUT  /api/deployments/{id}/blobs/{hash}  a blob's bytes, checked against the hash → 204
+//! POST /api/deployments/{id}/finalize  {"files": [...], "redirects"?, "headers"?} → ready
 //! POST /api/projects               {"name", "repo", "production_branch"?} → 201
 //! GET  /api/projects               projects with their production URL and deployment
 //! GET  /api/projects/{name}        one project and its deployments
-//! PATCH /api/projects/{name}       {"production_branch"?, "build"?, "webhook_secret"?, "deploy_hook"?}
+//! PATCH /api/projects/{name}       {"production_branch"?, "build"?, "webhook_secret"?, "deploy_hook"?,
+//!                                  "hsts_max_age_secs"?, "skew_protection_secs"?}
 //! POST /api/hooks/deploy/{name}/{secret}  deploy hook: builds the production branch
 //! DELETE /api/projects/{name}      remove a project (its deployments stay at their own URLs)
 //! POST /api/projects/{name}/promote {"deployment": id}: move production (promote or roll back)
@@ -37,6 +43,7 @@ mod hooks;
 mod logs;
 mod projects;
 mod traffic;
+mod uploads;
 mod views;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -56,10 +63,13 @@ use domains::*;
 use hooks::*;
 use logs::*;
 use projects::*;
+use uploads::*;
 use views::*;
 
 /// Largest request body accepted by the API.
 const MAX_BODY: usize = 64 * 1024;
+/// Largest file list of an upload (`missing`, `finalize`): 20,000 files of long paths.
+const MAX_LIST_BODY: usize = 16 << 20;
 /// Deployments returned by the listing.
 const LIST_LIMIT: usize = 100;
 
@@ -78,6 +88,18 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
         .route(
             "/api/deployments/{id}",
             get(show_deployment).delete(delete_deployment),
+        )
+        .route(
+            "/api/deployments/{id}/missing",
+            post(missing_blobs).layer(DefaultBodyLimit::max(MAX_LIST_BODY)),
+        )
+        .route(
+            "/api/deployments/{id}/blobs/{hash}",
+            axum::routing::put(put_blob).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/deployments/{id}/finalize",
+            post(finalize_upload).layer(DefaultBodyLimit::max(MAX_LIST_BODY)),
         )
         .route("/api/deployments/{id}/logs", get(read_logs))
         .route("/api/deployments/{id}/cancel", post(cancel_deployment))

@@ -97,6 +97,8 @@ pub(super) async fn create_project(
             deploy_hook: None,
             created_unix_ms: now_ms(),
             hsts_max_age_secs: None,
+            replaced: Vec::new(),
+            skew_protection_secs: None,
         })
         .await
         .map_err(project_error)?;
@@ -158,6 +160,10 @@ pub(super) struct ProjectUpdate {
     /// HSTS max-age in seconds on the project's HTTPS responses; `0` turns it off.
     #[serde(default)]
     hsts_max_age_secs: Option<u64>,
+    /// Seconds a replaced production deployment's hashed assets stay served; `0` turns skew
+    /// protection off.
+    #[serde(default)]
+    skew_protection_secs: Option<u64>,
 }
 
 pub(super) async fn update_project(
@@ -187,6 +193,19 @@ pub(super) async fn update_project(
             ))
         }
     };
+    let skew = match req.skew_protection_secs {
+        None => None,
+        Some(n) if n <= u64::from(crate::projects::SKEW_WINDOW_LIMIT_SECS) => Some(n as u32),
+        Some(n) => {
+            return Err(ApiError::bad_request(
+                "invalid_skew_protection",
+                format!(
+                "skew_protection_secs {n} is more than {} (a week); 0 turns skew protection off",
+                crate::projects::SKEW_WINDOW_LIMIT_SECS
+            ),
+            ))
+        }
+    };
     let max_timeout = cp.config.limits.timeout_secs;
     let hook_secret = {
         use rand::distr::{Alphanumeric, SampleString};
@@ -209,6 +228,9 @@ pub(super) async fn update_project(
             }
             if let Some(hsts) = hsts {
                 p.hsts_max_age_secs = hsts;
+            }
+            if let Some(skew) = skew {
+                p.skew_protection_secs = Some(skew);
             }
             match req.deploy_hook {
                 Some(true) => p.deploy_hook = Some(hook_secret.clone()),

@@ -4,7 +4,7 @@ use gitdeploy_core::DeploymentStatus;
 use serde_json::{json, Value};
 
 use crate::projects::Project;
-use crate::store::Deployment;
+use crate::store::{Deployment, DeploymentSource};
 use crate::ControlPlane;
 
 pub(super) fn deployment_json(cp: &ControlPlane, d: &Deployment) -> Value {
@@ -15,7 +15,8 @@ pub(super) fn deployment_json(cp: &ControlPlane, d: &Deployment) -> Value {
         "status": d.status,
         "project": d.project,
         "project_url": d.project.as_deref().map(|p| urls.site(p)),
-        "repo": d.repo_display(),
+        "source": d.source,
+        "repo": (d.source == DeploymentSource::Git).then(|| d.repo_display()),
         "ref": d.git_ref,
         "serving": d.serving,
         "build": d.build,
@@ -47,6 +48,9 @@ pub(super) fn project_json(cp: &ControlPlane, p: &Project) -> Value {
             .api(&format!("/api/hooks/deploy/{}/{secret}", p.name))),
         "created_unix_ms": p.created_unix_ms,
         "hsts_max_age_secs": p.hsts_max_age_secs,
+        "skew_protection_secs": p
+            .skew_protection_secs
+            .unwrap_or(crate::projects::SKEW_WINDOW_DEFAULT_SECS),
     })
 }
 

@@ -15,7 +15,7 @@ use gitdeploy_core::{ContentHash, DeploymentId, Encoding, Manifest, ObjectLayout
 use crate::storage::describe as storage_error;
 
 /// The metadata key (`x-amz-meta-gitdeploy-variants`) of [`Recorded`].
-const VARIANTS_METADATA: &str = "gitdeploy-variants";
+pub(super) const VARIANTS_METADATA: &str = "gitdeploy-variants";
 
 /// What an identity blob's metadata says of its variants: for each encoding tried, the variant
 /// kept (its blob and size), or `None` when it came out no smaller than the file.
@@ -189,6 +189,63 @@ impl S3Blobs {
             .await
             .map(|_| ())
             .map_err(|e| format!("writing the manifest failed: {}", storage_error(&e)))
+    }
+}
+
+/// Lookups in flight at once.
+const PARALLEL_LOOKUPS: usize = 32;
+
+impl super::BlobSink for S3Blobs {
+    fn deployment(&self) -> &DeploymentId {
+        &self.id
+    }
+
+    fn records_variants(&self) -> bool {
+        self.placement == Placement::Shared
+    }
+
+    async fn lookup(&self, files: Vec<super::Planned>) -> Result<Vec<Option<Recorded>>, String> {
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL_LOOKUPS));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, file) in files.into_iter().enumerate() {
+            let (blobs, permits) = (self.clone(), permits.clone());
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((index, blobs.lookup(&file.hash).await?))
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (index, found) = joined.map_err(|e| format!("lookup task failed: {e}"))??;
+            if out.len() <= index {
+                out.resize(index + 1, None);
+            }
+            out[index] = found;
+        }
+        Ok(out)
+    }
+
+    async fn put(
+        &self,
+        hash: ContentHash,
+        body: Vec<u8>,
+        recorded: Option<Recorded>,
+    ) -> Result<(), String> {
+        S3Blobs::put(self, &hash, body, recorded.as_ref()).await
+    }
+
+    async fn put_large(
+        &self,
+        hash: ContentHash,
+        file: std::fs::File,
+        _size: u64,
+        relative: String,
+    ) -> Result<(), String> {
+        super::multipart::upload(self, &hash, file, &relative).await
+    }
+
+    async fn finalize(&self, manifest: Manifest) -> Result<(), String> {
+        S3Blobs::finalize(self, &manifest).await
     }
 }
 

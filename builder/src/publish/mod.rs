@@ -1,16 +1,20 @@
 //! Publishes the collected files ([`crate::collect`]) into the content-addressed blob store and
 //! writes the manifest last, so a deployment that fails half-way is never served.
 //!
-//! Each file is read once, hashed, and looked up (`HEAD blobs/<sha256>`): a blob the store
-//! already holds (the same bytes in an earlier deployment of any site) is neither uploaded nor
-//! compressed again, since its metadata records its variants ([`blobs::Recorded`]). A missing
-//! one gets its variants made and uploaded first and itself last, so an identity blob that
-//! exists vouches for the variants it records. An interrupted publish resumes the same way:
-//! whatever reached the store is found there.
+//! The same steps whatever the store ([`BlobSink`]: the bucket for a builder, the deploy API
+//! for the CLI): every file is read and hashed, the list of (path, hash, size) is looked up at
+//! once, and a blob the store already holds (the same bytes in an earlier deployment of any
+//! site) is neither uploaded nor compressed again, since the store records its variants
+//! ([`blobs::Recorded`]). A missing one gets its variants made and uploaded first and itself
+//! last, so an identity blob that exists vouches for the variants it records. Small files keep
+//! their bytes between the passes; others are read again and refused if they changed. An
+//! interrupted publish resumes the same way: whatever reached the store is found there.
 
 mod blobs;
 mod multipart;
+mod sink;
 mod staged;
+mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -23,8 +27,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-pub use blobs::{Placement, S3Blobs};
-pub use staged::{publish_staged, remove_staging};
+pub use blobs::{read_recorded, write_recorded, Placement, Recorded, S3Blobs};
+pub use sink::{BlobSink, Planned, Progress};
+pub use staged::{publish_checked, publish_staged, remove_staging};
 
 use crate::collect::{open_output_file, OutputFile};
 use crate::config::BuilderConfig;
@@ -106,6 +111,15 @@ pub struct Release<'a> {
     pub commit: Option<&'a str>,
 }
 
+/// A file hashed in the first pass, with its bytes when they were small enough to keep.
+struct Hashed {
+    file: OutputFile,
+    size: u64,
+    hash: ContentHash,
+    content_type: String,
+    kept: Option<Vec<u8>>,
+}
+
 /// One file's outcome.
 struct FileDone {
     relative: String,
@@ -116,28 +130,56 @@ struct FileDone {
     multipart: bool,
 }
 
-/// Publishes `files` into `blobs` for the release and then the manifest. Any failure leaves no
-/// manifest behind.
-pub async fn publish(
-    blobs: &S3Blobs,
+/// Files at most this large keep their bytes between the passes ...
+const KEEP_FILE: u64 = 1 << 20;
+/// ... while all kept bytes together stay under this.
+const KEEP_TOTAL: u64 = 128 << 20;
+
+/// Publishes `files` into `blobs` for the release, then the manifest: every file is hashed,
+/// the whole list looked up at once, and only what the store lacks is compressed and uploaded.
+/// Any failure leaves no manifest behind.
+pub async fn publish<B: BlobSink>(
+    blobs: &B,
     release: Release<'_>,
     files: Vec<OutputFile>,
     rules: SiteRules,
+    progress: &Arc<Progress>,
 ) -> Result<Published, String> {
     if release.id != blobs.deployment() {
         return Err("the blob store was opened for another deployment".into());
     }
-    let permits = Arc::new(Semaphore::new(PARALLEL_UPLOADS));
+    Progress::add(&progress.total_files, files.len() as u64);
     let site_files: Arc<BTreeSet<String>> =
         Arc::new(files.iter().map(|f| f.relative.clone()).collect());
+    let hashed = hash_all(files, progress).await?;
+    let plan = hashed
+        .iter()
+        .map(|h| Planned {
+            path: h.file.relative.clone(),
+            hash: h.hash,
+            size: h.size,
+        })
+        .collect();
+    let stored = blobs.lookup(plan).await?;
+    if stored.len() != hashed.len() {
+        return Err("the blob lookup answered for another list of files".into());
+    }
+    let missing = stored.iter().filter(|s| s.is_none()).count() as u64;
+    Progress::add(&progress.missing_files, missing);
+    let permits = Arc::new(Semaphore::new(PARALLEL_UPLOADS));
     let mut tasks = JoinSet::new();
-    for file in files {
-        let blobs = blobs.clone();
-        let permits = permits.clone();
-        let site_files = site_files.clone();
+    for (file, stored) in hashed.into_iter().zip(stored) {
+        let (blobs, permits, site_files, progress) = (
+            blobs.clone(),
+            permits.clone(),
+            site_files.clone(),
+            progress.clone(),
+        );
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
-            publish_file(&blobs, file, &site_files).await
+            let done = store_file(&blobs, file, stored, &site_files, &progress).await?;
+            Progress::add(&progress.done_files, 1);
+            Ok::<_, String>(done)
         });
     }
     let mut totals = Published::default();
@@ -156,7 +198,7 @@ pub async fn publish(
         files: entries,
         rules,
     };
-    blobs.finalize(&manifest).await?;
+    blobs.finalize(manifest).await?;
     Ok(totals)
 }
 
@@ -164,72 +206,126 @@ fn sha256(bytes: &[u8]) -> ContentHash {
     ContentHash::from_digest(Sha256::digest(bytes).into())
 }
 
-/// Reads, hashes and looks up one file; uploads what the store lacks.
-async fn publish_file(
-    blobs: &S3Blobs,
+/// The first pass: every file read and hashed (in parallel), in the order given.
+async fn hash_all(files: Vec<OutputFile>, progress: &Arc<Progress>) -> Result<Vec<Hashed>, String> {
+    let permits = Arc::new(Semaphore::new(PARALLEL_UPLOADS));
+    let kept_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = JoinSet::new();
+    for (index, file) in files.into_iter().enumerate() {
+        let (permits, kept_total, progress) =
+            (permits.clone(), kept_total.clone(), progress.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
+            let hashed = hash_one(file, &kept_total).await?;
+            Progress::add(&progress.hashed_files, 1);
+            Progress::add(&progress.total_bytes, hashed.size);
+            Ok::<_, String>((index, hashed))
+        });
+    }
+    let mut out: Vec<Option<Hashed>> = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (index, hashed) = joined.map_err(|e| format!("hashing task failed: {e}"))??;
+        if out.len() <= index {
+            out.resize_with(index + 1, || None);
+        }
+        out[index] = Some(hashed);
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+async fn hash_one(
     file: OutputFile,
-    site_files: &BTreeSet<String>,
-) -> Result<FileDone, String> {
+    kept_total: &std::sync::atomic::AtomicU64,
+) -> Result<Hashed, String> {
+    use std::sync::atomic::Ordering;
     let opened = open_output_file(&file)?;
     let size = opened
         .metadata()
         .map_err(|e| format!("cannot read {}: {e}", file.relative))?
         .len();
     let content_type = detect::content_type(&file.relative);
-    let mut done = FileDone {
-        relative: file.relative,
-        entry: FileEntry {
-            size,
-            etag: String::new(),
-            content_type,
-            hash: None,
-            encodings: BTreeMap::new(),
-        },
-        uploaded: 0,
-        uploaded_bytes: 0,
-        reused: false,
-        multipart: false,
-    };
-    let failed = |relative: &str, e: String| format!("upload of {relative} failed: {e}");
     if size > multipart::THRESHOLD {
-        let hash = multipart::hash_file(opened, &done.relative).await?;
-        if blobs.lookup(&hash).await?.is_some() {
-            done.reused = true;
-        } else {
-            multipart::upload(
-                blobs,
-                &hash,
-                reopen(&done.relative, &file.source, file.owner)?,
-                &done.relative,
-            )
-            .await?;
-            (done.uploaded, done.uploaded_bytes, done.multipart) = (1, size, true);
-        }
-        done.entry.etag = hash.etag();
-        done.entry.hash = Some(hash);
-        return Ok(done);
+        let hash = multipart::hash_file(opened, &file.relative).await?;
+        return Ok(Hashed {
+            file,
+            size,
+            hash,
+            content_type,
+            kept: None,
+        });
     }
     let mut bytes = Vec::with_capacity(size as usize);
     tokio::io::AsyncReadExt::read_to_end(&mut tokio::fs::File::from_std(opened), &mut bytes)
         .await
-        .map_err(|e| format!("cannot read {}: {e}", done.relative))?;
+        .map_err(|e| format!("cannot read {}: {e}", file.relative))?;
     let hash = sha256(&bytes);
-    let wanted = compress::wanted(
-        &done.relative,
-        bytes.len() as u64,
-        &done.entry.content_type,
-        site_files,
-    );
-    let stored = blobs.lookup(&hash).await?;
+    let size = bytes.len() as u64;
+    let keep =
+        size <= KEEP_FILE && kept_total.fetch_add(size, Ordering::Relaxed) + size <= KEEP_TOTAL;
+    Ok(Hashed {
+        file,
+        size,
+        hash,
+        content_type,
+        kept: keep.then_some(bytes),
+    })
+}
+
+/// The second pass for one file: nothing when the store holds it and its variants; otherwise
+/// its bytes (kept, or read again and checked unchanged), the variants the store lacks, and the
+/// blob itself last.
+async fn store_file<B: BlobSink>(
+    blobs: &B,
+    hashed: Hashed,
+    stored: Option<Recorded>,
+    site_files: &BTreeSet<String>,
+    progress: &Progress,
+) -> Result<FileDone, String> {
+    let Hashed {
+        file,
+        size,
+        hash,
+        content_type,
+        kept,
+    } = hashed;
+    let mut done = FileDone {
+        relative: file.relative.clone(),
+        entry: FileEntry {
+            size,
+            etag: hash.etag(),
+            content_type,
+            hash: Some(hash),
+            encodings: BTreeMap::new(),
+        },
+        uploaded: 0,
+        uploaded_bytes: 0,
+        reused: stored.is_some(),
+        multipart: false,
+    };
+    let failed = |relative: &str, e: String| format!("upload of {relative} failed: {e}");
+    if size > multipart::THRESHOLD {
+        if stored.is_none() {
+            let opened = reopen(&file.relative, &file.source, file.owner)?;
+            blobs
+                .put_large(hash, opened, size, file.relative.clone())
+                .await?;
+            (done.uploaded, done.uploaded_bytes, done.multipart) = (1, size, true);
+            Progress::add(&progress.uploaded_bytes, size);
+        }
+        return Ok(done);
+    }
+    let wanted = compress::wanted(&file.relative, size, &done.entry.content_type, site_files);
     let mut recorded = stored.clone().unwrap_or_default();
     let to_make: Vec<Encoding> = wanted
         .iter()
         .copied()
         .filter(|e| !recorded.contains_key(e))
         .collect();
-    let bytes = if to_make.is_empty() {
-        bytes
-    } else {
+    if stored.is_none() || !to_make.is_empty() {
+        let bytes = match kept {
+            Some(bytes) => bytes,
+            None => read_again(&file, &hash).await?,
+        };
         let (bytes, made) = tokio::task::spawn_blocking(move || {
             let made: Vec<(Encoding, Vec<u8>)> = to_make
                 .into_iter()
@@ -239,6 +335,7 @@ async fn publish_file(
         })
         .await
         .map_err(|e| format!("compressing {} failed: {e}", done.relative))?;
+        let made_any = !made.is_empty();
         for (enc, body) in made {
             if body.len() >= bytes.len() {
                 recorded.insert(enc, None);
@@ -247,31 +344,26 @@ async fn publish_file(
             let variant = sha256(&body);
             let len = body.len() as u64;
             blobs
-                .put(&variant, body, None)
+                .put(variant, body, None)
                 .await
                 .map_err(|e| failed(&format!("{}{}", done.relative, enc.suffix()), e))?;
             (done.uploaded, done.uploaded_bytes) = (done.uploaded + 1, done.uploaded_bytes + len);
+            Progress::add(&progress.uploaded_bytes, len);
             recorded.insert(enc, Some((variant, len)));
         }
-        // The identity blob is written again to record the new variants, unless it is shared
-        // already and this uploader may not write the shared store.
-        if stored.is_some() && blobs.placement() == Placement::Shared {
+        // A missing blob goes last, vouching for its variants; a stored one is written again
+        // to record new variants where the sink records them.
+        if stored.is_none() || (made_any && blobs.records_variants()) {
             blobs
-                .put(&hash, bytes.clone(), Some(&recorded))
+                .put(hash, bytes, Some(recorded.clone()))
                 .await
                 .map_err(|e| failed(&done.relative, e))?;
+            if stored.is_none() {
+                (done.uploaded, done.uploaded_bytes) =
+                    (done.uploaded + 1, done.uploaded_bytes + size);
+                Progress::add(&progress.uploaded_bytes, size);
+            }
         }
-        bytes
-    };
-    if stored.is_none() {
-        let len = bytes.len() as u64;
-        blobs
-            .put(&hash, bytes, Some(&recorded))
-            .await
-            .map_err(|e| failed(&done.relative, e))?;
-        (done.uploaded, done.uploaded_bytes) = (done.uploaded + 1, done.uploaded_bytes + len);
-    } else {
-        done.reused = true;
     }
     for enc in wanted {
         if let Some(Some((variant, len))) = recorded.get(&enc) {
@@ -285,9 +377,23 @@ async fn publish_file(
             );
         }
     }
-    done.entry.etag = hash.etag();
-    done.entry.hash = Some(hash);
     Ok(done)
+}
+
+/// A file's bytes read again for its second pass, refused when they changed since the first.
+async fn read_again(file: &OutputFile, hash: &ContentHash) -> Result<Vec<u8>, String> {
+    let opened = reopen(&file.relative, &file.source, file.owner)?;
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut tokio::fs::File::from_std(opened), &mut bytes)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", file.relative))?;
+    if sha256(&bytes) != *hash {
+        return Err(format!(
+            "{} changed while it was being published; publish again",
+            file.relative
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Opens a file again for its second pass, with the same checks as the first.

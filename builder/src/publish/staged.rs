@@ -57,9 +57,37 @@ pub async fn publish_staged(
         }
     };
     let manifest = Manifest::from_json(&body).map_err(|e| format!("the staged manifest: {e}"))?;
-    manifest
-        .check_untrusted(id.as_str())
+    publish_checked(client, bucket, layout, id, manifest)
+        .await
         .map_err(|e| format!("the staged manifest: {e}"))?;
+    Ok(true)
+}
+
+/// Publishes a manifest an untrusted uploader wrote (a build task's staged upload, or the
+/// deploy API's `finalize`) once everything it says is checked: [`Manifest::check_untrusted`],
+/// each blob stored (or staged and verified, then moved in) with the size it names, each
+/// content type a plain header value, and each precompressed variant the compression of its
+/// file ([`super::verify`]). ETags are made again from the hashes. Nothing is written when
+/// anything is refused.
+pub async fn publish_checked(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    layout: &ObjectLayout,
+    id: &DeploymentId,
+    mut manifest: Manifest,
+) -> Result<(), String> {
+    manifest.check_untrusted(id.as_str())?;
+    for (path, entry) in manifest.files.iter_mut() {
+        if !plain_header_value(&entry.content_type) {
+            return Err(format!("{path:?} has an unusable content type"));
+        }
+        if let Some(hash) = entry.hash {
+            entry.etag = hash.etag();
+            for (enc, variant) in entry.encodings.iter_mut() {
+                variant.etag = hash.variant_etag(enc.token());
+            }
+        }
+    }
     let sizes = blob_sizes(&manifest)?;
     let permits = Arc::new(Semaphore::new(PARALLEL));
     let mut checks = JoinSet::new();
@@ -73,12 +101,16 @@ pub async fn publish_staged(
         let permits = permits.clone();
         checks.spawn(async move {
             let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
-            admit(&client, &bucket, &layout, &id, &hash, size).await
+            let recorded = admit(&client, &bucket, &layout, &id, &hash, size).await?;
+            Ok::<_, String>((hash, recorded))
         });
     }
+    let mut recorded = BTreeMap::new();
     while let Some(done) = checks.join_next().await {
-        done.map_err(|e| format!("checking a staged blob failed: {e}"))??;
+        let (hash, found) = done.map_err(|e| format!("checking a blob failed: {e}"))??;
+        recorded.insert(hash, found);
     }
+    super::verify::check_variants(client, bucket, layout, &manifest, &recorded).await?;
     let body = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
     client
         .put_object()
@@ -89,7 +121,14 @@ pub async fn publish_staged(
         .send()
         .await
         .map_err(|e| format!("writing the manifest failed: {}", storage_error(&e)))?;
-    Ok(true)
+    Ok(())
+}
+
+/// A content type that is safe to send as a header: visible ASCII and spaces, not too long.
+fn plain_header_value(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 200
+        && value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
 }
 
 /// Every blob of the manifest with the size it must have; a blob named with two sizes is a lie.
@@ -106,7 +145,7 @@ fn blob_sizes(manifest: &Manifest) -> Result<BTreeMap<ContentHash, u64>, String>
         if let Some(other) = sizes.insert(hash, size) {
             if other != size {
                 return Err(format!(
-                    "the staged manifest gives blob {hash} two sizes ({other} and {size}, at {path:?})"
+                    "the manifest gives blob {hash} two sizes ({other} and {size}, at {path:?})"
                 ));
             }
         }
@@ -115,7 +154,8 @@ fn blob_sizes(manifest: &Manifest) -> Result<BTreeMap<ContentHash, u64>, String>
 }
 
 /// Makes sure blob `hash` of `size` bytes is in the shared store: there already, or staged and
-/// checked, then copied in.
+/// checked, then copied in. Answers what the store recorded of its variants (nothing for a
+/// blob just moved in: its writer's metadata is not kept).
 async fn admit(
     client: &aws_sdk_s3::Client,
     bucket: &str,
@@ -123,7 +163,7 @@ async fn admit(
     id: &DeploymentId,
     hash: &ContentHash,
     size: u64,
-) -> Result<(), String> {
+) -> Result<super::Recorded, String> {
     let size_matches = |stored: Option<i64>, where_: &str| {
         if stored == Some(size as i64) {
             Ok(())
@@ -142,7 +182,14 @@ async fn admit(
         .send()
         .await
     {
-        Ok(head) => return size_matches(head.content_length(), "in the store"),
+        Ok(head) => {
+            size_matches(head.content_length(), "in the store")?;
+            return Ok(head
+                .metadata()
+                .and_then(|m| m.get(super::blobs::VARIANTS_METADATA))
+                .and_then(|t| super::read_recorded(t))
+                .unwrap_or_default());
+        }
         Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => {}
         Err(e) => {
             return Err(format!(
@@ -192,7 +239,7 @@ async fn admit(
         .checksum_algorithm(ChecksumAlgorithm::Sha256)
         .send()
         .await
-        .map(|_| ())
+        .map(|_| super::Recorded::new())
         .map_err(|e| {
             format!(
                 "moving blob {hash} into the store failed: {}",
@@ -202,7 +249,7 @@ async fn admit(
 }
 
 /// The SHA-256 of an object, streamed.
-async fn read_hash(
+pub(super) async fn read_hash(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
@@ -227,7 +274,7 @@ async fn read_hash(
 }
 
 /// `x-amz-copy-source`: the bucket and key, percent-encoded but for `/` and unreserved bytes.
-fn copy_source(bucket: &str, key: &str) -> String {
+pub(super) fn copy_source(bucket: &str, key: &str) -> String {
     let mut out = String::with_capacity(bucket.len() + key.len() + 1);
     for b in format!("{bucket}/{key}").bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {

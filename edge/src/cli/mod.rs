@@ -29,10 +29,15 @@ pub struct ApiOptions {
 /// Client commands.
 #[derive(clap::Subcommand, Debug)]
 pub enum ClientCommand {
-    /// Deploy a repository; prints the URL at once, with --follow streams the log to the end.
+    /// Deploy a repository (prints the URL at once; with --follow streams the log to the end),
+    /// or with --prebuilt publish a built folder as is (`gitdeploy deploy ./dist --prebuilt`).
     Deploy {
-        /// Repository URL (https, http, git or an absolute local path).
+        /// Repository URL (https, http, git or an absolute local path), or with --prebuilt the
+        /// folder to publish.
         repo: String,
+        /// Publish the folder as is, without a build: only files the store lacks are uploaded.
+        #[arg(long)]
+        prebuilt: bool,
         /// Branch, tag or commit (the default branch when absent).
         #[arg(long = "ref")]
         git_ref: Option<String>,
@@ -111,6 +116,7 @@ pub enum ClientCommand {
 
 mod domains;
 mod output;
+mod upload;
 use domains::domains;
 pub use domains::DomainAction;
 use output::*;
@@ -308,6 +314,7 @@ async fn run_async(opts: ApiOptions, command: ClientCommand) -> Result<i32, Stri
         }
         ClientCommand::Deploy {
             repo,
+            prebuilt,
             git_ref,
             project,
             prod,
@@ -315,6 +322,24 @@ async fn run_async(opts: ApiOptions, command: ClientCommand) -> Result<i32, Stri
         } => {
             if prod && project.is_none() {
                 return Err("--prod needs --project".into());
+            }
+            if prebuilt {
+                if git_ref.is_some() {
+                    return Err("--ref is for repositories; a --prebuilt folder has none".into());
+                }
+                return upload::deploy_folder(
+                    &client,
+                    std::path::Path::new(&repo),
+                    project.as_deref(),
+                    prod,
+                )
+                .await;
+            }
+            if std::path::Path::new(&repo).is_dir() && !repo.starts_with('/') {
+                return Err(format!(
+                    "{repo} is a local folder: publish a built one with `gitdeploy deploy {repo} --prebuilt` \
+                     (building a source folder on the server is not supported yet: push it to a repository)"
+                ));
             }
             let mut body = json!({ "repo": repo });
             if let Some(r) = &git_ref {

@@ -35,6 +35,7 @@ use crate::serving::range::{self, RangeOutcome};
 use crate::tls_routes::TlsRoutes;
 
 mod ctx;
+mod skew;
 pub use ctx::RequestCtx;
 use ctx::{ObjectRequest, Target};
 use gitdeploy_api::AliasResolver;
@@ -137,6 +138,7 @@ impl SitesProxy {
         }
         session.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
         // A deployment id serves that build; any other label is a project's production alias.
+        let mut earlier: Arc<[(DeploymentId, u64)]> = Arc::new([]);
         let id = match DeploymentId::parse(label) {
             Some(id) => Some(id),
             None if !looks_like_deployment_id(label) => {
@@ -144,12 +146,13 @@ impl SitesProxy {
                     if let Some(max_age) = p.hsts_max_age_secs {
                         crate::hsts::set(session, max_age);
                     }
+                    earlier = p.earlier;
                     p.id
                 })
             }
             None => None,
         };
-        let Some(id) = id else {
+        let Some(mut id) = id else {
             return send_error(session, 404, "There is no site at this address.", head).await;
         };
         if ctx.logged {
@@ -162,7 +165,7 @@ impl SitesProxy {
             Ok(p) => p,
             Err(e) => return send_error(session, 400, &format!("Bad path: {e}."), head).await,
         };
-        let manifest = match self.manifests.get(&id).await {
+        let mut manifest = match self.manifests.get(&id).await {
             Ok(m) => {
                 // Manifests from before the project was recorded: the alias names it.
                 if ctx.project.is_none() && m.project.is_none() && !looks_like_deployment_id(label)
@@ -185,18 +188,36 @@ impl SitesProxy {
             }
         };
         let query = session.req_header().uri.query().map(str::to_owned);
-        let (rel, entry, status) = match manifest.resolve(&path, query.as_deref()) {
+        let resolved = match manifest.resolve(&path, query.as_deref()) {
             Resolution::File {
                 path,
                 entry,
                 status,
-            } => (path.to_owned(), entry.clone(), status),
+            } => Some((path.to_owned(), entry.clone(), status)),
             Resolution::Redirect { location, status } => {
                 let mut resp = html_response(status, 0)?;
                 resp.insert_header("location", location)?;
                 return send(session, resp, Bytes::new(), head).await;
             }
-            Resolution::NotFound => {
+            Resolution::NotFound => None,
+        };
+        // Skew protection: what production cannot answer may be an earlier build's chunk.
+        let skewed = match &resolved {
+            Some((_, _, status)) if *status != 404 => None,
+            _ if earlier.is_empty() => None,
+            _ => skew::earlier_file(&self.manifests, &earlier, &path.relative()).await,
+        };
+        let (rel, entry, status) = match (skewed, resolved) {
+            (Some((earlier_id, earlier_manifest, entry)), _) => {
+                if ctx.logged {
+                    ctx.deployment = Some(earlier_id.clone());
+                }
+                ctx.manifest = Some(earlier_manifest.clone());
+                (id, manifest) = (earlier_id, earlier_manifest);
+                (path.relative(), entry, 200)
+            }
+            (None, Some(found)) => found,
+            (None, None) => {
                 return send_error(session, 404, "This page could not be found.", head).await
             }
         };

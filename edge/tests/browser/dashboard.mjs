@@ -11,7 +11,7 @@ import { execFileSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import assert from "node:assert/strict";
 
-const { GITDEPLOY_URL, API_TOKEN, REPO_URL, REPO_DIR, ARTIFACTS, CHROMIUM } = process.env;
+const { GITDEPLOY_URL, API_TOKEN, REPO_URL, REPO_DIR, ARTIFACTS, CHROMIUM, FOLDER_ID } = process.env;
 for (const [k, v] of Object.entries({ GITDEPLOY_URL, API_TOKEN, REPO_URL, REPO_DIR, ARTIFACTS, CHROMIUM })) {
   if (!v) throw new Error(`${k} is not set`);
 }
@@ -193,6 +193,16 @@ try {
   step = "projects list";
   await page.getByRole("link", { name: "Projects" }).click();
   await page.getByRole("list", { name: "Projects" }).getByRole("link", { name: "dash-site", exact: true }).waitFor();
+
+  step = "a folder deployment shows its source";
+  await page.goto(`${GITDEPLOY_URL}/#/deployments/${FOLDER_ID}`);
+  await page.locator("#outcome .banner").waitFor();
+  assert.equal(await page.locator("#source").innerText(), "local folder");
+  await page.goto(`${GITDEPLOY_URL}/#/`);
+  await page.locator(`a[href="#/deployments/${FOLDER_ID}"]`).waitFor();
+  const folderRow = page.locator("li.row", { has: page.locator(`a[href="#/deployments/${FOLDER_ID}"]`) });
+  assert.match(await folderRow.locator(".source").innerText(), /local folder/);
+  await shot("10c-folder-deployment");
 
   step = "a 375 px wide phone";
   const phone = await browser.newContext({ viewport: { width: 375, height: 740 }, isMobile: true, hasTouch: true });

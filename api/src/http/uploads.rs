@@ -1,0 +1,264 @@
+//! The upload protocol over HTTP (rules in [`crate::uploads`]): a client that built a folder
+//! itself (`gitdeploy deploy ./dist --prebuilt`) opens an `uploading` deployment, asks which of
+//! its files' blobs the store lacks, uploads only those (each checked against its hash here,
+//! as it arrives), and finalizes: the manifest is made and checked like a build task's staged
+//! upload, and the deployment is ready. A refused finalize publishes nothing and leaves the
+//! deployment uploading, so the client can send what was missing and finalize again; any
+//! upload after a finalize is refused.
+
+use std::io::Write as _;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use gitdeploy_core::job::ServingOptions;
+use gitdeploy_core::{ContentHash, DeploymentId, DeploymentStatus, LogStream, Outcome};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::archive::{BlobBody, SiteStorage};
+use crate::error::ApiError;
+use crate::job::{Finished, Job};
+use crate::projects::Project;
+use crate::store::{Deployment, DeploymentSource};
+use crate::uploads::{check_files, manifest, parse, Finalize, Plan};
+use crate::{now_ms, ControlPlane};
+
+/// A blob up to this size is checked in memory; a larger one is spooled to a file.
+const IN_MEMORY: usize = 16 << 20;
+
+fn storage(cp: &ControlPlane) -> Result<&dyn SiteStorage, ApiError> {
+    cp.storage
+        .as_deref()
+        .ok_or_else(|| ApiError::unavailable("this server has no storage for uploads"))
+}
+
+/// The deployment, refused unless it is still uploading.
+async fn uploading(cp: &ControlPlane, raw: &str) -> Result<Deployment, ApiError> {
+    let d = lookup(cp, raw).await?;
+    if d.status != DeploymentStatus::Uploading {
+        return Err(ApiError::conflict(
+            "not_uploading",
+            format!(
+                "deployment {} is {}: its upload is over, nothing more can be sent to it",
+                d.id,
+                status_name(d.status)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+/// Opens an upload: records an `uploading` deployment of a local folder (creating its project,
+/// without a repository, when it does not exist yet).
+pub(super) async fn create_upload(
+    cp: &ControlPlane,
+    project: Option<String>,
+    serving: ServingOptions,
+) -> Result<Response, ApiError> {
+    storage(cp)?;
+    if let Some(name) = &project {
+        validate_project_name(name)?;
+        if cp.records.project(name).await?.is_none() {
+            match cp
+                .records
+                .create_project(Project::new(name, "", None, now_ms()))
+                .await
+            {
+                Ok(_) | Err(crate::projects::ProjectError::Exists(_)) => {}
+                Err(e) => return Err(project_error(e)),
+            }
+        }
+    }
+    let deployment = Deployment {
+        id: DeploymentId::random(),
+        project,
+        repo: String::new(),
+        repo_credentials_withheld: false,
+        git_ref: None,
+        serving,
+        build: Default::default(),
+        status: DeploymentStatus::Uploading,
+        error: None,
+        commit: None,
+        created_unix_ms: now_ms(),
+        started_unix_ms: Some(now_ms()),
+        finished_unix_ms: None,
+        runner: None,
+        cancel_requested: false,
+        previous_commit: None,
+        skip_reason: None,
+        source: DeploymentSource::Folder,
+    };
+    cp.bus.create(&deployment.id).await?;
+    cp.records.insert(deployment.clone()).await?;
+    job(cp, &deployment.id)
+        .system("Receiving a local folder through the deploy API".into())
+        .await;
+    tracing::info!(id = %deployment.id, "upload opened");
+    Ok((StatusCode::CREATED, Json(deployment_json(cp, &deployment))).into_response())
+}
+
+fn job<'a>(cp: &'a ControlPlane, id: &DeploymentId) -> Job<'a> {
+    Job::new(&cp.records, &cp.bus, cp.queue.metrics(), id.clone())
+}
+
+/// `missing`: which of the planned files' blobs the store lacks, and for the ones it holds what
+/// it recorded of their variants (`br=<hash>:<size>,gzip=-`), so nothing stored is sent again.
+pub(super) async fn missing_blobs(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let storage = storage(&cp)?;
+    uploading(&cp, &id).await?;
+    let plan: Plan = parse(&body, "plan")?;
+    check_files(
+        plan.files.iter().map(|f| (f.path.as_str(), f.size)),
+        &cp.config.limits,
+    )?;
+    let mut hashes: Vec<ContentHash> = plan.files.iter().map(|f| f.hash).collect();
+    hashes.sort();
+    hashes.dedup();
+    let found = storage
+        .lookup_blobs(hashes.clone())
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot look blobs up (try again): {e}")))?;
+    let mut missing = Vec::new();
+    let mut stored = Map::new();
+    for (hash, found) in hashes.iter().zip(found) {
+        match found {
+            None => missing.push(json!(hash)),
+            Some(recorded) => {
+                stored.insert(hash.to_string(), json!(recorded));
+            }
+        }
+    }
+    Ok(Json(json!({ "missing": missing, "stored": stored })))
+}
+
+/// `PUT blobs/{hash}`: one blob's bytes, hashed as they arrive; refused unless they are the
+/// bytes the hash names, and no larger than a file may be.
+pub(super) async fn put_blob(
+    State(cp): State<ControlPlane>,
+    Path((id, hash)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let storage = storage(&cp)?;
+    let hash = ContentHash::parse(&hash).map_err(|e| ApiError::bad_request("invalid_hash", e))?;
+    let d = uploading(&cp, &id).await?;
+    let limit = cp.config.limits.max_file_bytes;
+    let mut hasher = Sha256::new();
+    let mut memory: Vec<u8> = Vec::new();
+    let mut spool: Option<std::fs::File> = None;
+    let mut size = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request("invalid_body", format!("the upload broke off: {e}"))
+        })?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(ApiError::too_large(format!(
+                "blob {hash} is over {limit} bytes, the largest file accepted"
+            )));
+        }
+        hasher.update(&chunk);
+        match &mut spool {
+            Some(file) => file.write_all(&chunk).map_err(ApiError::internal)?,
+            None if memory.len() + chunk.len() > IN_MEMORY => {
+                let mut file = tempfile::tempfile().map_err(ApiError::internal)?;
+                file.write_all(&memory).map_err(ApiError::internal)?;
+                file.write_all(&chunk).map_err(ApiError::internal)?;
+                memory = Vec::new();
+                spool = Some(file);
+            }
+            None => memory.extend_from_slice(&chunk),
+        }
+    }
+    let got = ContentHash::from_digest(hasher.finalize().into());
+    if got != hash {
+        return Err(ApiError::unprocessable(
+            "hash_mismatch",
+            format!("the bytes sent as blob {hash} hash to {got}"),
+        ));
+    }
+    let body = match spool {
+        Some(file) => BlobBody::File(file, size),
+        None => BlobBody::Memory(Bytes::from(memory)),
+    };
+    storage
+        .put_blob(&d.id, hash, body)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot store blob {hash} (try again): {e}")))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `finalize`: the manifest made from the list, checked (every blob and variant stored, sizes
+/// true, variants the compression of their file), then published; the deployment is ready.
+pub(super) async fn finalize_upload(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let storage = storage(&cp)?;
+    let d = uploading(&cp, &id).await?;
+    let upload: Finalize = parse(&body, "finalize")?;
+    let (manifest, warnings) = manifest(
+        &d.id,
+        d.project.as_deref(),
+        &d.serving,
+        upload,
+        &cp.config.limits,
+        now_ms(),
+    )?;
+    let files = manifest.files.len() as u64;
+    let bytes: u64 = manifest.files.values().map(|f| f.size).sum();
+    let variants: usize = manifest.files.values().map(|f| f.encodings.len()).sum();
+    storage.publish_upload(&d.id, manifest).await.map_err(|e| {
+        ApiError::unprocessable("upload_refused", format!("the upload was refused: {e}"))
+    })?;
+    let job = job(&cp, &d.id);
+    for line in warnings {
+        job.system(line).await;
+    }
+    let took = now_ms().saturating_sub(d.created_unix_ms);
+    job.log(
+        now_ms(),
+        LogStream::System,
+        format!(
+            "Published {files} files ({bytes} bytes) and {variants} precompressed variants from a local folder, in {:.1}s",
+            took as f64 / 1000.0
+        ),
+    )
+    .await;
+    job.finish_and_archive(
+        cp.archive.as_deref(),
+        Finished {
+            outcome: Outcome {
+                status: DeploymentStatus::Ready,
+                error: None,
+                skip_reason: None,
+                exit_code: None,
+                duration_ms: Some(took),
+                files: Some(files),
+                bytes: Some(bytes),
+            },
+            commit: None,
+        },
+    )
+    .await;
+    let d = lookup(&cp, &id).await?;
+    Ok(Json(deployment_json(&cp, &d)))
+}
+
+/// Cancels an upload (nothing was published): the deployment ends `canceled`.
+pub(super) async fn cancel_upload(cp: &ControlPlane, id: &DeploymentId) {
+    job(cp, id)
+        .finish_and_archive(cp.archive.as_deref(), Finished::canceled())
+        .await;
+}
