@@ -30,21 +30,52 @@ pub trait SiteStorage: Send + Sync {
     fn probe(&self) -> ArchiveFuture<'_, ()>;
 
     /// For each hash, in order: `None` when the blob store lacks it, else what the store
-    /// recorded of its variants (`br=<hash>:<size>,gzip=-`, empty when nothing).
-    fn lookup_blobs(&self, hashes: Vec<ContentHash>) -> ArchiveFuture<'_, Vec<Option<String>>>;
+    /// recorded of its variants (`br=<hash>:<size>,gzip=-`, empty when nothing). The lookup is
+    /// part of deployment `id`'s publish: its plan is recorded first, so a garbage collection
+    /// keeps what it finds.
+    fn lookup_blobs(
+        &self,
+        id: &DeploymentId,
+        hashes: Vec<ContentHash>,
+    ) -> ArchiveFuture<'_, Vec<Option<String>>>;
 
     /// Stores a blob of deployment `id`'s upload whose bytes the API checked hash to `hash`.
+    /// `variants` (`br=<hash>:<size>,…`) are the precompressed variants its uploader made of
+    /// it and stored first: each is checked to decompress to these bytes and then recorded
+    /// with the blob; one that does not is refused (`Err`) and nothing is stored.
     fn put_blob(
         &self,
         id: &DeploymentId,
         hash: ContentHash,
         body: BlobBody,
+        variants: Option<String>,
     ) -> ArchiveFuture<'_, ()>;
 
     /// Publishes an uploaded deployment's manifest once every blob and variant it names is
     /// checked (as a build task's staged upload is); an `Err` says what was refused, and
     /// nothing is published.
     fn publish_upload(&self, id: &DeploymentId, manifest: Manifest) -> ArchiveFuture<'_, ()>;
+
+    /// Deletes the blobs no manifest (and no publish in progress) names, of those last written
+    /// more than `grace` ago.
+    fn collect_garbage(&self, grace: std::time::Duration) -> ArchiveFuture<'_, GcSummary>;
+}
+
+/// What a garbage collection of blobs found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcSummary {
+    /// Manifests read (every deployment stored).
+    pub manifests: u64,
+    /// Plans of publishes in progress read.
+    pub plans: u64,
+    /// Blobs stored before.
+    pub blobs: u64,
+    /// Blobs deleted.
+    pub deleted: u64,
+    /// Their bytes.
+    pub freed_bytes: u64,
+    /// Unreferenced blobs kept for now: younger than the grace.
+    pub in_grace: u64,
 }
 
 /// The bytes of one uploaded blob, already checked against its hash.

@@ -43,7 +43,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use gitdeploy_core::job::BuildLimits;
 use gitdeploy_core::repo::RepoScheme;
 
-pub use archive::{ArchiveFuture, BlobBody, BuildArchive, SiteStorage};
+pub use archive::{ArchiveFuture, BlobBody, BuildArchive, GcSummary, SiteStorage};
 pub use ecs::{EcsRunner, EcsRunnerConfig};
 pub use error::ApiError;
 pub use file_store::FileStore;
@@ -110,6 +110,8 @@ pub struct ApiConfig {
     pub token_sha256: Option<[u8; 32]>,
     /// Per-client limit on mutations and log streams; `None` for no limit.
     pub rate_limit: Option<ratelimit::RateLimit>,
+    /// How old an unreferenced blob must be before a garbage collection deletes it.
+    pub gc_grace: std::time::Duration,
 }
 
 /// The control plane's shared state: stores, log bus, job queue and settings.

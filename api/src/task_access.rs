@@ -129,8 +129,9 @@ pub fn acl_rules(prefix: &str, id: &DeploymentId, password_sha256: &str) -> Vec<
 /// The session policy limiting an upload-role session to deployment `id` in `bucket`: its
 /// staging area put (and multipart uploads into it aborted), the shared blobs read (a `HEAD`
 /// says whether one is stored; a blob's name is the hash of its bytes, so only what the build
-/// has can be found), nothing listed or deleted; and the build caches of its cache scope
-/// (`scope`, from [`gitdeploy_core::keys::cache_scope`]), read and put.
+/// has can be found), nothing deleted; the build caches of its cache scope (`scope`, from
+/// [`gitdeploy_core::keys::cache_scope`]), read and put; and only the markers of garbage
+/// collections listed (a publish waits while one runs, `builder::publish::gc`).
 pub fn s3_session_policy(
     bucket: &str,
     layout: &ObjectLayout,
@@ -155,6 +156,12 @@ pub fn s3_session_policy(
             "Effect": "Allow",
             "Action": ["s3:GetObject", "s3:PutObject"],
             "Resource": [arn(format!("{}*", layout.build_cache_prefix(scope)))],
+        }, {
+            "Sid": "SeeWhetherACollectionRuns",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": [format!("arn:aws:s3:::{bucket}")],
+            "Condition": {"StringLike": {"s3:prefix": [format!("{}*", layout.gc_running_prefix())]}},
         }],
     })
     .to_string()
@@ -299,8 +306,17 @@ mod tests {
                     serde_json::json!(["s3:GetObject", "s3:PutObject"]),
                     serde_json::json!([format!("arn:aws:s3:::b/{p}build-cache/project-p/*")]),
                 ),
+                (
+                    serde_json::json!(["s3:ListBucket"]),
+                    serde_json::json!(["arn:aws:s3:::b"]),
+                ),
             ];
             assert_eq!(got, want, "{prefix}");
+            // Listing only the collections' markers.
+            assert_eq!(
+                statements[3]["Condition"],
+                serde_json::json!({"StringLike": {"s3:prefix": [format!("{p}gc/running/*")]}})
+            );
         }
     }
 

@@ -75,6 +75,35 @@ impl ObjectLayout {
         format!("{}uploads/{id}/", self.prefix)
     }
 
+    /// Key of one part of a publish's plan (`part`: a lookup's own name): the blobs it is about
+    /// to look up and reuse, written before the lookups so a garbage collection that starts
+    /// meanwhile keeps them.
+    pub fn plan(&self, id: &DeploymentId, part: &str) -> String {
+        format!("{}plan-{part}.json", self.upload_prefix(id))
+    }
+
+    /// Whether `key` is a plan ([`ObjectLayout::plan`]).
+    pub fn is_plan(&self, key: &str) -> bool {
+        key.strip_prefix(&self.uploads_prefix())
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(_, name)| name.starts_with("plan-") && name.ends_with(".json"))
+    }
+
+    /// The prefix of every staging area (and plan).
+    pub fn uploads_prefix(&self) -> String {
+        format!("{}uploads/", self.prefix)
+    }
+
+    /// The prefix of the markers of garbage collections in progress.
+    pub fn gc_running_prefix(&self) -> String {
+        format!("{}gc/running/", self.prefix)
+    }
+
+    /// Key a garbage collection marks itself running at.
+    pub fn gc_running(&self, run: &str) -> String {
+        format!("{}{run}", self.gc_running_prefix())
+    }
+
     /// Key a scoped uploader stages a blob at, for a trusted finisher to verify and move.
     pub fn staged_blob(&self, id: &DeploymentId, hash: &ContentHash) -> String {
         format!("{}{hash}", self.upload_prefix(id))
@@ -220,5 +249,17 @@ mod tests {
             format!("gd/uploads/k3f9q2m8x1ab/{}", "ab".repeat(32))
         );
         assert_eq!(l.log_archive(&id), "logs/k3f9q2m8x1ab.ndjson");
+        let gd = ObjectLayout::new("gd");
+        assert_eq!(gd.plan(&id, "p1"), "gd/uploads/k3f9q2m8x1ab/plan-p1.json");
+        assert_eq!(gd.gc_running("r1"), "gd/gc/running/r1");
+        for (key, plan) in [
+            ("gd/uploads/k3f9q2m8x1ab/plan-p1.json", true),
+            ("gd/uploads/k3f9q2m8x1ab/manifest.json", false),
+            (&gd.staged_blob(&id, &h), false),
+            ("gd/uploads/plan-p1.json", false),
+            ("uploads/k3f9q2m8x1ab/plan-p1.json", false),
+        ] {
+            assert_eq!(gd.is_plan(key), plan, "{key}");
+        }
     }
 }

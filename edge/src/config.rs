@@ -58,6 +58,28 @@ pub(crate) struct Platform {
     pub access_log: Option<crate::access_log::AccessLogSettings>,
     /// How often the edge stores its per-project traffic counts.
     pub traffic_flush: Duration,
+    /// Garbage collection of unreferenced blobs.
+    pub gc: GcSettings,
+}
+
+/// When blobs no deployment names are deleted (`builder::publish::gc`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GcSettings {
+    /// How often this edge runs a collection; `None`: only on `POST /api/gc`.
+    pub every: Option<Duration>,
+    /// How old an unreferenced blob must be to be deleted: longer than any publish takes, from
+    /// its first upload to its manifest.
+    pub grace: Duration,
+}
+
+impl GcSettings {
+    /// Settings from seconds (`0` interval: no periodic collection).
+    pub fn from_secs(every: u64, grace: u64) -> Self {
+        GcSettings {
+            every: (every > 0).then(|| Duration::from_secs(every)),
+            grace: Duration::from_secs(grace),
+        }
+    }
 }
 
 /// A TLS listener beside the plain one: the same sites and API over HTTPS and HTTP/2.

@@ -28,6 +28,7 @@ use gitdeploy_core::ObjectLayout;
 use pingora_core::upstreams::peer::HttpPeer;
 
 mod site_storage;
+pub(crate) use site_storage::collect_periodically;
 
 /// SHA-256 of the empty body: every request the edge sends to S3 has no body.
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";

@@ -370,6 +370,7 @@ pub(crate) fn control_plane(
             limits,
             token_sha256: api.token.as_deref().map(token_sha256),
             rate_limit: api.rate_limit,
+            gc_grace: platform.gc.grace,
         },
         state.records.clone(),
         state.bus.clone(),

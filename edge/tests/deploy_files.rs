@@ -128,6 +128,14 @@ fn iam_policies_are_least_privilege() {
                 assert_eq!(actions, ["s3:GetObject", "s3:PutObject"], "{st}");
             } else if r.ends_with("/blobs/*") {
                 assert_eq!(actions, ["s3:GetObject"], "builds may only read {r}");
+            } else if r == "arn:aws:s3:::example-gitdeploy-sites" {
+                // Listing only the markers of running garbage collections.
+                assert_eq!(actions, ["s3:ListBucket"], "{st}");
+                assert_eq!(
+                    st["Condition"]["StringLike"]["s3:prefix"],
+                    serde_json::json!(["gc/running/*"]),
+                    "{st}"
+                );
             } else {
                 assert!(r.ends_with("/uploads/*"), "builds may write {r}");
                 assert_eq!(actions, ["s3:AbortMultipartUpload", "s3:PutObject"], "{st}");
@@ -171,17 +179,18 @@ fn iam_policies_are_least_privilege() {
             .map(|k| format!("arn:aws:s3:::example-gitdeploy-sites/{k}/*"))
             .collect()
     };
-    // It deletes a deployment's own objects (the DELETE API) and its staging area; never a
-    // shared blob, a build cache or an access log.
+    // It deletes a deployment's own objects (the DELETE API) and its staging area, blobs no
+    // deployment names (garbage collection) and its collections' markers; never a build cache
+    // or an access log.
     assert_eq!(
         granted("s3:DeleteObject"),
-        bucket(&["sites", "manifests", "logs", "uploads"])
+        bucket(&["sites", "manifests", "logs", "uploads", "blobs", "gc"])
     );
-    // It writes the blobs and manifests of uploads it checked, build-log archives and access
-    // logs.
+    // It writes the blobs and manifests of uploads it checked, build-log archives, access
+    // logs and its collections' markers.
     assert_eq!(
         granted("s3:PutObject"),
-        bucket(&["blobs", "manifests", "logs", "access-logs"])
+        bucket(&["blobs", "manifests", "gc", "logs", "access-logs"])
     );
     let pass = edge
         .iter()

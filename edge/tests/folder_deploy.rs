@@ -369,6 +369,22 @@ async fn the_upload_protocol_refuses_bad_input_and_publishes_nothing() {
             .contains("is not the br compression"),
         "{answer}"
     );
+    // A variant claimed with its file at upload is checked there.
+    let resp = gd
+        .http()
+        .put(gd.api(&blob(&h)))
+        .header("x-gitdeploy-variants", format!("br={fh}:{}", fake.len()))
+        .body(page.as_bytes().to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (422, Some("variant_mismatch")),
+        "{answer}"
+    );
     assert_eq!(
         gd.status(&id).await["status"],
         "uploading",

@@ -31,6 +31,7 @@
 //! POST /api/projects/{name}/domains {"domain"} → 201 {domain, status}: claim a custom domain
 //! GET  /api/projects/{name}/domains  [{domain, status, error?, not_after_unix_ms?}]
 //! DELETE /api/projects/{name}/domains/{domain}  release it → 204
+//! POST /api/gc                     delete the blobs no deployment names (after the grace)
 //! GET  /api/health                 liveness
 //! GET  /api/ready                  readiness: the state store and the storage answer
 //! ```
@@ -125,6 +126,7 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
             "/api/projects/{name}/domains/{domain}",
             axum::routing::delete(remove_domain),
         )
+        .route("/api/gc", post(collect_garbage))
         .route("/api/hooks/github", post(github_hook))
         .route("/api/hooks/deploy/{name}/{secret}", post(deploy_hook))
         .fallback(|| async { ApiError::not_found("no such route") })

@@ -28,6 +28,11 @@ use crate::store::{Deployment, DeploymentSource};
 use crate::uploads::{check_files, manifest, parse, Finalize, Plan};
 use crate::{now_ms, ControlPlane};
 
+/// The header naming the variants an uploader made of a blob (`br=<hash>:<size>,gzip=…`).
+const VARIANTS_HEADER: &str = "x-gitdeploy-variants";
+/// How a storage error refusing a claimed variant starts.
+const VARIANT_REFUSED: &str = "refused: ";
+
 /// A blob up to this size is checked in memory; a larger one is spooled to a file.
 const IN_MEMORY: usize = 16 << 20;
 
@@ -115,7 +120,7 @@ pub(super) async fn missing_blobs(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let storage = storage(&cp)?;
-    uploading(&cp, &id).await?;
+    let d = uploading(&cp, &id).await?;
     let plan: Plan = parse(&body, "plan")?;
     check_files(
         plan.files.iter().map(|f| (f.path.as_str(), f.size)),
@@ -125,7 +130,7 @@ pub(super) async fn missing_blobs(
     hashes.sort();
     hashes.dedup();
     let found = storage
-        .lookup_blobs(hashes.clone())
+        .lookup_blobs(&d.id, hashes.clone())
         .await
         .map_err(|e| ApiError::unavailable(format!("cannot look blobs up (try again): {e}")))?;
     let mut missing = Vec::new();
@@ -146,8 +151,15 @@ pub(super) async fn missing_blobs(
 pub(super) async fn put_blob(
     State(cp): State<ControlPlane>,
     Path((id, hash)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let variants = match headers.get(VARIANTS_HEADER) {
+        None => None,
+        Some(v) => Some(v.to_str().map(str::to_owned).map_err(|_| {
+            ApiError::bad_request("invalid_variants", format!("{VARIANTS_HEADER} is not text"))
+        })?),
+    };
     let storage = storage(&cp)?;
     let hash = ContentHash::parse(&hash).map_err(|e| ApiError::bad_request("invalid_hash", e))?;
     let d = uploading(&cp, &id).await?;
@@ -192,9 +204,12 @@ pub(super) async fn put_blob(
         None => BlobBody::Memory(Bytes::from(memory)),
     };
     storage
-        .put_blob(&d.id, hash, body)
+        .put_blob(&d.id, hash, body, variants)
         .await
-        .map_err(|e| ApiError::unavailable(format!("cannot store blob {hash} (try again): {e}")))?;
+        .map_err(|e| match e.strip_prefix(VARIANT_REFUSED) {
+            Some(why) => ApiError::unprocessable("variant_mismatch", why),
+            None => ApiError::unavailable(format!("cannot store blob {hash} (try again): {e}")),
+        })?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -254,6 +269,26 @@ pub(super) async fn finalize_upload(
     .await;
     let d = lookup(&cp, &id).await?;
     Ok(Json(deployment_json(&cp, &d)))
+}
+
+/// `POST /api/gc`: one garbage collection of blobs now (edges also run one periodically).
+pub(super) async fn collect_garbage(
+    State(cp): State<ControlPlane>,
+) -> Result<Json<Value>, ApiError> {
+    let report = storage(&cp)?
+        .collect_garbage(cp.config.gc_grace)
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(format!(
+                "the collection stopped (nothing more deleted): {e}"
+            ))
+        })?;
+    tracing::info!(
+        deleted = report.deleted,
+        freed = report.freed_bytes,
+        "blobs collected"
+    );
+    Ok(Json(json!(report)))
 }
 
 /// Cancels an upload (nothing was published): the deployment ends `canceled`.

@@ -107,8 +107,9 @@ impl S3Blobs {
     }
 
     /// Whether the shared store holds `hash`, and what it recorded of its variants (empty when
-    /// nothing readable was recorded).
-    pub async fn lookup(&self, hash: &ContentHash) -> Result<Option<Recorded>, String> {
+    /// nothing readable was recorded). Only through [`super::BlobSink::lookup`], which writes
+    /// the publish's plan first.
+    async fn head(&self, hash: &ContentHash) -> Result<Option<Recorded>, String> {
         let found = self
             .client
             .head_object()
@@ -205,13 +206,27 @@ impl super::BlobSink for S3Blobs {
     }
 
     async fn lookup(&self, files: Vec<super::Planned>) -> Result<Vec<Option<Recorded>>, String> {
+        // The plan first, then no lookup while a collection runs (see `gc`).
+        let hashes: Vec<ContentHash> = files.iter().map(|f| f.hash).collect();
+        let plan = serde_json::to_vec(&hashes).map_err(|e| e.to_string())?;
+        let part = DeploymentId::random().to_string();
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.layout.plan(&self.id, &part))
+            .content_type("application/json")
+            .body(ByteStream::from(plan))
+            .send()
+            .await
+            .map_err(|e| format!("writing the publish plan failed: {}", storage_error(&e)))?;
+        super::gc::wait_for_collections(&self.client, &self.bucket, &self.layout).await?;
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL_LOOKUPS));
         let mut tasks = tokio::task::JoinSet::new();
         for (index, file) in files.into_iter().enumerate() {
             let (blobs, permits) = (self.clone(), permits.clone());
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
-                Ok::<_, String>((index, blobs.lookup(&file.hash).await?))
+                Ok::<_, String>((index, blobs.head(&file.hash).await?))
             });
         }
         let mut out = Vec::new();
@@ -245,7 +260,13 @@ impl super::BlobSink for S3Blobs {
     }
 
     async fn finalize(&self, manifest: Manifest) -> Result<(), String> {
-        S3Blobs::finalize(self, &manifest).await
+        S3Blobs::finalize(self, &manifest).await?;
+        // The plans go once the manifest names the blobs (a staged upload's finisher removes
+        // them with the rest of its staging area).
+        if self.placement == Placement::Shared {
+            super::remove_staging(&self.client, &self.bucket, &self.layout, &self.id).await?;
+        }
+        Ok(())
     }
 }
 

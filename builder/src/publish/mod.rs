@@ -11,6 +11,7 @@
 //! interrupted publish resumes the same way: whatever reached the store is found there.
 
 mod blobs;
+pub mod gc;
 mod multipart;
 mod sink;
 mod staged;
@@ -30,6 +31,7 @@ use tokio::task::JoinSet;
 pub use blobs::{read_recorded, write_recorded, Placement, Recorded, S3Blobs};
 pub use sink::{BlobSink, Planned, Progress};
 pub use staged::{publish_checked, publish_staged, remove_staging};
+pub use verify::verified_record;
 
 use crate::collect::{open_output_file, OutputFile};
 use crate::config::BuilderConfig;

@@ -7,7 +7,7 @@
 //! equal to its name (read back and hashed when the store kept none, as after a multipart
 //! upload), every size must be the stored size, and a staged blob is copied into `blobs/`
 //! without the metadata its writer gave it. Only then is `manifests/<id>.json` written; the
-//! staging area is removed after, whatever the outcome.
+//! staging area (with the publish's plans) is removed after, whatever the outcome.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -89,9 +89,47 @@ pub async fn publish_checked(
         }
     }
     let sizes = blob_sizes(&manifest)?;
+    // Files first: a variant their stored record vouches for is in the store already.
+    let files: BTreeMap<ContentHash, u64> = manifest
+        .files
+        .values()
+        .filter_map(|f| f.hash.map(|h| (h, f.size)))
+        .collect();
+    let mut recorded = admit_all(client, bucket, layout, id, files).await?;
+    let vouched: std::collections::HashSet<(ContentHash, u64)> = recorded
+        .values()
+        .flat_map(|r| r.values().flatten().copied())
+        .collect();
+    let rest = sizes
+        .into_iter()
+        .filter(|(hash, size)| !recorded.contains_key(hash) && !vouched.contains(&(*hash, *size)))
+        .collect();
+    recorded.extend(admit_all(client, bucket, layout, id, rest).await?);
+    super::verify::check_variants(client, bucket, layout, &manifest, &recorded).await?;
+    let body = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(layout.manifest(id))
+        .content_type("application/json")
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .map_err(|e| format!("writing the manifest failed: {}", storage_error(&e)))?;
+    Ok(())
+}
+
+/// [`admit`] for each blob (in parallel): what the store recorded of each.
+async fn admit_all(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    layout: &ObjectLayout,
+    id: &DeploymentId,
+    blobs: BTreeMap<ContentHash, u64>,
+) -> Result<BTreeMap<ContentHash, super::Recorded>, String> {
     let permits = Arc::new(Semaphore::new(PARALLEL));
     let mut checks = JoinSet::new();
-    for (hash, size) in sizes {
+    for (hash, size) in blobs {
         let (client, bucket, layout, id) = (
             client.clone(),
             bucket.to_owned(),
@@ -110,18 +148,7 @@ pub async fn publish_checked(
         let (hash, found) = done.map_err(|e| format!("checking a blob failed: {e}"))??;
         recorded.insert(hash, found);
     }
-    super::verify::check_variants(client, bucket, layout, &manifest, &recorded).await?;
-    let body = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
-    client
-        .put_object()
-        .bucket(bucket)
-        .key(layout.manifest(id))
-        .content_type("application/json")
-        .body(ByteStream::from(body))
-        .send()
-        .await
-        .map_err(|e| format!("writing the manifest failed: {}", storage_error(&e)))?;
-    Ok(())
+    Ok(recorded)
 }
 
 /// A content type that is safe to send as a header: visible ASCII and spaces, not too long.

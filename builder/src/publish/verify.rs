@@ -72,6 +72,55 @@ fn decompresses_to(compressed: &[u8], encoding: Encoding, file: &ContentHash, si
     ContentHash::from_digest(Sha256::digest(&out).into()) == *file
 }
 
+/// The variants claimed for a file whose bytes are in hand (`file`, about to be stored as
+/// `hash`), each read from the store and checked to decompress to exactly those bytes: the
+/// record its blob may carry. A claim that is not its compression is refused; "tried, not
+/// smaller" entries are not kept (nothing vouches for them).
+pub async fn verified_record(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    layout: &ObjectLayout,
+    hash: &ContentHash,
+    file: bytes::Bytes,
+    claimed: &Recorded,
+) -> Result<Recorded, String> {
+    let mut out = Recorded::new();
+    for (encoding, kept) in claimed {
+        let Some((variant, size)) = kept else {
+            continue;
+        };
+        let key = layout.blob(variant);
+        let got = client
+            .get_object()
+            .bucket(bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| format!("variant {variant} is not stored: {}", storage_error(&e)))?;
+        let body = got
+            .body
+            .collect()
+            .await
+            .map_err(|e| format!("reading variant {variant} failed: {e}"))?
+            .into_bytes();
+        let (encoding, file, hash) = (*encoding, file.clone(), *hash);
+        let good = body.len() as u64 == *size
+            && tokio::task::spawn_blocking(move || {
+                decompresses_to(&body, encoding, &hash, file.len() as u64)
+            })
+            .await
+            .map_err(|e| format!("checking variant {variant} failed: {e}"))?;
+        if !good {
+            return Err(format!(
+                "blob {variant} is not the {} compression of blob {hash}",
+                encoding.token()
+            ));
+        }
+        out.insert(encoding, Some((*variant, *size)));
+    }
+    Ok(out)
+}
+
 /// Checks every variant `recorded` does not vouch for, refusing the first that is not its
 /// file's compression, then records the checked ones on their file blobs.
 pub(super) async fn check_variants(

@@ -125,14 +125,23 @@ impl BlobSink for ApiBlobs {
         &self,
         hash: ContentHash,
         body: Vec<u8>,
-        _recorded: Option<Recorded>,
+        recorded: Option<Recorded>,
     ) -> Result<(), String> {
         let body = bytes::Bytes::from(body);
+        // The variants made of a file go with it, for the server to check and record.
+        let variants = recorded
+            .map(|r| r.into_iter().filter(|(_, kept)| kept.is_some()).collect())
+            .map(|r: Recorded| publish::write_recorded(&r))
+            .filter(|text| !text.is_empty());
         self.send(&format!("uploading blob {hash}"), || {
-            Ok(self
+            let mut req = self
                 .http
                 .put(self.url(&format!("blobs/{hash}")))
-                .body(body.clone()))
+                .body(body.clone());
+            if let Some(text) = &variants {
+                req = req.header("x-gitdeploy-variants", text);
+            }
+            Ok(req)
         })
         .await
         .map(|_| ())

@@ -3,11 +3,41 @@
 //! written into `blobs/`, and a finalized upload published through the same checks as a build
 //! task's staged upload, [`publish::publish_checked`]).
 
-use gitdeploy_api::{ArchiveFuture, BlobBody, SiteStorage};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gitdeploy_api::{ArchiveFuture, BlobBody, GcSummary, SiteStorage};
 use gitdeploy_builder::publish::{self, BlobSink, Placement, S3Blobs};
 use gitdeploy_core::{ContentHash, DeploymentId, Manifest};
 
 use super::{origin_error, OriginError, S3Origin};
+
+/// Runs a garbage collection of blobs every `settings.every` on `rt` (none without one).
+pub(crate) fn collect_periodically(
+    origin: &Arc<S3Origin>,
+    rt: &tokio::runtime::Runtime,
+    settings: crate::config::GcSettings,
+) {
+    let Some(every) = settings.every else { return };
+    let origin = origin.clone();
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // not at start-up: the first one after a full interval
+        loop {
+            tick.tick().await;
+            match origin.collect_garbage(settings.grace).await {
+                Ok(r) => tracing::info!(
+                    deleted = r.deleted,
+                    freed_bytes = r.freed_bytes,
+                    kept_in_grace = r.in_grace,
+                    "blobs collected"
+                ),
+                Err(e) => tracing::warn!("blob collection stopped, to try again later: {e}"),
+            }
+        }
+    });
+}
 
 impl S3Origin {
     fn blobs(&self, id: &DeploymentId) -> S3Blobs {
@@ -63,10 +93,13 @@ impl SiteStorage for S3Origin {
         })
     }
 
-    fn lookup_blobs(&self, hashes: Vec<ContentHash>) -> ArchiveFuture<'_, Vec<Option<String>>> {
+    fn lookup_blobs(
+        &self,
+        id: &DeploymentId,
+        hashes: Vec<ContentHash>,
+    ) -> ArchiveFuture<'_, Vec<Option<String>>> {
+        let blobs = self.blobs(id);
         Box::pin(async move {
-            // Any deployment's view answers a lookup: blobs are shared.
-            let blobs = self.blobs(&DeploymentId::random());
             let planned = hashes
                 .into_iter()
                 .map(|hash| publish::Planned {
@@ -88,12 +121,35 @@ impl SiteStorage for S3Origin {
         id: &DeploymentId,
         hash: ContentHash,
         body: BlobBody,
+        variants: Option<String>,
     ) -> ArchiveFuture<'_, ()> {
         let blobs = self.blobs(id);
         Box::pin(async move {
             match body {
-                // No variants recorded: what a client says of them is checked at finalize.
-                BlobBody::Memory(bytes) => blobs.put(&hash, bytes.to_vec(), None).await,
+                // Claimed variants are checked against these bytes before they are recorded
+                // (`refused: ` when one is not their compression); a large blob has none.
+                BlobBody::Memory(bytes) => {
+                    let recorded = match variants {
+                        None => None,
+                        Some(text) => {
+                            let claimed = publish::read_recorded(&text).ok_or(
+                                "refused: the variants are not `br=<hash>:<size>,…`".to_owned(),
+                            )?;
+                            let checked = publish::verified_record(
+                                &self.client,
+                                &self.bucket,
+                                &self.layout,
+                                &hash,
+                                bytes.clone(),
+                                &claimed,
+                            )
+                            .await
+                            .map_err(|e| format!("refused: {e}"))?;
+                            Some(checked)
+                        }
+                    };
+                    blobs.put(&hash, bytes.to_vec(), recorded.as_ref()).await
+                }
                 BlobBody::File(mut file, size) => {
                     use std::io::Seek;
                     file.rewind().map_err(|e| e.to_string())?;
@@ -108,7 +164,25 @@ impl SiteStorage for S3Origin {
     fn publish_upload(&self, id: &DeploymentId, manifest: Manifest) -> ArchiveFuture<'_, ()> {
         let id = id.clone();
         Box::pin(async move {
-            publish::publish_checked(&self.client, &self.bucket, &self.layout, &id, manifest).await
+            publish::publish_checked(&self.client, &self.bucket, &self.layout, &id, manifest)
+                .await?;
+            // Its plans, now that the manifest names the blobs.
+            publish::remove_staging(&self.client, &self.bucket, &self.layout, &id).await?;
+            Ok(())
+        })
+    }
+
+    fn collect_garbage(&self, grace: Duration) -> ArchiveFuture<'_, GcSummary> {
+        Box::pin(async move {
+            let r = publish::gc::collect(&self.client, &self.bucket, &self.layout, grace).await?;
+            Ok(GcSummary {
+                manifests: r.manifests,
+                plans: r.plans,
+                blobs: r.blobs,
+                deleted: r.deleted,
+                freed_bytes: r.freed_bytes,
+                in_grace: r.in_grace,
+            })
         })
     }
 }

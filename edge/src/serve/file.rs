@@ -169,6 +169,20 @@ pub(super) struct S3Section {
     pub(super) prefix: String,
     #[serde(default = "aws")]
     pub(super) credentials: String,
+    /// How often this edge collects unreferenced blobs (0: only on `POST /api/gc`).
+    #[serde(default = "hour")]
+    pub(super) gc_interval_secs: u64,
+    /// How old an unreferenced blob must be before it is deleted.
+    #[serde(default = "two_hours")]
+    pub(super) gc_grace_secs: u64,
+}
+
+fn hour() -> u64 {
+    3600
+}
+
+fn two_hours() -> u64 {
+    7200
 }
 
 #[derive(Debug, Deserialize)]

@@ -273,6 +273,10 @@ impl Config {
             access_log,
             trusted_proxies,
             traffic_flush: std::time::Duration::from_secs(10),
+            gc: crate::config::GcSettings::from_secs(
+                self.s3.gc_interval_secs,
+                self.s3.gc_grace_secs,
+            ),
             listen: self.server.listen,
             metrics_listen: self.server.metrics_listen,
             domain: self

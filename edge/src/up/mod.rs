@@ -128,6 +128,7 @@ pub fn run(platform: Platform) -> anyhow::Result<()> {
         .transpose()?;
     let traffic = Arc::new(crate::traffic::TrafficRecorder::default());
     traffic.start(state.traffic.clone(), &control_rt, opts.traffic_flush);
+    crate::origin::collect_periodically(&origin, &control_rt, opts.gc);
     let domain_certs = crate::domain_certs::DomainCertificates::new(
         opts.acme.is_none() && opts.tls.as_ref().is_some_and(|t| t.platform.is_none()),
         opts.acme

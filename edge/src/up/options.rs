@@ -201,6 +201,13 @@ pub struct UpOptions {
     /// How often the per-project traffic counts are stored, in ms.
     #[arg(long, default_value_t = 10_000, hide = true)]
     traffic_flush_interval_ms: u64,
+    /// How often blobs no deployment names are collected, in seconds (0: only on
+    /// `POST /api/gc`).
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    gc_interval_secs: u64,
+    /// How old an unreferenced blob must be before it is deleted, in seconds.
+    #[arg(long, default_value_t = 7200, value_name = "SECONDS")]
+    gc_grace_secs: u64,
 }
 
 impl UpOptions {
@@ -224,6 +231,7 @@ impl UpOptions {
             trusted_proxies,
             access_log,
             traffic_flush: ms(self.traffic_flush_interval_ms.max(10)),
+            gc: crate::config::GcSettings::from_secs(self.gc_interval_secs, self.gc_grace_secs),
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             domain: self.domain.trim_end_matches('.').to_ascii_lowercase(),
