@@ -90,6 +90,33 @@ impl Edge {
         })
     }
 
+    /// Bytes of every object stored under `blobs/` in the embedded store (on disk).
+    pub fn blob_bytes(&self) -> u64 {
+        fn walk(dir: &Path, inside: bool) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| {
+                    let path = e.path();
+                    let inside = inside || e.file_name() == "blobs";
+                    match e.metadata() {
+                        Ok(m) if m.is_dir() => walk(&path, inside),
+                        Ok(m) if inside => m.len(),
+                        _ => 0,
+                    }
+                })
+                .sum()
+        }
+        walk(self._data.path(), false)
+    }
+
+    /// The API's address, for the CLI.
+    pub fn api(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// Deploys the fixture and waits until it is ready; returns the deployment id.
     pub async fn deploy(&self, site: &crate::site::Fixture) -> anyhow::Result<String> {
         let (_, record) = self.timed_deploy(&site.root).await?;

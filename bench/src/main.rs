@@ -93,7 +93,8 @@ enum Scenario {
     Large,
     /// The original design's Node http-proxy (no cache) against the edge.
     Node,
-    /// Time from deploy request to ready for 10, 100 and 1,000 files.
+    /// Time from deploy request to ready: git first deploys of 10, 100 and 1,000 files, a
+    /// redeploy with one file changed, the CLI's `deploy --prebuilt`, and blob storage.
     Deploy,
     /// Log latency from the build's write to WebSocket clients at 1, 100 and 1,000 followers.
     Logs,
@@ -280,9 +281,9 @@ async fn main() -> anyhow::Result<()> {
         )?);
         rows.push(measure(NODE, NODE_PROXY.into(), &node, &host, &small)?);
     }
-    let deploys = match run(Scenario::Deploy) {
+    let (deploys, storage) = match run(Scenario::Deploy) {
         true => deploys::measure(&gitdeploy).await?,
-        false => Vec::new(),
+        false => (Vec::new(), None),
     };
 
     let mut log_rows = Vec::new();
@@ -367,7 +368,7 @@ async fn main() -> anyhow::Result<()> {
     let mut report = render(&opts, &rows)?;
     report.push_str(&render_targets(&rows));
     if !deploys.is_empty() {
-        report.push_str(&deploys::render(&deploys)?);
+        report.push_str(&deploys::render(&deploys, storage.as_ref())?);
     }
     if !log_rows.is_empty() {
         report.push_str(&logs::render(&log_rows));

@@ -89,15 +89,16 @@ pub struct Files {
 }
 
 impl Files {
-    /// Writes and commits `n` files of about 2 KiB across a few directories.
-    pub fn create(n: usize) -> anyhow::Result<Self> {
+    /// Writes and commits `n` files of about 2 KiB across a few directories; `seed` makes
+    /// every file's bytes differ from another seed's, so a deploy of it finds nothing stored.
+    pub fn create(n: usize, seed: u32) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let root = dir.path().join("site");
         let mut bytes = 0;
         for i in 0..n {
             let path = root.join(format!("d{}/page{i:04}.html", i % 10));
             std::fs::create_dir_all(path.parent().unwrap_or(&root))?;
-            let body = format!("<p>page {i}</p>\n").repeat(128);
+            let body = format!("<p>page {i} of site {seed}</p>\n").repeat(100);
             bytes += body.len() as u64;
             std::fs::write(path, body)?;
         }
@@ -108,6 +109,37 @@ impl Files {
             bytes,
             _dir: dir,
         })
+    }
+}
+
+impl Files {
+    /// Changes file `i` (a new version `v`) and commits the change.
+    pub fn change_one(&self, i: usize, v: u32) -> anyhow::Result<()> {
+        let path = self.root.join(format!("d{}/page{i:04}.html", i % 10));
+        std::fs::write(path, format!("<p>page {i}, version {v}</p>\n").repeat(100))?;
+        for args in [
+            &["add", "-A"][..],
+            &[
+                "-c",
+                "user.email=bench@example.com",
+                "-c",
+                "user.name=bench",
+                "commit",
+                "-q",
+                "-m",
+                "change",
+            ],
+        ] {
+            let status = Command::new("git")
+                .args(args)
+                .current_dir(&self.root)
+                .status()
+                .context("git")?;
+            if !status.success() {
+                bail!("git {args:?} failed");
+            }
+        }
+        Ok(())
     }
 }
 

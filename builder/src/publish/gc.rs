@@ -239,6 +239,8 @@ async fn sweep(
 
 /// Waits while a collection runs (a marker younger than [`LEASE`]), so that lookups made after
 /// it returns see what any running collection deleted. Called once a publish's plan is written.
+/// Collections that follow one another for a whole lease without a gap fail the publish
+/// (it may be tried again) rather than let it look up during one.
 pub async fn wait_for_collections(
     client: &aws_sdk_s3::Client,
     bucket: &str,
@@ -251,8 +253,14 @@ pub async fn wait_for_collections(
             .await?
             .into_iter()
             .any(|(_, _, modified)| modified + LEASE.as_millis() as u64 > now);
-        if !running || Instant::now() > deadline {
+        if !running {
             return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "garbage collections ran for {} s without a pause; publish again",
+                LEASE.as_secs()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
