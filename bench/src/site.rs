@@ -117,37 +117,21 @@ impl Files {
     pub fn change_one(&self, i: usize, v: u32) -> anyhow::Result<()> {
         let path = self.root.join(format!("d{}/page{i:04}.html", i % 10));
         std::fs::write(path, format!("<p>page {i}, version {v}</p>\n").repeat(100))?;
-        for args in [
-            &["add", "-A"][..],
-            &[
-                "-c",
-                "user.email=bench@example.com",
-                "-c",
-                "user.name=bench",
-                "commit",
-                "-q",
-                "-m",
-                "change",
-            ],
-        ] {
-            let status = Command::new("git")
-                .args(args)
-                .current_dir(&self.root)
-                .status()
-                .context("git")?;
-            if !status.success() {
-                bail!("git {args:?} failed");
-            }
-        }
-        Ok(())
+        commit_changes(&self.root, "change")
     }
 }
 
 /// Makes `root` a git repository with everything in it committed.
 pub fn commit_all(root: &std::path::Path, message: &str) -> anyhow::Result<()> {
-    for args in [
-        &["init", "-q"][..],
-        &["add", "-A"],
+    git(root, &["init", "-q"])?;
+    commit_changes(root, message)
+}
+
+/// Commits everything changed in the repository at `root`.
+fn commit_changes(root: &std::path::Path, message: &str) -> anyhow::Result<()> {
+    git(root, &["add", "-A"])?;
+    git(
+        root,
         &[
             "-c",
             "user.email=bench@example.com",
@@ -158,15 +142,17 @@ pub fn commit_all(root: &std::path::Path, message: &str) -> anyhow::Result<()> {
             "-m",
             message,
         ],
-    ] {
-        let status = Command::new("git")
-            .args(args)
-            .current_dir(root)
-            .status()
-            .context("git")?;
-        if !status.success() {
-            bail!("git {args:?} failed");
-        }
+    )
+}
+
+fn git(root: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("git")
+        .args(args)
+        .current_dir(root)
+        .status()
+        .context("git")?;
+    if !status.success() {
+        bail!("git {args:?} failed");
     }
     Ok(())
 }
