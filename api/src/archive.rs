@@ -32,10 +32,11 @@ pub trait SiteStorage: Send + Sync {
     /// For each hash, in order: `None` when the blob store lacks it, else what the store
     /// recorded of its variants (`br=<hash>:<size>,gzip=-`, empty when nothing). The lookup is
     /// part of deployment `id`'s publish: its plan is recorded first, so a garbage collection
-    /// keeps what it finds.
+    /// keeps what it finds. Blobs deployment `base`'s manifest names are found there.
     fn lookup_blobs(
         &self,
         id: &DeploymentId,
+        base: Option<DeploymentId>,
         hashes: Vec<ContentHash>,
     ) -> ArchiveFuture<'_, Vec<Option<String>>>;
 

@@ -171,6 +171,7 @@ impl Reconciler<'_> {
             limits: self.limits.clone(),
             cache_key: Some(d.cache_key()),
             previous_commit: d.previous_commit.clone(),
+            base: None,
         });
         Ok(())
     }

@@ -229,6 +229,7 @@ impl Platform {
                 limits: BuildLimits::default(),
                 cache_key: None,
                 previous_commit: None,
+                base: None,
             })
             .unwrap();
         id

@@ -44,15 +44,22 @@ pub async fn measure(gitdeploy: &Path) -> anyhow::Result<(Vec<DeployRow>, Option
             seed += 1;
             let files = site::Files::create(n, seed)?;
             runs.push(
-                git_deploy(&edge, &files, format!("git, first deploy, {} files", n + 1)).await?,
+                git_deploy(
+                    &edge,
+                    &files,
+                    None,
+                    format!("git, first deploy, {} files", n + 1),
+                )
+                .await?,
             );
         }
         rows.push(median(runs));
     }
-    // One file changed, three times.
+    // One file changed, three times, in a project (each build's lookups answered by the
+    // production manifest it follows).
     seed += 1;
     let files = site::Files::create(1000, seed)?;
-    git_deploy(&edge, &files, String::new()).await?;
+    git_deploy(&edge, &files, Some("bench-git"), String::new()).await?;
     let mut runs = Vec::new();
     for v in 0..3 {
         files.change_one(17 + v as usize, v)?;
@@ -60,6 +67,7 @@ pub async fn measure(gitdeploy: &Path) -> anyhow::Result<(Vec<DeployRow>, Option
             git_deploy(
                 &edge,
                 &files,
+                Some("bench-git"),
                 "git, redeploy, 1,001 files, 1 changed".into(),
             )
             .await?,
@@ -93,10 +101,10 @@ pub async fn measure(gitdeploy: &Path) -> anyhow::Result<(Vec<DeployRow>, Option
     // Storage: one deployment, then nine more of the same site, on an edge of their own.
     let edge = Edge::start(gitdeploy, &[]).await?;
     let files = site::Files::create(1000, 999)?;
-    git_deploy(&edge, &files, String::new()).await?;
+    git_deploy(&edge, &files, None, String::new()).await?;
     let one = edge.blob_bytes();
     for _ in 0..9 {
-        git_deploy(&edge, &files, String::new()).await?;
+        git_deploy(&edge, &files, None, String::new()).await?;
     }
     let storage = Some(StorageRow {
         one,
@@ -110,8 +118,13 @@ fn median(mut runs: Vec<DeployRow>) -> DeployRow {
     runs.swap_remove(runs.len() / 2)
 }
 
-async fn git_deploy(edge: &Edge, files: &site::Files, case: String) -> anyhow::Result<DeployRow> {
-    let (wall, record) = edge.timed_deploy(&files.root).await?;
+async fn git_deploy(
+    edge: &Edge,
+    files: &site::Files,
+    project: Option<&str>,
+    case: String,
+) -> anyhow::Result<DeployRow> {
+    let (wall, record) = edge.timed_deploy(&files.root, project).await?;
     let id = record["id"].as_str().unwrap_or_default().to_owned();
     let log = edge.log(&id).await?;
     let line = log
@@ -141,6 +154,7 @@ async fn cli_deploy(
     let start = Instant::now();
     let out = tokio::process::Command::new(gitdeploy)
         .args(["deploy", &files.root.display().to_string(), "--prebuilt"])
+        .args(["--project", "bench-cli", "--prod"])
         .args(["--api", &edge.api()])
         .env_remove("GITDEPLOY_TOKEN")
         .output()

@@ -119,7 +119,7 @@ impl Edge {
 
     /// Deploys the fixture and waits until it is ready; returns the deployment id.
     pub async fn deploy(&self, site: &crate::site::Fixture) -> anyhow::Result<String> {
-        let (_, record) = self.timed_deploy(&site.root).await?;
+        let (_, record) = self.timed_deploy(&site.root, None).await?;
         Ok(record["id"]
             .as_str()
             .context("no deployment id")?
@@ -128,12 +128,20 @@ impl Edge {
 
     /// Deploys the repository at `repo`; returns the time from the request to the moment the
     /// API reports it ready, and the deployment's record.
-    pub async fn timed_deploy(&self, repo: &Path) -> anyhow::Result<(Duration, serde_json::Value)> {
+    pub async fn timed_deploy(
+        &self,
+        repo: &Path,
+        project: Option<&str>,
+    ) -> anyhow::Result<(Duration, serde_json::Value)> {
         let start = Instant::now();
+        let mut body = serde_json::json!({ "repo": repo });
+        if let Some(p) = project {
+            body["project"] = serde_json::json!(p);
+        }
         let answer: serde_json::Value = self
             .http
             .post(format!("http://{}/api/deployments", self.addr))
-            .json(&serde_json::json!({ "repo": repo }))
+            .json(&body)
             .send()
             .await?
             .json()

@@ -407,7 +407,8 @@ async fn steps(
         &config.layout,
         &job.deployment,
         placement,
-    );
+    )
+    .with_base(job.base.clone());
     let published = publish::publish(
         &blobs,
         publish::Release {

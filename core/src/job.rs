@@ -82,6 +82,11 @@ pub struct BuildJob {
     /// the build is skipped ([`crate::watch`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_commit: Option<String>,
+    /// A deployment whose manifest answers the publish's lookups of the files it names (the
+    /// project's production deployment when the build was queued), in place of one `HEAD`
+    /// per file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<DeploymentId>,
 }
 
 /// Per-deployment build settings; every field is optional.

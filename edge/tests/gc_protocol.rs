@@ -170,3 +170,95 @@ async fn lookups_wait_while_a_collection_runs() {
     let found = lookup.await.unwrap().unwrap();
     assert!(found[0].is_some());
 }
+
+#[tokio::test]
+async fn a_base_manifest_answers_for_the_files_it_names_while_it_exists() {
+    use gitdeploy_core::manifest::MANIFEST_VERSION;
+    use gitdeploy_core::{Encoding, FileEntry, Manifest, Variant};
+    let store = Store::start().await;
+    // The base names a file and its br variant; neither blob is looked at while it exists.
+    let (file, br) = (
+        ContentHash::from_digest([1; 32]),
+        ContentHash::from_digest([2; 32]),
+    );
+    let base = DeploymentId::random();
+    let manifest = Manifest {
+        version: MANIFEST_VERSION,
+        deployment: base.to_string(),
+        project: None,
+        commit: None,
+        created_unix_ms: 0,
+        files: [(
+            "index.html".to_owned(),
+            FileEntry {
+                size: 5,
+                etag: file.etag(),
+                content_type: "text/html".into(),
+                hash: Some(file),
+                encodings: [(
+                    Encoding::Br,
+                    Variant {
+                        size: 3,
+                        etag: file.variant_etag("br"),
+                        hash: Some(br),
+                    },
+                )]
+                .into(),
+            },
+        )]
+        .into(),
+        rules: Default::default(),
+    };
+    let key = store.layout.manifest(&base);
+    store
+        .client
+        .put_object()
+        .bucket(BUCKET)
+        .key(&key)
+        .body(ByteStream::from(serde_json::to_vec(&manifest).unwrap()))
+        .send()
+        .await
+        .unwrap();
+    let id = DeploymentId::random();
+    let blobs = store.blobs(&id).with_base(Some(base.clone()));
+    let found = BlobSink::lookup(&blobs, planned(file)).await.unwrap();
+    let recorded = found[0].clone().expect("answered by the base manifest");
+    assert_eq!(recorded[&Encoding::Br], Some((br, 3)));
+    assert_eq!(recorded[&Encoding::Gzip], None, "not made again either");
+    // Its plan names the variant it reuses, so a collection keeps both.
+    let plans = store
+        .client
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .prefix(store.layout.upload_prefix(&id))
+        .send()
+        .await
+        .unwrap();
+    let plan_key = plans.contents()[0].key().unwrap().to_owned();
+    let plan = store
+        .client
+        .get_object()
+        .bucket(BUCKET)
+        .key(&plan_key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    let planned_hashes: Vec<ContentHash> = serde_json::from_slice(&plan).unwrap();
+    assert!(planned_hashes.contains(&file) && planned_hashes.contains(&br));
+    // Once the base is gone, the store itself answers (and lacks the blob).
+    store
+        .client
+        .delete_object()
+        .bucket(BUCKET)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    let found = BlobSink::lookup(&blobs, planned(file)).await.unwrap();
+    assert_eq!(found[0], None);
+}

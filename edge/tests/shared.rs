@@ -360,6 +360,7 @@ async fn a_build_task_reports_its_outcome_and_an_edge_applies_it() {
         limits: BuildLimits::default(),
         cache_key: None,
         previous_commit: None,
+        base: None,
     };
     records.insert(building(&job, None)).await.unwrap();
     let status = run_build_task(&job, &redis, &s3, None).await;
@@ -634,6 +635,7 @@ async fn a_build_task_without_bubblewrap_keeps_its_environment_from_the_build() 
         limits: BuildLimits::default(),
         cache_key: None,
         previous_commit: None,
+        base: None,
     };
     let store = gitdeploy_api::RedisStore::connect(&redis.url, "gitdeploy:")
         .await
@@ -703,6 +705,7 @@ async fn build_tasks_keep_framework_caches_in_the_bucket() {
                 limits: BuildLimits::default(),
                 cache_key: Some("project-cached".into()),
                 previous_commit: None,
+                base: None,
             };
             records
                 .insert(building(&job, Some("cached")))
@@ -839,6 +842,7 @@ async fn a_build_task_with_a_session_of_its_own_stages_and_the_edge_publishes() 
         limits: BuildLimits::default(),
         cache_key: None,
         previous_commit: None,
+        base: None,
     };
     records.insert(building(&job, None)).await.unwrap();
     let status = run_build_task(&job, &redis, &s3, None).await;

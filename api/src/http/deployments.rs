@@ -155,6 +155,11 @@ pub(super) async fn queue_deployment(
     previous_commit: Option<String>,
 ) -> Result<Deployment, ApiError> {
     let place = cp.queue.reserve().map_err(submit_error)?;
+    // The project's production manifest answers the publish's lookups of the files it names.
+    let base = match &project {
+        Some(name) => cp.records.project(name).await?.and_then(|p| p.production),
+        None => None,
+    };
     let stored_repo = gitdeploy_core::repo::redact_repo_url(&repo);
     let deployment = Deployment {
         id: DeploymentId::random(),
@@ -190,6 +195,7 @@ pub(super) async fn queue_deployment(
             limits: cp.config.limits.clone(),
             cache_key: Some(deployment.cache_key()),
             previous_commit,
+            base,
         })
         .map_err(submit_error)?;
     tracing::info!(%id, repo = %deployment.repo_display(), "deployment queued");

@@ -126,11 +126,16 @@ pub(super) async fn missing_blobs(
         plan.files.iter().map(|f| (f.path.as_str(), f.size)),
         &cp.config.limits,
     )?;
+    // The project's production manifest answers for the files it names.
+    let base = match &d.project {
+        Some(name) => cp.records.project(name).await?.and_then(|p| p.production),
+        None => None,
+    };
     let mut hashes: Vec<ContentHash> = plan.files.iter().map(|f| f.hash).collect();
     hashes.sort();
     hashes.dedup();
     let found = storage
-        .lookup_blobs(&d.id, hashes.clone())
+        .lookup_blobs(&d.id, base, hashes.clone())
         .await
         .map_err(|e| ApiError::unavailable(format!("cannot look blobs up (try again): {e}")))?;
     let mut missing = Vec::new();

@@ -76,6 +76,28 @@ pub struct S3Blobs {
     layout: ObjectLayout,
     id: DeploymentId,
     placement: Placement,
+    base: Option<DeploymentId>,
+}
+
+/// What a (version 2) manifest says of each blob it names as a file: its kept variants, and
+/// for the other encodings "none kept" (so they are not made again for a file reused from it).
+pub fn known_from(manifest: &Manifest) -> std::collections::HashMap<ContentHash, Recorded> {
+    let mut out = std::collections::HashMap::new();
+    for entry in manifest.files.values() {
+        let Some(hash) = entry.hash else { continue };
+        if entry.encodings.values().any(|v| v.hash.is_none()) {
+            continue;
+        }
+        let mut recorded: Recorded = [Encoding::Br, Encoding::Gzip]
+            .into_iter()
+            .map(|e| (e, None))
+            .collect();
+        for (enc, v) in &entry.encodings {
+            recorded.insert(*enc, v.hash.map(|h| (h, v.size)));
+        }
+        out.insert(hash, recorded);
+    }
+    out
 }
 
 impl S3Blobs {
@@ -93,7 +115,42 @@ impl S3Blobs {
             layout: layout.clone(),
             id: id.clone(),
             placement,
+            base: None,
         }
+    }
+
+    /// Looks files named by deployment `base`'s manifest up there (one read) instead of one
+    /// `HEAD` each.
+    pub fn with_base(mut self, base: Option<DeploymentId>) -> Self {
+        self.base = base.filter(|b| *b != self.id);
+        self
+    }
+
+    /// The base deployment's manifest, when it has one that can be read (else lookups `HEAD`).
+    async fn base_manifest(&self) -> Option<Manifest> {
+        let base = self.base.as_ref()?;
+        let got = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.layout.manifest(base))
+            .send()
+            .await
+            .ok()?;
+        let body = got.body.collect().await.ok()?.into_bytes();
+        Manifest::from_json(&body).ok()
+    }
+
+    /// Whether the base deployment's manifest still exists.
+    async fn base_still_stored(&self) -> bool {
+        let Some(base) = &self.base else { return false };
+        self.client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.layout.manifest(base))
+            .send()
+            .await
+            .is_ok()
     }
 
     /// Where this store writes.
@@ -207,7 +264,18 @@ impl super::BlobSink for S3Blobs {
 
     async fn lookup(&self, files: Vec<super::Planned>) -> Result<Vec<Option<Recorded>>, String> {
         // The plan first, then no lookup while a collection runs (see `gc`).
-        let hashes: Vec<ContentHash> = files.iter().map(|f| f.hash).collect();
+        // A base manifest's entries stand for lookups of the blobs it names: its blobs are
+        // kept while it exists, so if it still exists once no collection runs, every
+        // collection in between saw it. Their variants go into the plan with them.
+        let mut known = match self.base_manifest().await {
+            Some(m) => known_from(&m),
+            None => Default::default(),
+        };
+        known.retain(|hash, _| files.iter().any(|f| f.hash == *hash));
+        let mut hashes: Vec<ContentHash> = files.iter().map(|f| f.hash).collect();
+        for recorded in known.values() {
+            hashes.extend(recorded.values().flatten().map(|(h, _)| *h));
+        }
         let plan = serde_json::to_vec(&hashes).map_err(|e| e.to_string())?;
         let part = DeploymentId::random().to_string();
         self.client
@@ -220,21 +288,25 @@ impl super::BlobSink for S3Blobs {
             .await
             .map_err(|e| format!("writing the publish plan failed: {}", storage_error(&e)))?;
         super::gc::wait_for_collections(&self.client, &self.bucket, &self.layout).await?;
+        if !known.is_empty() && !self.base_still_stored().await {
+            known.clear();
+        }
+        let mut out: Vec<Option<Recorded>> =
+            files.iter().map(|f| known.get(&f.hash).cloned()).collect();
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL_LOOKUPS));
         let mut tasks = tokio::task::JoinSet::new();
         for (index, file) in files.into_iter().enumerate() {
+            if out[index].is_some() {
+                continue;
+            }
             let (blobs, permits) = (self.clone(), permits.clone());
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
                 Ok::<_, String>((index, blobs.head(&file.hash).await?))
             });
         }
-        let mut out = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             let (index, found) = joined.map_err(|e| format!("lookup task failed: {e}"))??;
-            if out.len() <= index {
-                out.resize(index + 1, None);
-            }
             out[index] = found;
         }
         Ok(out)

@@ -96,9 +96,10 @@ impl SiteStorage for S3Origin {
     fn lookup_blobs(
         &self,
         id: &DeploymentId,
+        base: Option<DeploymentId>,
         hashes: Vec<ContentHash>,
     ) -> ArchiveFuture<'_, Vec<Option<String>>> {
-        let blobs = self.blobs(id);
+        let blobs = self.blobs(id).with_base(base);
         Box::pin(async move {
             let planned = hashes
                 .into_iter()
