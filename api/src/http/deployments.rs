@@ -155,11 +155,7 @@ pub(super) async fn queue_deployment(
     previous_commit: Option<String>,
 ) -> Result<Deployment, ApiError> {
     let place = cp.queue.reserve().map_err(submit_error)?;
-    // The project's production manifest answers the publish's lookups of the files it names.
-    let base = match &project {
-        Some(name) => cp.records.project(name).await?.and_then(|p| p.production),
-        None => None,
-    };
+    let base = lookup_base(cp, project.as_deref()).await?;
     let stored_repo = gitdeploy_core::repo::redact_repo_url(&repo);
     let deployment = Deployment {
         id: DeploymentId::random(),
@@ -200,6 +196,18 @@ pub(super) async fn queue_deployment(
         .map_err(submit_error)?;
     tracing::info!(%id, repo = %deployment.repo_display(), "deployment queued");
     Ok(deployment)
+}
+
+/// The deployment whose manifest answers a publish's lookups of the files it names: the
+/// project's production deployment, if it has one.
+pub(super) async fn lookup_base(
+    cp: &ControlPlane,
+    project: Option<&str>,
+) -> Result<Option<DeploymentId>, ApiError> {
+    Ok(match project {
+        Some(name) => cp.records.project(name).await?.and_then(|p| p.production),
+        None => None,
+    })
 }
 
 pub(super) fn submit_error(e: SubmitError) -> ApiError {

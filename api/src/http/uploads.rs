@@ -126,11 +126,7 @@ pub(super) async fn missing_blobs(
         plan.files.iter().map(|f| (f.path.as_str(), f.size)),
         &cp.config.limits,
     )?;
-    // The project's production manifest answers for the files it names.
-    let base = match &d.project {
-        Some(name) => cp.records.project(name).await?.and_then(|p| p.production),
-        None => None,
-    };
+    let base = lookup_base(&cp, d.project.as_deref()).await?;
     let mut hashes: Vec<ContentHash> = plan.files.iter().map(|f| f.hash).collect();
     hashes.sort();
     hashes.dedup();
