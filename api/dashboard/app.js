@@ -188,8 +188,12 @@ function signIn(returnTo) {
   form.elements.token.focus();
 }
 
-// Where a deployment's files came from: its repository, or "local folder" (`deploy --prebuilt`).
-function sourceOf(d) { return d.source === "local folder" ? "local folder" : d.repo; }
+// Where a deployment's files came from: its repository, or "local folder" (`deploy .` sends
+// its source, built here; `deploy --prebuilt` its files as they are).
+function sourceOf(d) {
+  if (d.source !== "local folder") return d.repo;
+  return d.archive ? "local folder (built here)" : "local folder";
+}
 
 function deploymentRow(d, extra) {
   return h("li", { class: "row" },

@@ -172,6 +172,7 @@ impl Reconciler<'_> {
             cache_key: Some(d.cache_key()),
             previous_commit: d.previous_commit.clone(),
             base: None,
+            archive: d.archive,
         });
         Ok(())
     }

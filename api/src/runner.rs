@@ -380,7 +380,7 @@ async fn spawn_and_follow(
                 files: Some(files),
                 bytes: Some(bytes),
             },
-            commit: Some(commit),
+            commit,
         },
         (Some(0), Some(BuilderEvent::Skipped { commit, reason })) => Finished {
             outcome: Outcome {

@@ -11,7 +11,7 @@ use std::io;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use gitdeploy_core::job::{BuildSettings, ServingOptions};
+use gitdeploy_core::job::{BuildSettings, ServingOptions, SourceArchive};
 use gitdeploy_core::repo::redact_repo_url;
 use gitdeploy_core::{DeploymentId, DeploymentStatus};
 use serde::{Deserialize, Serialize};
@@ -80,6 +80,10 @@ pub struct Deployment {
     /// Where its files came from.
     #[serde(default, skip_serializing_if = "DeploymentSource::is_git")]
     pub source: DeploymentSource,
+    /// For a local folder built here (`gitdeploy deploy .`): its uploaded source archive. A
+    /// folder without one was published as is (`--prebuilt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<SourceArchive>,
 }
 
 /// Where a deployment's files came from.
@@ -89,7 +93,8 @@ pub enum DeploymentSource {
     #[default]
     #[serde(rename = "git")]
     Git,
-    /// A folder published as is through the deploy API (`gitdeploy deploy ./dist --prebuilt`).
+    /// A local folder sent through the deploy API: published as is (`gitdeploy deploy ./dist
+    /// --prebuilt`) or, with [`Deployment::archive`], its source built (`gitdeploy deploy .`).
     #[serde(rename = "local folder")]
     Folder,
 }
@@ -106,6 +111,7 @@ impl Deployment {
     pub fn cache_key(&self) -> String {
         match &self.project {
             Some(p) => format!("project-{p}"),
+            None if self.archive.is_some() => format!("folder-{}", self.id),
             None => gitdeploy_core::repo::cache_key(&self.repo),
         }
     }
@@ -600,6 +606,7 @@ mod tests {
             previous_commit: None,
             skip_reason: None,
             source: Default::default(),
+            archive: None,
         };
         assert_eq!(d.repo_display(), "https://***@example.com/r");
     }

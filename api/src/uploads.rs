@@ -10,6 +10,9 @@
 //! POST /api/deployments/{id}/finalize {"files": [{"path", "hash", "size", "content_type", "encodings"?: {"br": {"hash", "size"}}}],
 //!                                      "redirects"?: text, "headers"?: text} → 200, status "ready"
 //! ```
+//!
+//! A source folder (`gitdeploy deploy .`) opens with `"archive": {"hash", "size"}` (answered with
+//! `"missing"`), puts that one blob, and finalizes with `{}`: its build is queued.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -151,6 +151,7 @@ mod tests {
             previous_commit: None,
             skip_reason: None,
             source: Default::default(),
+            archive: None,
         };
         use DeploymentStatus::{Failed, Ready, Skipped};
         let serving = ServingOptions::default();

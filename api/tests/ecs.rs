@@ -214,6 +214,7 @@ impl Platform {
                 previous_commit: None,
                 skip_reason: None,
                 source: Default::default(),
+                archive: None,
                 repo_credentials_withheld: false,
             })
             .await
@@ -230,6 +231,7 @@ impl Platform {
                 cache_key: None,
                 previous_commit: None,
                 base: None,
+                archive: None,
             })
             .unwrap();
         id

@@ -86,6 +86,7 @@ fn deployment(n: u32, project: Option<&str>, at: u64) -> Deployment {
         previous_commit: None,
         skip_reason: None,
         source: Default::default(),
+        archive: None,
         repo_credentials_withheld: false,
     }
 }

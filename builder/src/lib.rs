@@ -25,9 +25,11 @@ pub mod publish;
 mod remote_cache;
 mod sandbox;
 mod skip;
+pub mod source_archive;
 mod steps;
 pub mod storage;
 mod tool_fetch;
+mod uploaded_source;
 
 pub use config::BuilderConfig;
 pub use confine::run_if_asked as confine_if_asked;

@@ -17,7 +17,7 @@ use crate::failure::{build_failure, Failure};
 use crate::lines::Redactor;
 use crate::prepare::{prepare_sandbox, write_private, SandboxDirs};
 use crate::sandbox::{self, Cgroups, Mount, NEUTRAL};
-use crate::{build_cache, node_version, remote_cache, skip, tool_fetch};
+use crate::{build_cache, node_version, remote_cache, skip, tool_fetch, uploaded_source};
 use crate::{
     collect, confine, detect, disk, publish, EXIT_BUILD_FAILED, EXIT_INTERNAL, EXIT_READY,
 };
@@ -80,7 +80,8 @@ pub async fn run(config: &BuilderConfig, emitter: &Emitter) -> i32 {
 enum Done {
     /// Built and published.
     Published {
-        commit: String,
+        /// None for an uploaded source folder.
+        commit: Option<String>,
         published: publish::Published,
     },
     /// Nothing it depends on changed since the last ready build ([`skip`]).
@@ -128,13 +129,24 @@ async fn steps(
         limit: job.limits.max_disk_bytes,
     };
 
-    let git_env = git_env(job, &base_env)?;
-    let commit = clone(job, emitter, &src, &git_env, deadline, &disk).await?;
-    match skip::decide(job, &src, &git_env, &commit).await {
-        Some(skip::Decision::Skip(reason)) => return Ok(Done::Skipped { commit, reason }),
-        Some(skip::Decision::Build(reason)) => emitter.system(&format!("Building: {reason}")),
-        None => {}
-    }
+    let commit = match &job.archive {
+        Some(archive) => {
+            uploaded_source::unpack(config, emitter, archive, &src).await?;
+            None
+        }
+        None => {
+            let git_env = git_env(job, &base_env)?;
+            let commit = clone(job, emitter, &src, &git_env, deadline, &disk).await?;
+            match skip::decide(job, &src, &git_env, &commit).await {
+                Some(skip::Decision::Skip(reason)) => return Ok(Done::Skipped { commit, reason }),
+                Some(skip::Decision::Build(reason)) => {
+                    emitter.system(&format!("Building: {reason}"))
+                }
+                None => {}
+            }
+            Some(commit)
+        }
+    };
 
     // Detect, in the root directory (a monorepo subfolder when configured).
     let root = match &job.build.root_dir {
@@ -414,7 +426,7 @@ async fn steps(
         publish::Release {
             id: &job.deployment,
             project: job.project.as_deref(),
-            commit: Some(&commit),
+            commit: commit.as_deref(),
         },
         files,
         rules,

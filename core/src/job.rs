@@ -87,6 +87,19 @@ pub struct BuildJob {
     /// per file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<DeploymentId>,
+    /// A source folder uploaded through the deploy API (`gitdeploy deploy .`), built in place of
+    /// a clone of `repo` (then empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<SourceArchive>,
+}
+
+/// An uploaded source folder: a gzipped tar stored as blob `hash` in the blob store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceArchive {
+    /// The archive's content hash (its blob).
+    pub hash: crate::ContentHash,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
 /// Per-deployment build settings; every field is optional.
@@ -416,8 +429,9 @@ pub enum BuilderEvent {
     },
     /// The build succeeded and the manifest is written.
     Published {
-        /// The commit that was built.
-        commit: String,
+        /// The commit that was built (none for an uploaded source folder).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
         /// Number of files published.
         files: u64,
         /// Total bytes published.

@@ -2,7 +2,7 @@
 //! playwright-core from `tests/browser/`) against a real `gitdeploy up` that requires a token.
 //! The script signs in, deploys a fixture repository over git on loopback, watches its log
 //! arrive, opens the site, deploys again, rolls back and promotes, saves settings, shows a folder
-//! published with `deploy --prebuilt` with its source, and checks the pages at 375 px. Screenshots of every page land in `target/tmp/dashboard/`.
+//! published with `deploy --prebuilt` and one built with `deploy .` with their sources, and checks the pages at 375 px. Screenshots of every page land in `target/tmp/dashboard/`.
 
 mod common;
 
@@ -89,6 +89,31 @@ async fn dashboard_deploys_follows_promotes_and_rolls_back_in_chromium() {
         String::from_utf8_lossy(&published.stderr)
     );
     let folder_id = printed.split_whitespace().nth(1).unwrap().to_owned();
+    // And a source folder, built on the server (`deploy .`).
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(
+        source.path().join("index.html"),
+        "<h1>built from a folder</h1>",
+    )
+    .unwrap();
+    let built = Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
+        .args(["deploy", "."])
+        .args(["--api", &gd.api(""), "--token", TOKEN])
+        .current_dir(source.path())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&built.stdout);
+    assert!(
+        built.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let source_id = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("Deployment "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
 
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     let _ = std::fs::remove_dir_all(&artifacts);
@@ -101,6 +126,7 @@ async fn dashboard_deploys_follows_promotes_and_rolls_back_in_chromium() {
         .env("REPO_URL", git.url("dash"))
         .env("REPO_DIR", &repo_dir)
         .env("FOLDER_ID", &folder_id)
+        .env("SOURCE_ID", &source_id)
         .env("ARTIFACTS", &artifacts)
         .env("CHROMIUM", &chromium)
         .kill_on_drop(true)

@@ -17,27 +17,6 @@ fn hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Runs the CLI against `gd`: exit code, stdout, stderr.
-async fn cli(gd: &Gitdeploy, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.extend(["--api".to_owned(), gd.api("")]);
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gitdeploy"))
-            .args(&all)
-            .env_remove("GITDEPLOY_TOKEN")
-            .env("XDG_CONFIG_HOME", "/nonexistent")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
-}
-
 fn write(dir: &std::path::Path, rel: &str, body: &[u8]) {
     let path = dir.join(rel);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -75,18 +54,19 @@ async fn a_folder_is_published_as_is_and_a_redeploy_uploads_only_what_changed() 
     write(dist.path(), "media/big.bin", &big);
     let folder = dist.path().to_str().unwrap();
 
-    let (code, out, err) = cli(
-        &gd,
-        &[
-            "deploy",
-            folder,
-            "--prebuilt",
-            "--project",
-            "folder-site",
-            "--prod",
-        ],
-    )
-    .await;
+    let (code, out, err) = gd
+        .cli(
+            None,
+            &[
+                "deploy",
+                folder,
+                "--prebuilt",
+                "--project",
+                "folder-site",
+                "--prod",
+            ],
+        )
+        .await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("Uploaded 4 of 4 files"), "{out}");
     let url = line_after(&out, "Ready: ");
@@ -149,11 +129,12 @@ async fn a_folder_is_published_as_is_and_a_redeploy_uploads_only_what_changed() 
 
     // One file changed: one blob uploaded; the unchanged page keeps its ETag.
     write(dist.path(), "app.js", b"console.log('two');");
-    let (code, out, err) = cli(
-        &gd,
-        &["deploy", folder, "--prebuilt", "--project", "folder-site"],
-    )
-    .await;
+    let (code, out, err) = gd
+        .cli(
+            None,
+            &["deploy", folder, "--prebuilt", "--project", "folder-site"],
+        )
+        .await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
         out.contains("Uploaded 1 of 4 files (1 blob, 19 B)"),
@@ -191,7 +172,9 @@ async fn a_folder_is_published_as_is_and_a_redeploy_uploads_only_what_changed() 
     );
 
     // A folder over the limits, and a missing one, are refused before anything is opened.
-    let (code, _, err) = cli(&gd, &["deploy", "/nonexistent/dist", "--prebuilt"]).await;
+    let (code, _, err) = gd
+        .cli(None, &["deploy", "/nonexistent/dist", "--prebuilt"])
+        .await;
     assert_eq!(code, Some(2));
     assert!(err.contains("is not a folder"), "{err}");
     let listed = gd.get_json("/api/deployments").await;
@@ -455,18 +438,19 @@ async fn a_promotion_keeps_serving_the_replaced_builds_hashed_chunks() {
             for (rel, body) in &files {
                 write(dir.path(), rel, body.as_bytes());
             }
-            let (code, out, err) = cli(
-                gd,
-                &[
-                    "deploy",
-                    dir.path().to_str().unwrap(),
-                    "--prebuilt",
-                    "--project",
-                    "skew",
-                    "--prod",
-                ],
-            )
-            .await;
+            let (code, out, err) = gd
+                .cli(
+                    None,
+                    &[
+                        "deploy",
+                        dir.path().to_str().unwrap(),
+                        "--prebuilt",
+                        "--project",
+                        "skew",
+                        "--prod",
+                    ],
+                )
+                .await;
             assert_eq!(code, Some(0), "{out}{err}");
         }
     };

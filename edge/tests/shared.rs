@@ -307,6 +307,7 @@ fn building(job: &gitdeploy_core::BuildJob, project: Option<&str>) -> gitdeploy_
         previous_commit: None,
         skip_reason: None,
         source: Default::default(),
+        archive: None,
     }
 }
 
@@ -361,6 +362,7 @@ async fn a_build_task_reports_its_outcome_and_an_edge_applies_it() {
         cache_key: None,
         previous_commit: None,
         base: None,
+        archive: None,
     };
     records.insert(building(&job, None)).await.unwrap();
     let status = run_build_task(&job, &redis, &s3, None).await;
@@ -636,6 +638,7 @@ async fn a_build_task_without_bubblewrap_keeps_its_environment_from_the_build() 
         cache_key: None,
         previous_commit: None,
         base: None,
+        archive: None,
     };
     let store = gitdeploy_api::RedisStore::connect(&redis.url, "gitdeploy:")
         .await
@@ -706,6 +709,7 @@ async fn build_tasks_keep_framework_caches_in_the_bucket() {
                 cache_key: Some("project-cached".into()),
                 previous_commit: None,
                 base: None,
+                archive: None,
             };
             records
                 .insert(building(&job, Some("cached")))
@@ -843,6 +847,7 @@ async fn a_build_task_with_a_session_of_its_own_stages_and_the_edge_publishes() 
         cache_key: None,
         previous_commit: None,
         base: None,
+        archive: None,
     };
     records.insert(building(&job, None)).await.unwrap();
     let status = run_build_task(&job, &redis, &s3, None).await;

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use gitdeploy_core::job::{validate_git_ref, BuildSettings, ServingOptions};
+use gitdeploy_core::job::{validate_git_ref, BuildSettings, ServingOptions, SourceArchive};
 use gitdeploy_core::repo::validate_repo_url;
 use gitdeploy_core::{BuildJob, DeploymentId, DeploymentStatus};
 use serde::Deserialize;
@@ -26,6 +26,10 @@ pub(super) struct DeployRequest {
     /// `"local folder"` opens an upload ([`super::uploads`]); absent or `"git"` builds `repo`.
     #[serde(default)]
     source: Option<String>,
+    /// With a local folder: its source, to be built here (`gitdeploy deploy .`); without, the
+    /// folder is published as is.
+    #[serde(default)]
+    archive: Option<SourceArchive>,
     #[serde(default, rename = "ref")]
     git_ref: Option<String>,
     #[serde(default)]
@@ -77,15 +81,22 @@ pub(super) async fn create_deployment(
             if req.git_ref.is_some() || req.build != BuildSettings::default() {
                 return Err(ApiError::bad_request(
                     "invalid_body",
-                    "a local folder is published as is: it takes no \"ref\" or \"build\"",
+                    "a local folder takes no \"ref\" or \"build\": it is published as is, or \
+                     built with its project's settings (PATCH /api/projects/{name})",
                 ));
             }
-            return create_upload(&cp, req.project, req.serving).await;
+            return create_upload(&cp, req.project, req.serving, req.archive).await;
         }
         (Some("local folder"), Some(_)) => {
             return Err(ApiError::bad_request(
                 "invalid_body",
                 "a deployment comes from a \"repo\" or from a \"local folder\", not both",
+            ))
+        }
+        (None | Some("git"), Some(_)) if req.archive.is_some() => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "an \"archive\" is the source of a \"local folder\", not of a repository",
             ))
         }
         (None | Some("git"), Some(repo)) => repo.trim().to_owned(),
@@ -176,6 +187,7 @@ pub(super) async fn queue_deployment(
         previous_commit: previous_commit.clone(),
         skip_reason: None,
         source: Default::default(),
+        archive: None,
     };
     let id = deployment.id.clone();
     cp.bus.create(&id).await?;
@@ -192,6 +204,7 @@ pub(super) async fn queue_deployment(
             cache_key: Some(deployment.cache_key()),
             previous_commit,
             base,
+            archive: None,
         })
         .map_err(submit_error)?;
     tracing::info!(%id, repo = %deployment.repo_display(), "deployment queued");

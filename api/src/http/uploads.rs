@@ -14,8 +14,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use gitdeploy_core::job::ServingOptions;
-use gitdeploy_core::{ContentHash, DeploymentId, DeploymentStatus, LogStream, Outcome};
+use gitdeploy_core::job::{BuildLimits, ServingOptions, SourceArchive};
+use gitdeploy_core::{BuildJob, ContentHash, DeploymentId, DeploymentStatus, LogStream, Outcome};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -64,8 +64,12 @@ pub(super) async fn create_upload(
     cp: &ControlPlane,
     project: Option<String>,
     serving: ServingOptions,
+    archive: Option<SourceArchive>,
 ) -> Result<Response, ApiError> {
-    storage(cp)?;
+    let storage = storage(cp)?;
+    if let Some(a) = &archive {
+        check_archive(a, &cp.config.limits)?;
+    }
     if let Some(name) = &project {
         validate_project_name(name)?;
         if cp.records.project(name).await?.is_none() {
@@ -98,14 +102,56 @@ pub(super) async fn create_upload(
         previous_commit: None,
         skip_reason: None,
         source: DeploymentSource::Folder,
+        archive,
     };
     cp.bus.create(&deployment.id).await?;
     cp.records.insert(deployment.clone()).await?;
-    job(cp, &deployment.id)
-        .system("Receiving a local folder through the deploy API".into())
-        .await;
-    tracing::info!(id = %deployment.id, "upload opened");
-    Ok((StatusCode::CREATED, Json(deployment_json(cp, &deployment))).into_response())
+    let mut answer = deployment_json(cp, &deployment);
+    let received = match &archive {
+        None => "Receiving a local folder through the deploy API".to_owned(),
+        Some(a) => {
+            // Its lookup records the upload's plan, so a collection keeps the archive it finds.
+            let found = storage
+                .lookup_blobs(&deployment.id, None, vec![a.hash])
+                .await
+                .map_err(|e| {
+                    ApiError::unavailable(format!("cannot look the archive up (try again): {e}"))
+                })?;
+            let missing: Vec<ContentHash> =
+                found[0].is_none().then_some(a.hash).into_iter().collect();
+            answer["missing"] = json!(missing);
+            format!(
+                "Receiving a source folder through the deploy API ({} bytes{})",
+                a.size,
+                if missing.is_empty() {
+                    ", already stored"
+                } else {
+                    ""
+                }
+            )
+        }
+    };
+    job(cp, &deployment.id).system(received).await;
+    tracing::info!(id = %deployment.id, source = archive.is_some(), "upload opened");
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// A source archive's claimed size: something, and no more than a file may be.
+fn check_archive(a: &SourceArchive, limits: &BuildLimits) -> Result<(), ApiError> {
+    if a.size == 0 {
+        return Err(ApiError::bad_request(
+            "invalid_archive",
+            "a source archive is never empty",
+        ));
+    }
+    if a.size > limits.max_file_bytes {
+        return Err(ApiError::too_large(format!(
+            "the source archive is {} bytes, over the {} accepted: leave build outputs and \
+             dependencies out (.gitignore)",
+            a.size, limits.max_file_bytes
+        )));
+    }
+    Ok(())
 }
 
 fn job<'a>(cp: &'a ControlPlane, id: &DeploymentId) -> Job<'a> {
@@ -121,6 +167,9 @@ pub(super) async fn missing_blobs(
 ) -> Result<Json<Value>, ApiError> {
     let storage = storage(&cp)?;
     let d = uploading(&cp, &id).await?;
+    if d.archive.is_some() {
+        return Err(source_upload(&d));
+    }
     let plan: Plan = parse(&body, "plan")?;
     check_files(
         plan.files.iter().map(|f| (f.path.as_str(), f.size)),
@@ -164,6 +213,9 @@ pub(super) async fn put_blob(
     let storage = storage(&cp)?;
     let hash = ContentHash::parse(&hash).map_err(|e| ApiError::bad_request("invalid_hash", e))?;
     let d = uploading(&cp, &id).await?;
+    if d.archive.is_some_and(|a| a.hash != hash) {
+        return Err(source_upload(&d));
+    }
     let limit = cp.config.limits.max_file_bytes;
     let mut hasher = Sha256::new();
     let mut memory: Vec<u8> = Vec::new();
@@ -223,6 +275,9 @@ pub(super) async fn finalize_upload(
 ) -> Result<Json<Value>, ApiError> {
     let storage = storage(&cp)?;
     let d = uploading(&cp, &id).await?;
+    if let Some(archive) = d.archive {
+        return queue_source(&cp, d, archive, &body).await;
+    }
     let upload: Finalize = parse(&body, "finalize")?;
     let (manifest, warnings) = manifest(
         &d.id,
@@ -270,6 +325,105 @@ pub(super) async fn finalize_upload(
     .await;
     let d = lookup(&cp, &id).await?;
     Ok(Json(deployment_json(&cp, &d)))
+}
+
+/// The refusal of a folder's blob request on an upload that sends one source archive.
+fn source_upload(d: &Deployment) -> ApiError {
+    ApiError::conflict(
+        "source_upload",
+        format!(
+            "deployment {} receives one source archive ({}): put that blob and finalize",
+            d.id,
+            d.archive.map(|a| a.hash.to_string()).unwrap_or_default()
+        ),
+    )
+}
+
+/// `finalize` of a source upload: once its archive is stored, the deployment is queued and
+/// built with its project's settings, as a push to its repository would be.
+async fn queue_source(
+    cp: &ControlPlane,
+    d: Deployment,
+    archive: SourceArchive,
+    body: &[u8],
+) -> Result<Json<Value>, ApiError> {
+    let empty: Map<String, Value> = parse(body, "finalize")?;
+    if !empty.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "a source upload's finalize takes no fields: the archive is the deployment",
+        ));
+    }
+    let found = storage(cp)?
+        .lookup_blobs(&d.id, None, vec![archive.hash])
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(format!("cannot look the archive up (try again): {e}"))
+        })?;
+    if found[0].is_none() {
+        return Err(ApiError::unprocessable(
+            "upload_refused",
+            format!("the source archive {} was never uploaded", archive.hash),
+        ));
+    }
+    let build = match &d.project {
+        Some(name) => cp
+            .records
+            .project(name)
+            .await?
+            .map(|p| p.build)
+            .unwrap_or_default(),
+        None => Default::default(),
+    };
+    build
+        .validate(cp.config.limits.timeout_secs)
+        .map_err(|e| ApiError::bad_request("invalid_build", e))?;
+    let place = cp.queue.reserve().map_err(submit_error)?;
+    let base = lookup_base(cp, d.project.as_deref()).await?;
+    let me = cp.queue.instance().to_owned();
+    let mut won = false;
+    let stored = build.without_secret_values();
+    let queued = cp
+        .records
+        .update(&d.id, |rec| {
+            won = rec.status == DeploymentStatus::Uploading;
+            if won {
+                rec.status = DeploymentStatus::Queued;
+                rec.runner = Some(me.clone());
+                rec.build = stored.clone();
+                rec.started_unix_ms = None;
+            }
+            Ok::<_, ApiError>(())
+        })
+        .await?;
+    let Some(queued) = queued.filter(|_| won) else {
+        return Err(uploading(cp, d.id.as_str()).await.err().unwrap_or_else(|| {
+            ApiError::conflict("not_uploading", "the upload ended while it was finalized")
+        }));
+    };
+    place
+        .submit(BuildJob {
+            deployment: d.id.clone(),
+            project: d.project.clone(),
+            repo: String::new(),
+            git_ref: None,
+            serving: d.serving.clone(),
+            build,
+            limits: cp.config.limits.clone(),
+            cache_key: Some(queued.cache_key()),
+            previous_commit: None,
+            base,
+            archive: Some(archive),
+        })
+        .map_err(submit_error)?;
+    job(cp, &d.id)
+        .system(format!(
+            "Received the source folder ({} bytes); queued for a build",
+            archive.size
+        ))
+        .await;
+    tracing::info!(id = %d.id, "source upload queued");
+    Ok(Json(deployment_json(cp, &queued)))
 }
 
 /// `POST /api/gc`: one garbage collection of blobs now (edges also run one periodically).

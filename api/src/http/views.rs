@@ -17,6 +17,8 @@ pub(super) fn deployment_json(cp: &ControlPlane, d: &Deployment) -> Value {
         "project_url": d.project.as_deref().map(|p| urls.site(p)),
         "source": d.source,
         "repo": (d.source == DeploymentSource::Git).then(|| d.repo_display()),
+        // A local folder's source, built here; absent when it came built (or from git).
+        "archive": d.archive,
         "ref": d.git_ref,
         "serving": d.serving,
         "build": d.build,

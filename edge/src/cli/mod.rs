@@ -10,6 +10,43 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+/// A deployment whose build was queued.
+struct Queued {
+    id: String,
+    url: String,
+}
+
+impl Queued {
+    /// With `follow` (or `prod`): streams the build log to its end, prints the URL, and with
+    /// `prod` promotes it; the exit status.
+    async fn finish(
+        self,
+        client: &Client,
+        project: Option<&str>,
+        prod: bool,
+        follow: bool,
+    ) -> Result<i32, String> {
+        if !follow && !prod {
+            return Ok(EXIT_OK);
+        }
+        let code = report_outcome(client.follow(&self.id, 0).await?);
+        if code != EXIT_OK {
+            return Ok(code);
+        }
+        println!("Ready: {}", self.url);
+        if let (true, Some(project)) = (prod, project) {
+            let p = client
+                .post(
+                    &format!("/api/projects/{project}/promote"),
+                    json!({"deployment": self.id}),
+                )
+                .await?;
+            println!("Production: {}", str_of(&p, "url"));
+        }
+        Ok(EXIT_OK)
+    }
+}
+
 /// Where to reach GitDeploy.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiOptions {
@@ -30,10 +67,12 @@ pub struct ApiOptions {
 #[derive(clap::Subcommand, Debug)]
 pub enum ClientCommand {
     /// Deploy a repository (prints the URL at once; with --follow streams the log to the end),
-    /// or with --prebuilt publish a built folder as is (`gitdeploy deploy ./dist --prebuilt`).
+    /// a source folder to be built on the server (`gitdeploy deploy .`: .gitignore respected,
+    /// its build followed), or with --prebuilt a built folder as is (`gitdeploy deploy ./dist
+    /// --prebuilt`).
     Deploy {
-        /// Repository URL (https, http, git or an absolute local path), or with --prebuilt the
-        /// folder to publish.
+        /// Repository URL (https, http, git or an absolute local path), a relative source
+        /// folder (`.`, `./site`), or with --prebuilt the folder to publish.
         repo: String,
         /// Publish the folder as is, without a build: only files the store lacks are uploaded.
         #[arg(long)]
@@ -116,6 +155,7 @@ pub enum ClientCommand {
 
 mod domains;
 mod output;
+mod source;
 mod upload;
 use domains::domains;
 pub use domains::DomainAction;
@@ -336,10 +376,15 @@ async fn run_async(opts: ApiOptions, command: ClientCommand) -> Result<i32, Stri
                 .await;
             }
             if std::path::Path::new(&repo).is_dir() && !repo.starts_with('/') {
-                return Err(format!(
-                    "{repo} is a local folder: publish a built one with `gitdeploy deploy {repo} --prebuilt` \
-                     (building a source folder on the server is not supported yet: push it to a repository)"
-                ));
+                if git_ref.is_some() {
+                    return Err(format!(
+                        "--ref is for repositories; {repo} is a local folder, sent as it is on disk"
+                    ));
+                }
+                let queued =
+                    source::deploy_source(&client, std::path::Path::new(&repo), project.as_deref())
+                        .await?;
+                return queued.finish(&client, project.as_deref(), prod, true).await;
             }
             let mut body = json!({ "repo": repo });
             if let Some(r) = &git_ref {
@@ -355,24 +400,9 @@ async fn run_async(opts: ApiOptions, command: ClientCommand) -> Result<i32, Stri
                 .to_owned();
             let url = str_of(&answer, "url").to_owned();
             println!("Deployment {id} queued: {url}");
-            if !follow && !prod {
-                return Ok(EXIT_OK);
-            }
-            let code = report_outcome(client.follow(&id, 0).await?);
-            if code != EXIT_OK {
-                return Ok(code);
-            }
-            println!("Ready: {url}");
-            if let (true, Some(project)) = (prod, &project) {
-                let p = client
-                    .post(
-                        &format!("/api/projects/{project}/promote"),
-                        json!({"deployment": id}),
-                    )
-                    .await?;
-                println!("Production: {}", str_of(&p, "url"));
-            }
-            Ok(EXIT_OK)
+            Queued { id, url }
+                .finish(&client, project.as_deref(), prod, follow)
+                .await
         }
         ClientCommand::Logs { id, follow, since } => {
             if follow {

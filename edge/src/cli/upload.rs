@@ -36,6 +36,70 @@ pub(super) struct ApiBlobs {
 }
 
 impl ApiBlobs {
+    /// The store of uploading deployment `id`.
+    pub(super) fn new(client: &Client, id: DeploymentId) -> ApiBlobs {
+        ApiBlobs {
+            http: client.http.clone(),
+            base: client.api.as_str().into(),
+            token: client.token.as_deref().map(Into::into),
+            id,
+            redirects: None,
+            headers: None,
+        }
+    }
+
+    /// Puts blob `hash` from `file` (`size` bytes), counting what is sent into `sent` (from 0
+    /// again on each try).
+    pub(super) async fn put_counted(
+        &self,
+        hash: ContentHash,
+        file: std::fs::File,
+        size: u64,
+        sent: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        self.send(&format!("uploading blob {hash}"), || {
+            use std::io::Seek;
+            use tokio::io::AsyncReadExt;
+            let mut again = file
+                .try_clone()
+                .map_err(|e| format!("cannot read the archive: {e}"))?;
+            again
+                .rewind()
+                .map_err(|e| format!("cannot read the archive: {e}"))?;
+            sent.store(0, Ordering::Relaxed);
+            let state = (tokio::fs::File::from_std(again), sent.clone());
+            let chunks = futures_util::stream::unfold(state, |(mut f, sent)| async move {
+                let mut buf = vec![0u8; 256 << 10];
+                match f.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        sent.fetch_add(n as u64, Ordering::Relaxed);
+                        Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), (f, sent)))
+                    }
+                    Err(e) => Some((Err(e), (f, sent))),
+                }
+            });
+            Ok(self
+                .http
+                .put(self.url(&format!("blobs/{hash}")))
+                .header(reqwest::header::CONTENT_LENGTH, size)
+                .body(reqwest::Body::wrap_stream(chunks)))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Finalizes a source upload: its build is queued.
+    pub(super) async fn finalize_source(&self) -> Result<(), String> {
+        self.send("finalizing the upload", || {
+            Ok(self.http.post(self.url("finalize")).json(&json!({})))
+        })
+        .await
+        .map(|_| ())
+    }
+
     fn url(&self, tail: &str) -> String {
         format!("{}/api/deployments/{}/{tail}", self.base, self.id)
     }
@@ -243,12 +307,9 @@ pub(super) async fn deploy_folder(
     let url = opened["url"].as_str().unwrap_or_default().to_owned();
     println!("Deployment {id} uploading from {}", dir.display());
     let blobs = ApiBlobs {
-        http: client.http.clone(),
-        base: client.api.as_str().into(),
-        token: client.token.as_deref().map(Into::into),
-        id: id.clone(),
         redirects: redirects.map(Into::into),
         headers: headers.map(Into::into),
+        ..ApiBlobs::new(client, id.clone())
     };
     let progress = Arc::new(Progress::default());
     let display = tokio::spawn(show_progress(progress.clone()));
@@ -365,7 +426,7 @@ fn progress_line(p: &Progress, elapsed: Duration) -> String {
 }
 
 /// `1.5 MB`-style sizes (powers of 1,000, like `ls -h --si`).
-fn human_bytes(n: u64) -> String {
+pub(super) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut value = n as f64;
     let mut unit = 0;

@@ -11,7 +11,7 @@ import { execFileSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import assert from "node:assert/strict";
 
-const { GITDEPLOY_URL, API_TOKEN, REPO_URL, REPO_DIR, ARTIFACTS, CHROMIUM, FOLDER_ID } = process.env;
+const { GITDEPLOY_URL, API_TOKEN, REPO_URL, REPO_DIR, ARTIFACTS, CHROMIUM, FOLDER_ID, SOURCE_ID } = process.env;
 for (const [k, v] of Object.entries({ GITDEPLOY_URL, API_TOKEN, REPO_URL, REPO_DIR, ARTIFACTS, CHROMIUM })) {
   if (!v) throw new Error(`${k} is not set`);
 }
@@ -203,6 +203,9 @@ try {
   const folderRow = page.locator("li.row", { has: page.locator(`a[href="#/deployments/${FOLDER_ID}"]`) });
   assert.match(await folderRow.locator(".source").innerText(), /local folder/);
   await shot("10c-folder-deployment");
+  await page.goto(`${GITDEPLOY_URL}/#/deployments/${SOURCE_ID}`);
+  await page.locator("#outcome .banner").waitFor();
+  assert.equal(await page.locator("#source").innerText(), "local folder (built here)");
 
   step = "a 375 px wide phone";
   const phone = await browser.newContext({ viewport: { width: 375, height: 740 }, isMobile: true, hasTouch: true });

@@ -133,6 +133,33 @@ impl Gitdeploy {
         &self.http
     }
 
+    /// Runs the CLI against this server (no token, no saved login), in folder `cwd` when
+    /// given: exit code, stdout, stderr.
+    pub async fn cli(&self, cwd: Option<&Path>, args: &[&str]) -> (Option<i32>, String, String) {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(["--api".to_owned(), self.api("")]);
+        let cwd = cwd.map(Path::to_owned);
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gitdeploy"));
+            if let Some(dir) = cwd {
+                cmd.current_dir(dir);
+            }
+            let out = cmd
+                .args(&all)
+                .env_remove("GITDEPLOY_TOKEN")
+                .env("XDG_CONFIG_HOME", "/nonexistent")
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .await
+        .unwrap()
+    }
+
     /// POSTs a deploy request; returns status and JSON body.
     pub async fn deploy(&self, body: Value) -> (u16, Value) {
         let resp = self
