@@ -325,7 +325,9 @@ async fn upload(
 ) -> Result<(), String> {
     let sent = Arc::new(AtomicU64::new(0));
     let display = tokio::spawn(show_progress(sent.clone(), size));
-    let result = blobs.put_counted(hash, file, size, sent).await;
+    let result = blobs
+        .put_counted("the source archive", hash, file, size, sent)
+        .await;
     display.abort();
     let _ = display.await;
     if std::io::stderr().is_terminal() {

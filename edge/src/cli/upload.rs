@@ -48,25 +48,26 @@ impl ApiBlobs {
         }
     }
 
-    /// Puts blob `hash` from `file` (`size` bytes), counting what is sent into `sent` (from 0
-    /// again on each try).
+    /// Puts blob `hash` from `file` (`size` bytes, named `what` in errors), counting what is
+    /// sent into `sent` (from 0 again on each try).
     pub(super) async fn put_counted(
         &self,
+        what: &str,
         hash: ContentHash,
         file: std::fs::File,
         size: u64,
         sent: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<(), String> {
         use std::sync::atomic::Ordering;
-        self.send(&format!("uploading blob {hash}"), || {
+        self.send(&format!("uploading {what}"), || {
             use std::io::Seek;
             use tokio::io::AsyncReadExt;
             let mut again = file
                 .try_clone()
-                .map_err(|e| format!("cannot read the archive: {e}"))?;
+                .map_err(|e| format!("cannot read {what}: {e}"))?;
             again
                 .rewind()
-                .map_err(|e| format!("cannot read the archive: {e}"))?;
+                .map_err(|e| format!("cannot read {what}: {e}"))?;
             sent.store(0, Ordering::Relaxed);
             let state = (tokio::fs::File::from_std(again), sent.clone());
             let chunks = futures_util::stream::unfold(state, |(mut f, sent)| async move {
@@ -218,22 +219,8 @@ impl BlobSink for ApiBlobs {
         size: u64,
         relative: String,
     ) -> Result<(), String> {
-        self.send(&format!("uploading {relative}"), || {
-            use std::io::Seek;
-            let mut again = file
-                .try_clone()
-                .map_err(|e| format!("cannot read {relative}: {e}"))?;
-            again
-                .rewind()
-                .map_err(|e| format!("cannot read {relative}: {e}"))?;
-            Ok(self
-                .http
-                .put(self.url(&format!("blobs/{hash}")))
-                .header(reqwest::header::CONTENT_LENGTH, size)
-                .body(reqwest::Body::from(tokio::fs::File::from_std(again))))
-        })
-        .await
-        .map(|_| ())
+        self.put_counted(&relative, hash, file, size, Default::default())
+            .await
     }
 
     async fn finalize(&self, manifest: Manifest) -> Result<(), String> {
