@@ -49,6 +49,7 @@ struct FileState {
     deployments: BTreeMap<DeploymentId, Versioned<Deployment>>,
     projects: BTreeMap<String, Versioned<Project>>,
     domains: BTreeMap<String, Versioned<CustomDomain>>,
+    docs: BTreeMap<String, Versioned<serde_json::Value>>,
     /// Runner heartbeats: instance → expiry (Unix ms).
     runners: HashMap<String, u64>,
 }
@@ -95,12 +96,27 @@ impl FileStore {
                 )
             })
             .collect();
+        let docs_dir = dir.join("docs");
+        let docs = [crate::store::DOC_TOKENS]
+            .into_iter()
+            .filter_map(|name| {
+                let bytes = std::fs::read(docs_dir.join(format!("{name}.json"))).ok()?;
+                match serde_json::from_slice(&bytes) {
+                    Ok(value) => Some((name.to_owned(), versioned_doc(value))),
+                    Err(e) => {
+                        tracing::warn!(name, "skipping unreadable document: {e}");
+                        None
+                    }
+                }
+            })
+            .collect();
         Ok(FileStore {
             dir: dir.to_owned(),
             state: Mutex::new(FileState {
                 deployments,
                 projects,
                 domains,
+                docs,
                 runners: HashMap::new(),
             }),
             aliases: broadcast::channel(256).0,
@@ -111,6 +127,10 @@ impl FileStore {
     fn state(&self) -> std::sync::MutexGuard<'_, FileState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn versioned_doc(value: serde_json::Value) -> Versioned<serde_json::Value> {
+    Versioned { version: 1, value }
 }
 
 fn newest_first(list: &mut [Deployment]) {
@@ -181,6 +201,10 @@ impl Store for FileStore {
             .collect())
     }
 
+    async fn doc(&self, name: &str) -> io::Result<Option<Versioned<serde_json::Value>>> {
+        Ok(self.state().docs.get(name).cloned())
+    }
+
     async fn delete_domain(&self, domain: &str, expect: u64) -> io::Result<bool> {
         let mut state = self.state();
         if state.domains.get(domain).map_or(0, |v| v.version) != expect {
@@ -210,6 +234,7 @@ impl Store for FileStore {
             Write::Domain { value, .. } => {
                 state.domains.get(&value.domain).map_or(0, |v| v.version)
             }
+            Write::Doc { name, .. } => state.docs.get(*name).map_or(0, |v| v.version),
         };
         for w in &writes {
             if current(w) != w.expect() {
@@ -232,6 +257,11 @@ impl Store for FileStore {
                     let dir = self.dir.join("domains");
                     std::fs::create_dir_all(&dir)?;
                     write_json(&dir, &value.domain, value)?
+                }
+                Write::Doc { name, value, .. } => {
+                    let dir = self.dir.join("docs");
+                    std::fs::create_dir_all(&dir)?;
+                    write_json(&dir, name, value)?
                 }
             }
         }
@@ -277,6 +307,19 @@ impl Store for FileStore {
                     self.generation
                         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let _ = self.aliases.send(AliasChange::Domain(domain));
+                }
+                Write::Doc {
+                    name,
+                    expect,
+                    value,
+                } => {
+                    state.docs.insert(
+                        name.to_owned(),
+                        Versioned {
+                            version: expect + 1,
+                            value,
+                        },
+                    );
                 }
             }
         }

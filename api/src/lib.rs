@@ -19,6 +19,7 @@ mod error;
 mod file_store;
 mod http;
 mod job;
+pub mod journal;
 pub mod logbus;
 pub mod metrics;
 pub mod projects;
@@ -33,6 +34,7 @@ pub mod runner;
 pub mod store;
 mod store_error;
 pub mod task_access;
+pub mod tokens;
 pub mod traffic;
 mod uploads;
 pub mod webhooks;
@@ -127,6 +129,7 @@ pub struct ControlPlane {
     domain_added: Arc<tokio::sync::Notify>,
     certs: Option<Arc<dyn cert_store::CertStore>>,
     traffic: Option<Arc<dyn traffic::TrafficStore>>,
+    journal: Arc<dyn journal::Journal>,
 }
 
 impl ControlPlane {
@@ -135,6 +138,7 @@ impl ControlPlane {
         config: ApiConfig,
         records: Records,
         bus: Arc<dyn LogBus>,
+        journal: Arc<dyn journal::Journal>,
         queue: JobQueue,
         archive: Option<Arc<dyn BuildArchive>>,
     ) -> Self {
@@ -152,6 +156,7 @@ impl ControlPlane {
             domain_added: Arc::new(tokio::sync::Notify::new()),
             certs: None,
             traffic: None,
+            journal,
         }
     }
 

@@ -13,6 +13,9 @@
 //! job-secrets:<id>          what the ECS runner withheld from the ECS API, taken once
 //! task:<id>                 hash {acl, claimed, ended}: an ECS task's report (task_access)
 //! log:<id>, log-open:<id>   the logs (see `redis_logbus`)
+//! x:<name>                  hash {v: version, j: document JSON}: the API's tokens
+//! journal:<stream>          list of JSON entries, newest first (audit, deliveries:<p>)
+//! seen:<key>                a webhook delivery already taken (expires)
 //! aliases                   pub/sub channel: names of projects whose production moved
 //! ```
 //!
@@ -63,6 +66,8 @@ for i = 1, #KEYS do
     else
       redis.call('SREM', prefix .. 'active', name)
     end
+  elseif kind == 'x' then
+    -- a document of the control plane's own: nothing to index or announce
   elseif kind == 'm' then
     redis.call('SADD', prefix .. 'domains', name)
     redis.call('PUBLISH', prefix .. 'aliases', '@' .. name)
@@ -174,6 +179,11 @@ impl RedisStore {
     /// Custom domains' certificates and ACME state in the same Redis, under the same prefix.
     pub fn cert_store(&self) -> crate::cert_store::RedisCertStore {
         crate::cert_store::RedisCertStore::new(self.conn.clone(), &self.prefix)
+    }
+
+    /// The audit log, delivery histories and seen webhooks on the same connection and prefix.
+    pub fn journal(&self) -> crate::journal::RedisJournal {
+        crate::journal::RedisJournal::new(self.conn.clone(), &self.prefix)
     }
 
     /// The per-project traffic counts on the same connection and prefix.
@@ -364,6 +374,10 @@ impl Store for RedisStore {
             .collect())
     }
 
+    async fn doc(&self, name: &str) -> io::Result<Option<Versioned<serde_json::Value>>> {
+        self.load(&self.key("x", name)).await
+    }
+
     async fn delete_domain(&self, domain: &str, expect: u64) -> io::Result<bool> {
         self.delete_announced(&self.delete_domain, "dm", domain, expect)
             .await
@@ -394,6 +408,21 @@ impl Store for RedisStore {
                         .arg(&value.name)
                         .arg(value.created_unix_ms)
                         .arg(value.production.as_ref().map_or("", |d| d.as_str()))
+                        .arg("");
+                }
+                Write::Doc {
+                    name,
+                    expect,
+                    value,
+                } => {
+                    invocation
+                        .key(self.key("x", name))
+                        .arg("x")
+                        .arg(expect)
+                        .arg(serde_json::to_string(value)?)
+                        .arg(*name)
+                        .arg(0)
+                        .arg("")
                         .arg("");
                 }
                 Write::Domain { expect, value } => {

@@ -156,7 +156,19 @@ pub enum Write {
         /// The new record.
         value: CustomDomain,
     },
+    /// Create or replace one of the control plane's own documents ([`Store::doc`]).
+    Doc {
+        /// Its name ([`DOC_TOKENS`]).
+        name: &'static str,
+        /// Version the writer read.
+        expect: u64,
+        /// The new document.
+        value: serde_json::Value,
+    },
 }
+
+/// The document holding the API's named tokens ([`crate::tokens`]).
+pub const DOC_TOKENS: &str = "tokens";
 
 impl Write {
     /// The version its writer read.
@@ -164,7 +176,8 @@ impl Write {
         match self {
             Write::Deployment { expect, .. }
             | Write::Project { expect, .. }
-            | Write::Domain { expect, .. } => *expect,
+            | Write::Domain { expect, .. }
+            | Write::Doc { expect, .. } => *expect,
         }
     }
 }
@@ -188,6 +201,8 @@ pub trait Store: Send + Sync + 'static {
     async fn domain(&self, domain: &str) -> io::Result<Option<Versioned<CustomDomain>>>;
     /// The custom domains of `project`, or all.
     async fn domains(&self, project: Option<&str>) -> io::Result<Vec<CustomDomain>>;
+    /// One of the control plane's own documents (a few, small, each read and written whole).
+    async fn doc(&self, name: &str) -> io::Result<Option<Versioned<serde_json::Value>>>;
     /// Removes a custom domain still at version `expect` (announced on the alias channel).
     async fn delete_domain(&self, domain: &str, expect: u64) -> io::Result<bool>;
     /// Applies every write, or none when any record is no longer at the version its writer

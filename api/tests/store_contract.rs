@@ -623,3 +623,152 @@ async fn traffic_contract() {
         );
     }
 }
+
+#[tokio::test]
+async fn journal_and_documents_contract() {
+    use gitdeploy_api::journal::{FileJournal, Journal};
+    use serde_json::json;
+    for backend in Backend::all() {
+        let name = backend.name();
+        let journal: Arc<dyn Journal> = match &backend {
+            Backend::Files(dir) => Arc::new(FileJournal::open(&dir.path().join("j")).unwrap()),
+            Backend::Redis(r) => {
+                Arc::new(RedisStore::connect(&r.url, "t:").await.unwrap().journal())
+            }
+        };
+        // Appended entries come back newest first, the newest `keep` of them.
+        let keep = gitdeploy_api::journal::DELIVERIES_KEEP as u64;
+        for n in 0..keep + 15 {
+            journal
+                .append("deliveries:a", &json!({"n": n}))
+                .await
+                .unwrap();
+        }
+        journal
+            .append("deliveries:site", &json!({"n": "other"}))
+            .await
+            .unwrap();
+        let recent = journal.recent("deliveries:a", 1_000).await.unwrap();
+        let ns: Vec<u64> = recent.iter().map(|v| v["n"].as_u64().unwrap()).collect();
+        assert_eq!(ns, (15..keep + 15).rev().collect::<Vec<_>>(), "{name}");
+        assert_eq!(
+            journal.recent("deliveries:a", 3).await.unwrap().len(),
+            3,
+            "{name}"
+        );
+        assert_eq!(
+            journal.recent("deliveries:site", 10).await.unwrap().len(),
+            1,
+            "{name}"
+        );
+        assert!(
+            journal
+                .recent("deliveries:none", 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
+        assert!(
+            journal.append("../escape", &json!({})).await.is_err(),
+            "{name}"
+        );
+        // A key is new once; a repeat within its time is not; after it, it is new again.
+        assert!(
+            journal.first_time("delivery-1", 60_000).await.unwrap(),
+            "{name}"
+        );
+        assert!(
+            !journal.first_time("delivery-1", 60_000).await.unwrap(),
+            "{name}"
+        );
+        assert!(journal.first_time("delivery-2", 1).await.unwrap(), "{name}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            journal.first_time("delivery-2", 60_000).await.unwrap(),
+            "{name}"
+        );
+        // Entries and seen keys outlive a restart of the embedded journal.
+        if let Backend::Files(dir) = &backend {
+            let reopened = FileJournal::open(&dir.path().join("j")).unwrap();
+            assert_eq!(
+                reopened.recent("deliveries:a", 1_000).await.unwrap(),
+                recent,
+                "{name}"
+            );
+            assert!(
+                !reopened.first_time("delivery-1", 60_000).await.unwrap(),
+                "{name}"
+            );
+        }
+
+        // Documents: versioned, created once, replaced only at the version read.
+        let store = backend.store().await;
+        assert!(store.doc("tokens").await.unwrap().is_none(), "{name}");
+        let write = |expect, value| Write::Doc {
+            name: "tokens",
+            expect,
+            value,
+        };
+        assert!(
+            store.commit(vec![write(0, json!({"a": 1}))]).await.unwrap(),
+            "{name}"
+        );
+        assert!(
+            !store.commit(vec![write(0, json!({"a": 2}))]).await.unwrap(),
+            "{name}"
+        );
+        let doc = store.doc("tokens").await.unwrap().unwrap();
+        assert_eq!(doc.value, json!({"a": 1}), "{name}");
+        assert!(
+            store
+                .commit(vec![write(doc.version, json!({"a": 3}))])
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            store.doc("tokens").await.unwrap().unwrap().value["a"],
+            3,
+            "{name}"
+        );
+        // Named tokens on it: made, found by their secret's hash, revoked.
+        let records = Records::new(store.clone());
+        store
+            .commit(vec![write(
+                store.doc("tokens").await.unwrap().unwrap().version,
+                json!({"tokens": []}),
+            )])
+            .await
+            .unwrap();
+        let (token, secret) = records
+            .create_token(
+                "ci",
+                vec![gitdeploy_api::tokens::Scope::Deploy],
+                None,
+                "test".into(),
+            )
+            .await
+            .unwrap();
+        let hash = gitdeploy_api::token_sha256(&secret);
+        assert_eq!(
+            records.token_by_hash(&hash).await.unwrap(),
+            Some(token.clone()),
+            "{name}"
+        );
+        assert!(
+            records
+                .create_token("ci", vec![], None, "test".into())
+                .await
+                .is_err(),
+            "{name}: names are unique"
+        );
+        assert!(records.revoke_token(&token.id).await.unwrap(), "{name}");
+        assert_eq!(records.token_by_hash(&hash).await.unwrap(), None, "{name}");
+        assert!(!records.revoke_token(&token.id).await.unwrap(), "{name}");
+        if let Backend::Files(dir) = &backend {
+            let reopened = FileStore::open(&dir.path().join("state")).unwrap();
+            assert!(reopened.doc("tokens").await.unwrap().is_some(), "{name}");
+        }
+    }
+}

@@ -207,6 +207,8 @@ pub(crate) struct State {
     pub(crate) certs: Arc<dyn gitdeploy_api::cert_store::CertStore>,
     /// The edges' per-project traffic counts.
     pub(crate) traffic: Arc<dyn gitdeploy_api::traffic::TrafficStore>,
+    /// The audit log, notification deliveries and webhooks seen.
+    pub(crate) journal: Arc<dyn gitdeploy_api::journal::Journal>,
 }
 
 impl State {
@@ -233,6 +235,9 @@ impl State {
                     &dir.join("tls"),
                 )?),
                 traffic: Arc::new(gitdeploy_api::traffic::FileTraffic::default()),
+                journal: Arc::new(gitdeploy_api::journal::FileJournal::open(
+                    &dir.join("journal"),
+                )?),
             });
         };
         if let Some(ca) = ca_file {
@@ -258,6 +263,7 @@ impl State {
                 bus: Arc::new(bus),
                 certs: Arc::new(store.cert_store()),
                 traffic: Arc::new(store.traffic_store()),
+                journal: Arc::new(store.journal()),
                 task_access: Some(store),
             })
         })
@@ -374,6 +380,7 @@ pub(crate) fn control_plane(
         },
         state.records.clone(),
         state.bus.clone(),
+        state.journal.clone(),
         queue,
         Some(origin.clone() as Arc<dyn gitdeploy_api::BuildArchive>),
     )

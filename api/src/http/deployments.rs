@@ -4,7 +4,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use gitdeploy_core::job::{validate_git_ref, BuildSettings, ServingOptions, SourceArchive};
 use gitdeploy_core::repo::validate_repo_url;
 use gitdeploy_core::{BuildJob, DeploymentId, DeploymentStatus};
@@ -15,6 +15,7 @@ use super::*;
 use crate::error::ApiError;
 use crate::queue::SubmitError;
 use crate::store::Deployment;
+use crate::tokens::Caller;
 use crate::{now_ms, ControlPlane};
 
 /// The body of a deploy request.
@@ -73,9 +74,11 @@ pub(super) fn parse_deploy_request(body: &[u8]) -> Result<DeployRequest, ApiErro
 
 pub(super) async fn create_deployment(
     State(cp): State<ControlPlane>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req = parse_deploy_request(&body)?;
+    caller.may_reach(req.project.as_deref())?;
     let repo = match (req.source.as_deref(), &req.repo) {
         (Some("local folder"), None) => {
             if req.git_ref.is_some() || req.build != BuildSettings::default() {
@@ -240,14 +243,13 @@ pub(super) async fn lookup(cp: &ControlPlane, raw: &str) -> Result<Deployment, A
 
 pub(super) async fn list_deployments(
     State(cp): State<ControlPlane>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
-    let list: Vec<Value> = cp
-        .records
-        .list(LIST_LIMIT)
-        .await?
-        .iter()
-        .map(|d| deployment_json(&cp, d))
-        .collect();
+    let listed = match caller.project() {
+        Some(project) => cp.records.list_project(project, LIST_LIMIT).await?,
+        None => cp.records.list(LIST_LIMIT).await?,
+    };
+    let list: Vec<Value> = listed.iter().map(|d| deployment_json(&cp, d)).collect();
     Ok(Json(json!({ "deployments": list })))
 }
 

@@ -31,6 +31,11 @@
 //! POST /api/projects/{name}/domains {"domain"} → 201 {domain, status}: claim a custom domain
 //! GET  /api/projects/{name}/domains  [{domain, status, error?, not_after_unix_ms?}]
 //! DELETE /api/projects/{name}/domains/{domain}  release it → 204
+//! POST /api/tokens                 {"name", "scopes": ["read"|"deploy"|"admin"], "project"?} → 201
+//!                                  {id, name, scopes, project, token}: the secret, shown once
+//! GET  /api/tokens                 named tokens (never their secrets)
+//! DELETE /api/tokens/{id}          revoke a token → 204
+//! GET  /api/audit                  the newest mutations: who, what, when (?limit=N)
 //! POST /api/gc                     delete the blobs no deployment names (after the grace)
 //! GET  /api/health                 liveness
 //! GET  /api/ready                  readiness: the state store and the storage answer
@@ -43,6 +48,7 @@ mod health;
 mod hooks;
 mod logs;
 mod projects;
+mod tokens;
 mod traffic;
 mod uploads;
 mod views;
@@ -126,6 +132,15 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
             "/api/projects/{name}/domains/{domain}",
             axum::routing::delete(remove_domain),
         )
+        .route(
+            "/api/tokens",
+            post(tokens::create_token).get(tokens::list_tokens),
+        )
+        .route(
+            "/api/tokens/{id}",
+            axum::routing::delete(tokens::revoke_token),
+        )
+        .route("/api/audit", get(tokens::read_audit))
         .route("/api/gc", post(collect_garbage))
         .route("/api/hooks/github", post(github_hook))
         .route("/api/hooks/deploy/{name}/{secret}", post(deploy_hook))

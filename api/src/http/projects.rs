@@ -4,7 +4,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use gitdeploy_core::host::is_site_label;
 use gitdeploy_core::id::looks_like_deployment_id;
 use gitdeploy_core::job::{validate_git_ref, BuildSettings};
@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::error::ApiError;
 use crate::projects::{Project, ProjectError};
+use crate::tokens::Caller;
 use crate::{now_ms, ControlPlane};
 
 pub(super) fn project_error(e: ProjectError) -> ApiError {
@@ -105,12 +106,16 @@ pub(super) async fn create_project(
     Ok((StatusCode::CREATED, Json(project_json(&cp, &project))).into_response())
 }
 
-pub(super) async fn list_projects(State(cp): State<ControlPlane>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list_projects(
+    State(cp): State<ControlPlane>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
     let list: Vec<Value> = cp
         .records
         .projects()
         .await?
         .iter()
+        .filter(|p| caller.sees(Some(&p.name)))
         .map(|p| project_json(&cp, p))
         .collect();
     Ok(Json(json!({ "projects": list })))

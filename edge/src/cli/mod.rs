@@ -147,6 +147,21 @@ pub enum ClientCommand {
         #[command(subcommand)]
         action: DomainAction,
     },
+    /// Named API tokens with scopes (read, deploy, admin) and an optional project.
+    Tokens {
+        /// What to do.
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// The newest API mutations: who did what, when.
+    Audit {
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Save an API token for later commands (read from --token or standard input).
     Login,
     /// Exit 0 when the server answers its health check (container health checks).
@@ -156,10 +171,12 @@ pub enum ClientCommand {
 mod domains;
 mod output;
 mod source;
+mod tokens;
 mod upload;
 use domains::domains;
 pub use domains::DomainAction;
 use output::*;
+pub use tokens::TokenAction;
 
 /// Exit status: done (or ready).
 const EXIT_OK: i32 = 0;
@@ -551,6 +568,8 @@ async fn run_async(opts: ApiOptions, command: ClientCommand) -> Result<i32, Stri
             Ok(EXIT_OK)
         }
         ClientCommand::Domains { action } => domains(&client, action).await,
+        ClientCommand::Tokens { action } => tokens::tokens(&client, action).await,
+        ClientCommand::Audit { limit, json } => tokens::audit(&client, limit, json).await,
         ClientCommand::Login => {
             let token = match opts.token {
                 Some(t) => t,
