@@ -280,7 +280,7 @@ impl Store for FileStore {
                     let moved = state
                         .projects
                         .get(&value.name)
-                        .is_none_or(|old| old.value.production != value.production);
+                        .is_none_or(|old| old.value.edge_fingerprint() != value.edge_fingerprint());
                     let name = value.name.clone();
                     state.projects.insert(
                         name.clone(),

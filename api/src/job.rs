@@ -43,6 +43,7 @@ pub(crate) enum Recorded {
     Ended {
         promoted: Option<String>,
         preview_of: Option<String>,
+        alias: Option<String>,
     },
     /// The deployment had already ended (canceled, or failed by the reconciler) or is gone.
     AlreadyEnded,
@@ -99,9 +100,13 @@ impl Ledger for Records {
             .await?;
         Ok(match finished {
             None => Recorded::AlreadyEnded,
-            Some((d, promoted)) => Recorded::Ended {
-                promoted: promoted.map(|p| p.name),
-                preview_of: d.project.filter(|_| d.status == DeploymentStatus::Ready),
+            Some(done) => Recorded::Ended {
+                promoted: done.promoted.map(|p| p.name),
+                preview_of: done
+                    .deployment
+                    .project
+                    .filter(|_| done.deployment.status == DeploymentStatus::Ready),
+                alias: done.preview,
             },
         })
     }
@@ -167,18 +172,28 @@ impl<'a> Job<'a> {
         };
         match recorded {
             Ok(Recorded::Ended {
-                promoted: Some(p), ..
+                promoted: Some(p),
+                alias,
+                ..
             }) => {
                 self.system(format!("Promoted to production of project {p}"))
                     .await;
+                if let Some(label) = alias {
+                    self.system(format!("Branch alias {label} moved to this build"))
+                        .await;
+                }
                 true
             }
             Ok(Recorded::Ended {
                 preview_of: Some(name),
+                alias,
                 ..
             }) => {
+                let at = alias
+                    .map(|label| format!(", now at {label}"))
+                    .unwrap_or_default();
                 self.system(format!(
-                    "Preview of project {name}: production is unchanged"
+                    "Preview of project {name}{at}: production is unchanged"
                 ))
                 .await;
                 true

@@ -2,10 +2,14 @@
 //! alias `<project>.<domain>` → its production deployment. Promote and rollback only move the
 //! alias. They are kept by the [`crate::store::Store`].
 
+use std::collections::{BTreeMap, HashMap};
+
 use gitdeploy_core::job::BuildSettings;
 use gitdeploy_core::repo::redact_repo_url;
 use gitdeploy_core::DeploymentId;
 use serde::{Deserialize, Serialize};
+
+use crate::previews::PreviewAlias;
 
 /// Earlier production deployments remembered per project.
 const MAX_HISTORY: usize = 50;
@@ -51,6 +55,71 @@ pub struct Project {
     /// at the project's hosts, in seconds; `None`: [`SKEW_WINDOW_DEFAULT_SECS`], `0`: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skew_protection_secs: Option<u32>,
+    /// Environment variables and secrets of preview builds, laid over production's (which are
+    /// [`Project::build`]'s): a name set here wins, anything unset falls back to production.
+    #[serde(default, skip_serializing_if = "EnvVars::is_empty")]
+    pub preview_env: EnvVars,
+    /// Open preview aliases by slug (`<slug>--<name>.<domain>`), see [`crate::previews`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub previews: BTreeMap<String, PreviewAlias>,
+}
+
+/// Which variables a build gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// Builds of the production branch.
+    Production,
+    /// Everything else: other branches, pull requests, folders not deployed with `--prod`.
+    Preview,
+}
+
+/// Environment variables and secrets (secret values are write-only, as in [`BuildSettings`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVars {
+    /// Variables by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Secrets by name: redacted from every log line, never shown.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl EnvVars {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.env.is_empty() && self.secrets.is_empty()
+    }
+
+    /// These stored variables replaced by `next` as a client sent them back: a secret with an
+    /// empty value keeps its stored value, one left out is removed (as
+    /// [`BuildSettings::replaced_by`]).
+    pub fn replaced_by(&self, next: EnvVars) -> EnvVars {
+        let stored = BuildSettings {
+            secrets: self.secrets.clone(),
+            ..BuildSettings::default()
+        };
+        let next = stored.replaced_by(BuildSettings {
+            env: next.env,
+            secrets: next.secrets,
+            ..BuildSettings::default()
+        });
+        EnvVars {
+            env: next.env,
+            secrets: next.secrets,
+        }
+    }
+
+    /// Checks names and values by the build's rules.
+    pub fn validate(&self) -> Result<(), String> {
+        BuildSettings {
+            env: self.env.clone(),
+            secrets: self.secrets.clone(),
+            ..BuildSettings::default()
+        }
+        .validate(u64::MAX)
+    }
 }
 
 /// A production deployment that was replaced, and when.
@@ -102,6 +171,35 @@ impl Project {
             hsts_max_age_secs: None,
             replaced: Vec::new(),
             skew_protection_secs: None,
+            preview_env: EnvVars::default(),
+            previews: BTreeMap::new(),
+        }
+    }
+
+    /// The build settings a build in `environment` starts from: production's, or for a preview
+    /// production's with the preview variables and secrets laid over; a fork's pull request
+    /// gets no secret at all.
+    pub fn build_for(&self, environment: Environment, fork: bool) -> BuildSettings {
+        let mut build = match environment {
+            Environment::Production => self.build.clone(),
+            Environment::Preview => self.build.overlay(&BuildSettings {
+                env: self.preview_env.env.clone(),
+                secrets: self.preview_env.secrets.clone(),
+                ..BuildSettings::default()
+            }),
+        };
+        if fork {
+            build.secrets.clear();
+        }
+        build
+    }
+
+    /// The environment a build of `git_ref` runs in.
+    pub fn environment_of(&self, git_ref: Option<&str>) -> Environment {
+        if self.is_production_ref(git_ref) {
+            Environment::Production
+        } else {
+            Environment::Preview
         }
     }
 
@@ -153,6 +251,31 @@ impl Project {
         })
     }
 
+    /// What the edge serves for this project: its production deployment (with HSTS and skew
+    /// protection) and its preview aliases.
+    pub fn edge_view(&self) -> EdgeView {
+        EdgeView {
+            production: self.production(),
+            previews: self.served_previews(),
+        }
+    }
+
+    /// A digest of everything [`Project::edge_view`] depends on: a write that changes it is
+    /// announced to every edge (the stores compare it before and after).
+    pub fn edge_fingerprint(&self) -> String {
+        use sha2::Digest;
+        let served = serde_json::json!([
+            self.production,
+            self.hsts_max_age_secs,
+            self.skew_protection_secs,
+            self.replaced,
+            self.served_previews()
+                .into_iter()
+                .collect::<BTreeMap<_, _>>(),
+        ]);
+        hex::encode(&sha2::Sha256::digest(served.to_string().as_bytes())[..12])
+    }
+
     /// The repository URL with credentials hidden.
     pub fn repo_display(&self) -> String {
         redact_repo_url(&self.repo)
@@ -168,13 +291,21 @@ impl Project {
     }
 }
 
-/// Resolves a project name to the deployment it serves, and a custom domain to its project
-/// (the edge's alias lookups).
+/// What the edge serves for one project ([`Project::edge_view`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EdgeView {
+    /// Its production deployment, if it has one.
+    pub production: Option<Production>,
+    /// Preview aliases serving a build: slug → deployment.
+    pub previews: HashMap<String, DeploymentId>,
+}
+
+/// Resolves a project name to what it serves, and a custom domain to its project (the edge's
+/// alias lookups).
 #[async_trait::async_trait]
 pub trait AliasResolver: Send + Sync {
-    /// The production deployment of `project` (and its HSTS setting), if the project exists
-    /// and has one.
-    async fn production(&self, project: &str) -> Option<Production>;
+    /// What `project` serves, if the project exists.
+    async fn project(&self, project: &str) -> Option<std::sync::Arc<EdgeView>>;
     /// The project an active custom domain serves (`domain` normalized), if any.
     async fn custom_domain(&self, domain: &str) -> Option<String>;
 }
@@ -252,6 +383,39 @@ mod tests {
         assert_eq!(p.production().unwrap().earlier[0], (e, 6_000 + 60_000));
         p.skew_protection_secs = Some(0);
         assert!(p.production().unwrap().earlier.is_empty(), "0 turns it off");
+    }
+
+    #[test]
+    fn previews_fall_back_to_production_and_forks_get_no_secret() {
+        let mut p = Project::new("x", "r", Some("main"), 0);
+        p.build.env = [
+            ("API".to_owned(), "prod".to_owned()),
+            ("A".into(), "1".into()),
+        ]
+        .into();
+        p.build.secrets = [("TOKEN".to_owned(), "prod-secret".to_owned())].into();
+        p.preview_env.env = [("API".to_owned(), "staging".to_owned())].into();
+        p.preview_env.secrets = [("A".to_owned(), "secret-a".to_owned())].into();
+        let prod = p.build_for(Environment::Production, false);
+        assert_eq!(prod.env["API"], "prod");
+        assert_eq!(prod.secrets["TOKEN"], "prod-secret");
+        let preview = p.build_for(Environment::Preview, false);
+        assert_eq!(preview.env["API"], "staging", "set for previews: wins");
+        assert_eq!(
+            preview.secrets["TOKEN"], "prod-secret",
+            "unset: production's"
+        );
+        assert_eq!(preview.secrets["A"], "secret-a");
+        assert!(
+            !preview.env.contains_key("A"),
+            "a secret of that name replaces the variable"
+        );
+        let fork = p.build_for(Environment::Preview, true);
+        assert!(fork.secrets.is_empty());
+        assert_eq!(fork.env["API"], "staging");
+        assert_eq!(p.environment_of(Some("main")), Environment::Production);
+        assert_eq!(p.environment_of(Some("dev")), Environment::Preview);
+        assert_eq!(p.environment_of(None), Environment::Preview);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! d:<id>                    hash {v: version, j: deployment JSON}
-//! p:<name>                  hash {v: version, j: project JSON, a: production deployment}
+//! p:<name>                  hash {v: version, j: project JSON, a: digest of what edges serve}
 //! deployments               sorted set of ids by creation time
 //! project-deployments:<p>   the same, per project
 //! projects                  set of project names
@@ -16,7 +16,8 @@
 //! x:<name>                  hash {v: version, j: document JSON}: the API's tokens
 //! journal:<stream>          list of JSON entries, newest first (audit, deliveries:<p>)
 //! seen:<key>                a webhook delivery already taken (expires)
-//! aliases                   pub/sub channel: names of projects whose production moved
+//! aliases                   pub/sub channel: names of projects whose production or previews
+//!                           moved (see `AliasChange`)
 //! ```
 //!
 //! Commits run as one Lua script: every version is checked before anything is written, so a
@@ -407,7 +408,8 @@ impl Store for RedisStore {
                         .arg(serde_json::to_string(value)?)
                         .arg(&value.name)
                         .arg(value.created_unix_ms)
-                        .arg(value.production.as_ref().map_or("", |d| d.as_str()))
+                        // What the edges serve of it: a change is announced.
+                        .arg(value.edge_fingerprint())
                         .arg("");
                 }
                 Write::Doc {

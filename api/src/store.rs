@@ -19,6 +19,7 @@ use tokio::sync::broadcast;
 
 pub use crate::alias_change::AliasChange;
 use crate::domain_record::CustomDomain;
+use crate::previews::Trigger;
 use crate::projects::{Project, ProjectError};
 pub use crate::store_error::StoreError;
 
@@ -84,6 +85,12 @@ pub struct Deployment {
     /// folder without one was published as is (`--prebuilt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<SourceArchive>,
+    /// What started it: the preview alias it moves, the commit GitHub named, a fork.
+    #[serde(default, skip_serializing_if = "Trigger::is_empty")]
+    pub trigger: Trigger,
+    /// Kept whatever the project's preview retention says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
 }
 
 /// Where a deployment's files came from.
@@ -206,8 +213,9 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a custom domain still at version `expect` (announced on the alias channel).
     async fn delete_domain(&self, domain: &str, expect: u64) -> io::Result<bool>;
     /// Applies every write, or none when any record is no longer at the version its writer
-    /// read (`Ok(false)`). A project write whose production deployment changes announces the
-    /// project on [`Store::alias_changes`] of every process sharing the store.
+    /// read (`Ok(false)`). A project write that changes what the edges serve of it
+    /// ([`Project::edge_fingerprint`]: production, previews, HSTS, skew protection) announces
+    /// the project on [`Store::alias_changes`] of every process sharing the store.
     async fn commit(&self, writes: Vec<Write>) -> io::Result<bool>;
     /// Removes a deployment still at version `expect`.
     async fn delete_deployment(&self, id: &DeploymentId, expect: u64) -> io::Result<bool>;
@@ -238,6 +246,17 @@ pub trait Store: Send + Sync + 'static {
     /// grows before the commit that moved an alias returns, so a cache that compares it on
     /// every lookup never serves an alias older than a change this process made.
     fn alias_generation(&self) -> u64;
+}
+
+/// What recording a build's end changed ([`Records::finish`]).
+#[derive(Debug)]
+pub struct Finish {
+    /// The deployment as stored.
+    pub deployment: Deployment,
+    /// The project, when its production moved to the deployment.
+    pub promoted: Option<Project>,
+    /// The preview alias label (`<slug>--<project>`) that moved to it.
+    pub preview: Option<String>,
 }
 
 /// Attempts at a read-change-commit before giving up (only under heavy contention on one record).
@@ -346,15 +365,16 @@ impl Records {
     }
 
     /// Records how a build ended — unless it already ended (a canceled or reconciled build
-    /// stays as it was). When it is ready and `promote` says so for its project, the project's
-    /// production moves to it in the same atomic commit. Returns the deployment as stored and
-    /// the project it was promoted in; `None` when it does not exist or had already ended.
+    /// stays as it was). When it is ready, in the same atomic commit: the project's production
+    /// moves to it when `promote` says so, and the preview alias it follows
+    /// ([`crate::previews`]) moves to it when open. `None` when it does not exist or had
+    /// already ended.
     pub async fn finish(
         &self,
         id: &DeploymentId,
         f: impl Fn(&mut Deployment),
         promote: impl Fn(&Deployment, &Project) -> bool,
-    ) -> Result<Option<(Deployment, Option<Project>)>, StoreError> {
+    ) -> Result<Option<Finish>, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
             let Some(current) = self.store.deployment(id).await.map_err(StoreError::from)? else {
                 return Ok(None);
@@ -369,26 +389,40 @@ impl Records {
                 expect: current.version,
                 value: next.clone(),
             }];
-            let mut promoted = None;
+            let mut done = Finish {
+                deployment: next.clone(),
+                promoted: None,
+                preview: None,
+            };
             if next.status == DeploymentStatus::Ready {
                 if let Some(name) = next.project.as_deref() {
                     if let Some(project) =
                         self.store.project(name).await.map_err(StoreError::from)?
                     {
-                        if promote(&next, &project.value) {
-                            let mut p = project.value.clone();
+                        let mut p = project.value.clone();
+                        if promote(&next, &p) {
                             p.set_production(&next.id, crate::now_ms());
+                            done.promoted = Some(p.clone());
+                        }
+                        if let Some(source) = &next.trigger.alias {
+                            done.preview = p
+                                .move_preview(source, &next.id, next.created_unix_ms)
+                                .map(|slug| gitdeploy_core::preview::label(&slug, &p.name));
+                            if let Some(promoted) = done.promoted.as_mut() {
+                                promoted.previews.clone_from(&p.previews);
+                            }
+                        }
+                        if p != project.value {
                             writes.push(Write::Project {
                                 expect: project.version,
-                                value: p.clone(),
+                                value: p,
                             });
-                            promoted = Some(p);
                         }
                     }
                 }
             }
             if self.store.commit(writes).await.map_err(StoreError::from)? {
-                return Ok(Some((next, promoted)));
+                return Ok(Some(done));
             }
         }
         Err(contention())
@@ -622,6 +656,8 @@ mod tests {
             skip_reason: None,
             source: Default::default(),
             archive: None,
+            trigger: Default::default(),
+            pinned: false,
         };
         assert_eq!(d.repo_display(), "https://***@example.com/r");
     }

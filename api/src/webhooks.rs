@@ -1,10 +1,13 @@
-//! GitHub push webhooks: `POST /api/hooks/github`. The project is found by the repository's
-//! URL, the body is verified against the project's secret (`X-Hub-Signature-256`, HMAC-SHA256 of
-//! the raw body, compared in constant time), and a push to a branch deploys it: the production
-//! branch becomes production, other branches are previews. Anything unsigned or mis-signed is
-//! refused and runs nothing. A push to a project with a root directory or watch paths names the
-//! commit of the branch's last ready build ([`skip_base`]), so a build that nothing changed for
-//! is skipped.
+//! GitHub webhooks: `POST /api/hooks/github`. The project is found by the repository's URL, the
+//! body is verified against the project's secret (`X-Hub-Signature-256`, HMAC-SHA256 of the raw
+//! body, compared in constant time), and a delivery is taken once (a replay of the same signed
+//! body is refused). A push to a branch deploys it: the production branch becomes production,
+//! other branches are previews at their branch alias; a deleted branch retires its alias. A
+//! pull request opened, updated or reopened builds its head commit as a preview at
+//! `pr-<n>--<project>` (from a fork: without the project's secrets, [`is_fork`]); closing it
+//! retires the alias. Anything unsigned or mis-signed is refused and runs nothing. A push to a
+//! project with a root directory or watch paths names the commit of the branch's last ready
+//! build ([`skip_base`]), so a build that nothing changed for is skipped.
 
 use gitdeploy_core::job::{BuildSettings, ServingOptions};
 use gitdeploy_core::DeploymentStatus;
@@ -28,6 +31,12 @@ pub fn signature_valid(secret: &str, body: &[u8], signature: &str) -> bool {
     mac.update(body);
     // `verify_slice` compares in constant time.
     mac.verify_slice(&expected).is_ok()
+}
+
+/// What a delivery is remembered by against replays: its signature, which only the secret's
+/// holder can make and which changes with any byte of the body.
+pub fn replay_key(signature: &str) -> String {
+    signature.trim().to_ascii_lowercase().replace('=', "-")
 }
 
 /// A repository URL reduced to `host/owner/name`, so https, git and ssh forms of one repository
@@ -82,8 +91,81 @@ pub struct PushEvent {
     /// The branch was deleted.
     #[serde(default)]
     pub deleted: bool,
+    /// The commit the branch points at now.
+    #[serde(default)]
+    pub after: Option<String>,
     /// The repository.
     pub repository: Repository,
+}
+
+/// The parts of a `pull_request` event we use.
+#[derive(Debug, Deserialize)]
+pub struct PullRequestEvent {
+    /// `opened`, `synchronize`, `reopened`, `closed`, and others we ignore.
+    pub action: String,
+    /// The pull request's number.
+    pub number: u64,
+    /// The pull request.
+    pub pull_request: PullRequest,
+}
+
+/// A pull request.
+#[derive(Debug, Deserialize)]
+pub struct PullRequest {
+    /// The branch and commit proposed.
+    pub head: PullRequestSide,
+    /// The branch it would merge into.
+    pub base: PullRequestSide,
+}
+
+/// One side of a pull request.
+#[derive(Debug, Deserialize)]
+pub struct PullRequestSide {
+    /// The branch name.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// Its commit.
+    pub sha: String,
+    /// Its repository (`null` when a fork was deleted).
+    #[serde(default)]
+    pub repo: Option<SideRepository>,
+}
+
+/// The repository of a pull request's side.
+#[derive(Debug, Deserialize)]
+pub struct SideRepository {
+    /// `owner/name`.
+    pub full_name: String,
+}
+
+/// Whether a pull request comes from another repository (a fork, or one since deleted): its
+/// code is a stranger's, so its build gets none of the project's secrets (as GitHub Actions
+/// treats forks).
+pub fn is_fork(pr: &PullRequest) -> bool {
+    match (&pr.head.repo, &pr.base.repo) {
+        (Some(head), Some(base)) => !head.full_name.eq_ignore_ascii_case(&base.full_name),
+        _ => true,
+    }
+}
+
+/// What a pull request event asks of a project.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PullRequestAction {
+    /// Build its head commit as a preview.
+    Build,
+    /// Retire its alias.
+    Retire,
+    /// Nothing (labels, reviews, edits...).
+    Ignore,
+}
+
+/// The action for a pull request event's `action`.
+pub fn pull_request_action(action: &str) -> PullRequestAction {
+    match action {
+        "opened" | "synchronize" | "reopened" => PullRequestAction::Build,
+        "closed" => PullRequestAction::Retire,
+        _ => PullRequestAction::Ignore,
+    }
 }
 
 /// The repository of an event.
@@ -152,6 +234,8 @@ mod tests {
             skip_reason: None,
             source: Default::default(),
             archive: None,
+            trigger: Default::default(),
+            pinned: false,
         };
         use DeploymentStatus::{Failed, Ready, Skipped};
         let serving = ServingOptions::default();
@@ -176,6 +260,38 @@ mod tests {
             skip_base(&whole, Some("main"), &BuildSettings::default(), &serving),
             None
         );
+    }
+
+    #[test]
+    fn forks_and_actions() {
+        let side = |name: Option<&str>| PullRequestSide {
+            git_ref: "b".into(),
+            sha: "0".repeat(40),
+            repo: name.map(|n| SideRepository {
+                full_name: n.into(),
+            }),
+        };
+        let pr = |head, base| PullRequest {
+            head: side(head),
+            base: side(base),
+        };
+        assert!(!is_fork(&pr(Some("o/site"), Some("o/site"))));
+        assert!(!is_fork(&pr(Some("O/Site"), Some("o/site"))));
+        assert!(is_fork(&pr(Some("stranger/site"), Some("o/site"))));
+        assert!(
+            is_fork(&pr(None, Some("o/site"))),
+            "a deleted fork is a fork"
+        );
+        for (action, want) in [
+            ("opened", PullRequestAction::Build),
+            ("synchronize", PullRequestAction::Build),
+            ("reopened", PullRequestAction::Build),
+            ("closed", PullRequestAction::Retire),
+            ("labeled", PullRequestAction::Ignore),
+            ("edited", PullRequestAction::Ignore),
+        ] {
+            assert_eq!(pull_request_action(action), want, "{action}");
+        }
     }
 
     #[test]

@@ -215,6 +215,8 @@ impl Platform {
                 skip_reason: None,
                 source: Default::default(),
                 archive: None,
+                trigger: Default::default(),
+                pinned: false,
                 repo_credentials_withheld: false,
             })
             .await

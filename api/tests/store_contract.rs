@@ -87,6 +87,8 @@ fn deployment(n: u32, project: Option<&str>, at: u64) -> Deployment {
         skip_reason: None,
         source: Default::default(),
         archive: None,
+        trigger: Default::default(),
+        pinned: false,
         repo_credentials_withheld: false,
     }
 }
@@ -224,8 +226,8 @@ async fn store_contract() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(done.0.status, DeploymentStatus::Ready);
-        assert_eq!(done.1.unwrap().production, Some(id(1)));
+        assert_eq!(done.deployment.status, DeploymentStatus::Ready);
+        assert_eq!(done.promoted.unwrap().production, Some(id(1)));
         assert_eq!(
             records.project("site").await.unwrap().unwrap().production,
             Some(id(1))

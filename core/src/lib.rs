@@ -17,6 +17,7 @@ pub mod keys;
 pub mod log;
 pub mod manifest;
 pub mod path;
+pub mod preview;
 pub mod repo;
 pub mod rules;
 pub mod status;

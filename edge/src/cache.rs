@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::metrics::EdgeMetrics;
 use crate::origin::{OriginError, S3Origin};
-use gitdeploy_api::Production;
+use gitdeploy_api::EdgeView;
 
 /// Why a manifest could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +239,7 @@ impl ObjectCache {
 /// generation grows or the time limit passes: a request for a host nobody added costs a map
 /// lookup, never a store read, however many such hosts a client invents.
 pub struct AliasCache {
-    cache: Cache<String, (u64, Option<Production>)>,
+    cache: Cache<String, (u64, Option<Arc<EdgeView>>)>,
     domains: tokio::sync::RwLock<Option<DomainMap>>,
     ttl: std::time::Duration,
     records: gitdeploy_api::Records,
@@ -272,22 +272,22 @@ impl AliasCache {
         })
     }
 
-    fn counted(&self, result: &str, id: Option<Production>) -> Option<Production> {
-        self.metrics.alias_lookup(match (result, &id) {
+    fn counted(&self, result: &str, view: Option<Arc<EdgeView>>) -> Option<Arc<EdgeView>> {
+        self.metrics.alias_lookup(match (result, &view) {
             ("hit", None) | ("loaded", None) => "missing",
             _ => result,
         });
-        id
+        view
     }
 }
 
 #[async_trait::async_trait]
 impl gitdeploy_api::AliasResolver for AliasCache {
-    async fn production(&self, project: &str) -> Option<Production> {
+    async fn project(&self, project: &str) -> Option<Arc<EdgeView>> {
         let generation = self.records.store().alias_generation();
-        if let Some((seen, id)) = self.cache.get(project).await {
+        if let Some((seen, view)) = self.cache.get(project).await {
             if seen >= generation {
-                return self.counted("hit", id);
+                return self.counted("hit", view);
             }
             self.cache.invalidate(project).await;
         }
@@ -296,14 +296,14 @@ impl gitdeploy_api::AliasResolver for AliasCache {
         let found = self
             .cache
             .try_get_with(project.to_owned(), async move {
-                records.project(&name).await.map(|p| {
-                    let production = p.and_then(|p| p.production());
-                    (generation, production)
-                })
+                records
+                    .project(&name)
+                    .await
+                    .map(|p| (generation, p.map(|p| Arc::new(p.edge_view()))))
             })
             .await;
         match found {
-            Ok((_, id)) => self.counted("loaded", id),
+            Ok((_, view)) => self.counted("loaded", view),
             Err(e) => {
                 // Not cached: the next request asks again.
                 tracing::warn!(project, "cannot look up the project: {e}");

@@ -767,11 +767,17 @@ async fn pushes_that_change_nothing_a_monorepo_project_watches_are_skipped() {
             for (path, content) in files {
                 std::fs::write(repo.join(path), content).unwrap();
             }
-            if !files.is_empty() {
-                git(repo, &["commit", "-q", "-am", "change"]);
-            }
+            // Every push GitHub sends moves the branch (an empty commit changes no file).
+            git(repo, &["commit", "-q", "--allow-empty", "-am", "change"]);
+            let after = std::process::Command::new("git")
+                .args(["rev-parse", "HEAD"])
+                .current_dir(repo)
+                .output()
+                .unwrap()
+                .stdout;
             let body = serde_json::to_vec(&json!({
                 "ref": "refs/heads/main",
+                "after": String::from_utf8_lossy(&after).trim(),
                 "repository": {"clone_url": server.url("mono"), "default_branch": "main"},
             }))
             .unwrap();
@@ -840,7 +846,7 @@ async fn pushes_that_change_nothing_a_monorepo_project_watches_are_skipped() {
         assert!(!log.contains("Install"), "{log}");
         assert_eq!(project_page(&gd, "mono").await, (200, "v1".into()));
     }
-    // The same commit again: still skipped.
+    // A commit that changes no file: still skipped.
     let (d, _) = push(&[]).await;
     assert_eq!(d["status"], "skipped");
 

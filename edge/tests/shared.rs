@@ -308,6 +308,8 @@ fn building(job: &gitdeploy_core::BuildJob, project: Option<&str>) -> gitdeploy_
         skip_reason: None,
         source: Default::default(),
         archive: None,
+        trigger: Default::default(),
+        pinned: false,
     }
 }
 

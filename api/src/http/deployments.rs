@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::error::ApiError;
+use crate::previews::Trigger;
+use crate::projects::Environment;
 use crate::queue::SubmitError;
 use crate::store::Deployment;
 use crate::tokens::Caller;
@@ -31,6 +33,10 @@ pub(super) struct DeployRequest {
     /// folder is published as is.
     #[serde(default)]
     archive: Option<SourceArchive>,
+    /// With a source folder: the environment whose variables its build gets (`preview` unless
+    /// `production`).
+    #[serde(default)]
+    environment: Option<Environment>,
     #[serde(default, rename = "ref")]
     git_ref: Option<String>,
     #[serde(default)]
@@ -88,7 +94,8 @@ pub(super) async fn create_deployment(
                      built with its project's settings (PATCH /api/projects/{name})",
                 ));
             }
-            return create_upload(&cp, req.project, req.serving, req.archive).await;
+            return create_upload(&cp, req.project, req.serving, req.archive, req.environment)
+                .await;
         }
         (Some("local folder"), Some(_)) => {
             return Err(ApiError::bad_request(
@@ -125,7 +132,8 @@ pub(super) async fn create_deployment(
     req.build
         .validate(cp.config.limits.timeout_secs)
         .map_err(|e| ApiError::bad_request("invalid_build", e))?;
-    // A project's saved settings fill what the request leaves out.
+    // A project's saved settings (of the environment the ref builds for) fill what the
+    // request leaves out.
     let build = match &req.project {
         Some(name) => {
             let project = cp
@@ -133,21 +141,30 @@ pub(super) async fn create_deployment(
                 .ensure_project(name, &repo, req.git_ref.as_deref(), now_ms())
                 .await
                 .map_err(project_error)?;
-            project.build.overlay(&req.build)
+            project
+                .build_for(project.environment_of(req.git_ref.as_deref()), false)
+                .overlay(&req.build)
         }
         None => req.build,
     };
     build
         .validate(cp.config.limits.timeout_secs)
         .map_err(|e| ApiError::bad_request("invalid_build", e))?;
+    let trigger = match &req.project {
+        Some(_) => Trigger::of_ref(req.git_ref.as_deref()),
+        None => Trigger::default(),
+    };
     let deployment = queue_deployment(
         &cp,
-        repo,
-        req.git_ref,
-        req.project,
-        req.serving,
-        build,
-        None,
+        Queue {
+            repo,
+            git_ref: req.git_ref,
+            project: req.project,
+            serving: req.serving,
+            build,
+            previous_commit: None,
+            trigger,
+        },
     )
     .await?;
     Ok((
@@ -157,28 +174,40 @@ pub(super) async fn create_deployment(
         .into_response())
 }
 
-/// Records a validated deployment and queues its build; nothing is recorded when the queue is
-/// full.
-pub(super) async fn queue_deployment(
-    cp: &ControlPlane,
-    repo: String,
-    git_ref: Option<String>,
-    project: Option<String>,
-    serving: ServingOptions,
-    build: BuildSettings,
-    previous_commit: Option<String>,
-) -> Result<Deployment, ApiError> {
+/// A validated build to record and queue.
+pub(super) struct Queue {
+    pub(super) repo: String,
+    pub(super) git_ref: Option<String>,
+    pub(super) project: Option<String>,
+    pub(super) serving: ServingOptions,
+    pub(super) build: BuildSettings,
+    /// The branch's last ready build, for a push that may be skipped.
+    pub(super) previous_commit: Option<String>,
+    pub(super) trigger: Trigger,
+}
+
+/// Records a validated deployment and queues its build, opening the preview alias it will move;
+/// nothing is recorded when the queue is full.
+pub(super) async fn queue_deployment(cp: &ControlPlane, q: Queue) -> Result<Deployment, ApiError> {
     let place = cp.queue.reserve().map_err(submit_error)?;
-    let base = lookup_base(cp, project.as_deref()).await?;
-    let stored_repo = gitdeploy_core::repo::redact_repo_url(&repo);
+    let base = lookup_base(cp, q.project.as_deref()).await?;
+    if let (Some(project), Some(source)) = (&q.project, &q.trigger.alias) {
+        cp.records
+            .update_project(project, |p| {
+                p.open_preview(source, now_ms());
+                Ok::<_, ApiError>(())
+            })
+            .await?;
+    }
+    let stored_repo = gitdeploy_core::repo::redact_repo_url(&q.repo);
     let deployment = Deployment {
         id: DeploymentId::random(),
-        project,
-        repo_credentials_withheld: stored_repo != repo,
+        project: q.project,
+        repo_credentials_withheld: stored_repo != q.repo,
         repo: stored_repo,
-        git_ref: git_ref.clone(),
-        serving: serving.clone(),
-        build: build.without_secret_values(),
+        git_ref: q.git_ref.clone(),
+        serving: q.serving.clone(),
+        build: q.build.without_secret_values(),
         status: DeploymentStatus::Queued,
         error: None,
         commit: None,
@@ -187,10 +216,12 @@ pub(super) async fn queue_deployment(
         finished_unix_ms: None,
         runner: Some(cp.queue.instance().to_owned()),
         cancel_requested: false,
-        previous_commit: previous_commit.clone(),
+        previous_commit: q.previous_commit.clone(),
         skip_reason: None,
         source: Default::default(),
         archive: None,
+        trigger: q.trigger,
+        pinned: false,
     };
     let id = deployment.id.clone();
     cp.bus.create(&id).await?;
@@ -199,13 +230,13 @@ pub(super) async fn queue_deployment(
         .submit(BuildJob {
             deployment: id.clone(),
             project: deployment.project.clone(),
-            repo,
-            git_ref,
-            serving,
-            build,
+            repo: q.repo,
+            git_ref: q.git_ref,
+            serving: q.serving,
+            build: q.build,
             limits: cp.config.limits.clone(),
             cache_key: Some(deployment.cache_key()),
-            previous_commit,
+            previous_commit: q.previous_commit,
             base,
             archive: None,
         })

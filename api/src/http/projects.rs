@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::error::ApiError;
-use crate::projects::{Project, ProjectError};
+use crate::projects::{EnvVars, Project, ProjectError};
 use crate::tokens::Caller;
 use crate::{now_ms, ControlPlane};
 
@@ -30,14 +30,19 @@ pub(super) fn project_error(e: ProjectError) -> ApiError {
 }
 
 pub(super) fn validate_project_name(name: &str) -> Result<(), ApiError> {
-    if is_site_label(name) && !looks_like_deployment_id(name) && name != "api" {
+    if is_site_label(name)
+        && !looks_like_deployment_id(name)
+        && name != "api"
+        && !name.contains(gitdeploy_core::preview::SEPARATOR)
+    {
         return Ok(());
     }
     Err(ApiError::bad_request(
         "invalid_project",
         format!(
             "{name:?} is not a valid project name: use 1-63 lowercase letters, digits and \
-             hyphens, not 12 letters and digits (that shape is kept for deployment ids), not \"api\""
+             hyphens, not 12 letters and digits (that shape is kept for deployment ids), not \"api\", \
+             no \"--\" (it separates a preview's branch from its project)"
         ),
     ))
 }
@@ -88,18 +93,9 @@ pub(super) async fn create_project(
     let project = cp
         .records
         .create_project(Project {
-            name: req.name,
-            repo,
-            production_branch: req.production_branch,
-            production: None,
-            history: Vec::new(),
             build: req.build,
             webhook_secret: req.webhook_secret,
-            deploy_hook: None,
-            created_unix_ms: now_ms(),
-            hsts_max_age_secs: None,
-            replaced: Vec::new(),
-            skew_protection_secs: None,
+            ..Project::new(&req.name, &repo, req.production_branch.as_deref(), now_ms())
         })
         .await
         .map_err(project_error)?;
@@ -169,6 +165,20 @@ pub(super) struct ProjectUpdate {
     /// protection off.
     #[serde(default)]
     skew_protection_secs: Option<u64>,
+    /// Variables and secrets per environment, each sent whole (a secret with an empty value
+    /// keeps its stored value): `production` is the same as `build`'s, `preview` is laid over
+    /// production's for every other build.
+    #[serde(default)]
+    environments: Option<EnvironmentsUpdate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EnvironmentsUpdate {
+    #[serde(default)]
+    production: Option<EnvVars>,
+    #[serde(default)]
+    preview: Option<EnvVars>,
 }
 
 pub(super) async fn update_project(
@@ -224,6 +234,26 @@ pub(super) async fn update_project(
                 next.validate(max_timeout)
                     .map_err(|e| ApiError::bad_request("invalid_build", e))?;
                 p.build = next;
+            }
+            if let Some(envs) = &req.environments {
+                if let Some(production) = envs.production.clone() {
+                    let vars = EnvVars {
+                        env: p.build.env.clone(),
+                        secrets: p.build.secrets.clone(),
+                    }
+                    .replaced_by(production);
+                    let mut next = p.build.clone();
+                    (next.env, next.secrets) = (vars.env, vars.secrets);
+                    next.validate(max_timeout)
+                        .map_err(|e| ApiError::bad_request("invalid_env", e))?;
+                    p.build = next;
+                }
+                if let Some(preview) = envs.preview.clone() {
+                    let next = p.preview_env.replaced_by(preview);
+                    next.validate()
+                        .map_err(|e| ApiError::bad_request("invalid_env", e))?;
+                    p.preview_env = next;
+                }
             }
             if let Some(branch) = req.production_branch.clone() {
                 p.production_branch = Some(branch).filter(|b| !b.is_empty());

@@ -65,6 +65,7 @@ pub(super) async fn create_upload(
     project: Option<String>,
     serving: ServingOptions,
     archive: Option<SourceArchive>,
+    environment: Option<crate::projects::Environment>,
 ) -> Result<Response, ApiError> {
     let storage = storage(cp)?;
     if let Some(a) = &archive {
@@ -103,6 +104,11 @@ pub(super) async fn create_upload(
         skip_reason: None,
         source: DeploymentSource::Folder,
         archive,
+        trigger: crate::previews::Trigger {
+            environment: environment.filter(|_| archive.is_some()),
+            ..Default::default()
+        },
+        pinned: false,
     };
     cp.bus.create(&deployment.id).await?;
     cp.records.insert(deployment.clone()).await?;
@@ -371,7 +377,13 @@ async fn queue_source(
             .records
             .project(name)
             .await?
-            .map(|p| p.build)
+            .map(|p| {
+                let environment = d
+                    .trigger
+                    .environment
+                    .unwrap_or(crate::projects::Environment::Preview);
+                p.build_for(environment, false)
+            })
             .unwrap_or_default(),
         None => Default::default(),
     };

@@ -3,12 +3,30 @@
 use gitdeploy_core::DeploymentStatus;
 use serde_json::{json, Value};
 
+use crate::previews::PreviewSource;
 use crate::projects::Project;
 use crate::store::{Deployment, DeploymentSource};
 use crate::ControlPlane;
 
+/// A preview alias as the API shows it: its label, URL and what it follows.
+fn alias_json(cp: &ControlPlane, project: &str, source: &PreviewSource) -> Option<Value> {
+    let slug = source.slug(project)?;
+    let label = gitdeploy_core::preview::label(&slug, project);
+    let mut v = json!({"label": label, "url": cp.config.public.site(&label)});
+    match source {
+        PreviewSource::Branch(b) => v["branch"] = json!(b),
+        PreviewSource::PullRequest(n) => v["pull_request"] = json!(n),
+    }
+    Some(v)
+}
+
 pub(super) fn deployment_json(cp: &ControlPlane, d: &Deployment) -> Value {
     let urls = &cp.config.public;
+    let alias = d
+        .project
+        .as_deref()
+        .zip(d.trigger.alias.as_ref())
+        .and_then(|(p, source)| alias_json(cp, p, source));
     json!({
         "id": d.id,
         "url": urls.site(d.id.as_str()),
@@ -29,6 +47,11 @@ pub(super) fn deployment_json(cp: &ControlPlane, d: &Deployment) -> Value {
         "created_unix_ms": d.created_unix_ms,
         "started_unix_ms": d.started_unix_ms,
         "finished_unix_ms": d.finished_unix_ms,
+        // The branch or pull request alias a ready build of it moves.
+        "alias": alias,
+        "head_sha": d.trigger.head_sha,
+        "fork": d.trigger.fork,
+        "pinned": d.pinned,
         "logs_url": urls.api(&format!("/api/deployments/{}/logs", d.id)),
         "logs_ws_url": urls.api(&format!("/api/deployments/{}/logs/ws", d.id)).replacen("http", "ws", 1),
     })
@@ -53,7 +76,25 @@ pub(super) fn project_json(cp: &ControlPlane, p: &Project) -> Value {
         "skew_protection_secs": p
             .skew_protection_secs
             .unwrap_or(crate::projects::SKEW_WINDOW_DEFAULT_SECS),
+        "previews": p.previews.values().filter_map(|a| {
+            let mut v = alias_json(cp, &p.name, &a.source)?;
+            v["deployment"] = json!(a.deployment);
+            v["opened_unix_ms"] = json!(a.opened_unix_ms);
+            Some(v)
+        }).collect::<Vec<_>>(),
+        "environments": {
+            "production": env_json(&p.build.env, &p.build.secrets),
+            "preview": env_json(&p.preview_env.env, &p.preview_env.secrets),
+        },
     })
+}
+
+/// Variables with their values and secrets by name only.
+fn env_json(
+    env: &std::collections::BTreeMap<String, String>,
+    secrets: &std::collections::BTreeMap<String, String>,
+) -> Value {
+    json!({"env": env, "secrets": secrets.keys().collect::<Vec<_>>()})
 }
 
 pub(super) fn status_name(s: DeploymentStatus) -> String {

@@ -398,9 +398,13 @@ async fn run_async(opts: ApiOptions, command: ClientCommand) -> Result<i32, Stri
                         "--ref is for repositories; {repo} is a local folder, sent as it is on disk"
                     ));
                 }
-                let queued =
-                    source::deploy_source(&client, std::path::Path::new(&repo), project.as_deref())
-                        .await?;
+                let queued = source::deploy_source(
+                    &client,
+                    std::path::Path::new(&repo),
+                    project.as_deref(),
+                    prod,
+                )
+                .await?;
                 return queued.finish(&client, project.as_deref(), prod, true).await;
             }
             let mut body = json!({ "repo": repo });
@@ -417,6 +421,10 @@ async fn run_async(opts: ApiOptions, command: ClientCommand) -> Result<i32, Stri
                 .to_owned();
             let url = str_of(&answer, "url").to_owned();
             println!("Deployment {id} queued: {url}");
+            if let Some(alias) = answer["alias"]["url"].as_str() {
+                let branch = str_of(&answer["alias"], "branch");
+                println!("Branch URL: {alias} (follows the latest ready build of {branch})");
+            }
             Queued { id, url }
                 .finish(&client, project.as_deref(), prod, follow)
                 .await

@@ -249,11 +249,13 @@ fn pack(dir: &Path, entries: &[SourceEntry]) -> Result<(std::fs::File, ContentHa
     Ok((file, hash, out.size))
 }
 
-/// Sends source folder `dir` and queues its build; the caller follows it.
+/// Sends source folder `dir` and queues its build (with the production environment's variables
+/// when `prod`, else the preview environment's); the caller follows it.
 pub(super) async fn deploy_source(
     client: &Client,
     dir: &Path,
     project: Option<&str>,
+    prod: bool,
 ) -> Result<Queued, String> {
     let started = Instant::now();
     let listing = list_source(dir).await?;
@@ -273,6 +275,7 @@ pub(super) async fn deploy_source(
     let mut body = json!({
         "source": "local folder",
         "archive": {"hash": hash, "size": size},
+        "environment": if prod { "production" } else { "preview" },
     });
     if let Some(p) = project {
         body["project"] = json!(p);

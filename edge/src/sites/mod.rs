@@ -121,6 +121,38 @@ impl SitesProxy {
 }
 
 impl SitesProxy {
+    /// The deployment a site label serves and the project it is of: a deployment id serves
+    /// that build, `<slug>--<project>` the build a preview alias follows, any other label a
+    /// project's production (whose HSTS is set on the request and whose replaced deployments
+    /// go to `earlier`). `None`: nothing is served there.
+    async fn site_of<'l>(
+        &self,
+        session: &mut Session,
+        label: &'l str,
+        earlier: &mut Arc<[(DeploymentId, u64)]>,
+    ) -> Option<(DeploymentId, Option<&'l str>)> {
+        if let Some(id) = DeploymentId::parse(label) {
+            return Some((id, None));
+        }
+        if looks_like_deployment_id(label) {
+            return None;
+        }
+        if let Some((slug, project)) = gitdeploy_core::preview::split_label(label) {
+            if let Some(view) = self.aliases.project(project).await {
+                return Some((view.previews.get(slug)?.clone(), Some(project)));
+            }
+            // No such project: a project named before `--` was kept for previews may own the
+            // whole label.
+        }
+        let view = self.aliases.project(label).await?;
+        let production = view.production.as_ref()?;
+        if let Some(max_age) = production.hsts_max_age_secs {
+            crate::hsts::set(session, max_age);
+        }
+        *earlier = production.earlier.clone();
+        Some((production.id.clone(), Some(label)))
+    }
+
     /// Decides a site request; `Ok(true)` when the response was already sent.
     async fn route_site(
         &self,
@@ -137,29 +169,13 @@ impl SitesProxy {
             return send(session, resp, body, false).await;
         }
         session.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
-        // A deployment id serves that build; any other label is a project's production alias.
         let mut earlier: Arc<[(DeploymentId, u64)]> = Arc::new([]);
-        let id = match DeploymentId::parse(label) {
-            Some(id) => Some(id),
-            None if !looks_like_deployment_id(label) => {
-                self.aliases.production(label).await.map(|p| {
-                    if let Some(max_age) = p.hsts_max_age_secs {
-                        crate::hsts::set(session, max_age);
-                    }
-                    earlier = p.earlier;
-                    p.id
-                })
-            }
-            None => None,
-        };
-        let Some(mut id) = id else {
+        let Some((mut id, project)) = self.site_of(session, label, &mut earlier).await else {
             return send_error(session, 404, "There is no site at this address.", head).await;
         };
         if ctx.logged {
             ctx.deployment = Some(id.clone());
-            if !looks_like_deployment_id(label) {
-                ctx.project = Some(label.to_owned());
-            }
+            ctx.project = project.map(str::to_owned);
         }
         let path = match SitePath::parse(session.req_header().uri.path()) {
             Ok(p) => p,
@@ -168,9 +184,8 @@ impl SitesProxy {
         let mut manifest = match self.manifests.get(&id).await {
             Ok(m) => {
                 // Manifests from before the project was recorded: the alias names it.
-                if ctx.project.is_none() && m.project.is_none() && !looks_like_deployment_id(label)
-                {
-                    ctx.project = Some(label.to_owned());
+                if ctx.project.is_none() && m.project.is_none() {
+                    ctx.project = project.map(str::to_owned);
                 }
                 ctx.manifest = Some(m.clone());
                 m
