@@ -24,6 +24,7 @@ pub mod logbus;
 pub mod metrics;
 pub mod previews;
 pub mod projects;
+pub mod protection;
 mod queue;
 pub mod ratelimit;
 mod reconciler;

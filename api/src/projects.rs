@@ -10,6 +10,7 @@ use gitdeploy_core::DeploymentId;
 use serde::{Deserialize, Serialize};
 
 use crate::previews::PreviewAlias;
+use crate::protection::Protection;
 
 /// Earlier production deployments remembered per project.
 const MAX_HISTORY: usize = 50;
@@ -62,6 +63,10 @@ pub struct Project {
     /// Open preview aliases by slug (`<slug>--<name>.<domain>`), see [`crate::previews`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub previews: BTreeMap<String, PreviewAlias>,
+    /// Visitor protection: a password in front of previews or everything
+    /// ([`crate::protection`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection: Option<Protection>,
 }
 
 /// Which variables a build gets.
@@ -173,6 +178,7 @@ impl Project {
             skew_protection_secs: None,
             preview_env: EnvVars::default(),
             previews: BTreeMap::new(),
+            protection: None,
         }
     }
 
@@ -257,6 +263,16 @@ impl Project {
         EdgeView {
             production: self.production(),
             previews: self.served_previews(),
+            protection: self.protection.as_ref().map(|p| match p.for_edge() {
+                Some(edge) => std::sync::Arc::new(edge),
+                // A record that cannot be read keeps everyone out rather than letting all in.
+                None => std::sync::Arc::new(crate::protection::EdgeProtection {
+                    scope: crate::protection::ProtectionScope::All,
+                    password: None,
+                    bypass_sha256: None,
+                    cookie_key: [0; 32],
+                }),
+            }),
         }
     }
 
@@ -272,6 +288,7 @@ impl Project {
             self.served_previews()
                 .into_iter()
                 .collect::<BTreeMap<_, _>>(),
+            self.protection,
         ]);
         hex::encode(&sha2::Sha256::digest(served.to_string().as_bytes())[..12])
     }
@@ -298,6 +315,8 @@ pub struct EdgeView {
     pub production: Option<Production>,
     /// Preview aliases serving a build: slug → deployment.
     pub previews: HashMap<String, DeploymentId>,
+    /// Its visitor protection, when it has one.
+    pub protection: Option<std::sync::Arc<crate::protection::EdgeProtection>>,
 }
 
 /// Resolves a project name to what it serves, and a custom domain to its project (the edge's

@@ -30,7 +30,7 @@ impl Default for RateLimit {
 }
 
 /// Token buckets by client address.
-pub(crate) struct Limiter {
+pub struct Limiter {
     limit: RateLimit,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
 }
@@ -39,7 +39,8 @@ pub(crate) struct Limiter {
 const MAX_BUCKETS: usize = 100_000;
 
 impl Limiter {
-    pub(crate) fn new(limit: RateLimit) -> Self {
+    /// Buckets of `limit` each.
+    pub fn new(limit: RateLimit) -> Self {
         Limiter {
             limit,
             buckets: Mutex::new(HashMap::new()),
@@ -47,7 +48,7 @@ impl Limiter {
     }
 
     /// Takes one request from `client`'s bucket at `now`; `Err(wait)` when it is empty.
-    pub(crate) fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+    pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
         let burst = f64::from(self.limit.burst.max(1));
         let rate = self.limit.per_second.max(f64::MIN_POSITIVE);
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());

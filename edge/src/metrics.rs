@@ -37,6 +37,9 @@ pub struct EdgeMetrics {
     pub certificate_loads: IntCounterVec,
     /// TLS handshakes by result: the protocol chosen (`h2`, `http1`) or `no_certificate`.
     pub tls_handshakes: IntCounterVec,
+    /// Requests to protected sites turned away, by reason (`login_required`, `wrong_password`,
+    /// `rate_limited`).
+    pub visitor_denials: IntCounterVec,
     /// The series every request touches, resolved once: a label lookup hashes the labels and
     /// takes a lock, which showed in the hot path's profile.
     hot: Arc<HotSeries>,
@@ -62,7 +65,11 @@ struct Parts {
     alias_lookups: IntCounterVec,
     certificate_loads: IntCounterVec,
     tls_handshakes: IntCounterVec,
+    visitor_denials: IntCounterVec,
 }
+
+/// Why a visitor of a protected site was turned away, in label order.
+pub const DENIAL_REASONS: [&str; 3] = ["login_required", "wrong_password", "rate_limited"];
 
 struct HotSeries {
     requests: Vec<IntCounter>,
@@ -170,6 +177,13 @@ impl EdgeMetrics {
                 ),
                 &["result"],
             )?,
+            visitor_denials: IntCounterVec::new(
+                Opts::new(
+                    "gitdeploy_visitor_denials_total",
+                    "Requests to password-protected sites turned away, by reason.",
+                ),
+                &["reason"],
+            )?,
         };
         let m = EdgeMetrics {
             hot: Arc::new(HotSeries {
@@ -202,6 +216,7 @@ impl EdgeMetrics {
             alias_lookups: m.alias_lookups,
             certificate_loads: m.certificate_loads,
             tls_handshakes: m.tls_handshakes,
+            visitor_denials: m.visitor_denials,
         };
         // Every labelled series exists from the start at 0 (see `ApiMetrics::new`).
         for kind in ["object", "manifest"] {
@@ -214,6 +229,9 @@ impl EdgeMetrics {
             m.certificate_loads.with_label_values(&[result]);
         }
         m.tls_handshakes.with_label_values(&["no_certificate"]);
+        for reason in DENIAL_REASONS {
+            m.visitor_denials.with_label_values(&[reason]);
+        }
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.latency.clone()))?;
         registry.register(Box::new(m.bytes_sent.clone()))?;
@@ -225,6 +243,7 @@ impl EdgeMetrics {
         registry.register(Box::new(m.alias_lookups.clone()))?;
         registry.register(Box::new(m.certificate_loads.clone()))?;
         registry.register(Box::new(m.tls_handshakes.clone()))?;
+        registry.register(Box::new(m.visitor_denials.clone()))?;
         Ok(m)
     }
 

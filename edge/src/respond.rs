@@ -79,6 +79,8 @@ pub struct FilePlan {
     pub modified: SystemTime,
     /// Headers from `_headers` rules, applied last.
     pub extra: Vec<(String, String)>,
+    /// Behind visitor protection: no shared cache may keep it.
+    pub private: bool,
 }
 
 impl FilePlan {
@@ -132,6 +134,16 @@ impl FilePlan {
         resp.insert_header("x-content-type-options", "nosniff")?;
         for (name, value) in &self.extra {
             resp.insert_header(name.clone(), value.as_str())?;
+        }
+        if self.private {
+            // Last, so a `_headers` rule cannot make a protected response public.
+            let cache = resp
+                .headers
+                .get("cache-control")
+                .and_then(|v| v.to_str().ok())
+                .map(cache_control::private)
+                .unwrap_or_else(|| cache_control::private(cache));
+            resp.insert_header("cache-control", cache)?;
         }
         Ok(())
     }

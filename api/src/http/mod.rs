@@ -48,6 +48,7 @@ mod health;
 mod hooks;
 mod logs;
 mod projects;
+mod protection;
 mod tokens;
 mod traffic;
 mod uploads;

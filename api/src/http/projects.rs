@@ -13,6 +13,7 @@ use gitdeploy_core::DeploymentStatus;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::protection::ProtectionChange;
 use super::*;
 use crate::error::ApiError;
 use crate::projects::{EnvVars, Project, ProjectError};
@@ -170,6 +171,14 @@ pub(super) struct ProjectUpdate {
     /// production's for every other build.
     #[serde(default)]
     environments: Option<EnvironmentsUpdate>,
+    /// Visitor protection (see [`super::protection`]); `null` turns it off.
+    #[serde(default, deserialize_with = "present")]
+    protection: Option<Value>,
+}
+
+/// A field that is present, `null` included (`Some(Value::Null)`), apart from one left out.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -221,6 +230,11 @@ pub(super) async fn update_project(
             ))
         }
     };
+    let protection = match req.protection.clone() {
+        Some(value) => Some(ProtectionChange::parse(value).await?),
+        None => None,
+    };
+    let mut bypass_token = None;
     let max_timeout = cp.config.limits.timeout_secs;
     let hook_secret = {
         use rand::distr::{Alphanumeric, SampleString};
@@ -234,6 +248,9 @@ pub(super) async fn update_project(
                 next.validate(max_timeout)
                     .map_err(|e| ApiError::bad_request("invalid_build", e))?;
                 p.build = next;
+            }
+            if let Some(change) = &protection {
+                bypass_token = change.apply(p)?;
             }
             if let Some(envs) = &req.environments {
                 if let Some(production) = envs.production.clone() {
@@ -277,7 +294,12 @@ pub(super) async fn update_project(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no project {name:?}")))?;
     tracing::info!(project = %name, "settings changed");
-    Ok(Json(project_json(&cp, &project)))
+    let mut body = project_json(&cp, &project);
+    if let Some(token) = bypass_token {
+        // Shown this once: only its hash is kept.
+        body["protection"]["bypass_token_value"] = json!(token);
+    }
+    Ok(Json(body))
 }
 
 /// Removes a project: `<name>.<domain>` stops resolving at once on every edge; its deployments

@@ -82,6 +82,11 @@ pub(super) fn project_json(cp: &ControlPlane, p: &Project) -> Value {
             v["opened_unix_ms"] = json!(a.opened_unix_ms);
             Some(v)
         }).collect::<Vec<_>>(),
+        "protection": p.protection.as_ref().map(|pr| json!({
+            "scope": pr.scope,
+            "password": pr.password.is_some(),
+            "bypass_token": pr.bypass_sha256.is_some(),
+        })),
         "environments": {
             "production": env_json(&p.build.env, &p.build.secrets),
             "preview": env_json(&p.preview_env.env, &p.preview_env.secrets),

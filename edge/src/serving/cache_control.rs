@@ -38,9 +38,44 @@ pub fn for_path(path: &str) -> &'static str {
     }
 }
 
+/// `value` for a response only its visitor may keep: `public` becomes `private` (added when
+/// neither is said); `no-store` stays as it is.
+pub fn private(value: &str) -> String {
+    let directives: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.eq_ignore_ascii_case("public"))
+        .collect();
+    if directives
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case("private") || d.eq_ignore_ascii_case("no-store"))
+    {
+        return directives.join(", ");
+    }
+    std::iter::once("private")
+        .chain(directives)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_table() {
+        for (value, want) in [
+            (IMMUTABLE, "private, max-age=31536000, immutable"),
+            (REVALIDATE, "private, max-age=0, must-revalidate"),
+            ("max-age=60", "private, max-age=60"),
+            ("Public, s-maxage=600", "private, s-maxage=600"),
+            ("no-store", "no-store"),
+            ("private, max-age=5", "private, max-age=5"),
+            ("", "private"),
+        ] {
+            assert_eq!(private(value), want, "{value:?}");
+        }
+    }
 
     #[test]
     fn hashed_table() {

@@ -35,6 +35,7 @@ use crate::serving::range::{self, RangeOutcome};
 use crate::tls_routes::TlsRoutes;
 
 mod ctx;
+mod protect;
 mod skew;
 pub use ctx::RequestCtx;
 use ctx::{ObjectRequest, Target};
@@ -45,6 +46,18 @@ const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request waits for another request's fill of the same object before going to S3
 /// itself.
 const FILL_WAIT: Duration = Duration::from_secs(10);
+
+/// What a site label resolved to.
+struct Site<'l> {
+    /// The deployment served.
+    id: DeploymentId,
+    /// The project named by the label (an id names none; its manifest does).
+    project: Option<&'l str>,
+    /// A production host (the project's own or a custom domain).
+    production: bool,
+    /// The project's alias view, when the label went through it.
+    view: Option<Arc<gitdeploy_api::EdgeView>>,
+}
 
 /// The sites proxy.
 pub struct SitesProxy {
@@ -60,6 +73,7 @@ pub struct SitesProxy {
     trusted: TrustedProxies,
     access_log: Option<Arc<AccessLog>>,
     traffic: Option<Arc<crate::traffic::TrafficRecorder>>,
+    visitors: protect::Gate,
 }
 
 impl SitesProxy {
@@ -79,13 +93,14 @@ impl SitesProxy {
             manifests,
             objects,
             control_plane,
-            metrics,
             aliases,
             draining: Draining::default(),
             tls: TlsRoutes::default(),
             trusted: TrustedProxies::default(),
             access_log: None,
             traffic: None,
+            visitors: protect::Gate::new(metrics.clone()),
+            metrics,
         }
     }
 
@@ -121,25 +136,35 @@ impl SitesProxy {
 }
 
 impl SitesProxy {
-    /// The deployment a site label serves and the project it is of: a deployment id serves
-    /// that build, `<slug>--<project>` the build a preview alias follows, any other label a
-    /// project's production (whose HSTS is set on the request and whose replaced deployments
-    /// go to `earlier`). `None`: nothing is served there.
+    /// The deployment a site label serves: a deployment id serves that build,
+    /// `<slug>--<project>` the build a preview alias follows, any other label a project's
+    /// production (whose HSTS is set on the request and whose replaced deployments go to
+    /// `earlier`). `None`: nothing is served there.
     async fn site_of<'l>(
         &self,
         session: &mut Session,
         label: &'l str,
         earlier: &mut Arc<[(DeploymentId, u64)]>,
-    ) -> Option<(DeploymentId, Option<&'l str>)> {
+    ) -> Option<Site<'l>> {
         if let Some(id) = DeploymentId::parse(label) {
-            return Some((id, None));
+            return Some(Site {
+                id,
+                project: None,
+                production: false,
+                view: None,
+            });
         }
         if looks_like_deployment_id(label) {
             return None;
         }
         if let Some((slug, project)) = gitdeploy_core::preview::split_label(label) {
             if let Some(view) = self.aliases.project(project).await {
-                return Some((view.previews.get(slug)?.clone(), Some(project)));
+                return Some(Site {
+                    id: view.previews.get(slug)?.clone(),
+                    project: Some(project),
+                    production: false,
+                    view: Some(view),
+                });
             }
             // No such project: a project named before `--` was kept for previews may own the
             // whole label.
@@ -150,19 +175,27 @@ impl SitesProxy {
             crate::hsts::set(session, max_age);
         }
         *earlier = production.earlier.clone();
-        Some((production.id.clone(), Some(label)))
+        Some(Site {
+            id: production.id.clone(),
+            project: Some(label),
+            production: true,
+            view: Some(view),
+        })
     }
 
-    /// Decides a site request; `Ok(true)` when the response was already sent.
+    /// Decides a site request for `label` (reached as `host`); `Ok(true)` when the response
+    /// was already sent.
     async fn route_site(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         label: &str,
+        host: &str,
     ) -> Result<bool> {
         let method = session.req_header().method.clone();
         let head = method == http::Method::HEAD;
-        if method != http::Method::GET && !head {
+        let login = session.req_header().uri.path() == protect::LOGIN_PATH;
+        if method != http::Method::GET && !head && !login {
             let body = error_page(405, "Sites accept GET and HEAD only.");
             let mut resp = html_response(405, body.len())?;
             resp.insert_header("allow", "GET, HEAD")?;
@@ -170,17 +203,14 @@ impl SitesProxy {
         }
         session.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
         let mut earlier: Arc<[(DeploymentId, u64)]> = Arc::new([]);
-        let Some((mut id, project)) = self.site_of(session, label, &mut earlier).await else {
+        let Some(site) = self.site_of(session, label, &mut earlier).await else {
             return send_error(session, 404, "There is no site at this address.", head).await;
         };
+        let (mut id, project) = (site.id, site.project);
         if ctx.logged {
             ctx.deployment = Some(id.clone());
             ctx.project = project.map(str::to_owned);
         }
-        let path = match SitePath::parse(session.req_header().uri.path()) {
-            Ok(p) => p,
-            Err(e) => return send_error(session, 400, &format!("Bad path: {e}."), head).await,
-        };
         let mut manifest = match self.manifests.get(&id).await {
             Ok(m) => {
                 // Manifests from before the project was recorded: the alias names it.
@@ -201,6 +231,34 @@ impl SitesProxy {
                     }
                 };
             }
+        };
+        // Visitor protection, before anything about the path is answered.
+        let view = match (site.view, manifest.project.as_deref()) {
+            (Some(view), _) => Some(view),
+            (None, Some(project)) => self.aliases.project(project).await,
+            (None, None) => None,
+        };
+        let protection = view
+            .and_then(|v| v.protection.clone())
+            .filter(|p| p.covers(site.production));
+        if login {
+            return match protection {
+                Some(p) => {
+                    let client = crate::request_info::client(session, &self.trusted);
+                    self.visitors.login(session, p, host, client).await
+                }
+                None => send_error(session, 404, "This page could not be found.", head).await,
+            };
+        }
+        if let Some(p) = &protection {
+            if !self.visitors.admits(session, p, host) {
+                return self.visitors.turn_away(session, head).await;
+            }
+        }
+        let private = protection.is_some();
+        let path = match SitePath::parse(session.req_header().uri.path()) {
+            Ok(p) => p,
+            Err(e) => return send_error(session, 400, &format!("Bad path: {e}."), head).await,
         };
         let query = session.req_header().uri.query().map(str::to_owned);
         let resolved = match manifest.resolve(&path, query.as_deref()) {
@@ -246,6 +304,7 @@ impl SitesProxy {
             range: None,
             modified: conditional::last_modified(manifest.created_unix_ms),
             extra: manifest.extra_headers(&path).cloned().collect(),
+            private,
         };
         if status == 200 {
             // Validators are per representation: pick the variant first.
@@ -403,7 +462,7 @@ impl ProxyHttp for SitesProxy {
                 if let Some(sent) = self.tls.to_https(session, &host, false, head).await? {
                     return Ok(sent);
                 }
-                self.route_site(session, ctx, &label).await
+                self.route_site(session, ctx, &label, &host).await
             }
             // A custom domain serves its project exactly as `<project>.<domain>` does.
             HostRoute::Custom(domain) => match self.aliases.custom_domain(&domain).await {
@@ -411,7 +470,7 @@ impl ProxyHttp for SitesProxy {
                     if let Some(sent) = self.tls.to_https(session, &domain, true, head).await? {
                         return Ok(sent);
                     }
-                    self.route_site(session, ctx, &project).await
+                    self.route_site(session, ctx, &project, &domain).await
                 }
                 None => send_error(session, 404, "There is no site at this address.", head).await,
             },
