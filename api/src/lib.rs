@@ -16,12 +16,14 @@ mod domain_record;
 pub mod domains;
 pub mod ecs;
 mod error;
+pub mod events;
 mod file_store;
 mod http;
 mod job;
 pub mod journal;
 pub mod logbus;
 pub mod metrics;
+pub mod notify;
 pub mod previews;
 pub mod projects;
 pub mod protection;
@@ -35,6 +37,7 @@ mod redis_task;
 pub mod runner;
 pub mod store;
 mod store_error;
+pub mod targets;
 pub mod task_access;
 pub mod tokens;
 pub mod traffic;
@@ -116,6 +119,8 @@ pub struct ApiConfig {
     pub rate_limit: Option<ratelimit::RateLimit>,
     /// How old an unreferenced blob must be before a garbage collection deletes it.
     pub gc_grace: std::time::Duration,
+    /// Where notification webhooks may point.
+    pub outbound: notify::outbound::Policy,
 }
 
 /// The control plane's shared state: stores, log bus, job queue and settings.

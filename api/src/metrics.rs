@@ -28,6 +28,9 @@ pub struct ApiMetrics {
     pub log_lagged: IntCounter,
     /// ACME certificate orders, by outcome (`issued`, `failed`).
     pub acme_orders: IntCounterVec,
+    /// Notification attempts by kind (`webhook`, `github`) and outcome (`delivered`, `retried`,
+    /// `failed`, `dropped`).
+    pub notifications: IntCounterVec,
 }
 
 fn build_buckets() -> Vec<f64> {
@@ -87,6 +90,13 @@ impl ApiMetrics {
                 ),
                 &["outcome"],
             )?,
+            notifications: IntCounterVec::new(
+                Opts::new(
+                    "gitdeploy_notifications_total",
+                    "Notification attempts (webhooks and GitHub calls), by kind and outcome.",
+                ),
+                &["kind", "outcome"],
+            )?,
         };
         // Every labelled series exists from the start at 0, so a dashboard's or an alert's
         // rate() sees the first event instead of a series that appears already counted.
@@ -99,6 +109,11 @@ impl ApiMetrics {
         for outcome in ["issued", "failed"] {
             m.acme_orders.with_label_values(&[outcome]);
         }
+        for kind in ["webhook", "github"] {
+            for outcome in ["delivered", "retried", "failed", "dropped"] {
+                m.notifications.with_label_values(&[kind, outcome]);
+            }
+        }
         registry.register(Box::new(m.builds_started.clone()))?;
         registry.register(Box::new(m.builds_finished.clone()))?;
         registry.register(Box::new(m.build_duration.clone()))?;
@@ -109,6 +124,7 @@ impl ApiMetrics {
         registry.register(Box::new(m.log_followers.clone()))?;
         registry.register(Box::new(m.log_lagged.clone()))?;
         registry.register(Box::new(m.acme_orders.clone()))?;
+        registry.register(Box::new(m.notifications.clone()))?;
         Ok(m)
     }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::previews::PreviewAlias;
 use crate::protection::Protection;
+use crate::targets::{GithubLink, NotificationTarget};
 
 /// Earlier production deployments remembered per project.
 const MAX_HISTORY: usize = 50;
@@ -67,6 +68,12 @@ pub struct Project {
     /// ([`crate::protection`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protection: Option<Protection>,
+    /// Webhooks told of its deployment events ([`crate::notify`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationTarget>,
+    /// Its GitHub connection: commit statuses and pull request comments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github: Option<GithubLink>,
 }
 
 /// Which variables a build gets.
@@ -179,6 +186,8 @@ impl Project {
             preview_env: EnvVars::default(),
             previews: BTreeMap::new(),
             protection: None,
+            notifications: Vec::new(),
+            github: None,
         }
     }
 

@@ -19,6 +19,7 @@ use tokio::sync::broadcast;
 
 pub use crate::alias_change::AliasChange;
 use crate::domain_record::CustomDomain;
+use crate::events::{DeploymentEvent, DeploymentEvents, EventKind};
 use crate::previews::Trigger;
 use crate::projects::{Project, ProjectError};
 pub use crate::store_error::StoreError;
@@ -270,12 +271,48 @@ pub(crate) fn contention() -> StoreError {
 #[derive(Clone)]
 pub struct Records {
     store: Arc<dyn Store>,
+    events: Option<Arc<dyn DeploymentEvents>>,
 }
 
 impl Records {
     /// The records kept in `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Records { store }
+        Records {
+            store,
+            events: None,
+        }
+    }
+
+    /// These records, announcing every deployment event to `events` after its commit
+    /// ([`crate::events`]).
+    pub fn with_events(mut self, events: Arc<dyn DeploymentEvents>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Announces `kind` of `deployment` (of a project; nothing for one without).
+    pub fn announce(&self, kind: EventKind, deployment: &Deployment, alias: Option<String>) {
+        let (Some(events), Some(project)) = (&self.events, &deployment.project) else {
+            return;
+        };
+        events.announce(DeploymentEvent {
+            kind,
+            project: project.clone(),
+            deployment: deployment.clone(),
+            alias,
+            unix_ms: crate::now_ms(),
+        });
+    }
+
+    async fn announce_production(&self, kind: EventKind, project: &Project) {
+        let Some(id) = &project.production else {
+            return;
+        };
+        match self.get(id).await {
+            Ok(Some(d)) => self.announce(kind, &d, None),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%id, "cannot read the deployment to announce it: {e}"),
+        }
     }
 
     /// The underlying store.
@@ -283,9 +320,10 @@ impl Records {
         &self.store
     }
 
-    /// Adds a new deployment (its id must be new).
+    /// Adds a new deployment (its id must be new); a queued one is announced.
     pub async fn insert(&self, d: Deployment) -> Result<(), StoreError> {
         let id = d.id.clone();
+        let queued = (d.status == DeploymentStatus::Queued).then(|| d.clone());
         if self
             .store
             .commit(vec![Write::Deployment {
@@ -294,6 +332,9 @@ impl Records {
             }])
             .await?
         {
+            if let Some(d) = queued {
+                self.announce(EventKind::Queued, &d, None);
+            }
             Ok(())
         } else {
             Err(StoreError::Conflict(format!(
@@ -422,6 +463,12 @@ impl Records {
                 }
             }
             if self.store.commit(writes).await.map_err(StoreError::from)? {
+                if let Some(kind) = EventKind::of_end(done.deployment.status) {
+                    self.announce(kind, &done.deployment, done.preview.clone());
+                }
+                if done.promoted.is_some() {
+                    self.announce(EventKind::Promoted, &done.deployment, None);
+                }
                 return Ok(Some(done));
             }
         }
@@ -567,11 +614,16 @@ impl Records {
         name: &str,
         deployment: &DeploymentId,
     ) -> Result<Option<Project>, StoreError> {
-        self.update_project(name, |p| {
-            p.set_production(deployment, crate::now_ms());
-            Ok::<_, StoreError>(())
-        })
-        .await
+        let moved = self
+            .update_project(name, |p| {
+                p.set_production(deployment, crate::now_ms());
+                Ok::<_, StoreError>(())
+            })
+            .await?;
+        if let Some(p) = &moved {
+            self.announce_production(EventKind::Promoted, p).await;
+        }
+        Ok(moved)
     }
 
     /// Points the alias back at the most recent earlier production deployment that is still
@@ -608,6 +660,7 @@ impl Records {
                 .await
                 .map_err(StoreError::from)?
             {
+                self.announce_production(EventKind::RolledBack, &next).await;
                 return Ok(Some(next));
             }
         }

@@ -39,24 +39,7 @@ pub fn replay_key(signature: &str) -> String {
     signature.trim().to_ascii_lowercase().replace('=', "-")
 }
 
-/// A repository URL reduced to `host/owner/name`, so https, git and ssh forms of one repository
-/// compare equal.
-pub fn normalize_repo(url: &str) -> String {
-    let url = url.trim().trim_end_matches('/');
-    let url = url.strip_suffix(".git").unwrap_or(url);
-    let (rest, separator) = match url.split_once("://") {
-        Some((_, rest)) => (rest, '/'),
-        // scp-like git@host:owner/name
-        None => (url.split_once('@').map(|(_, r)| r).unwrap_or(url), ':'),
-    };
-    let (authority, path) = rest.split_once(separator).unwrap_or((rest, ""));
-    let host = authority
-        .rsplit_once('@')
-        .map(|(_, h)| h)
-        .unwrap_or(authority);
-    let host = host.split(':').next().unwrap_or(host).to_ascii_lowercase();
-    format!("{host}/{}", path.trim_start_matches('/'))
-}
+pub use gitdeploy_core::repo::normalize_repo;
 
 /// The commit a push's build compares with to decide whether it can be skipped
 /// ([`gitdeploy_core::watch`]): the one the project's last ready build of `git_ref` was made
@@ -306,25 +289,5 @@ mod tests {
         assert!(!signature_valid(secret, body, "sha1=abc"));
         assert!(!signature_valid(secret, body, "sha256=zz"));
         assert!(!signature_valid(secret, body, ""));
-    }
-
-    #[test]
-    fn repo_forms_compare_equal() {
-        let want = "github.com/owner/site";
-        for url in [
-            "https://github.com/owner/site",
-            "https://github.com/owner/site.git",
-            "https://user:tok@GitHub.com/owner/site/",
-            "git://github.com/owner/site.git",
-            "ssh://git@github.com/owner/site.git",
-            "git@github.com:owner/site.git",
-        ] {
-            assert_eq!(normalize_repo(url), want, "{url}");
-        }
-        assert_ne!(normalize_repo("https://github.com/owner/other"), want);
-        assert_eq!(
-            normalize_repo("http://127.0.0.1:9418/site"),
-            "127.0.0.1/site"
-        );
     }
 }

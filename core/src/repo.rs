@@ -146,9 +146,49 @@ pub fn cache_key(url: &str) -> String {
     format!("repo-{hash:016x}")
 }
 
+/// A repository URL reduced to `host/owner/name`, so https, git and ssh forms of one repository
+/// compare equal.
+pub fn normalize_repo(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    let url = url.strip_suffix(".git").unwrap_or(url);
+    let (rest, separator) = match url.split_once("://") {
+        Some((_, rest)) => (rest, '/'),
+        // scp-like git@host:owner/name
+        None => (url.split_once('@').map(|(_, r)| r).unwrap_or(url), ':'),
+    };
+    let (authority, path) = rest.split_once(separator).unwrap_or((rest, ""));
+    let host = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
+    let host = host.split(':').next().unwrap_or(host).to_ascii_lowercase();
+    format!("{host}/{}", path.trim_start_matches('/'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repo_forms_compare_equal() {
+        let want = "github.com/owner/site";
+        for url in [
+            "https://github.com/owner/site",
+            "https://github.com/owner/site.git",
+            "https://user:tok@GitHub.com/owner/site/",
+            "git://github.com/owner/site.git",
+            "ssh://git@github.com/owner/site.git",
+            "git@github.com:owner/site.git",
+        ] {
+            assert_eq!(normalize_repo(url), want, "{url}");
+        }
+        assert_ne!(normalize_repo("https://github.com/owner/other"), want);
+        assert_eq!(
+            normalize_repo("http://127.0.0.1:9418/site"),
+            "127.0.0.1/site"
+        );
+    }
+
     use RepoScheme::*;
 
     #[test]

@@ -60,6 +60,47 @@ pub(crate) struct Platform {
     pub traffic_flush: Duration,
     /// Garbage collection of unreferenced blobs.
     pub gc: GcSettings,
+    /// Notification webhooks and GitHub.
+    pub notify: NotifyConfig,
+}
+
+/// How the platform tells the outside world of deployments ([`gitdeploy_api::notify`]).
+#[derive(Clone, Debug)]
+pub(crate) struct NotifyConfig {
+    /// Ranges notification webhooks may reach besides public addresses.
+    pub allow_networks: Vec<gitdeploy_api::notify::outbound::Cidr>,
+    /// GitHub's REST API.
+    pub github_api: String,
+    /// The first retry's wait.
+    pub retry_base: Duration,
+    /// One attempt's time limit.
+    pub timeout: Duration,
+}
+
+impl NotifyConfig {
+    /// Reads the allowed ranges; the message names the first bad one.
+    pub fn new(
+        allow: &[String],
+        github_api: String,
+        retry_base: Duration,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let allow_networks = allow
+            .iter()
+            .map(|c| gitdeploy_api::notify::outbound::Cidr::parse(c).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?;
+        let parsed = reqwest::Url::parse(&github_api)
+            .map_err(|e| anyhow::anyhow!("the GitHub API URL {github_api:?}: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            anyhow::bail!("the GitHub API URL {github_api:?} must be http or https");
+        }
+        Ok(NotifyConfig {
+            allow_networks,
+            github_api,
+            retry_base,
+            timeout,
+        })
+    }
 }
 
 /// When blobs no deployment names are deleted (`builder::publish::gc`).
@@ -224,6 +265,18 @@ impl Platform {
                     port: (port != 80).then_some(port),
                 }
             }
+        }
+    }
+
+    /// Where notification webhooks may point: not this platform's names or listeners, and
+    /// public addresses only (besides the ranges opened).
+    pub(crate) fn outbound_policy(&self) -> gitdeploy_api::notify::outbound::Policy {
+        let mut own = vec![self.listen, self.metrics_listen];
+        own.extend(self.tls.as_ref().map(|t| t.listen));
+        gitdeploy_api::notify::outbound::Policy {
+            platform_domain: self.domain.clone(),
+            own,
+            allowed: self.notify.allow_networks.clone(),
         }
     }
 

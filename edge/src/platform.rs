@@ -270,6 +270,34 @@ impl State {
     }
 }
 
+impl State {
+    /// Starts the notifier (notification webhooks, GitHub) on `rt`: every later user of these
+    /// records announces its deployment events to it.
+    pub(crate) fn start_notifier(
+        &mut self,
+        platform: &Platform,
+        rt: &tokio::runtime::Runtime,
+        metrics: &ApiMetrics,
+    ) -> anyhow::Result<()> {
+        let mut settings = gitdeploy_api::notify::NotifySettings::new(
+            platform.public_urls(),
+            platform.outbound_policy(),
+        );
+        settings.github_api = platform.notify.github_api.clone();
+        settings.retry_base = platform.notify.retry_base;
+        settings.timeout = platform.notify.timeout;
+        let notifier = gitdeploy_api::notify::Notifier::start(
+            settings,
+            self.records.clone(),
+            self.journal.clone(),
+            metrics.clone(),
+            rt.handle(),
+        )?;
+        self.records = self.records.clone().with_events(notifier);
+        Ok(())
+    }
+}
+
 /// What the runner is built from.
 pub(crate) struct RunnerParts<'a> {
     pub(crate) platform: &'a Platform,
@@ -377,6 +405,7 @@ pub(crate) fn control_plane(
             token_sha256: api.token.as_deref().map(token_sha256),
             rate_limit: api.rate_limit,
             gc_grace: platform.gc.grace,
+            outbound: platform.outbound_policy(),
         },
         state.records.clone(),
         state.bus.clone(),

@@ -31,6 +31,11 @@
 //! POST /api/projects/{name}/domains {"domain"} → 201 {domain, status}: claim a custom domain
 //! GET  /api/projects/{name}/domains  [{domain, status, error?, not_after_unix_ms?}]
 //! DELETE /api/projects/{name}/domains/{domain}  release it → 204
+//! POST /api/projects/{name}/notifications {"url", "events"?, "format"?: "json"|"slack"} → 201
+//!                                  {id, url, events, format, secret}: the secret shown once
+//! GET  /api/projects/{name}/notifications  its webhooks (URLs masked)
+//! DELETE /api/projects/{name}/notifications/{id}  remove one → 204
+//! GET  /api/projects/{name}/deliveries  the newest delivery attempts (webhooks, GitHub)
 //! POST /api/tokens                 {"name", "scopes": ["read"|"deploy"|"admin"], "project"?} → 201
 //!                                  {id, name, scopes, project, token}: the secret, shown once
 //! GET  /api/tokens                 named tokens (never their secrets)
@@ -47,6 +52,7 @@ mod domains;
 mod health;
 mod hooks;
 mod logs;
+mod notifications;
 mod projects;
 mod protection;
 mod tokens;
@@ -142,6 +148,18 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
             axum::routing::delete(tokens::revoke_token),
         )
         .route("/api/audit", get(tokens::read_audit))
+        .route(
+            "/api/projects/{name}/notifications",
+            post(notifications::add_notification).get(notifications::list_notifications),
+        )
+        .route(
+            "/api/projects/{name}/notifications/{id}",
+            axum::routing::delete(notifications::remove_notification),
+        )
+        .route(
+            "/api/projects/{name}/deliveries",
+            get(notifications::list_deliveries),
+        )
         .route("/api/gc", post(collect_garbage))
         .route("/api/hooks/github", post(github_hook))
         .route("/api/hooks/deploy/{name}/{secret}", post(deploy_hook))

@@ -17,6 +17,7 @@ use super::protection::ProtectionChange;
 use super::*;
 use crate::error::ApiError;
 use crate::projects::{EnvVars, Project, ProjectError};
+use crate::targets::{github_repository, valid_repository, GithubLink};
 use crate::tokens::Caller;
 use crate::{now_ms, ControlPlane};
 
@@ -174,6 +175,43 @@ pub(super) struct ProjectUpdate {
     /// Visitor protection (see [`super::protection`]); `null` turns it off.
     #[serde(default, deserialize_with = "present")]
     protection: Option<Value>,
+    /// `{"token", "repository"?}`: commit statuses and pull request comments on GitHub;
+    /// `null` disconnects.
+    #[serde(default, deserialize_with = "present")]
+    github: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GithubUpdate {
+    token: String,
+    #[serde(default)]
+    repository: Option<String>,
+}
+
+/// The GitHub connection a settings change asks for (`None`: disconnect), checked.
+fn github_link(value: Value, repo_url: &str) -> Result<Option<GithubLink>, ApiError> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    let bad = |m: String| ApiError::bad_request("invalid_github", m);
+    let u: GithubUpdate =
+        serde_json::from_value(value).map_err(|e| bad(format!("invalid github settings: {e}")))?;
+    let token = u.token.trim();
+    if token.is_empty() || token.len() > 512 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("the GitHub token is 1-512 printable characters".into()));
+    }
+    let repository = match u.repository {
+        Some(r) if valid_repository(r.trim()) => r.trim().to_owned(),
+        Some(r) => return Err(bad(format!("{r:?} is not a repository's owner/name"))),
+        None => github_repository(repo_url).ok_or_else(|| {
+            bad("the project's repository is not on github.com: give \"repository\": \"owner/name\"".into())
+        })?,
+    };
+    Ok(Some(GithubLink {
+        token: token.to_owned(),
+        repository,
+    }))
 }
 
 /// A field that is present, `null` included (`Some(Value::Null)`), apart from one left out.
@@ -235,6 +273,13 @@ pub(super) async fn update_project(
         None => None,
     };
     let mut bypass_token = None;
+    let github = match req.github.clone() {
+        Some(value) => {
+            let current = lookup_project(&cp, &name).await?;
+            Some(github_link(value, &current.repo)?)
+        }
+        None => None,
+    };
     let max_timeout = cp.config.limits.timeout_secs;
     let hook_secret = {
         use rand::distr::{Alphanumeric, SampleString};
@@ -251,6 +296,9 @@ pub(super) async fn update_project(
             }
             if let Some(change) = &protection {
                 bypass_token = change.apply(p)?;
+            }
+            if let Some(link) = &github {
+                p.github.clone_from(link);
             }
             if let Some(envs) = &req.environments {
                 if let Some(production) = envs.production.clone() {

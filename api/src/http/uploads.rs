@@ -428,6 +428,8 @@ async fn queue_source(
             archive: Some(archive),
         })
         .map_err(submit_error)?;
+    cp.records
+        .announce(crate::events::EventKind::Queued, &queued, None);
     job(cp, &d.id)
         .system(format!(
             "Received the source folder ({} bytes); queued for a build",

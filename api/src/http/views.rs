@@ -87,6 +87,8 @@ pub(super) fn project_json(cp: &ControlPlane, p: &Project) -> Value {
             "password": pr.password.is_some(),
             "bypass_token": pr.bypass_sha256.is_some(),
         })),
+        "github": p.github.as_ref().map(|g| json!({"repository": g.repository, "connected": true})),
+        "notifications": p.notifications.len(),
         "environments": {
             "production": env_json(&p.build.env, &p.build.secrets),
             "preview": env_json(&p.preview_env.env, &p.preview_env.secrets),

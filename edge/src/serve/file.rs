@@ -27,6 +27,62 @@ pub(super) struct Config {
     pub(super) tls: Option<TlsSection>,
     #[serde(default)]
     pub(super) acme: Option<AcmeSection>,
+    #[serde(default)]
+    pub(super) notifications: NotificationsSection,
+    #[serde(default)]
+    pub(super) github: GithubSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NotificationsSection {
+    /// Ranges notification webhooks may reach besides public addresses.
+    #[serde(default)]
+    pub(super) allow_networks: Vec<String>,
+    /// The first retry's wait.
+    #[serde(default = "default_retry_secs")]
+    pub(super) retry_secs: u64,
+    /// One attempt's time limit.
+    #[serde(default = "default_timeout_secs")]
+    pub(super) timeout_secs: u64,
+}
+
+fn default_retry_secs() -> u64 {
+    10
+}
+
+fn default_timeout_secs() -> u64 {
+    10
+}
+
+impl Default for NotificationsSection {
+    fn default() -> Self {
+        NotificationsSection {
+            allow_networks: Vec::new(),
+            retry_secs: default_retry_secs(),
+            timeout_secs: default_timeout_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GithubSection {
+    /// GitHub's REST API (GitHub Enterprise: `https://<host>/api/v3`).
+    #[serde(default = "default_github_api")]
+    pub(super) api_url: String,
+}
+
+fn default_github_api() -> String {
+    "https://api.github.com".into()
+}
+
+impl Default for GithubSection {
+    fn default() -> Self {
+        GithubSection {
+            api_url: default_github_api(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

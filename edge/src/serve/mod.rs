@@ -15,8 +15,8 @@ use gitdeploy_core::repo::RepoScheme;
 use crate::access_log::AccessLogSettings;
 use crate::client_addr::TrustedProxies;
 use crate::config::{
-    ApiSettings, BuildSettings, CacheSettings, DomainSettings, Platform, PublicAddress, RunnerKind,
-    S3Credentials, StateBackend, StorageSettings, TlsListener,
+    ApiSettings, BuildSettings, CacheSettings, DomainSettings, NotifyConfig, Platform,
+    PublicAddress, RunnerKind, S3Credentials, StateBackend, StorageSettings, TlsListener,
 };
 use crate::public::ConnectionLimits;
 
@@ -307,6 +307,12 @@ impl Config {
                 retry_first: gitdeploy_api::acme::RETRY_FIRST,
                 check_every: gitdeploy_api::acme::CHECK_EVERY,
             }),
+            notify: NotifyConfig::new(
+                &self.notifications.allow_networks,
+                self.github.api_url.clone(),
+                std::time::Duration::from_secs(self.notifications.retry_secs.max(1)),
+                std::time::Duration::from_secs(self.notifications.timeout_secs.max(1)),
+            )?,
             domains: DomainSettings {
                 dns_resolver: self.domains.dns_resolver,
                 public_addresses: self.domains.public_address,

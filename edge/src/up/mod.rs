@@ -106,7 +106,8 @@ pub fn run(platform: Platform) -> anyhow::Result<()> {
             .block_on(origin.use_aws_credentials(&storage.region, control_rt.handle()))
             .map_err(anyhow::Error::msg)?;
     }
-    let state = State::open(opts, &control_rt, &data, &api_metrics)?;
+    let mut state = State::open(opts, &control_rt, &data, &api_metrics)?;
+    state.start_notifier(opts, &control_rt, &api_metrics)?;
     let (runner, queue) = RunnerParts {
         platform: opts,
         rt: &control_rt,

@@ -13,8 +13,8 @@ use gitdeploy_core::repo::RepoScheme;
 use crate::access_log::AccessLogSettings;
 use crate::client_addr::TrustedProxies;
 use crate::config::{
-    ApiSettings, BuildSettings, CacheSettings, DomainSettings, Platform, RunnerKind, S3Credentials,
-    StateBackend, StorageSettings, TlsListener,
+    ApiSettings, BuildSettings, CacheSettings, DomainSettings, NotifyConfig, Platform, RunnerKind,
+    S3Credentials, StateBackend, StorageSettings, TlsListener,
 };
 use crate::platform::{BUCKET, REGION};
 use crate::public::ConnectionLimits;
@@ -52,6 +52,25 @@ pub struct UpOptions {
     /// addresses, link-local and loopback stay closed.
     #[arg(long = "build-allow-network", value_name = "CIDR")]
     build_allow_networks: Vec<String>,
+    /// An address range notification webhooks may reach besides public addresses (an internal
+    /// relay; loopback for a local receiver), as a CIDR such as 10.30.0.0/16; repeat for
+    /// several. Link-local (the cloud metadata endpoints) stays closed, and so does this server.
+    #[arg(long = "notify-allow-network", value_name = "CIDR")]
+    notify_allow_networks: Vec<String>,
+    /// GitHub's REST API, for commit statuses and pull request comments (GitHub Enterprise:
+    /// https://<host>/api/v3).
+    #[arg(
+        long,
+        env = "GITDEPLOY_GITHUB_API",
+        default_value = "https://api.github.com"
+    )]
+    github_api: String,
+    /// The first retry's wait of a notification (then four times as long each time).
+    #[arg(long, hide = true, default_value_t = 10_000)]
+    notify_retry_ms: u64,
+    /// One notification attempt's time limit.
+    #[arg(long, hide = true, default_value_t = 10_000)]
+    notify_timeout_ms: u64,
     /// Token the API requires (`Authorization: Bearer <token>`); without one the API is open.
     #[arg(long, env = "GITDEPLOY_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
@@ -309,6 +328,12 @@ impl UpOptions {
                 object_total_bytes: self.object_cache_bytes,
                 alias_ttl: ms(self.alias_cache_ttl_ms.max(1)),
             },
+            notify: NotifyConfig::new(
+                &self.notify_allow_networks,
+                self.github_api,
+                ms(self.notify_retry_ms.max(1)),
+                ms(self.notify_timeout_ms.max(1)),
+            )?,
             builds: BuildSettings {
                 concurrency: self.concurrency,
                 limits: BuildLimits {
