@@ -34,6 +34,7 @@ mod redis_conn;
 mod redis_logbus;
 pub mod redis_store;
 mod redis_task;
+pub mod retention;
 pub mod runner;
 pub mod store;
 mod store_error;
@@ -137,6 +138,7 @@ pub struct ControlPlane {
     certs: Option<Arc<dyn cert_store::CertStore>>,
     traffic: Option<Arc<dyn traffic::TrafficStore>>,
     journal: Arc<dyn journal::Journal>,
+    retention: Option<Arc<retention::Retention>>,
 }
 
 impl ControlPlane {
@@ -164,7 +166,14 @@ impl ControlPlane {
             certs: None,
             traffic: None,
             journal,
+            retention: None,
         }
+    }
+
+    /// Preview retention, swept when a project's setting changes.
+    pub fn with_retention(mut self, retention: Arc<retention::Retention>) -> Self {
+        self.retention = Some(retention);
+        self
     }
 
     /// Notified whenever a custom domain is added, so its check need not wait

@@ -74,6 +74,10 @@ pub struct Project {
     /// Its GitHub connection: commit statuses and pull request comments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub github: Option<GithubLink>,
+    /// Preview deployments kept (the newest); older ones are deleted ([`crate::retention`]).
+    /// `None`: all are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_retention: Option<u32>,
 }
 
 /// Which variables a build gets.
@@ -188,6 +192,7 @@ impl Project {
             protection: None,
             notifications: Vec::new(),
             github: None,
+            preview_retention: None,
         }
     }
 

@@ -271,7 +271,7 @@ pub(crate) fn contention() -> StoreError {
 #[derive(Clone)]
 pub struct Records {
     store: Arc<dyn Store>,
-    events: Option<Arc<dyn DeploymentEvents>>,
+    events: Vec<Arc<dyn DeploymentEvents>>,
 }
 
 impl Records {
@@ -279,29 +279,31 @@ impl Records {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Records {
             store,
-            events: None,
+            events: Vec::new(),
         }
     }
 
-    /// These records, announcing every deployment event to `events` after its commit
+    /// These records, also announcing every deployment event to `events` after its commit
     /// ([`crate::events`]).
     pub fn with_events(mut self, events: Arc<dyn DeploymentEvents>) -> Self {
-        self.events = Some(events);
+        self.events.push(events);
         self
     }
 
     /// Announces `kind` of `deployment` (of a project; nothing for one without).
     pub fn announce(&self, kind: EventKind, deployment: &Deployment, alias: Option<String>) {
-        let (Some(events), Some(project)) = (&self.events, &deployment.project) else {
+        let Some(project) = &deployment.project else {
             return;
         };
-        events.announce(DeploymentEvent {
-            kind,
-            project: project.clone(),
-            deployment: deployment.clone(),
-            alias,
-            unix_ms: crate::now_ms(),
-        });
+        for events in &self.events {
+            events.announce(DeploymentEvent {
+                kind,
+                project: project.clone(),
+                deployment: deployment.clone(),
+                alias: alias.clone(),
+                unix_ms: crate::now_ms(),
+            });
+        }
     }
 
     async fn announce_production(&self, kind: EventKind, project: &Project) {

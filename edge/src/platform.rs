@@ -209,6 +209,8 @@ pub(crate) struct State {
     pub(crate) traffic: Arc<dyn gitdeploy_api::traffic::TrafficStore>,
     /// The audit log, notification deliveries and webhooks seen.
     pub(crate) journal: Arc<dyn gitdeploy_api::journal::Journal>,
+    /// Preview retention, once started ([`State::start_observers`]).
+    pub(crate) retention: Option<Arc<gitdeploy_api::retention::Retention>>,
 }
 
 impl State {
@@ -238,6 +240,7 @@ impl State {
                 journal: Arc::new(gitdeploy_api::journal::FileJournal::open(
                     &dir.join("journal"),
                 )?),
+                retention: None,
             });
         };
         if let Some(ca) = ca_file {
@@ -264,6 +267,7 @@ impl State {
                 certs: Arc::new(store.cert_store()),
                 traffic: Arc::new(store.traffic_store()),
                 journal: Arc::new(store.journal()),
+                retention: None,
                 task_access: Some(store),
             })
         })
@@ -271,14 +275,22 @@ impl State {
 }
 
 impl State {
-    /// Starts the notifier (notification webhooks, GitHub) on `rt`: every later user of these
-    /// records announces its deployment events to it.
-    pub(crate) fn start_notifier(
+    /// Starts what hears of deployment events on `rt` (every later user of these records
+    /// announces its events to them): the notifier (notification webhooks, GitHub) and preview
+    /// retention, which deletes from `storage`.
+    pub(crate) fn start_observers(
         &mut self,
         platform: &Platform,
         rt: &tokio::runtime::Runtime,
         metrics: &ApiMetrics,
+        storage: &Arc<S3Origin>,
     ) -> anyhow::Result<()> {
+        let retention = gitdeploy_api::retention::Retention::new(
+            self.records.clone(),
+            self.bus.clone(),
+            Some(storage.clone() as Arc<dyn gitdeploy_api::SiteStorage>),
+            rt.handle().clone(),
+        );
         let mut settings = gitdeploy_api::notify::NotifySettings::new(
             platform.public_urls(),
             platform.outbound_policy(),
@@ -293,7 +305,14 @@ impl State {
             metrics.clone(),
             rt.handle(),
         )?;
-        self.records = self.records.clone().with_events(notifier);
+        self.records = self
+            .records
+            .clone()
+            .with_events(notifier)
+            .with_events(Arc::new(gitdeploy_api::retention::SweepOnEnd(
+                retention.clone(),
+            )));
+        self.retention = Some(retention);
         Ok(())
     }
 }
@@ -396,14 +415,14 @@ pub(crate) fn control_plane(
     queue: JobQueue,
     origin: &Arc<S3Origin>,
 ) -> ControlPlane {
-    let api = &platform.api;
-    ControlPlane::new(
+    let settings = &platform.api;
+    let cp = ControlPlane::new(
         ApiConfig {
             public: platform.public_urls(),
-            allowed_repo_schemes: api.repo_schemes.clone(),
+            allowed_repo_schemes: settings.repo_schemes.clone(),
             limits,
-            token_sha256: api.token.as_deref().map(token_sha256),
-            rate_limit: api.rate_limit,
+            token_sha256: settings.token.as_deref().map(token_sha256),
+            rate_limit: settings.rate_limit,
             gc_grace: platform.gc.grace,
             outbound: platform.outbound_policy(),
         },
@@ -415,5 +434,9 @@ pub(crate) fn control_plane(
     )
     .with_site_storage(origin.clone())
     .with_cert_store(state.certs.clone())
-    .with_traffic(state.traffic.clone())
+    .with_traffic(state.traffic.clone());
+    match &state.retention {
+        Some(retention) => cp.with_retention(retention.clone()),
+        None => cp,
+    }
 }

@@ -309,34 +309,28 @@ pub(super) async fn delete_deployment(
             ),
         ));
     }
-    if let Some(name) = &d.project {
-        // Out of the project's history, unless it serves production (checked in the same
-        // commit, so a concurrent promote cannot slip in between).
-        cp.records
-            .update_project(name, |p| {
-                if p.production.as_ref() == Some(&d.id) {
-                    return Err(ApiError::conflict(
-                        "is_production",
-                        format!(
-                            "deployment {} serves project {name}: promote another deployment first",
-                            d.id
-                        ),
-                    ));
-                }
-                p.history.retain(|h| h != &d.id);
-                Ok(())
-            })
-            .await?;
-    }
-    if let Some(storage) = &cp.storage {
-        let removed = storage.delete_deployment(&d.id).await.map_err(|e| {
-            ApiError::unavailable(format!("cannot delete the stored files (try again): {e}"))
-        })?;
-        tracing::info!(id = %d.id, objects = removed, "deployment files deleted");
-    }
-    cp.bus.remove(&d.id).await?;
-    cp.records.delete(&d.id).await?;
+    crate::retention::delete_deployment(&cp.records, &cp.bus, cp.storage.as_ref(), &d).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Pins a deployment (`POST`: kept whatever the project's preview retention says) or unpins it
+/// (`DELETE`).
+pub(super) async fn pin_deployment(
+    State(cp): State<ControlPlane>,
+    method: axum::http::Method,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let d = lookup(&cp, &id).await?;
+    let pinned = method == axum::http::Method::POST;
+    let d = cp
+        .records
+        .update(&d.id, |rec| {
+            rec.pinned = pinned;
+            Ok::<_, ApiError>(())
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no deployment {id:?}")))?;
+    Ok(Json(deployment_json(&cp, &d)))
 }
 
 /// Cancels a queued or running build.

@@ -13,6 +13,7 @@
 //!                                  (?since=N; ?batch=1: a text frame may carry several
 //!                                  records, one JSON object per line)
 //! POST /api/deployments/{id}/cancel  stop a queued or running build (or an upload)
+//! POST|DELETE /api/deployments/{id}/pin  keep it whatever preview retention says, or not
 //! POST /api/deployments            {"source": "local folder", "project"?, "serving"?} → 201,
 //!                                  status "uploading": then the upload protocol (`uploads`):
 //! POST /api/deployments/{id}/missing   {"files": [{"path","hash","size"}]} → {"missing","stored"}
@@ -117,6 +118,10 @@ pub(crate) fn router(cp: ControlPlane) -> Router {
         )
         .route("/api/deployments/{id}/logs", get(read_logs))
         .route("/api/deployments/{id}/cancel", post(cancel_deployment))
+        .route(
+            "/api/deployments/{id}/pin",
+            post(pin_deployment).delete(pin_deployment),
+        )
         .route("/api/deployments/{id}/logs/ws", get(follow_logs_ws))
         .route("/api/projects", post(create_project).get(list_projects))
         .route(

@@ -179,6 +179,9 @@ pub(super) struct ProjectUpdate {
     /// `null` disconnects.
     #[serde(default, deserialize_with = "present")]
     github: Option<Value>,
+    /// Preview deployments kept; `0` keeps them all.
+    #[serde(default)]
+    preview_retention: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -272,6 +275,20 @@ pub(super) async fn update_project(
         Some(value) => Some(ProtectionChange::parse(value).await?),
         None => None,
     };
+    let retention = match req.preview_retention {
+        None => None,
+        Some(0) => Some(None),
+        Some(n) if n <= u64::from(crate::retention::RETENTION_LIMIT) => Some(Some(n as u32)),
+        Some(n) => {
+            return Err(ApiError::bad_request(
+                "invalid_retention",
+                format!(
+                    "preview_retention {n} is more than {}; 0 keeps every preview",
+                    crate::retention::RETENTION_LIMIT
+                ),
+            ))
+        }
+    };
     let mut bypass_token = None;
     let github = match req.github.clone() {
         Some(value) => {
@@ -299,6 +316,9 @@ pub(super) async fn update_project(
             }
             if let Some(link) = &github {
                 p.github.clone_from(link);
+            }
+            if let Some(keep) = retention {
+                p.preview_retention = keep;
             }
             if let Some(envs) = &req.environments {
                 if let Some(production) = envs.production.clone() {
@@ -342,6 +362,9 @@ pub(super) async fn update_project(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no project {name:?}")))?;
     tracing::info!(project = %name, "settings changed");
+    if let (Some(_), Some(sweeper)) = (retention, &cp.retention) {
+        sweeper.sweep_later(&name);
+    }
     let mut body = project_json(&cp, &project);
     if let Some(token) = bypass_token {
         // Shown this once: only its hash is kept.

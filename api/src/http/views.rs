@@ -89,6 +89,7 @@ pub(super) fn project_json(cp: &ControlPlane, p: &Project) -> Value {
         })),
         "github": p.github.as_ref().map(|g| json!({"repository": g.repository, "connected": true})),
         "notifications": p.notifications.len(),
+        "preview_retention": p.preview_retention,
         "environments": {
             "production": env_json(&p.build.env, &p.build.secrets),
             "preview": env_json(&p.preview_env.env, &p.preview_env.secrets),

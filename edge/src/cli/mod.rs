@@ -518,6 +518,12 @@ async fn run_async(opts: ApiOptions, command: ClientCommand) -> Result<i32, Stri
                         println!("{key:<12} {v}");
                     }
                 }
+                if let Some(alias) = d["alias"]["url"].as_str() {
+                    println!("{:<12} {alias}", "alias_url");
+                }
+                if d["pinned"] == true {
+                    println!("{:<12} yes", "pinned");
+                }
             }
             Ok(EXIT_OK)
         }

@@ -107,7 +107,7 @@ pub fn run(platform: Platform) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
     }
     let mut state = State::open(opts, &control_rt, &data, &api_metrics)?;
-    state.start_notifier(opts, &control_rt, &api_metrics)?;
+    state.start_observers(opts, &control_rt, &api_metrics, &origin)?;
     let (runner, queue) = RunnerParts {
         platform: opts,
         rt: &control_rt,
