@@ -357,6 +357,8 @@ async function deploymentPage(id) {
     h("dt", {}, "Commit"), h("dd", { id: "commit" }, shortCommit(d.commit) || "—"),
     h("dt", {}, "Created"), h("dd", {}, new Date(d.created_unix_ms).toLocaleString()),
     h("dt", {}, "URL"), h("dd", {}, h("a", { href: d.url, target: "_blank", rel: "noopener" }, d.url)));
+  const extras = deploymentExtras(d, banner);
+  info.append(...extras.rows);
   const cancel = h("button", { type: "button", class: "danger", id: "cancel",
     hidden: !["queued", "building", "uploading"].includes(d.status) }, "Cancel build");
   cancel.addEventListener("click", async () => {
@@ -382,7 +384,7 @@ async function deploymentPage(id) {
     }).catch(() => {});
   });
   main.replaceChildren(h("h1", {}, "Deployment ", h("code", {}, d.id)),
-    h("div", { class: "card" }, info, h("div", { class: "actions" }, cancel)),
+    h("div", { class: "card" }, info, h("div", { class: "actions" }, cancel, extras.pin)),
     banner, h("h2", {}, "Build log ", log.status), log.element);
   return log.close;
 }
@@ -456,8 +458,12 @@ async function projectPage(name) {
         h("dt", {}, "Production branch"), h("dd", {}, p.production_branch || "default branch")),
       h("div", { class: "actions" }, rollback)),
     h("h2", {}, "Deployments"), history,
+    h("h2", {}, "Previews"), previewsCard(p),
     h("h2", {}, "Traffic"), await trafficCard(p.name),
     h("h2", {}, "Custom domains"), await domainsCard(p),
+    h("h2", {}, "Visitor protection"), protectionCard(p),
+    h("h2", {}, "Notifications"), await notificationsCard(p),
+    h("h2", {}, "GitHub"), githubCard(p),
     h("h2", {}, "Deploy hook"), deployHook(p),
     h("h2", {}, "Settings"), settingsForm(p));
 }
@@ -590,6 +596,7 @@ async function route() {
     else if (parts[0] === "deployments" && parts[1]) closeCurrent = await deploymentPage(parts[1]);
     else if (parts[0] === "projects" && parts[1]) await projectPage(parts[1]);
     else if (parts[0] === "projects") await projectsPage();
+    else if (parts[0] === "tokens") await tokensPage();
     else await home();
   } catch (err) { showError(err); }
   if (!main.contains(document.activeElement)) main.focus({ preventScroll: true });

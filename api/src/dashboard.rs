@@ -1,4 +1,4 @@
-//! The dashboard: three static files compiled into the binary and served at the apex host. It is
+//! The dashboard: its static files compiled into the binary and served at the apex host. It is
 //! a client of the public API like any other (it holds no privileges of its own), so its routes
 //! need no token; the API calls it makes do.
 
@@ -33,6 +33,13 @@ const ASSETS: &[(&str, Asset)] = &[
         Asset {
             content_type: "text/javascript; charset=utf-8",
             body: include_str!("../dashboard/traffic.js"),
+        },
+    ),
+    (
+        "team.js",
+        Asset {
+            content_type: "text/javascript; charset=utf-8",
+            body: include_str!("../dashboard/team.js"),
         },
     ),
     (

@@ -2,7 +2,10 @@
 //! playwright-core from `tests/browser/`) against a real `gitdeploy up` that requires a token.
 //! The script signs in, deploys a fixture repository over git on loopback, watches its log
 //! arrive, opens the site, deploys again, rolls back and promotes, saves settings, shows a folder
-//! published with `deploy --prebuilt` and one built with `deploy .` with their sources, and checks the pages at 375 px. Screenshots of every page land in `target/tmp/dashboard/`.
+//! published with `deploy --prebuilt` and one built with `deploy .` with their sources, deploys
+//! a branch and finds its preview URL, puts previews behind a password and signs in as a visitor,
+//! adds a webhook and sees its delivery, connects GitHub, makes and revokes a token and reads the
+//! audit log, and checks the pages at 375 px. Screenshots of every page land in `target/tmp/dashboard/`.
 
 mod common;
 
@@ -68,9 +71,26 @@ async fn dashboard_deploys_follows_promotes_and_rolls_back_in_chromium() {
     );
     git.start();
     let data = tempfile::tempdir().unwrap();
+    // A webhook receiver on loopback, which the platform may reach here.
+    let hooks = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", hooks.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(|| async { axum::http::StatusCode::NO_CONTENT }),
+    );
+    tokio::spawn(async move { axum::serve(hooks, app).await.unwrap() });
     let gd = Gitdeploy::start_with(
         data.path(),
-        &["--api-token", TOKEN, "--traffic-flush-interval-ms", "100"],
+        &[
+            "--api-token",
+            TOKEN,
+            "--traffic-flush-interval-ms",
+            "100",
+            "--notify-allow-network",
+            "127.0.0.0/8",
+            "--github-api",
+            "http://127.0.0.1:9/api/v3",
+        ],
     )
     .await;
 
@@ -128,6 +148,7 @@ async fn dashboard_deploys_follows_promotes_and_rolls_back_in_chromium() {
         .env("FOLDER_ID", &folder_id)
         .env("SOURCE_ID", &source_id)
         .env("ARTIFACTS", &artifacts)
+        .env("HOOK_URL", &hook_url)
         .env("CHROMIUM", &chromium)
         .kill_on_drop(true)
         .output()
@@ -146,6 +167,11 @@ async fn dashboard_deploys_follows_promotes_and_rolls_back_in_chromium() {
         "05-ready",
         "07-project",
         "09b-traffic",
+        "10d-previews",
+        "10e-protection",
+        "10f-visitor-signed-in",
+        "10g-notifications",
+        "10h-tokens",
         "11-phone-home",
     ] {
         let png = std::fs::read(artifacts.join(format!("{shot}.png"))).unwrap();

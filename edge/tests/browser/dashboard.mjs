@@ -4,6 +4,7 @@
 //   GITDEPLOY_URL  the dashboard (http://localhost:<port>)
 //   API_TOKEN      the token the server requires
 //   REPO_URL       a fixture repository served over git on loopback; REPO_DIR its work tree
+//   HOOK_URL       a webhook receiver on loopback (answers 204)
 //   ARTIFACTS      where screenshots go
 //   CHROMIUM       the browser binary
 import { chromium } from "playwright-core";
@@ -11,8 +12,8 @@ import { execFileSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import assert from "node:assert/strict";
 
-const { GITDEPLOY_URL, API_TOKEN, REPO_URL, REPO_DIR, ARTIFACTS, CHROMIUM, FOLDER_ID, SOURCE_ID } = process.env;
-for (const [k, v] of Object.entries({ GITDEPLOY_URL, API_TOKEN, REPO_URL, REPO_DIR, ARTIFACTS, CHROMIUM })) {
+const { GITDEPLOY_URL, API_TOKEN, REPO_URL, REPO_DIR, ARTIFACTS, CHROMIUM, FOLDER_ID, SOURCE_ID, HOOK_URL } = process.env;
+for (const [k, v] of Object.entries({ GITDEPLOY_URL, API_TOKEN, REPO_URL, REPO_DIR, ARTIFACTS, CHROMIUM, HOOK_URL })) {
   if (!v) throw new Error(`${k} is not set`);
 }
 mkdirSync(ARTIFACTS, { recursive: true });
@@ -190,6 +191,118 @@ try {
   await page.getByText("www.dash-shop.com removed.").waitFor();
   assert.equal(await domains.getByText("www.dash-shop.com", { exact: true }).count(), 0);
 
+  step = "a branch preview";
+  execFileSync("git", ["branch", "-f", "feature"], { cwd: REPO_DIR });
+  await page.goto(`${GITDEPLOY_URL}/#/`);
+  await page.getByLabel("Git repository URL").fill(REPO_URL);
+  await page.getByLabel(/^Project/).fill("dash-site");
+  await page.getByLabel(/^Branch, tag or commit/).fill("feature");
+  await page.getByRole("button", { name: "Deploy" }).click();
+  await page.waitForURL((u) => /#\/deployments\/[a-z0-9]{12}$/.test(u.href) && !u.href.endsWith(second));
+  const branchBuild = page.url().split("/").pop();
+  await page.locator("#site-link").waitFor({ timeout: BUILD_TIMEOUT });
+  const alias = await page.locator("#alias-url").getAttribute("href");
+  assert.match(alias, /\/\/feature--dash-site\.localhost:\d+\/$/);
+  await page.getByRole("button", { name: "Pin", exact: true }).click();
+  await page.locator("#pinned", { hasText: "yes" }).waitFor();
+  await page.getByRole("button", { name: "Unpin" }).click();
+  await page.locator("#pinned", { hasText: "no" }).waitFor();
+  await page.goto(`${GITDEPLOY_URL}/#/projects/dash-site`);
+  const previews = page.getByRole("list", { name: "Previews" });
+  await previews.getByRole("link", { name: alias }).waitFor();
+  assert.equal(await previews.getByRole("link", { name: branchBuild }).count(), 1);
+  await shot("10d-previews");
+
+  step = "visitor protection";
+  await page.getByLabel("Protect").selectOption("previews");
+  await page.getByLabel(/^Visitor password/).fill("dashboard password");
+  await page.getByLabel(/bypass token/).check();
+  await page.getByRole("button", { name: "Protect" }).click();
+  await page.getByText("Protection saved.").waitFor();
+  assert.match(await page.locator("#protection-state").innerText(), /Previews .* ask for a password; a bypass token is set/);
+  assert.match(await page.getByLabel(/^Bypass token/).inputValue(), /^gdb_[A-Za-z0-9]{40}$/);
+  await shot("10e-protection");
+  // A visitor of the preview: the login page, the password, then the site.
+  const visitor = await browser.newContext();
+  const guest = await visitor.newPage();
+  const first_visit = await guest.goto(alias);
+  assert.equal(first_visit.status(), 401);
+  await guest.getByRole("heading", { name: "This site is protected" }).waitFor();
+  await guest.getByLabel("Password").fill("not the password");
+  await guest.getByRole("button", { name: "Continue" }).click();
+  await guest.getByText("That password is not right.").waitFor();
+  await guest.getByLabel("Password").fill("dashboard password");
+  await guest.getByRole("button", { name: "Continue" }).click();
+  await guest.locator("h1", { hasText: "version 2" }).waitFor();
+  await shot("10f-visitor-signed-in", guest);
+  // Production stays public.
+  const prodVisit = await guest.goto(production);
+  assert.equal(prodVisit.status(), 200);
+  await visitor.close();
+
+  step = "notifications";
+  await page.reload();
+  await page.getByLabel("Webhook URL").fill("http://169.254.169.254/latest/meta-data/");
+  await page.getByRole("button", { name: "Add webhook" }).click();
+  await page.locator("#notify-form .form-error", { hasText: "not a public address" }).waitFor();
+  await page.getByLabel("Webhook URL").fill(HOOK_URL);
+  await page.getByRole("button", { name: "Add webhook" }).click();
+  await page.getByText("Webhook added.").waitFor();
+  assert.match(await page.getByLabel(/^Signing secret/).inputValue(), /^[0-9a-f]{64}$/);
+  await page.getByRole("list", { name: "Notification webhooks" }).getByText(HOOK_URL).waitFor();
+  // An event: roll back, and the delivery shows in the history.
+  await page.getByRole("button", { name: "Roll back" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Roll back" }).click();
+  await page.locator("#production-id", { hasText: first }).waitFor();
+  for (const deadline = Date.now() + 20000; ; ) {
+    const rows = page.getByRole("table", { name: "Deliveries" }).locator("tbody tr", { hasText: "deployment.rolled_back" });
+    if (await rows.count() > 0) {
+      await rows.first().locator(".badge.delivered").waitFor();
+      break;
+    }
+    assert.ok(Date.now() < deadline, "the delivery never showed");
+    await page.waitForTimeout(100);
+    await page.reload();
+  }
+  await shot("10g-notifications");
+  await page.locator(`button.promote[data-id="${second}"]`).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Promote" }).click();
+  await page.locator("#production-id", { hasText: second }).waitFor();
+
+  step = "github";
+  await page.getByLabel("GitHub token").fill("github_pat_dashboard");
+  await page.getByLabel(/^Repository/).fill("owner/dash");
+  await page.getByRole("button", { name: "Connect GitHub" }).click();
+  await page.getByText("GitHub connected.").waitFor();
+  assert.match(await page.locator("#github-state").innerText(), /Connected to owner\/dash/);
+  assert.equal(await page.getByLabel("GitHub token").inputValue(), "", "the token is never sent back");
+  await page.getByRole("button", { name: "Disconnect" }).click();
+  await page.getByText("GitHub disconnected.").waitFor();
+  await page.getByRole("button", { name: "Turn off" }).click();
+  await page.getByText("Protection turned off.").waitFor();
+
+  step = "tokens and the audit log";
+  await page.getByRole("link", { name: "Tokens" }).click();
+  await page.getByRole("heading", { name: "API tokens" }).waitFor();
+  await page.getByLabel("Name").fill("ci");
+  await page.getByLabel("Scope").selectOption("deploy");
+  await page.getByLabel(/^Project/).fill("dash-site");
+  await page.getByRole("button", { name: "Create token" }).click();
+  const secret = await page.getByLabel("Token ci").inputValue();
+  assert.match(secret, /^gdt_[A-Za-z0-9]{40}$/);
+  const tokens = page.getByRole("list", { name: "Tokens" });
+  await tokens.getByText("ci", { exact: true }).waitFor();
+  assert.match(await tokens.locator("li").first().innerText(), /deploy · dash-site only/);
+  assert.equal(await tokens.innerText().then((t) => t.includes(secret)), false);
+  const audit = page.getByRole("table", { name: "Audit log" });
+  await audit.getByText("POST /api/tokens").waitFor();
+  await audit.getByText("PATCH /api/projects/dash-site").first().waitFor();
+  await shot("10h-tokens");
+  await page.getByRole("button", { name: "Revoke ci" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Revoke" }).click();
+  await page.getByText("ci revoked.").waitFor();
+  assert.equal(await tokens.getByText("ci", { exact: true }).count(), 0);
+
   step = "projects list";
   await page.getByRole("link", { name: "Projects" }).click();
   await page.getByRole("list", { name: "Projects" }).getByRole("link", { name: "dash-site", exact: true }).waitFor();
@@ -234,7 +347,8 @@ try {
   assert.equal(await page.locator(`button.delete[data-id="${second}"]`).count(), 0, "production cannot be deleted");
 
   step = "no console errors";
-  // The refused token (401) and the refused repository (400) are expected answers.
+  // The refused token (401), the refused repository and webhook URL (400) and the protected
+  // preview's login page (401) are expected answers.
   const expected = /^Failed to load resource: the server responded with a status of 40[01] /;
   assert.deepEqual(consoleErrors.filter((e) => !expected.test(e)), []);
   console.log(`dashboard ok: deployed ${first} and ${second}, rolled back and promoted`);
