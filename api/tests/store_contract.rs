@@ -258,6 +258,45 @@ async fn store_contract() {
         );
         assert!(!ids(&store.active().await.unwrap()).contains(&id(1)));
 
+        // A preview alias moving to a build is announced like a production move; a write that
+        // changes nothing the edges serve is not (a renewed generation would cost every cache).
+        let generation = store.alias_generation();
+        let source = gitdeploy_api::previews::PreviewSource::Branch("feature/x".into());
+        records
+            .update_project("site", |p| {
+                p.open_preview(&source, 1);
+                p.move_preview(&source, &id(1), 1);
+                Ok::<_, gitdeploy_api::StoreError>(())
+            })
+            .await
+            .unwrap();
+        assert!(
+            store.alias_generation() > generation,
+            "{name}: a preview move is announced"
+        );
+        let announced = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if aliases.recv().await.unwrap() == AliasChange::Production("site".into()) {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(announced.is_ok(), "{name}: preview move not announced");
+        let generation = store.alias_generation();
+        records
+            .update_project("site", |p| {
+                p.webhook_secret = Some("another-secret-0123456789".into());
+                Ok::<_, gitdeploy_api::StoreError>(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store.alias_generation(),
+            generation,
+            "{name}: nothing served changed"
+        );
+
         // Concurrent writers to one record lose nothing (versions + retry).
         let mut tasks = Vec::new();
         for n in 100..120 {
