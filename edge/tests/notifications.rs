@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use common::{git, GitServer, Gitdeploy};
+use common::{git, hub_signature as sign, GitServer, Gitdeploy};
 use serde_json::{json, Value};
 
 const SECRET: &str = "webhook-secret-0123456789";
@@ -81,26 +81,13 @@ impl Receivers {
     }
 }
 
-fn sign(secret: &str, body: &[u8]) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 async fn call(
     gd: &Gitdeploy,
     method: reqwest::Method,
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = gd.http().request(method, gd.api(path));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    gd.call_json(method, path, body).await
 }
 
 /// Waits (polling, up to a minute) until `check` holds of the project's delivery history.

@@ -6,18 +6,15 @@
 
 mod common;
 
-use common::{git, GitServer, Gitdeploy};
+use common::{git, hub_signature, GitServer, Gitdeploy};
 use serde_json::{json, Value};
 
 const SECRET: &str = "webhook-secret-0123456789";
-const BUILD: &str = "mkdir -p out && printf '%s|%s|%s' \"$(cat page.txt)\" \"$GREETING\" \"$TOKEN\" > out/index.html";
 
 fn sign(body: &[u8]) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    hub_signature(SECRET, body)
 }
+const BUILD: &str = "mkdir -p out && printf '%s|%s|%s' \"$(cat page.txt)\" \"$GREETING\" \"$TOKEN\" > out/index.html";
 
 /// Commits `page` as `page.txt` on a new branch `branch` from `main`; its commit.
 fn commit_branch(repo: &std::path::Path, branch: &str, page: &str) -> String {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{git, GitServer, Gitdeploy};
+use common::{git, hub_signature as sign, GitServer, Gitdeploy};
 use gitdeploy_core::DeploymentStatus;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -224,13 +224,6 @@ async fn project_requests_are_checked() {
     assert_eq!(status, 404);
     let (status, _) = post(&gd, "/api/projects/docs/promote", json!({"id": "x"})).await;
     assert_eq!(status, 400);
-}
-
-fn sign(secret: &str, body: &[u8]) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 #[tokio::test]

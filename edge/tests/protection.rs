@@ -12,14 +12,8 @@ use serde_json::{json, Value};
 const PASSWORD: &str = "correct horse battery";
 
 async fn patch(gd: &Gitdeploy, body: Value) -> (u16, Value) {
-    let resp = gd
-        .http()
-        .patch(gd.api("/api/projects/site"))
-        .json(&body)
-        .send()
+    gd.call_json(reqwest::Method::PATCH, "/api/projects/site", Some(body))
         .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
 /// `GET path` of `label` with extra headers: status, headers, body.

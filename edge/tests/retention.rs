@@ -10,14 +10,8 @@ use common::{git, GitServer, Gitdeploy};
 use serde_json::{json, Value};
 
 async fn patch(gd: &Gitdeploy, body: Value) -> (u16, Value) {
-    let resp = gd
-        .http()
-        .patch(gd.api("/api/projects/site"))
-        .json(&body)
-        .send()
+    gd.call_json(reqwest::Method::PATCH, "/api/projects/site", Some(body))
         .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
 /// Waits (polling, up to a minute) until deployment `id` is gone (`gone`) or still there.

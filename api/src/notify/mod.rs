@@ -168,7 +168,32 @@ impl Worker {
         }
     }
 
-    async fn record(&self, project: &str, entry: Value) {
+    /// Counts an attempt and writes it to the project's delivery history.
+    async fn note(&self, a: Attempt<'_>) {
+        let counted = if a.outcome == "retrying" {
+            "retried"
+        } else {
+            a.outcome
+        };
+        self.metrics
+            .notifications
+            .with_label_values(&[a.kind, counted])
+            .inc();
+        let entry = json!({
+            "time_unix_ms": crate::now_ms(),
+            "delivery": a.delivery,
+            "kind": a.kind,
+            "target": a.target,
+            "url": a.url,
+            "event": format!("deployment.{}", a.event.kind.name()),
+            "deployment": a.event.deployment.id,
+            "attempt": a.attempt,
+            "status": a.status,
+            "error": a.error,
+            "outcome": a.outcome,
+            "duration_ms": a.started.elapsed().as_millis() as u64,
+        });
+        let project = &a.event.project;
         if let Err(e) = self
             .journal
             .append(&crate::journal::deliveries(project), &entry)
@@ -176,13 +201,6 @@ impl Worker {
         {
             tracing::warn!(project, "cannot write the delivery history: {e}");
         }
-    }
-
-    fn count(&self, kind: &str, outcome: &str) {
-        self.metrics
-            .notifications
-            .with_label_values(&[kind, outcome])
-            .inc();
     }
 
     /// One delivery to one webhook, every attempt recorded.
@@ -232,31 +250,18 @@ impl Worker {
                 Verdict::Retry(_) if last => ("failed", Some(reason)),
                 Verdict::Retry(_) => ("retrying", Some(reason)),
             };
-            self.count(
-                "webhook",
-                if outcome == "retrying" {
-                    "retried"
-                } else {
-                    outcome
-                },
-            );
-            self.record(
-                &event.project,
-                json!({
-                    "time_unix_ms": crate::now_ms(),
-                    "delivery": id,
-                    "kind": "webhook",
-                    "target": target.id,
-                    "url": webhook::masked(&target.url),
-                    "event": event_name,
-                    "deployment": event.deployment.id,
-                    "attempt": attempt,
-                    "status": status,
-                    "error": error,
-                    "outcome": outcome,
-                    "duration_ms": started.elapsed().as_millis() as u64,
-                }),
-            )
+            self.note(Attempt {
+                kind: "webhook",
+                delivery: &id,
+                target: &target.id,
+                url: webhook::masked(&target.url),
+                event: &event,
+                attempt,
+                status,
+                error,
+                outcome,
+                started,
+            })
             .await;
             match verdict {
                 Verdict::Retry(asked) if !last => {
@@ -407,31 +412,18 @@ impl Worker {
                     }),
                 ),
             };
-            self.count(
-                "github",
-                if outcome == "retrying" {
-                    "retried"
-                } else {
-                    outcome
-                },
-            );
-            self.record(
-                &event.project,
-                json!({
-                    "time_unix_ms": crate::now_ms(),
-                    "delivery": id,
-                    "kind": "github",
-                    "target": "github",
-                    "url": format!("{method} {path}"),
-                    "event": format!("deployment.{}", event.kind.name()),
-                    "deployment": event.deployment.id,
-                    "attempt": attempt,
-                    "status": status,
-                    "error": error,
-                    "outcome": outcome,
-                    "duration_ms": started.elapsed().as_millis() as u64,
-                }),
-            )
+            self.note(Attempt {
+                kind: "github",
+                delivery: &id,
+                target: "github",
+                url: format!("{method} {path}"),
+                event,
+                attempt,
+                status,
+                error,
+                outcome,
+                started,
+            })
             .await;
             match next {
                 github::Next::Done => return GithubAnswer::Done(answer),
@@ -447,6 +439,24 @@ impl Worker {
         }
         GithubAnswer::Failed
     }
+}
+
+/// One attempt of a delivery, as the history keeps it.
+struct Attempt<'a> {
+    /// `webhook` or `github`.
+    kind: &'static str,
+    delivery: &'a str,
+    /// The webhook's id, or `github`.
+    target: &'a str,
+    /// Where it went (a webhook's URL masked; a GitHub call's method and path).
+    url: String,
+    event: &'a DeploymentEvent,
+    attempt: u32,
+    status: Option<u16>,
+    error: Option<String>,
+    /// `delivered`, `retrying` or `failed`.
+    outcome: &'static str,
+    started: Instant,
 }
 
 /// How a GitHub call ended.

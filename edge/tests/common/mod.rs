@@ -21,6 +21,14 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
+/// GitHub's webhook signature of `body` under `secret` (`X-Hub-Signature-256`).
+pub fn hub_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
 /// The `gitdeploy` binary under test.
 pub fn gitdeploy_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_gitdeploy"))
@@ -158,6 +166,22 @@ impl Gitdeploy {
         })
         .await
         .unwrap()
+    }
+
+    /// Sends `body` to the API with `method`; returns status and JSON body (`null` when none).
+    pub async fn call_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, self.api(path));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
     }
 
     /// POSTs a deploy request; returns status and JSON body.
