@@ -24,7 +24,8 @@ use instant_acme::{
 use crate::cert_store::{not_after_unix_ms, CertStore, StoredCertificate};
 use crate::domains::{CustomDomain, DomainStatus};
 use crate::metrics::ApiMetrics;
-use crate::store::{Records, StoreError};
+use crate::records::Records;
+use crate::store::StoreError;
 
 /// Renew this long before a certificate expires.
 pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);

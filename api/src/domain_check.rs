@@ -15,7 +15,8 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
 
 use crate::domains::{CustomDomain, DomainStatus};
-use crate::store::{Records, StoreError};
+use crate::records::Records;
+use crate::store::StoreError;
 
 /// How often waiting domains are checked again.
 pub const CHECK_EVERY: Duration = Duration::from_secs(30);

@@ -10,7 +10,8 @@
 use gitdeploy_core::domain::DomainError;
 
 pub use crate::domain_record::{CustomDomain, DomainStatus};
-use crate::store::{Records, StoreError, Write};
+use crate::records::Records;
+use crate::store::{StoreError, Write};
 
 /// Most custom domains one project may have.
 pub const MAX_PER_PROJECT: usize = 50;

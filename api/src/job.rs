@@ -11,7 +11,7 @@ use crate::archive::BuildArchive;
 use crate::logbus::LogBus;
 use crate::metrics::ApiMetrics;
 use crate::now_ms;
-use crate::store::Records;
+use crate::records::Records;
 
 /// How long a finished build keeps trying to record its outcome while the store is away.
 const OUTCOME_PATIENCE: Duration = Duration::from_secs(120);

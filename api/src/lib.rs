@@ -30,6 +30,7 @@ pub mod protection;
 mod queue;
 pub mod ratelimit;
 mod reconciler;
+mod records;
 mod redis_conn;
 mod redis_logbus;
 pub mod redis_store;
@@ -60,12 +61,13 @@ pub use logbus::{FileLogBus, Follower, LogBus};
 pub use metrics::ApiMetrics;
 pub use projects::{AliasResolver, EdgeView, Production, Project, ProjectError};
 pub use queue::{JobQueue, Reservation, SubmitError};
+pub use records::Records;
 pub use redis_conn::{trust_ca_file as redis_trust_ca_file, CA_FILE_ENV as REDIS_CA_FILE_ENV};
 pub use redis_logbus::{RedisLogBus, RedisLogSettings};
 pub use redis_store::RedisStore;
 pub use redis_task::{run_single_job, TaskSide};
 pub use runner::{AfterKill, LocalRunner, LocalRunnerConfig};
-pub use store::{Deployment, Records, Store, StoreError};
+pub use store::{Deployment, Store, StoreError};
 pub use task_access::{TaskAccess, TaskGrant};
 
 /// How the outside world reaches sites and the API, for the URLs the API hands out.

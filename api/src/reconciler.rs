@@ -17,7 +17,8 @@ use crate::logbus::LogBus;
 use crate::metrics::ApiMetrics;
 use crate::now_ms;
 use crate::queue::JobQueue;
-use crate::store::{Deployment, Records};
+use crate::records::Records;
+use crate::store::Deployment;
 
 /// How long an upload may stay open (`uploading`) before it is failed.
 const UPLOAD_WINDOW: Duration = Duration::from_secs(3600);

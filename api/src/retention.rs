@@ -17,7 +17,8 @@ use crate::error::ApiError;
 use crate::events::{DeploymentEvent, DeploymentEvents, EventKind};
 use crate::logbus::LogBus;
 use crate::projects::Project;
-use crate::store::{Deployment, Records};
+use crate::records::Records;
+use crate::store::Deployment;
 
 /// The most previews a project may keep by this setting.
 pub const RETENTION_LIMIT: u32 = 10_000;

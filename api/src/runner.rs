@@ -23,7 +23,7 @@ use crate::logbus::LogBus;
 use crate::metrics::ApiMetrics;
 use crate::queue::{JobQueue, JobReceiver};
 use crate::reconciler::Reconciler;
-use crate::store::Records;
+use crate::records::Records;
 
 /// How the local runner starts builders.
 #[derive(Clone)]

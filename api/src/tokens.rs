@@ -15,7 +15,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
-use crate::store::{contention, Records, StoreError, Versioned, Write, DOC_TOKENS, MAX_ATTEMPTS};
+use crate::records::Records;
+use crate::store::{contention, StoreError, Versioned, Write, DOC_TOKENS, MAX_ATTEMPTS};
 
 /// What a token may do; each scope includes the ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

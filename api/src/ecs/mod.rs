@@ -26,7 +26,7 @@ use crate::job::{Finished, Job};
 use crate::logbus::LogBus;
 use crate::metrics::ApiMetrics;
 use crate::queue::{JobQueue, JobReceiver};
-use crate::store::Records;
+use crate::records::Records;
 use crate::task_access::TaskAccess;
 
 mod launch;

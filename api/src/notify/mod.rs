@@ -23,7 +23,7 @@ use crate::events::{DeploymentEvent, DeploymentEvents};
 use crate::journal::Journal;
 use crate::metrics::ApiMetrics;
 use crate::previews::PreviewSource;
-use crate::store::Records;
+use crate::records::Records;
 use crate::targets::{GithubLink, NotificationTarget};
 use crate::PublicUrls;
 

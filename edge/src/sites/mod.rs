@@ -14,7 +14,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use gitdeploy_core::host::{is_health_probe, route_host, HostRoute};
-use gitdeploy_core::id::looks_like_deployment_id;
 use gitdeploy_core::{DeploymentId, Resolution, SitePath};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
@@ -35,6 +34,7 @@ use crate::serving::range::{self, RangeOutcome};
 use crate::tls_routes::TlsRoutes;
 
 mod ctx;
+mod labels;
 mod protect;
 mod skew;
 pub use ctx::RequestCtx;
@@ -46,18 +46,6 @@ const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request waits for another request's fill of the same object before going to S3
 /// itself.
 const FILL_WAIT: Duration = Duration::from_secs(10);
-
-/// What a site label resolved to.
-struct Site<'l> {
-    /// The deployment served.
-    id: DeploymentId,
-    /// The project named by the label (an id names none; its manifest does).
-    project: Option<&'l str>,
-    /// A production host (the project's own or a custom domain).
-    production: bool,
-    /// The project's alias view, when the label went through it.
-    view: Option<Arc<gitdeploy_api::EdgeView>>,
-}
 
 /// The sites proxy.
 pub struct SitesProxy {
@@ -136,53 +124,6 @@ impl SitesProxy {
 }
 
 impl SitesProxy {
-    /// The deployment a site label serves: a deployment id serves that build,
-    /// `<slug>--<project>` the build a preview alias follows, any other label a project's
-    /// production (whose HSTS is set on the request and whose replaced deployments go to
-    /// `earlier`). `None`: nothing is served there.
-    async fn site_of<'l>(
-        &self,
-        session: &mut Session,
-        label: &'l str,
-        earlier: &mut Arc<[(DeploymentId, u64)]>,
-    ) -> Option<Site<'l>> {
-        if let Some(id) = DeploymentId::parse(label) {
-            return Some(Site {
-                id,
-                project: None,
-                production: false,
-                view: None,
-            });
-        }
-        if looks_like_deployment_id(label) {
-            return None;
-        }
-        if let Some((slug, project)) = gitdeploy_core::preview::split_label(label) {
-            if let Some(view) = self.aliases.project(project).await {
-                return Some(Site {
-                    id: view.previews.get(slug)?.clone(),
-                    project: Some(project),
-                    production: false,
-                    view: Some(view),
-                });
-            }
-            // No such project: a project named before `--` was kept for previews may own the
-            // whole label.
-        }
-        let view = self.aliases.project(label).await?;
-        let production = view.production.as_ref()?;
-        if let Some(max_age) = production.hsts_max_age_secs {
-            crate::hsts::set(session, max_age);
-        }
-        *earlier = production.earlier.clone();
-        Some(Site {
-            id: production.id.clone(),
-            project: Some(label),
-            production: true,
-            view: Some(view),
-        })
-    }
-
     /// Decides a site request for `label` (reached as `host`); `Ok(true)` when the response
     /// was already sent.
     async fn route_site(
