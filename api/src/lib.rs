@@ -43,6 +43,7 @@ pub mod targets;
 pub mod task_access;
 pub mod tokens;
 pub mod traffic;
+mod trigger;
 mod uploads;
 pub mod webhooks;
 
@@ -56,7 +57,6 @@ pub use archive::{ArchiveFuture, BlobBody, BuildArchive, GcSummary, SiteStorage}
 pub use ecs::{EcsRunner, EcsRunnerConfig};
 pub use error::ApiError;
 pub use file_store::FileStore;
-pub use http::token_sha256;
 pub use logbus::{FileLogBus, Follower, LogBus};
 pub use metrics::ApiMetrics;
 pub use projects::{AliasResolver, EdgeView, Production, Project, ProjectError};
@@ -69,6 +69,7 @@ pub use redis_task::{run_single_job, TaskSide};
 pub use runner::{AfterKill, LocalRunner, LocalRunnerConfig};
 pub use store::{Deployment, Store, StoreError};
 pub use task_access::{TaskAccess, TaskGrant};
+pub use tokens::token_sha256;
 
 /// How the outside world reaches sites and the API, for the URLs the API hands out.
 #[derive(Clone, Debug)]

@@ -9,9 +9,10 @@ use gitdeploy_core::repo::redact_repo_url;
 use gitdeploy_core::DeploymentId;
 use serde::{Deserialize, Serialize};
 
-use crate::previews::PreviewAlias;
 use crate::protection::Protection;
 use crate::targets::{GithubLink, NotificationTarget};
+pub use crate::trigger::Environment;
+use crate::trigger::PreviewAlias;
 
 /// Earlier production deployments remembered per project.
 const MAX_HISTORY: usize = 50;
@@ -78,16 +79,6 @@ pub struct Project {
     /// `None`: all are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview_retention: Option<u32>,
-}
-
-/// Which variables a build gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Environment {
-    /// Builds of the production branch.
-    Production,
-    /// Everything else: other branches, pull requests, folders not deployed with `--prod`.
-    Preview,
 }
 
 /// Environment variables and secrets (secret values are write-only, as in [`BuildSettings`]).

@@ -3,7 +3,64 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::EventKind;
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A build was queued.
+    Queued,
+    /// A build is ready (served at its addresses).
+    Ready,
+    /// A build failed.
+    Failed,
+    /// A build was canceled.
+    Canceled,
+    /// A deployment became the project's production (by hand or by its branch).
+    Promoted,
+    /// The project's production went back to an earlier deployment.
+    RolledBack,
+}
+
+impl EventKind {
+    /// Every kind, in order.
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Queued,
+        EventKind::Ready,
+        EventKind::Failed,
+        EventKind::Canceled,
+        EventKind::Promoted,
+        EventKind::RolledBack,
+    ];
+
+    /// Its name as the API and payloads write it (`ready`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Queued => "queued",
+            EventKind::Ready => "ready",
+            EventKind::Failed => "failed",
+            EventKind::Canceled => "canceled",
+            EventKind::Promoted => "promoted",
+            EventKind::RolledBack => "rolled_back",
+        }
+    }
+
+    /// Reads a name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The event a build ending in `status` is; `None` for one that is not an end we tell of
+    /// (`skipped`).
+    pub fn of_end(status: gitdeploy_core::DeploymentStatus) -> Option<Self> {
+        use gitdeploy_core::DeploymentStatus::*;
+        match status {
+            Ready => Some(EventKind::Ready),
+            Failed => Some(EventKind::Failed),
+            Canceled => Some(EventKind::Canceled),
+            _ => None,
+        }
+    }
+}
 
 /// Notification webhooks a project may have.
 pub const MAX_TARGETS: usize = 20;

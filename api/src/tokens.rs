@@ -77,6 +77,12 @@ struct TokenSet {
 /// Named tokens a platform may hold.
 pub const MAX_TOKENS: usize = 200;
 
+/// SHA-256 of a token, as the configuration and the tokens document keep it.
+pub fn token_sha256(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
 /// A fresh secret: `gdt_` and 40 letters and digits (about 238 bits).
 pub fn new_secret() -> String {
     use rand::distr::{Alphanumeric, SampleString};
@@ -321,7 +327,7 @@ impl Records {
         let token = ApiToken {
             id: new_id(),
             name: name.trim().to_owned(),
-            sha256: hex::encode(crate::http::token_sha256(&secret)),
+            sha256: hex::encode(token_sha256(&secret)),
             scopes,
             project,
             created_unix_ms: crate::now_ms(),

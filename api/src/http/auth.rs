@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::error::ApiError;
+pub(super) use crate::tokens::token_sha256;
 use crate::tokens::{self, Caller, Reach};
 use crate::ControlPlane;
 
@@ -228,12 +229,6 @@ pub(super) async fn limit_rate(
         }
     }
     next.run(req).await
-}
-
-/// SHA-256 of a token, as the configuration keeps it.
-pub fn token_sha256(token: &str) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 /// Constant-time comparison of a presented token with the stored hash.

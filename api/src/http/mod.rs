@@ -71,7 +71,6 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::ControlPlane;
 
-pub use auth::token_sha256;
 use auth::{limit_rate, require_token};
 use deployments::*;
 use domains::*;
