@@ -36,7 +36,7 @@ pub struct Case {
 
 /// What one case counted.
 pub struct Counted {
-    name: &'static str,
+    name: String,
     per_request: u64,
     /// Proxy phases, inclusive, per request.
     phases: Vec<(String, u64)>,
@@ -51,6 +51,50 @@ pub async fn measure(
     host: &str,
     cases: &[Case],
 ) -> anyhow::Result<Vec<Counted>> {
+    let dir = tempfile::tempdir()?;
+    let wrapper = under_callgrind(dir.path(), gitdeploy)?;
+    let data = dir.path().join("data");
+    let up = Up::new(&wrapper, &data)
+        .flags(&["--s3-endpoint", &s3.endpoint])
+        .env("AWS_ACCESS_KEY_ID", S3_KEY.0)
+        .env("AWS_SECRET_ACCESS_KEY", S3_KEY.1)
+        .log_filter("error");
+    let (process, _) = up.start().await;
+    let counted = count_cases(dir.path(), process.pid(), up.port, host, cases, "");
+    drop(process);
+    counted
+}
+
+/// Runs every case against the ceiling responder (`pingora-ceiling` in `mode`, serving
+/// `root`) under callgrind; the case names get `suffix`.
+pub fn measure_ceiling(
+    ceiling: &Path,
+    root: &Path,
+    mode: &str,
+    cases: &[Case],
+    suffix: &'static str,
+) -> anyhow::Result<Vec<Counted>> {
+    let dir = tempfile::tempdir()?;
+    let wrapper = under_callgrind(dir.path(), ceiling)?;
+    let port = gitdeploy_harness::free_port();
+    let mut process = gitdeploy_harness::Process::spawn(
+        Command::new(&wrapper)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--root")
+            .arg(root)
+            .args(["--mode", mode])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+        "pingora-ceiling under callgrind",
+    );
+    gitdeploy_harness::wait_for_port(([127, 0, 0, 1], port).into(), &mut process, "ceiling");
+    let counted = count_cases(dir.path(), process.pid(), port, "localhost", cases, suffix);
+    drop(process);
+    counted
+}
+
+/// A script that starts `binary` under callgrind, its dumps in `dir`.
+fn under_callgrind(dir: &Path, binary: &Path) -> anyhow::Result<PathBuf> {
     for tool in [
         "valgrind",
         "callgrind_control",
@@ -59,26 +103,30 @@ pub async fn measure(
     ] {
         which(tool)?;
     }
-    let dir = tempfile::tempdir()?;
-    let wrapper = dir.path().join("under-callgrind");
+    let wrapper = dir.join("under-callgrind");
     std::fs::write(
         &wrapper,
         format!(
             "#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file={}/callgrind.out.%p {} \"$@\"\n",
-            dir.path().display(),
-            gitdeploy.display()
+            dir.display(),
+            binary.display()
         ),
     )?;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
-    let data = dir.path().join("data");
-    let up = Up::new(&wrapper, &data)
-        .flags(&["--s3-endpoint", &s3.endpoint])
-        .env("AWS_ACCESS_KEY_ID", S3_KEY.0)
-        .env("AWS_SECRET_ACCESS_KEY", S3_KEY.1)
-        .log_filter("error");
-    let (process, _) = up.start().await;
-    let pid = process.pid().to_string();
-    let url = |path: &str| format!("http://127.0.0.1:{}{path}", up.port);
+    Ok(wrapper)
+}
+
+/// Counts each case on the server `pid` listening on `port`, whose dumps go to `dir`.
+fn count_cases(
+    dir: &Path,
+    pid: u32,
+    port: u16,
+    host: &str,
+    cases: &[Case],
+    suffix: &'static str,
+) -> anyhow::Result<Vec<Counted>> {
+    let pid = pid.to_string();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     let mut out = Vec::new();
     for case in cases {
         let load = |n: u64| -> anyhow::Result<()> {
@@ -99,7 +147,7 @@ pub async fn measure(
         run(Command::new("callgrind_control").args(["--zero", &pid]))?;
         load(REQUESTS)?;
         run(Command::new("callgrind_control").args(["--dump", &pid]))?;
-        let dump = newest_dump(dir.path())?;
+        let dump = newest_dump(dir)?;
         let inclusive = annotate(&dump, true)?;
         let own = annotate(&dump, false)?;
         let total = inclusive
@@ -109,7 +157,7 @@ pub async fn measure(
             .context("no program totals")?;
         let per = |n: u64| n / REQUESTS;
         out.push(Counted {
-            name: case.name,
+            name: format!("{}{suffix}", case.name),
             per_request: per(total),
             phases: inclusive
                 .iter()
@@ -129,7 +177,6 @@ pub async fn measure(
         });
         std::fs::remove_file(&dump)?;
     }
-    drop(process);
     Ok(out)
 }
 
@@ -223,10 +270,12 @@ pub fn render(rows: &[Counted]) -> anyhow::Result<String> {
         writeln!(out, "| {} | {} |", r.name, r.per_request)?;
     }
     for r in rows {
-        writeln!(out, "\n### {}: proxy phases (inclusive)\n", r.name)?;
-        writeln!(out, "| phase | instructions / request |\n|---|---:|")?;
-        for (name, n) in &r.phases {
-            writeln!(out, "| `{name}` | {n} |")?;
+        if !r.phases.is_empty() {
+            writeln!(out, "\n### {}: proxy phases (inclusive)\n", r.name)?;
+            writeln!(out, "| phase | instructions / request |\n|---|---:|")?;
+            for (name, n) in &r.phases {
+                writeln!(out, "| `{name}` | {n} |")?;
+            }
         }
         writeln!(
             out,

@@ -13,17 +13,27 @@ use crate::peers::Server;
 
 /// Builds the release `gitdeploy` binary and returns its path.
 pub fn build_gitdeploy() -> anyhow::Result<PathBuf> {
+    build_release("gitdeploy")
+}
+
+/// The release build of the bench's ceiling responder (`bench/src/bin/pingora-ceiling.rs`).
+pub fn build_ceiling() -> anyhow::Result<PathBuf> {
+    build_release("pingora-ceiling")
+}
+
+/// Builds the workspace's binary `name` in release mode; its path.
+fn build_release(name: &str) -> anyhow::Result<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("workspace")?;
     let mut build = Command::new(env!("CARGO"));
     build
-        .args(["build", "--release", "--bin", "gitdeploy"])
+        .args(["build", "--release", "--bin", name])
         .current_dir(workspace);
     // Not the variables `cargo run` set for this process: crates that read them at compile
     // time would be rebuilt on every run (and again by the next plain `cargo build`).
-    for (name, _) in std::env::vars_os() {
-        let cargo_run_var = name.to_str().is_some_and(|n| {
+    for (var, _) in std::env::vars_os() {
+        let cargo_run_var = var.to_str().is_some_and(|n| {
             n == "LD_LIBRARY_PATH"
                 || n == "OUT_DIR"
                 || n.starts_with("CARGO_PKG_")
@@ -38,14 +48,36 @@ pub fn build_gitdeploy() -> anyhow::Result<PathBuf> {
                 )
         });
         if cargo_run_var {
-            build.env_remove(name);
+            build.env_remove(var);
         }
     }
     let status = build.status()?;
     if !status.success() {
-        bail!("cargo build --release --bin gitdeploy failed");
+        bail!("cargo build --release --bin {name} failed");
     }
-    Ok(workspace.join("target/release/gitdeploy"))
+    Ok(workspace.join("target/release").join(name))
+}
+
+/// The ETags (identity) of `paths` at the server on `addr`, asked as `host`.
+pub async fn etags_at(addr: &str, host: &str, paths: &[String]) -> anyhow::Result<Vec<String>> {
+    let http = reqwest::Client::new();
+    let mut etags = Vec::new();
+    for path in paths {
+        let resp = http
+            .get(format!("http://{addr}{path}"))
+            .header("host", host)
+            .header("accept-encoding", "identity")
+            .send()
+            .await?;
+        etags.push(
+            resp.headers()
+                .get("etag")
+                .context("no etag")?
+                .to_str()?
+                .to_owned(),
+        );
+    }
+    Ok(etags)
 }
 
 /// A running `gitdeploy up`.
@@ -184,24 +216,7 @@ impl Edge {
 
     /// The current ETag of each path (identity representation).
     pub async fn etags(&self, host: &str, paths: &[String]) -> anyhow::Result<Vec<String>> {
-        let mut etags = Vec::new();
-        for path in paths {
-            let resp = self
-                .http
-                .get(format!("http://{}{path}", self.addr))
-                .header("host", host)
-                .header("accept-encoding", "identity")
-                .send()
-                .await?;
-            etags.push(
-                resp.headers()
-                    .get("etag")
-                    .context("no etag")?
-                    .to_str()?
-                    .to_owned(),
-            );
-        }
-        Ok(etags)
+        etags_at(&self.addr, host, paths).await
     }
 
     fn status_field(&self, field: &str) -> Option<u64> {

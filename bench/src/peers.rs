@@ -219,6 +219,35 @@ pub struct Caddy {
 impl Caddy {
     /// Serves `root` for `localhost` with `cert` and `key`.
     pub fn start_static_tls(root: &Path, cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        let site = format!(
+            "https://localhost:{{port}} {{{{
+	tls {cert} {key}
+	root * {root}
+	file_server
+}}}}
+",
+            cert = cert.display(),
+            key = key.display(),
+            root = root.display(),
+        );
+        Self::start(&site)
+    }
+
+    /// Serves `root` over plain HTTP on any host name (`file_server`).
+    pub fn start_static(root: &Path) -> anyhow::Result<Self> {
+        let site = format!(
+            "http://:{{port}} {{{{
+	root * {root}
+	file_server
+}}}}
+",
+            root = root.display(),
+        );
+        Self::start(&site)
+    }
+
+    /// Runs Caddy with the global options and `site` (its `{port}` filled in).
+    fn start(site: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
         let conf = format!(
@@ -228,16 +257,9 @@ impl Caddy {
 	default_sni localhost
 	storage file_system {dir}/storage
 }}
-https://localhost:{port} {{
-	tls {cert} {key}
-	root * {root}
-	file_server
-}}
-",
+{site}",
             dir = dir.path().display(),
-            cert = cert.display(),
-            key = key.display(),
-            root = root.display(),
+            site = site.replace("{port}", &port.to_string()),
         );
         let conf_path = dir.path().join("Caddyfile");
         std::fs::write(&conf_path, conf)?;
@@ -262,6 +284,50 @@ https://localhost:{port} {{
 }
 
 impl Server for Caddy {
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+    fn pids(&self) -> Vec<u32> {
+        with_children(self.process.pid())
+    }
+}
+
+/// The ceiling: a minimal Pingora server answering the site's files from memory with the
+/// edge's headers (`bench/src/bin/pingora-ceiling.rs`), in `proxy` mode (a `pingora-proxy`
+/// session per request, as the edge) or `app` mode (a bare `pingora-core` HTTP app).
+pub struct Ceiling {
+    /// `127.0.0.1:port`.
+    pub addr: String,
+    process: Process,
+}
+
+impl Ceiling {
+    /// Serves `root` with the binary `ceiling` in `mode`.
+    pub fn start(ceiling: &Path, root: &Path, mode: &str) -> anyhow::Result<Self> {
+        let port = free_port();
+        let mut process = Process::spawn(
+            Command::new(ceiling)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .arg("--root")
+                .arg(root)
+                .args(["--mode", mode])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            "pingora-ceiling",
+        );
+        wait_for_port(
+            ([127, 0, 0, 1], port).into(),
+            &mut process,
+            "pingora-ceiling",
+        );
+        Ok(Ceiling {
+            addr: format!("127.0.0.1:{port}"),
+            process,
+        })
+    }
+}
+
+impl Server for Ceiling {
     fn addr(&self) -> &str {
         &self.addr
     }
