@@ -70,6 +70,9 @@ pub struct Row {
     max_us: u64,
     lost: u64,
     late_lost: u64,
+    /// CPU seconds the edge and the followers (this process) used while the build ran.
+    edge_cpu_s: f64,
+    clients_cpu_s: f64,
 }
 
 fn now_us() -> u64 {
@@ -93,12 +96,7 @@ async fn follow(addr: String, id: String, batch: bool) -> anyhow::Result<Vec<u64
             Message::Text(text) => {
                 let received = now_us();
                 for line in text.as_str().split('\n') {
-                    let record: serde_json::Value = serde_json::from_str(line)?;
-                    if let Some(t) = record["line"]
-                        .as_str()
-                        .and_then(|l| l.strip_prefix("t="))
-                        .and_then(|t| t.parse::<u64>().ok())
-                    {
+                    if let Some(t) = stamp(line) {
                         latencies.push(received.saturating_sub(t));
                     }
                 }
@@ -108,6 +106,22 @@ async fn follow(addr: String, id: String, batch: bool) -> anyhow::Result<Vec<u64
         }
     }
     Ok(latencies)
+}
+
+/// The stamp of a record `{"seq":…,"line":"t=<µs>",…}`, found without parsing the whole
+/// record: a thousand followers parse ten million lines a second on the cores the edge runs
+/// on, so the clients' own cost must stay small for the latencies to be the edge's.
+fn stamp(record: &str) -> Option<u64> {
+    let at = record.find("\"line\":\"t=")? + 10;
+    let digits = &record[at..];
+    let end = digits.find(|c: char| !c.is_ascii_digit())?;
+    digits[..end].parse().ok()
+}
+
+/// CPU seconds this process has used.
+fn own_cpu_seconds() -> f64 {
+    crate::host::cpu_ticks(&[std::process::id()]).unwrap_or(0) as f64
+        / crate::host::clock_ticks_per_second()
 }
 
 /// One deploy of the fixture with `followers` clients connected before its first line.
@@ -126,6 +140,9 @@ pub async fn measure(
         .json()
         .await?;
     let id = answer["id"].as_str().context("no id")?.to_owned();
+    let edge_pids = crate::peers::Server::pids(edge);
+    let edge_before = crate::host::cpu_ticks(&edge_pids).unwrap_or(0);
+    let clients_before = own_cpu_seconds();
     let mut tasks = Vec::new();
     for _ in 0..followers {
         tasks.push(tokio::spawn(follow(edge.addr.clone(), id.clone(), batch)));
@@ -137,6 +154,11 @@ pub async fn measure(
         lost += fixture.lines.saturating_sub(latencies.len() as u64);
         all.extend(latencies);
     }
+    let edge_cpu_s = crate::host::cpu_ticks(&edge_pids)
+        .unwrap_or(0)
+        .saturating_sub(edge_before) as f64
+        / crate::host::clock_ticks_per_second();
+    let clients_cpu_s = own_cpu_seconds() - clients_before;
     let late = follow(edge.addr.clone(), id, batch).await?;
     all.sort_unstable();
     let pick = |q: f64| {
@@ -154,6 +176,8 @@ pub async fn measure(
         max_us: all.last().copied().unwrap_or(0),
         lost,
         late_lost: fixture.lines.saturating_sub(late.len() as u64),
+        edge_cpu_s,
+        clients_cpu_s,
     })
 }
 
@@ -164,13 +188,16 @@ pub fn render(rows: &[Row]) -> String {
          arrives: builder → runner → log bus → WebSocket, all on this machine. A plain pub/sub \
          subscriber that joins late loses every line published before it joined; the last column \
          is what a client that connects after the build ended missed here. Frames: one record \
-         per WebSocket frame, or `?batch=1` (the records ready together share a frame).\n\n\
-         | followers | frames | lines | rate | p50 | p99 | max | lines lost | lost by a late client |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+         per WebSocket frame, or `?batch=1` (the records ready together share a frame). The \
+         followers run in the bench's own process on the same two cores: the last two columns \
+         are the CPU seconds the edge and the followers used while the build ran (a build of \
+         3 s: 6 CPU seconds is both cores full).\n\n\
+         | followers | frames | lines | rate | p50 | p99 | max | lines lost | lost by a late client | edge CPU | followers' CPU |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {}/s | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} |\n",
+            "| {} | {} | {} | {}/s | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} | {:.1} s | {:.1} s |\n",
             r.followers,
             if r.batch { "batched" } else { "one per record" },
             r.lines,
@@ -179,8 +206,23 @@ pub fn render(rows: &[Row]) -> String {
             r.p99_us as f64 / 1000.0,
             r.max_us as f64 / 1000.0,
             r.lost,
-            r.late_lost
+            r.late_lost,
+            r.edge_cpu_s,
+            r.clients_cpu_s
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stamps() {
+        assert_eq!(
+            super::stamp(r#"{"seq":3,"ts":1,"stream":"stdout","line":"t=1700000000123456"}"#),
+            Some(1_700_000_000_123_456)
+        );
+        assert_eq!(super::stamp(r#"{"seq":3,"line":"Installing"}"#), None);
+        assert_eq!(super::stamp(r#"{"seq":3,"line":"t=12"#), None);
+    }
 }
