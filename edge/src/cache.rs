@@ -79,37 +79,51 @@ impl ManifestCache {
             self.metrics.manifest_lookup("hit");
             return Ok(manifest);
         }
-        let loaded = std::sync::atomic::AtomicBool::new(false);
-        let result = self
-            .cache
-            .try_get_with(id.clone(), async {
-                loaded.store(true, std::sync::atomic::Ordering::Relaxed);
-                let key = self.origin.layout().manifest(id);
-                let timer = self
-                    .metrics
-                    .s3_latency
-                    .with_label_values(&["manifest"])
-                    .start_timer();
-                let fetched = self.origin.get(&key).await;
-                timer.observe_duration();
-                let outcome = if fetched.is_ok() { "ok" } else { "error" };
-                self.metrics
-                    .s3_requests
-                    .with_label_values(&["manifest", outcome])
-                    .inc();
-                let bytes = fetched?.ok_or(ManifestError::Missing)?;
-                let manifest = Manifest::from_json(&bytes).map_err(ManifestError::Corrupt)?;
-                Ok::<_, ManifestError>(Arc::new(manifest))
-            })
-            .await;
-        let label = match (&result, loaded.into_inner()) {
-            (Ok(_), false) => "hit",
-            (Ok(_), true) => "loaded",
-            (Err(e), _) if matches!(e.as_ref(), ManifestError::Missing) => "missing",
-            (Err(_), _) => "error",
-        };
-        self.metrics.manifest_lookup(label);
-        result
+        self.load(id).await
+    }
+
+    /// Loads the manifest of `id` from S3 (one load per id at a time). Boxed: moka's loading
+    /// future is about 15 KiB, and held inline it would make every caller's future (a request's
+    /// whole `request_filter`) that large, copied on each request whether it loads or not.
+    fn load<'a>(
+        &'a self,
+        id: &'a DeploymentId,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Arc<Manifest>, Arc<ManifestError>>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let loaded = std::sync::atomic::AtomicBool::new(false);
+            let result = self
+                .cache
+                .try_get_with(id.clone(), async {
+                    loaded.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let key = self.origin.layout().manifest(id);
+                    let timer = self
+                        .metrics
+                        .s3_latency
+                        .with_label_values(&["manifest"])
+                        .start_timer();
+                    let fetched = self.origin.get(&key).await;
+                    timer.observe_duration();
+                    let outcome = if fetched.is_ok() { "ok" } else { "error" };
+                    self.metrics
+                        .s3_requests
+                        .with_label_values(&["manifest", outcome])
+                        .inc();
+                    let bytes = fetched?.ok_or(ManifestError::Missing)?;
+                    let manifest = Manifest::from_json(&bytes).map_err(ManifestError::Corrupt)?;
+                    Ok::<_, ManifestError>(Arc::new(manifest))
+                })
+                .await;
+            let label = match (&result, loaded.into_inner()) {
+                (Ok(_), false) => "hit",
+                (Ok(_), true) => "loaded",
+                (Err(e), _) if matches!(e.as_ref(), ManifestError::Missing) => "missing",
+                (Err(_), _) => "error",
+            };
+            self.metrics.manifest_lookup(label);
+            result
+        })
     }
 }
 
@@ -272,6 +286,34 @@ impl AliasCache {
         })
     }
 
+    /// Reads `project` from the store into the cache (one read per name at a time). Boxed, so
+    /// that moka's loading future is not part of every lookup's (see [`ManifestCache::load`]).
+    fn load<'a>(
+        &'a self,
+        project: &'a str,
+        generation: u64,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<(u64, Option<Arc<EdgeView>>), Arc<gitdeploy_api::StoreError>>,
+                > + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async move {
+            let records = self.records.clone();
+            let name = project.to_owned();
+            self.cache
+                .try_get_with(project.to_owned(), async move {
+                    records
+                        .project(&name)
+                        .await
+                        .map(|p| (generation, p.map(|p| Arc::new(p.edge_view()))))
+                })
+                .await
+        })
+    }
+
     fn counted(&self, result: &str, view: Option<Arc<EdgeView>>) -> Option<Arc<EdgeView>> {
         self.metrics.alias_lookup(match (result, &view) {
             ("hit", None) | ("loaded", None) => "missing",
@@ -291,17 +333,7 @@ impl gitdeploy_api::AliasResolver for AliasCache {
             }
             self.cache.invalidate(project).await;
         }
-        let records = self.records.clone();
-        let name = project.to_owned();
-        let found = self
-            .cache
-            .try_get_with(project.to_owned(), async move {
-                records
-                    .project(&name)
-                    .await
-                    .map(|p| (generation, p.map(|p| Arc::new(p.edge_view()))))
-            })
-            .await;
+        let found = self.load(project, generation).await;
         match found {
             Ok((_, view)) => self.counted("loaded", view),
             Err(e) => {
