@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use gitdeploy_core::{Encoding, FileEntry};
+use http::header::{self, HeaderMap, HeaderValue};
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -23,14 +24,39 @@ pub fn error_page(status: u16, message: &str) -> Bytes {
     ))
 }
 
+/// A response header of `status` with `headers`, without a case map: the headers were set by
+/// known names straight into the map, without the name parsing and case bookkeeping
+/// `insert_header` does for each (lower-case names on the wire; HTTP/2 writes them so anyway).
+pub fn response_header(status: u16, headers: HeaderMap) -> Result<ResponseHeader> {
+    let mut resp = http::Response::new(());
+    *resp.status_mut() = http::StatusCode::from_u16(status).map_err(|_| {
+        pingora_error::Error::explain(pingora_error::ErrorType::InvalidHTTPHeader, "status")
+    })?;
+    *resp.headers_mut() = headers;
+    Ok(resp.into_parts().0.into())
+}
+
 /// Headers of a page the edge generates.
 pub fn html_response(status: u16, len: usize) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header("content-type", "text/html; charset=utf-8")?;
-    resp.insert_header("cache-control", "no-store")?;
-    resp.insert_header("x-content-type-options", "nosniff")?;
-    resp.set_content_length(len)?;
-    Ok(resp)
+    let mut headers = HeaderMap::with_capacity(4);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    response_header(status, headers)
+}
+
+/// A header value made of `text` (copied); an error for text a header cannot hold.
+fn value(text: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(text).map_err(|_| {
+        pingora_error::Error::explain(
+            pingora_error::ErrorType::InvalidHTTPHeader,
+            "a header value the manifest holds is not valid",
+        )
+    })
 }
 
 /// Writes a complete response; `head` suppresses the body but keeps its length.
@@ -118,52 +144,65 @@ impl FilePlan {
     }
 
     /// Validators, type and caching headers (for 200, 206, 404 pages and 304).
-    pub fn write_common(&self, resp: &mut ResponseHeader) -> Result<()> {
-        resp.insert_header("content-type", self.entry.content_type.as_str())?;
-        resp.insert_header("etag", self.etag())?;
-        resp.insert_header("last-modified", httpdate::fmt_http_date(self.modified))?;
+    pub fn write_common(&self, headers: &mut HeaderMap) -> Result<()> {
+        headers.insert(header::CONTENT_TYPE, value(&self.entry.content_type)?);
+        headers.insert(header::ETAG, value(self.etag())?);
+        // A date is always a valid value; its text is moved in, not copied.
+        if let Ok(modified) = HeaderValue::try_from(httpdate::fmt_http_date(self.modified)) {
+            headers.insert(header::LAST_MODIFIED, modified);
+        }
         let cache = if self.status == 200 {
             cache_control::for_path(&self.path)
         } else {
             cache_control::REVALIDATE
         };
-        resp.insert_header("cache-control", cache)?;
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
         if !self.entry.encodings.is_empty() {
-            resp.insert_header("vary", "Accept-Encoding")?;
+            headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
         }
-        resp.insert_header("x-content-type-options", "nosniff")?;
-        for (name, value) in &self.extra {
-            resp.insert_header(name.clone(), value.as_str())?;
+        headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        for (name, text) in &self.extra {
+            let name = header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                pingora_error::Error::explain(
+                    pingora_error::ErrorType::InvalidHTTPHeader,
+                    "a _headers rule names an invalid header",
+                )
+            })?;
+            headers.insert(name, value(text)?);
         }
         if self.private {
             // Last, so a `_headers` rule cannot make a protected response public.
-            let cache = resp
-                .headers
-                .get("cache-control")
+            let cache = headers
+                .get(header::CACHE_CONTROL)
                 .and_then(|v| v.to_str().ok())
                 .map(cache_control::private)
                 .unwrap_or_else(|| cache_control::private(cache));
-            resp.insert_header("cache-control", cache)?;
+            headers.insert(header::CACHE_CONTROL, value(&cache)?);
         }
         Ok(())
     }
 
+    /// The header of a `304 Not Modified` of this file.
+    pub fn not_modified(&self) -> Result<ResponseHeader> {
+        let mut headers = HeaderMap::with_capacity(8);
+        self.write_common(&mut headers)?;
+        response_header(304, headers)
+    }
+
     /// The full header of a file response with a body.
     pub fn response(&self) -> Result<ResponseHeader> {
-        let mut resp = ResponseHeader::build(self.response_status(), Some(12))?;
-        self.write_common(&mut resp)?;
+        let mut headers = HeaderMap::with_capacity(12);
+        self.write_common(&mut headers)?;
         if let Some(enc) = self.encoding {
-            resp.insert_header("content-encoding", enc.token())?;
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc.token()));
         }
-        resp.insert_header("accept-ranges", "bytes")?;
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         if let Some((start, end)) = self.range {
-            resp.insert_header(
-                "content-range",
-                format!("bytes {start}-{end}/{}", self.representation_size()),
-            )?;
+            let range = format!("bytes {start}-{end}/{}", self.representation_size());
+            headers.insert(header::CONTENT_RANGE, value(&range)?);
         }
-        resp.set_content_length(self.body_len() as usize)?;
-        Ok(resp)
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body_len()));
+        response_header(self.response_status(), headers)
     }
 }
 

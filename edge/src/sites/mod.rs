@@ -265,8 +265,7 @@ impl SitesProxy {
             match conditional::evaluate(&conditions, plan.etag(), plan.modified) {
                 Precondition::Proceed => {}
                 Precondition::NotModified => {
-                    let mut resp = ResponseHeader::build(304, Some(8))?;
-                    plan.write_common(&mut resp)?;
+                    let resp = plan.not_modified()?;
                     session.write_response_header(Box::new(resp), true).await?;
                     return Ok(true);
                 }
