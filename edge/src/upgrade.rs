@@ -83,7 +83,7 @@ pub(crate) fn parse_answer(buf: &[u8]) -> Result<Option<Answer>> {
 /// Whether the request asks for a WebSocket.
 pub(crate) fn is_upgrade(req: &RequestHeader) -> bool {
     req.headers
-        .get("upgrade")
+        .get(http::header::UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 

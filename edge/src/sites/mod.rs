@@ -236,7 +236,8 @@ impl SitesProxy {
             }
         };
         let req = session.req_header();
-        let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
+        // By known names: a lookup by a string parses the name first, each time.
+        let header = |name: &http::HeaderName| req.headers.get(name).map(|v| v.as_bytes());
         let mut plan = FilePlan {
             path: rel.clone(),
             entry,
@@ -249,18 +250,18 @@ impl SitesProxy {
         };
         if status == 200 {
             // Validators are per representation: pick the variant first.
-            let range_requested = !head && header("range").is_some();
+            let range_requested = !head && header(&http::header::RANGE).is_some();
             if !range_requested {
                 plan.encoding = encoding::choose(
-                    header("accept-encoding"),
+                    header(&http::header::ACCEPT_ENCODING),
                     plan.entry.encodings.keys().copied(),
                 );
             }
             let conditions = Conditions {
-                if_match: header("if-match"),
-                if_none_match: header("if-none-match"),
-                if_modified_since: header("if-modified-since"),
-                if_unmodified_since: header("if-unmodified-since"),
+                if_match: header(&http::header::IF_MATCH),
+                if_none_match: header(&http::header::IF_NONE_MATCH),
+                if_modified_since: header(&http::header::IF_MODIFIED_SINCE),
+                if_unmodified_since: header(&http::header::IF_UNMODIFIED_SINCE),
             };
             match conditional::evaluate(&conditions, plan.etag(), plan.modified) {
                 Precondition::Proceed => {}
@@ -276,8 +277,8 @@ impl SitesProxy {
             if range_requested {
                 let size = plan.representation_size();
                 match range::evaluate(
-                    header("range"),
-                    header("if-range"),
+                    header(&http::header::RANGE),
+                    header(&http::header::IF_RANGE),
                     plan.etag(),
                     plan.modified,
                     size,
