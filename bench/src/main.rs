@@ -222,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
                 "localhost",
                 &small.with_encoding("br"),
             )?);
-            let cached = Nginx::start_s3_proxy(&s3, &id, ProxyCache::Disk)?;
+            let cached = Nginx::start_s3_proxy(&s3, &site.blob_keys()?, ProxyCache::Disk)?;
             let identity = small.with_encoding("identity");
             wrk(&cached.addr, "localhost", &identity)?;
             rows.push(measure(
@@ -270,7 +270,7 @@ async fn main() -> anyhow::Result<()> {
             let idle = edge.rss_kib().unwrap_or(0) / 1024;
             let name = format!("gitdeploy edge → signed S3 (idle RSS {idle} MiB)");
             rows.push(measure(LARGE, name, &edge, &host, &large)?);
-            let proxy = Nginx::start_s3_proxy(&s3, &id, ProxyCache::Off)?;
+            let proxy = Nginx::start_s3_proxy(&s3, &site.blob_keys()?, ProxyCache::Off)?;
             rows.push(measure(
                 LARGE,
                 NGINX_PROXY.into(),
@@ -398,7 +398,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         let id = edge.deploy(&site).await?;
-        let proxy = Nginx::start_s3_proxy(&s3, &id, ProxyCache::Off)?;
+        let proxy = Nginx::start_s3_proxy(&s3, &site.blob_keys()?, ProxyCache::Off)?;
         let small = Load::new(site.small_paths(), dur, opts.connections).with_encoding("identity");
         rows.push(measure(
             COLD,

@@ -80,15 +80,20 @@ impl Nginx {
         Self::start("", &server)
     }
 
-    /// Proxies every path to the same object of a deployment in `s3` (`sites/<id>/<path>`),
-    /// each upstream GET signed with SigV4 by `bench/nginx/s3sign.js` (njs, as nginx's S3
-    /// gateway does; `apt-get install libnginx-mod-http-js`), over keep-alive connections.
-    /// Client headers never reach S3.
+    /// Proxies every path of the site to the object in `s3` that holds its bytes (`keys`: path →
+    /// `blobs/<sha256>`, as the deployment's manifest maps it; other paths 404), each upstream
+    /// GET signed with SigV4 by `bench/nginx/s3sign.js` (njs, as nginx's S3 gateway does;
+    /// `apt-get install libnginx-mod-http-js`), over keep-alive connections. Client headers
+    /// never reach S3.
     pub fn start_s3_proxy(
         s3: &S3Server,
-        deployment: &str,
+        keys: &[(String, String)],
         cache: ProxyCache,
     ) -> anyhow::Result<Self> {
+        let map: String = keys
+            .iter()
+            .map(|(path, key)| format!("    \"{path}\" /{S3_BUCKET}/{key};\n"))
+            .collect();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/s3sign.js");
         let caching = match cache {
             ProxyCache::Off => "proxy_buffering off;".to_owned(),
@@ -106,6 +111,9 @@ impl Nginx {
   js_var $s3_secret_key {secret};
   js_set $s3_authorization s3.authorization;
   js_set $s3_date s3.amzDate;
+  map $uri $s3_key {{
+    default \"\";
+{map}  }}
   upstream s3 {{ server {s3}; keepalive 64; }}
   proxy_cache_path {{dir}}/cache levels=1:2 keys_zone=sites:10m max_size=2g inactive=1h use_temp_path=off;
   server {{
@@ -114,7 +122,8 @@ impl Nginx {
     # per connection instead of 20,000.
     tcp_nopush off;
     location / {{
-      rewrite ^ /{S3_BUCKET}/sites/{deployment}$uri break;
+      if ($s3_key = \"\") {{ return 404; }}
+      rewrite ^ $s3_key break;
       proxy_pass http://s3;
       proxy_http_version 1.1;
       proxy_pass_request_headers off;
@@ -220,11 +229,11 @@ impl Caddy {
     /// Serves `root` for `localhost` with `cert` and `key`.
     pub fn start_static_tls(root: &Path, cert: &Path, key: &Path) -> anyhow::Result<Self> {
         let site = format!(
-            "https://localhost:{{port}} {{{{
+            "https://localhost:{{port}} {{
 	tls {cert} {key}
 	root * {root}
 	file_server
-}}}}
+}}
 ",
             cert = cert.display(),
             key = key.display(),
@@ -236,10 +245,10 @@ impl Caddy {
     /// Serves `root` over plain HTTP on any host name (`file_server`).
     pub fn start_static(root: &Path) -> anyhow::Result<Self> {
         let site = format!(
-            "http://:{{port}} {{{{
+            "http://:{{port}} {{
 	root * {root}
 	file_server
-}}}}
+}}
 ",
             root = root.display(),
         );

@@ -76,6 +76,26 @@ impl Fixture {
     pub fn small_paths(&self) -> Vec<String> {
         self.small.clone()
     }
+
+    /// Every file's path and the blob that holds its bytes in the store (`blobs/<sha256>`), for
+    /// peers that read the same S3 as the edge.
+    pub fn blob_keys(&self) -> anyhow::Result<Vec<(String, String)>> {
+        use sha2::Digest;
+        let mut paths = self.small.clone();
+        paths.extend([
+            TEN_KIB_PATH.to_owned(),
+            LARGE_PATH.to_owned(),
+            "/index.html".into(),
+        ]);
+        paths
+            .into_iter()
+            .map(|path| {
+                let bytes = std::fs::read(self.root.join(path.trim_start_matches('/')))?;
+                let key = format!("blobs/{}", hex::encode(sha2::Sha256::digest(&bytes)));
+                Ok((path, key))
+            })
+            .collect()
+    }
 }
 
 /// A static site of `n` small files (no build step), committed to its own repository: what

@@ -89,7 +89,9 @@ impl ManifestCache {
         &'a self,
         id: &'a DeploymentId,
     ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Arc<Manifest>, Arc<ManifestError>>> + Send + 'a>,
+        Box<
+            dyn std::future::Future<Output = Result<Arc<Manifest>, Arc<ManifestError>>> + Send + 'a,
+        >,
     > {
         Box::pin(async move {
             let loaded = std::sync::atomic::AtomicBool::new(false);

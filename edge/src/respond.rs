@@ -44,7 +44,10 @@ pub fn html_response(status: u16, len: usize) -> Result<ResponseHeader> {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     response_header(status, headers)
 }
@@ -160,7 +163,10 @@ impl FilePlan {
         if !self.entry.encodings.is_empty() {
             headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
         }
-        headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
         for (name, text) in &self.extra {
             let name = header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                 pingora_error::Error::explain(
@@ -194,7 +200,10 @@ impl FilePlan {
         let mut headers = HeaderMap::with_capacity(12);
         self.write_common(&mut headers)?;
         if let Some(enc) = self.encoding {
-            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc.token()));
+            headers.insert(
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static(enc.token()),
+            );
         }
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         if let Some((start, end)) = self.range {
