@@ -85,14 +85,7 @@ impl ManifestCache {
     /// Loads the manifest of `id` from S3 (one load per id at a time). Boxed: moka's loading
     /// future is about 15 KiB, and held inline it would make every caller's future (a request's
     /// whole `request_filter`) that large, copied on each request whether it loads or not.
-    fn load<'a>(
-        &'a self,
-        id: &'a DeploymentId,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<Arc<Manifest>, Arc<ManifestError>>> + Send + 'a,
-        >,
-    > {
+    fn load<'a>(&'a self, id: &'a DeploymentId) -> Loading<'a, Arc<Manifest>, ManifestError> {
         Box::pin(async move {
             let loaded = std::sync::atomic::AtomicBool::new(false);
             let result = self
@@ -128,6 +121,10 @@ impl ManifestCache {
         })
     }
 }
+
+/// A cache's load of a missing entry, boxed (see [`ManifestCache::load`]).
+type Loading<'a, T, E> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Arc<E>>> + Send + 'a>>;
 
 /// Cache key of an object body.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -294,14 +291,7 @@ impl AliasCache {
         &'a self,
         project: &'a str,
         generation: u64,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<(u64, Option<Arc<EdgeView>>), Arc<gitdeploy_api::StoreError>>,
-                > + Send
-                + 'a,
-        >,
-    > {
+    ) -> Loading<'a, (u64, Option<Arc<EdgeView>>), gitdeploy_api::StoreError> {
         Box::pin(async move {
             let records = self.records.clone();
             let name = project.to_owned();
