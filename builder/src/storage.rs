@@ -134,3 +134,27 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// `x-amz-copy-source`: the bucket and key, percent-encoded but for `/` and unreserved bytes.
+pub fn copy_source(bucket: &str, key: &str) -> String {
+    let mut out = String::with_capacity(bucket.len() + key.len() + 1);
+    for b in format!("{bucket}/{key}").bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_sources_are_encoded() {
+        assert_eq!(copy_source("b", "gd/uploads/x/ab"), "b/gd/uploads/x/ab");
+        assert_eq!(copy_source("b", "a b+c"), "b/a%20b%2Bc");
+    }
+}

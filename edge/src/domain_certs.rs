@@ -12,11 +12,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use gitdeploy_api::cert_store::{pem_blocks, CertStore, StoredCertificate};
+use gitdeploy_api::cert_store::CertStore;
 use gitdeploy_api::domains::DomainStatus;
 use gitdeploy_api::Records;
 use pingora_core::tls::sign::CertifiedKey;
-use pingora_core::tls::{CertificateDer, PrivateKeyDer};
 use prometheus::{GaugeVec, IntGaugeVec, Opts, Registry};
 
 /// A full sync this often, whatever was announced.
@@ -53,22 +52,6 @@ pub fn certificate_state(not_after: Option<u64>, now: u64, renew_before: Duratio
         Some(t) if t <= now.saturating_add(renew_before.as_millis() as u64) => "renewal_due",
         Some(_) => "valid",
     }
-}
-
-/// The key `cert` presents, from its PEM chain and PKCS#8 key.
-pub fn certified_key(cert: &StoredCertificate) -> Result<Arc<CertifiedKey>, String> {
-    let chain: Vec<CertificateDer<'static>> = pem_blocks(cert.chain_pem.as_bytes(), "CERTIFICATE")?
-        .into_iter()
-        .map(CertificateDer::from)
-        .collect();
-    if chain.is_empty() {
-        return Err("the stored chain holds no certificate".into());
-    }
-    let key = pem_blocks(cert.key_pem.as_bytes(), "PRIVATE KEY")?
-        .into_iter()
-        .next()
-        .ok_or("the stored key is not a PKCS#8 private key")?;
-    crate::tls::certified_key(chain, PrivateKeyDer::Pkcs8(key.into()))
 }
 
 impl DomainCertificates {
@@ -192,7 +175,7 @@ impl DomainCertificates {
         if let Some(store) = store {
             for (domain, _) in stale {
                 match store.certificate(&domain).await {
-                    Ok(Some(cert)) => match certified_key(&cert) {
+                    Ok(Some(cert)) => match crate::certified::from_stored(&cert) {
                         Ok(key) => loaded.push((domain, cert.not_after_unix_ms, key)),
                         Err(e) => tracing::warn!(%domain, "stored certificate unusable: {e}"),
                     },

@@ -14,6 +14,7 @@
 mod access_log;
 mod build_task;
 mod cache;
+mod certified;
 mod cli;
 mod client_addr;
 mod client_stream;

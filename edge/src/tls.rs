@@ -11,9 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use pingora_core::tls::sign::CertifiedKey;
-use pingora_core::tls::{
-    CertificateDer, ClientHello, CryptoProvider, PrivateKeyDer, ResolvesServerCert,
-};
+use pingora_core::tls::{ClientHello, ResolvesServerCert};
 
 use crate::domain_certs::DomainCertificates;
 
@@ -175,43 +173,6 @@ impl ResolvesServerCert for Certificates {
     }
 }
 
-/// The certificate chain and key in PEM files `cert` and `key`, ready to present.
-pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
-    pingora_core::tls::install_default_crypto_provider();
-    let (certs, key_der) = pingora_core::tls::load_certs_and_key_files(
-        &cert.display().to_string(),
-        &key.display().to_string(),
-    )
-    .map_err(|e| format!("cannot read {} and {}: {e}", cert.display(), key.display()))?
-    .ok_or_else(|| {
-        format!(
-            "{} holds no certificate or {} no private key (PEM)",
-            cert.display(),
-            key.display()
-        )
-    })?;
-    let certs = certs.into_iter().map(|c| c.into_owned()).collect();
-    certified_key(certs, key_der.clone_key()).map_err(|e| {
-        format!(
-            "{} and {} do not make a usable certificate: {e}",
-            cert.display(),
-            key.display()
-        )
-    })
-}
-
-/// A chain (leaf first) and its key, ready to present.
-pub fn certified_key(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> Result<Arc<CertifiedKey>, String> {
-    pingora_core::tls::install_default_crypto_provider();
-    let provider = CryptoProvider::get_default().ok_or("no TLS crypto provider is installed")?;
-    CertifiedKey::from_der(chain, key, provider)
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
-}
-
 /// The platform certificate's files, watched for changes.
 #[derive(Clone, Debug)]
 pub struct PlatformFiles {
@@ -236,7 +197,10 @@ impl PlatformFiles {
         certs: Arc<Certificates>,
         loads: prometheus::IntCounterVec,
     ) -> Result<(), String> {
-        certs.set_platform(load_pair(&self.cert, &self.key)?, &self.cert);
+        certs.set_platform(
+            crate::certified::load_pair(&self.cert, &self.key)?,
+            &self.cert,
+        );
         loads.with_label_values(&["loaded"]).inc();
         let mut seen = self.stamp();
         let weak = Arc::downgrade(&certs);
@@ -249,7 +213,7 @@ impl PlatformFiles {
                 let now = self.stamp();
                 if now.is_some() && now != seen {
                     seen = now;
-                    match load_pair(&self.cert, &self.key) {
+                    match crate::certified::load_pair(&self.cert, &self.key) {
                         Ok(key) => {
                             certs.set_platform(key, &self.cert);
                             loads.with_label_values(&["loaded"]).inc();

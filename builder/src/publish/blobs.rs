@@ -7,56 +7,11 @@
 //! in its metadata which precompressed variants were made of it ([`Recorded`]), so a redeploy of
 //! an unchanged file neither uploads nor compresses anything: one `HEAD` answers both.
 
-use std::collections::BTreeMap;
-
 use aws_sdk_s3::primitives::ByteStream;
 use gitdeploy_core::{ContentHash, DeploymentId, Encoding, Manifest, ObjectLayout};
 
+use super::recorded::{read_recorded, write_recorded, Recorded, VARIANTS_METADATA};
 use crate::storage::describe as storage_error;
-
-/// The metadata key (`x-amz-meta-gitdeploy-variants`) of [`Recorded`].
-pub(super) const VARIANTS_METADATA: &str = "gitdeploy-variants";
-
-/// What an identity blob's metadata says of its variants: for each encoding tried, the variant
-/// kept (its blob and size), or `None` when it came out no smaller than the file.
-pub type Recorded = BTreeMap<Encoding, Option<(ContentHash, u64)>>;
-
-/// [`Recorded`] as metadata text: `br=<hex>:<size>,gzip=-`.
-pub fn write_recorded(recorded: &Recorded) -> String {
-    recorded
-        .iter()
-        .map(|(enc, kept)| match kept {
-            Some((hash, size)) => format!("{}={hash}:{size}", enc.token()),
-            None => format!("{}=-", enc.token()),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// Reads [`write_recorded`]'s text; `None` when any part is malformed (then nothing recorded is
-/// trusted and the variants are made again).
-pub fn read_recorded(text: &str) -> Option<Recorded> {
-    let mut out = Recorded::new();
-    for part in text.split(',').filter(|p| !p.is_empty()) {
-        let (token, kept) = part.split_once('=')?;
-        let enc = match token {
-            "br" => Encoding::Br,
-            "gzip" => Encoding::Gzip,
-            _ => return None,
-        };
-        let kept = match kept {
-            "-" => None,
-            kept => {
-                let (hash, size) = kept.split_once(':')?;
-                Some((ContentHash::parse(hash).ok()?, size.parse().ok()?))
-            }
-        };
-        if out.insert(enc, kept).is_some() {
-            return None;
-        }
-    }
-    Some(out)
-}
 
 /// Where blobs go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,11 +178,6 @@ impl S3Blobs {
         req.send().await.map(|_| ()).map_err(|e| storage_error(&e))
     }
 
-    /// The S3 client and bucket, for the multipart upload of a large blob.
-    pub fn client(&self) -> (&aws_sdk_s3::Client, &str) {
-        (&self.client, &self.bucket)
-    }
-
     /// Writes the manifest, once every blob it names is stored: the deployment's
     /// `manifests/<id>.json` (which publishes it), or for a staged upload
     /// `uploads/<id>/manifest.json`, which the finisher checks and moves.
@@ -328,7 +278,15 @@ impl super::BlobSink for S3Blobs {
         _size: u64,
         relative: String,
     ) -> Result<(), String> {
-        super::multipart::upload(self, &hash, file, &relative).await
+        super::multipart::upload(
+            &self.client,
+            &self.bucket,
+            &self.key(&hash),
+            &hash,
+            file,
+            &relative,
+        )
+        .await
     }
 
     async fn finalize(&self, manifest: Manifest) -> Result<(), String> {
@@ -345,33 +303,4 @@ impl super::BlobSink for S3Blobs {
 /// Where a staged upload's manifest waits for the finisher.
 pub fn staged_manifest(layout: &ObjectLayout, id: &DeploymentId) -> String {
     format!("{}manifest.json", layout.upload_prefix(id))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recorded_variants_round_trip_and_malformed_text_is_not_trusted() {
-        let h = ContentHash::from_digest([0x0f; 32]);
-        let mut r = Recorded::new();
-        assert_eq!(write_recorded(&r), "");
-        assert_eq!(read_recorded(""), Some(Recorded::new()));
-        r.insert(Encoding::Br, Some((h, 120)));
-        r.insert(Encoding::Gzip, None);
-        let text = write_recorded(&r);
-        assert_eq!(text, format!("br={h}:120,gzip=-"));
-        assert_eq!(read_recorded(&text), Some(r));
-        for bad in [
-            "br",
-            "zstd=-",
-            "br=-,br=-",
-            "br=abc:1",
-            &format!("br={h}"),
-            &format!("br={h}:-1"),
-            &format!("br={h}:1:2"),
-        ] {
-            assert_eq!(read_recorded(bad), None, "{bad}");
-        }
-    }
 }

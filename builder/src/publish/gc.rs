@@ -24,7 +24,7 @@ use gitdeploy_core::{ContentHash, DeploymentId, Manifest, ObjectLayout};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::blobs::{read_recorded, VARIANTS_METADATA};
+use super::recorded::{read_recorded, VARIANTS_METADATA};
 use crate::storage::describe as storage_error;
 
 /// How long a collection may run: a marker older than this is a collection that died, which

@@ -5,7 +5,7 @@
 //! for the CLI): every file is read and hashed, the list of (path, hash, size) is looked up at
 //! once, and a blob the store already holds (the same bytes in an earlier deployment of any
 //! site) is neither uploaded nor compressed again, since the store records its variants
-//! ([`blobs::Recorded`]). A missing one gets its variants made and uploaded first and itself
+//! ([`recorded::Recorded`]). A missing one gets its variants made and uploaded first and itself
 //! last, so an identity blob that exists vouches for the variants it records. Small files keep
 //! their bytes between the passes; others are read again and refused if they changed. An
 //! interrupted publish resumes the same way: whatever reached the store is found there.
@@ -13,6 +13,7 @@
 mod blobs;
 pub mod gc;
 mod multipart;
+mod recorded;
 mod sink;
 mod staged;
 mod verify;
@@ -28,7 +29,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-pub use blobs::{read_recorded, write_recorded, Placement, Recorded, S3Blobs};
+pub use blobs::{Placement, S3Blobs};
+pub use recorded::{read_recorded, write_recorded, Recorded};
 pub use sink::{BlobSink, Planned, Progress};
 pub use staged::{publish_checked, publish_staged, remove_staging};
 pub use verify::verified_record;

@@ -8,7 +8,6 @@ use gitdeploy_core::ContentHash;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use super::blobs::S3Blobs;
 use crate::storage::error_chain;
 
 /// Files larger than this are uploaded in parts.
@@ -38,22 +37,22 @@ pub async fn hash_file(opened: std::fs::File, relative: &str) -> Result<ContentH
     hashed.map_err(|e| format!("hashing {relative} failed: {e}"))?
 }
 
-/// Uploads `opened` as blob `hash` in parts.
+/// Uploads `opened` as blob `hash` in parts, to `key` in `bucket`.
 pub async fn upload(
-    blobs: &S3Blobs,
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
     hash: &ContentHash,
     opened: std::fs::File,
     relative: &str,
 ) -> Result<(), String> {
-    let (client, bucket) = blobs.client();
-    let key = blobs.key(hash);
     let fail = |what: &str, e: &dyn std::error::Error| {
         format!("upload of {relative} failed ({what}): {}", error_chain(e))
     };
     let created = client
         .create_multipart_upload()
         .bucket(bucket)
-        .key(&key)
+        .key(key)
         .send()
         .await
         .map_err(|e| fail("start", &e))?;
@@ -85,7 +84,7 @@ pub async fn upload(
             let part = client
                 .upload_part()
                 .bucket(bucket)
-                .key(&key)
+                .key(key)
                 .upload_id(&upload_id)
                 .part_number(number)
                 .body(ByteStream::from(chunk))
@@ -111,7 +110,7 @@ pub async fn upload(
             let _ = client
                 .abort_multipart_upload()
                 .bucket(bucket)
-                .key(&key)
+                .key(key)
                 .upload_id(&upload_id)
                 .send()
                 .await;
@@ -121,7 +120,7 @@ pub async fn upload(
     client
         .complete_multipart_upload()
         .bucket(bucket)
-        .key(&key)
+        .key(key)
         .upload_id(&upload_id)
         .multipart_upload(
             CompletedMultipartUpload::builder()

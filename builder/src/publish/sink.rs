@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gitdeploy_core::{ContentHash, DeploymentId, Manifest};
 
-use super::blobs::Recorded;
+use super::recorded::Recorded;
 
 /// One file of the site as the lookup sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]

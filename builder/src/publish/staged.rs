@@ -213,7 +213,7 @@ async fn admit(
             size_matches(head.content_length(), "in the store")?;
             return Ok(head
                 .metadata()
-                .and_then(|m| m.get(super::blobs::VARIANTS_METADATA))
+                .and_then(|m| m.get(super::recorded::VARIANTS_METADATA))
                 .and_then(|t| super::read_recorded(t))
                 .unwrap_or_default());
         }
@@ -261,7 +261,7 @@ async fn admit(
         .copy_object()
         .bucket(bucket)
         .key(&shared)
-        .copy_source(copy_source(bucket, &staged))
+        .copy_source(crate::storage::copy_source(bucket, &staged))
         .metadata_directive(MetadataDirective::Replace)
         .checksum_algorithm(ChecksumAlgorithm::Sha256)
         .send()
@@ -300,19 +300,6 @@ pub(super) async fn read_hash(
     Ok(ContentHash::from_digest(hasher.finalize().into()))
 }
 
-/// `x-amz-copy-source`: the bucket and key, percent-encoded but for `/` and unreserved bytes.
-pub(super) fn copy_source(bucket: &str, key: &str) -> String {
-    let mut out = String::with_capacity(bucket.len() + key.len() + 1);
-    for b in format!("{bucket}/{key}").bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Deletes everything under `uploads/<id>/`.
 pub async fn remove_staging(
     client: &aws_sdk_s3::Client,
@@ -348,12 +335,6 @@ pub async fn remove_staging(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn copy_sources_are_encoded() {
-        assert_eq!(copy_source("b", "gd/uploads/x/ab"), "b/gd/uploads/x/ab");
-        assert_eq!(copy_source("b", "a b+c"), "b/a%20b%2Bc");
-    }
 
     #[test]
     fn one_blob_cannot_have_two_sizes() {

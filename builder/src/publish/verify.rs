@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::blobs::{write_recorded, Recorded, VARIANTS_METADATA};
+use super::recorded::{write_recorded, Recorded, VARIANTS_METADATA};
 use crate::storage::describe as storage_error;
 
 /// Variants checked at once.
@@ -196,7 +196,7 @@ pub(super) async fn check_variants(
             .copy_object()
             .bucket(bucket)
             .key(&key)
-            .copy_source(super::staged::copy_source(bucket, &key))
+            .copy_source(crate::storage::copy_source(bucket, &key))
             .metadata_directive(MetadataDirective::Replace)
             .metadata(VARIANTS_METADATA, write_recorded(&record))
             .send()
