@@ -50,6 +50,7 @@ pub async fn measure(
     s3: &S3Server,
     host: &str,
     cases: &[Case],
+    keep: Option<&Path>,
 ) -> anyhow::Result<Vec<Counted>> {
     let dir = tempfile::tempdir()?;
     let wrapper = under_callgrind(dir.path(), gitdeploy)?;
@@ -60,7 +61,7 @@ pub async fn measure(
         .env("AWS_SECRET_ACCESS_KEY", S3_KEY.1)
         .log_filter("error");
     let (process, _) = up.start().await;
-    let counted = count_cases(dir.path(), process.pid(), up.port, host, cases, "");
+    let counted = count_cases(dir.path(), process.pid(), up.port, host, cases, "", keep);
     drop(process);
     counted
 }
@@ -73,6 +74,7 @@ pub fn measure_ceiling(
     mode: &str,
     cases: &[Case],
     suffix: &'static str,
+    keep: Option<&Path>,
 ) -> anyhow::Result<Vec<Counted>> {
     let dir = tempfile::tempdir()?;
     let wrapper = under_callgrind(dir.path(), ceiling)?;
@@ -88,7 +90,15 @@ pub fn measure_ceiling(
         "pingora-ceiling under callgrind",
     );
     gitdeploy_harness::wait_for_port(([127, 0, 0, 1], port).into(), &mut process, "ceiling");
-    let counted = count_cases(dir.path(), process.pid(), port, "localhost", cases, suffix);
+    let counted = count_cases(
+        dir.path(),
+        process.pid(),
+        port,
+        "localhost",
+        cases,
+        suffix,
+        keep,
+    );
     drop(process);
     counted
 }
@@ -116,7 +126,8 @@ fn under_callgrind(dir: &Path, binary: &Path) -> anyhow::Result<PathBuf> {
     Ok(wrapper)
 }
 
-/// Counts each case on the server `pid` listening on `port`, whose dumps go to `dir`.
+/// Counts each case on the server `pid` listening on `port`, whose dumps go to `dir`; with
+/// `keep`, each dump is moved there as `<case><suffix>.callgrind` instead of deleted.
 fn count_cases(
     dir: &Path,
     pid: u32,
@@ -124,6 +135,7 @@ fn count_cases(
     host: &str,
     cases: &[Case],
     suffix: &'static str,
+    keep: Option<&Path>,
 ) -> anyhow::Result<Vec<Counted>> {
     let pid = pid.to_string();
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
@@ -175,7 +187,18 @@ fn count_cases(
                 .map(|(name, n)| (short(name), per(*n)))
                 .collect(),
         });
-        std::fs::remove_file(&dump)?;
+        match keep {
+            Some(folder) => {
+                std::fs::create_dir_all(folder)?;
+                let name: String = format!("{}{suffix}", case.name)
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                    .collect();
+                std::fs::copy(&dump, folder.join(format!("{name}.callgrind")))?;
+                std::fs::remove_file(&dump)?;
+            }
+            None => std::fs::remove_file(&dump)?,
+        }
     }
     Ok(out)
 }

@@ -58,6 +58,10 @@ struct Opts {
     /// Concurrent connections for the small-file scenarios.
     #[arg(long, default_value_t = 64)]
     connections: u32,
+    /// `callgrind`: keep each case's dump in this folder (named after the case), for
+    /// `callgrind_annotate --tree=caller` or KCachegrind, instead of deleting it.
+    #[arg(long)]
+    keep_dumps: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -316,7 +320,8 @@ async fn main() -> anyhow::Result<()> {
                 headers: vec![identity, format!("if-none-match: {etag}")],
             },
         ];
-        let mut counted = callgrind::measure(&gitdeploy, &s3, &host, &cases).await?;
+        let mut counted =
+            callgrind::measure(&gitdeploy, &s3, &host, &cases, opts.keep_dumps.as_deref()).await?;
         // The same cases answered by the ceiling responders: the framework's own share.
         let ceiling = edge::build_ceiling()?;
         let ceiling_etag = edge::etags_at(
@@ -351,6 +356,7 @@ async fn main() -> anyhow::Result<()> {
                 mode,
                 &ceiling_cases,
                 suffix,
+                opts.keep_dumps.as_deref(),
             )?);
         }
         callgrind_report = Some(callgrind::render(&counted)?);

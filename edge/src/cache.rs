@@ -1,6 +1,6 @@
 //! In-memory caches of the edge, both byte-weighted moka caches injected into the proxy:
 //! manifests (immutable per deployment, loaded once with single-flight so a burst of requests
-//! to a new deployment costs one S3 read) and small object bodies.
+//! to a new deployment costs one S3 read, and kept prepared to serve: [`crate::prepared`]) and small object bodies.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::metrics::EdgeMetrics;
 use crate::origin::{OriginError, S3Origin};
+use crate::prepared::PreparedManifest;
 use gitdeploy_api::EdgeView;
 
 /// Why a manifest could not be had.
@@ -31,7 +32,7 @@ pub enum ManifestError {
 
 /// Manifests by deployment id.
 pub struct ManifestCache {
-    cache: Cache<DeploymentId, Arc<Manifest>>,
+    cache: Cache<DeploymentId, Arc<PreparedManifest>>,
     origin: Arc<S3Origin>,
     metrics: EdgeMetrics,
 }
@@ -41,14 +42,7 @@ impl ManifestCache {
     pub fn new(origin: Arc<S3Origin>, max_bytes: u64, metrics: EdgeMetrics) -> Self {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|_, m: &Arc<Manifest>| {
-                let bytes: usize = m
-                    .files
-                    .iter()
-                    .map(|(k, v)| k.len() + v.content_type.len() + 96)
-                    .sum();
-                u32::try_from(bytes).unwrap_or(u32::MAX)
-            })
+            .weigher(|_, m: &Arc<PreparedManifest>| u32::try_from(m.weight()).unwrap_or(u32::MAX))
             .build();
         ManifestCache {
             cache,
@@ -73,7 +67,10 @@ impl ManifestCache {
     }
 
     /// The manifest of `id`, from memory or S3.
-    pub async fn get(&self, id: &DeploymentId) -> Result<Arc<Manifest>, Arc<ManifestError>> {
+    pub async fn get(
+        &self,
+        id: &DeploymentId,
+    ) -> Result<Arc<PreparedManifest>, Arc<ManifestError>> {
         // The common case first: a plain lookup, without setting up a load.
         if let Some(manifest) = self.cache.get(id).await {
             self.metrics.manifest_lookup("hit");
@@ -85,7 +82,10 @@ impl ManifestCache {
     /// Loads the manifest of `id` from S3 (one load per id at a time). Boxed: moka's loading
     /// future is about 15 KiB, and held inline it would make every caller's future (a request's
     /// whole `request_filter`) that large, copied on each request whether it loads or not.
-    fn load<'a>(&'a self, id: &'a DeploymentId) -> Loading<'a, Arc<Manifest>, ManifestError> {
+    fn load<'a>(
+        &'a self,
+        id: &'a DeploymentId,
+    ) -> Loading<'a, Arc<PreparedManifest>, ManifestError> {
         Box::pin(async move {
             let loaded = std::sync::atomic::AtomicBool::new(false);
             let result = self
@@ -107,7 +107,7 @@ impl ManifestCache {
                         .inc();
                     let bytes = fetched?.ok_or(ManifestError::Missing)?;
                     let manifest = Manifest::from_json(&bytes).map_err(ManifestError::Corrupt)?;
-                    Ok::<_, ManifestError>(Arc::new(manifest))
+                    Ok::<_, ManifestError>(Arc::new(PreparedManifest::new(manifest)))
                 })
                 .await;
             let label = match (&result, loaded.into_inner()) {

@@ -29,6 +29,7 @@ mod memory;
 mod metrics;
 mod origin;
 mod platform;
+mod prepared;
 mod public;
 mod ready;
 mod request_info;

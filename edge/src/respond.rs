@@ -1,6 +1,7 @@
 //! Responses the edge writes itself: error pages, redirects, and the headers of a file
 //! representation (shared by cache hits, S3 streams and 304s so they never disagree).
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -10,6 +11,7 @@ use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
+use crate::prepared::PreparedFile;
 use crate::serving::cache_control;
 
 /// A small HTML page for errors, never S3's XML.
@@ -54,12 +56,14 @@ pub fn html_response(status: u16, len: usize) -> Result<ResponseHeader> {
 
 /// A header value made of `text` (copied); an error for text a header cannot hold.
 fn value(text: &str) -> Result<HeaderValue> {
-    HeaderValue::from_str(text).map_err(|_| {
-        pingora_error::Error::explain(
-            pingora_error::ErrorType::InvalidHTTPHeader,
-            "a header value the manifest holds is not valid",
-        )
-    })
+    HeaderValue::from_str(text).map_err(|_| invalid_value())
+}
+
+fn invalid_value() -> Box<pingora_error::Error> {
+    pingora_error::Error::explain(
+        pingora_error::ErrorType::InvalidHTTPHeader,
+        "a header value the manifest holds is not valid",
+    )
 }
 
 /// Writes a complete response; `head` suppresses the body but keeps its length.
@@ -94,18 +98,16 @@ pub async fn send_error(
 /// Everything that decides a file response's headers.
 #[derive(Clone, Debug)]
 pub struct FilePlan {
-    /// Site-relative path of the file (for the cache-control rule).
-    pub path: String,
-    /// Its manifest entry.
-    pub entry: FileEntry,
+    /// The file, with its prepared header values (its path decides the cache-control rule).
+    pub file: Arc<PreparedFile>,
     /// 200, or 404 for a 404 page.
     pub status: u16,
     /// The precompressed variant served, if any.
     pub encoding: Option<Encoding>,
     /// Bytes `start..=end` for a 206.
     pub range: Option<(u64, u64)>,
-    /// When the deployment was published.
-    pub modified: SystemTime,
+    /// When the deployment was published, and that time as a `Last-Modified` value.
+    pub modified: (SystemTime, HeaderValue),
     /// Headers from `_headers` rules, applied last.
     pub extra: Vec<(String, String)>,
     /// Behind visitor protection: no shared cache may keep it.
@@ -113,19 +115,24 @@ pub struct FilePlan {
 }
 
 impl FilePlan {
+    /// Its manifest entry.
+    pub fn entry(&self) -> &FileEntry {
+        &self.file.entry
+    }
+
     /// Size of the representation (the variant's when compressed).
     pub fn representation_size(&self) -> u64 {
-        match self.encoding.and_then(|e| self.entry.encodings.get(&e)) {
+        match self.encoding.and_then(|e| self.entry().encodings.get(&e)) {
             Some(v) => v.size,
-            None => self.entry.size,
+            None => self.entry().size,
         }
     }
 
     /// ETag of the representation.
     pub fn etag(&self) -> &str {
-        match self.encoding.and_then(|e| self.entry.encodings.get(&e)) {
+        match self.encoding.and_then(|e| self.entry().encodings.get(&e)) {
             Some(v) => &v.etag,
-            None => &self.entry.etag,
+            None => &self.entry().etag,
         }
     }
 
@@ -146,21 +153,23 @@ impl FilePlan {
         }
     }
 
-    /// Validators, type and caching headers (for 200, 206, 404 pages and 304).
+    /// Validators, type and caching headers (for 200, 206, 404 pages and 304): the values
+    /// prepared with the manifest, cloned (a reference count each).
     pub fn write_common(&self, headers: &mut HeaderMap) -> Result<()> {
-        headers.insert(header::CONTENT_TYPE, value(&self.entry.content_type)?);
-        headers.insert(header::ETAG, value(self.etag())?);
-        // A date is always a valid value; its text is moved in, not copied.
-        if let Ok(modified) = HeaderValue::try_from(httpdate::fmt_http_date(self.modified)) {
-            headers.insert(header::LAST_MODIFIED, modified);
-        }
+        let (content_type, etag) = match (self.file.content_type(), self.file.etag(self.encoding)) {
+            (Some(t), Some(e)) => (t.clone(), e.clone()),
+            _ => return Err(invalid_value()),
+        };
+        headers.insert(header::CONTENT_TYPE, content_type);
+        headers.insert(header::ETAG, etag);
+        headers.insert(header::LAST_MODIFIED, self.modified.1.clone());
         let cache = if self.status == 200 {
-            cache_control::for_path(&self.path)
+            self.file.cache_control()
         } else {
             cache_control::REVALIDATE
         };
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-        if !self.entry.encodings.is_empty() {
+        if !self.entry().encodings.is_empty() {
             headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
         }
         headers.insert(

@@ -27,7 +27,7 @@ pub struct RequestCtx {
     pub(super) project: Option<String>,
     pub(super) deployment: Option<DeploymentId>,
     /// The manifest served from.
-    pub(super) manifest: Option<Arc<gitdeploy_core::Manifest>>,
+    pub(super) manifest: Option<Arc<crate::prepared::PreparedManifest>>,
 }
 
 impl RequestCtx {

@@ -203,11 +203,13 @@ impl SitesProxy {
         };
         let query = session.req_header().uri.query().map(str::to_owned);
         let resolved = match manifest.resolve(&path, query.as_deref()) {
-            Resolution::File {
-                path,
-                entry,
-                status,
-            } => Some((path.to_owned(), entry.clone(), status)),
+            Resolution::File { path, status, .. } => match manifest.file(path) {
+                Some(file) => Some((file.clone(), status)),
+                None => {
+                    return send_error(session, 502, "The site is temporarily unavailable.", head)
+                        .await
+                }
+            },
             Resolution::Redirect { location, status } => {
                 let mut resp = html_response(status, 0)?;
                 resp.insert_header("location", location)?;
@@ -217,18 +219,18 @@ impl SitesProxy {
         };
         // Skew protection: what production cannot answer may be an earlier build's chunk.
         let skewed = match &resolved {
-            Some((_, _, status)) if *status != 404 => None,
+            Some((_, status)) if *status != 404 => None,
             _ if earlier.is_empty() => None,
             _ => skew::earlier_file(&self.manifests, &earlier, &path.relative()).await,
         };
-        let (rel, entry, status) = match (skewed, resolved) {
-            (Some((earlier_id, earlier_manifest, entry)), _) => {
+        let (file, status) = match (skewed, resolved) {
+            (Some((earlier_id, earlier_manifest, file)), _) => {
                 if ctx.logged {
                     ctx.deployment = Some(earlier_id.clone());
                 }
                 ctx.manifest = Some(earlier_manifest.clone());
                 (id, manifest) = (earlier_id, earlier_manifest);
-                (path.relative(), entry, 200)
+                (file, 200)
             }
             (None, Some(found)) => found,
             (None, None) => {
@@ -238,13 +240,13 @@ impl SitesProxy {
         let req = session.req_header();
         // By known names: a lookup by a string parses the name first, each time.
         let header = |name: &http::HeaderName| req.headers.get(name).map(|v| v.as_bytes());
+        let (modified, last_modified) = manifest.modified();
         let mut plan = FilePlan {
-            path: rel.clone(),
-            entry,
+            file,
             status,
             encoding: None,
             range: None,
-            modified: conditional::last_modified(manifest.created_unix_ms),
+            modified: (modified, last_modified.clone()),
             extra: manifest.extra_headers(&path).cloned().collect(),
             private,
         };
@@ -254,7 +256,7 @@ impl SitesProxy {
             if !range_requested {
                 plan.encoding = encoding::choose(
                     header(&http::header::ACCEPT_ENCODING),
-                    plan.entry.encodings.keys().copied(),
+                    plan.entry().encodings.keys().copied(),
                 );
             }
             let conditions = Conditions {
@@ -263,7 +265,7 @@ impl SitesProxy {
                 if_modified_since: header(&http::header::IF_MODIFIED_SINCE),
                 if_unmodified_since: header(&http::header::IF_UNMODIFIED_SINCE),
             };
-            match conditional::evaluate(&conditions, plan.etag(), plan.modified) {
+            match conditional::evaluate(&conditions, plan.etag(), plan.modified.0) {
                 Precondition::Proceed => {}
                 Precondition::NotModified => {
                     let resp = plan.not_modified()?;
@@ -280,7 +282,7 @@ impl SitesProxy {
                     header(&http::header::RANGE),
                     header(&http::header::IF_RANGE),
                     plan.etag(),
-                    plan.modified,
+                    plan.modified.0,
                     size,
                 ) {
                     RangeOutcome::Full => {}
@@ -294,7 +296,7 @@ impl SitesProxy {
                 }
             }
         }
-        let cache_key = ObjectKey::of(&id, &rel, &plan.entry, plan.encoding);
+        let cache_key = ObjectKey::of(&id, &plan.file.path, plan.entry(), plan.encoding);
         let mut fill_guard = None;
         if self.objects.admits(plan.representation_size()) {
             if self.objects.get(&cache_key).is_none() && !head && plan.range.is_none() {
@@ -317,10 +319,10 @@ impl SitesProxy {
                 return send(session, resp, body, head).await;
             }
         }
-        let key = self
-            .origin
-            .layout()
-            .representation(&id, &rel, &plan.entry, plan.encoding);
+        let key =
+            self.origin
+                .layout()
+                .representation(&id, &plan.file.path, plan.entry(), plan.encoding);
         ctx.cache = "miss";
         self.metrics.object_cache_lookup(false);
         ctx.target = Target::Object(Box::new(ObjectRequest {

@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
-use gitdeploy_core::{DeploymentId, FileEntry, Manifest};
+use gitdeploy_core::DeploymentId;
 
 use crate::cache::ManifestCache;
+use crate::prepared::{PreparedFile, PreparedManifest};
 use crate::serving::cache_control::is_hashed_asset;
 
 /// The earlier deployments to look in for `relative`, in order: none unless it is a hashed
@@ -33,11 +34,11 @@ pub(super) async fn earlier_file(
     manifests: &ManifestCache,
     earlier: &[(DeploymentId, u64)],
     relative: &str,
-) -> Option<(DeploymentId, Arc<Manifest>, FileEntry)> {
+) -> Option<(DeploymentId, Arc<PreparedManifest>, Arc<PreparedFile>)> {
     for id in candidates(relative, earlier, gitdeploy_api::now_unix_ms()) {
         if let Ok(manifest) = manifests.get(id).await {
-            if let Some(entry) = manifest.files.get(relative).cloned() {
-                return Some((id.clone(), manifest, entry));
+            if let Some(file) = manifest.file(relative).cloned() {
+                return Some((id.clone(), manifest, file));
             }
         }
     }
