@@ -42,17 +42,17 @@ pub fn normalize_host(authority: &str) -> Option<String> {
             Some((name, port)) => (name, Some(port)),
             None => (authority, None),
         };
-        if let Some(port) = port {
-            if !valid_port_suffix(&format!(":{port}")) {
-                return None;
-            }
+        if port.is_some_and(|p| !valid_port(p)) {
+            return None;
         }
         let name = name.strip_suffix('.').unwrap_or(name);
         if name.is_empty()
             || !name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-            || name.split('.').any(str::is_empty)
+            || name.starts_with('.')
+            || name.ends_with('.')
+            || name.contains("..")
         {
             return None;
         }
@@ -64,10 +64,12 @@ pub fn normalize_host(authority: &str) -> Option<String> {
 fn valid_port_suffix(s: &str) -> bool {
     match s.strip_prefix(':') {
         None => s.is_empty(),
-        Some(port) => {
-            !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
-        }
+        Some(port) => valid_port(port),
     }
+}
+
+fn valid_port(port: &str) -> bool {
+    !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// True for a DNS label we accept as a site name: 1–63 chars of `[a-z0-9-]`, no leading or

@@ -214,7 +214,7 @@ impl Manifest {
                 return redirect(location, 308, query);
             }
         }
-        if let Some(found) = self.file_for(path) {
+        if let Some(found) = self.file_at(path, &rel) {
             return found;
         }
         if !path.is_directory() && self.files.contains_key(&join(&rel, "index.html")) {
@@ -228,12 +228,16 @@ impl Manifest {
 
     /// The file a path names directly (no rules, no 404 handling).
     fn file_for(&self, path: &SitePath) -> Option<Resolution<'_>> {
-        let rel = path.relative();
+        self.file_at(path, &path.relative())
+    }
+
+    /// [`Self::file_for`] with `path`'s relative form `rel` already made.
+    fn file_at(&self, path: &SitePath, rel: &str) -> Option<Resolution<'_>> {
         let found = if path.is_directory() {
-            self.file(&join(&rel, "index.html"))
+            self.file(&join(rel, "index.html"))
         } else {
-            self.file(&rel).or_else(|| {
-                if self.files.contains_key(&join(&rel, "index.html")) {
+            self.file(rel).or_else(|| {
+                if self.files.contains_key(&join(rel, "index.html")) {
                     None
                 } else {
                     self.file(&format!("{rel}.html"))

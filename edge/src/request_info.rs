@@ -13,18 +13,17 @@ use crate::client_addr::TrustedProxies;
 /// malformed (several `Host` headers, one that contradicts the request target).
 pub fn host(session: &Session) -> Result<Option<String>, &'static str> {
     let req = session.req_header();
-    let hosts: Vec<&[u8]> = req
-        .headers
-        .get_all(http::header::HOST)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
+    // Two at most are looked at (a second is already an error): no list is allocated.
+    let mut values = req.headers.get_all(http::header::HOST).iter();
+    let (first, second) = (values.next(), values.next());
+    let found = [first, second].map(|v| v.map_or(&b""[..], |v| v.as_bytes()));
+    let count = usize::from(first.is_some()) + usize::from(second.is_some());
     let host = request_host(
         req.method.as_str(),
         req.raw_path(),
         req.version == http::Version::HTTP_2,
         req.uri.authority().map(|a| a.as_str()),
-        &hosts,
+        &found[..count],
     )?;
     Ok(normalize_host(host))
 }

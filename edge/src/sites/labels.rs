@@ -31,7 +31,7 @@ impl SitesProxy {
         &self,
         session: &mut Session,
         label: &'l str,
-        earlier: &mut Arc<[(DeploymentId, u64)]>,
+        earlier: &mut Option<Arc<[(DeploymentId, u64)]>>,
     ) -> Option<Site<'l>> {
         if let Some(id) = DeploymentId::parse(label) {
             return Some(Site {
@@ -61,7 +61,7 @@ impl SitesProxy {
         if let Some(max_age) = production.hsts_max_age_secs {
             crate::hsts::set(session, max_age);
         }
-        *earlier = production.earlier.clone();
+        *earlier = Some(production.earlier.clone());
         Some(Site {
             id: production.id.clone(),
             project: Some(label),
