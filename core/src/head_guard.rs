@@ -184,9 +184,29 @@ impl HeadGuard {
                 } => {
                     let mut consumed = 0;
                     let mut ended = false;
+                    // The rest of a started request line: found to its end and validated as
+                    // one run (the loop below looked at each byte in several ways).
+                    if jump && *started && !request_line.done {
+                        let end = rest.iter().position(|&b| b == b'\n');
+                        let run = &rest[..end.unwrap_or(rest.len())];
+                        for &b in run {
+                            request_line.push(b);
+                        }
+                        *line += usize::from(run.iter().any(|&b| b != b'\r'));
+                        consumed = run.len() + usize::from(end.is_some());
+                        *bytes += consumed;
+                        if end.is_some() {
+                            request_line.done = true;
+                            if !request_line.ok_at_end() {
+                                return Err(Cutoff::BadRequestLine);
+                            }
+                            *line = 0;
+                        }
+                    }
                     // After the request line only the empty line that ends the head matters:
                     // jump from line end to line end instead of looking at every byte (this
                     // loop ran for every byte of every request head).
+                    let jumped_from = consumed;
                     while jump && *started && request_line.done && consumed < rest.len() {
                         let seg = &rest[consumed..];
                         let Some(k) = seg.iter().position(|&b| b == b'\n') else {
@@ -201,9 +221,10 @@ impl HeadGuard {
                         }
                         *line = 0;
                     }
-                    *bytes += consumed;
+                    *bytes += consumed - jumped_from;
                     for &b in &rest[consumed..] {
-                        if ended || (jump && *started && request_line.done) {
+                        // Once a request line started, the runs above take over.
+                        if ended || (jump && *started) {
                             break;
                         }
                         consumed += 1;
@@ -235,7 +256,9 @@ impl HeadGuard {
                             }
                         }
                     }
-                    if *bytes > self.limits.max_bytes {
+                    // Checked where the byte-by-byte scan checks it: at the end of what was
+                    // read or of the head, so both refuse the same head for the same reason.
+                    if (ended || consumed == rest.len()) && *bytes > self.limits.max_bytes {
                         return Err(Cutoff::HeadTooLarge);
                     }
                     rest = &rest[consumed..];
