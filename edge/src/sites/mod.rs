@@ -304,7 +304,9 @@ impl SitesProxy {
         let cache_key = ObjectKey::of(&id, &plan.file.path, plan.entry(), plan.encoding);
         let mut fill_guard = None;
         if self.objects.admits(plan.representation_size()) {
-            if self.objects.get(&cache_key).is_none() && !head && plan.range.is_none() {
+            // One lookup for a hit; a miss claims the fill and looks again after it.
+            let mut cached = self.objects.get(&cache_key);
+            if cached.is_none() && !head && plan.range.is_none() {
                 match self.objects.claim(&cache_key) {
                     Claim::Leader(guard) => fill_guard = Some(guard),
                     Claim::Follower(mut done) => {
@@ -312,8 +314,9 @@ impl SitesProxy {
                         let _ = tokio::time::timeout(FILL_WAIT, done.changed()).await;
                     }
                 }
+                cached = self.objects.get(&cache_key);
             }
-            if let Some(body) = self.objects.get(&cache_key) {
+            if let Some(body) = cached {
                 ctx.cache = "hit";
                 self.metrics.object_cache_lookup(true);
                 let body = match plan.range {
