@@ -74,16 +74,37 @@ impl<S> ClientStream<S> {
         }
     }
 
-    /// Points the timer at the guard's deadline when it moved.
+    /// Points the timer at the guard's deadline when that came nearer. A deadline that moved
+    /// later (each response moves the idle one) leaves the timer where it is: it wakes early
+    /// once, [`Self::timed_out`] finds the real deadline not reached and only then moves it.
+    /// Resetting a timer is a trip through the runtime's timer wheel; doing it on every
+    /// kept-alive request cost more than one early wake per idle period.
     fn arm_timer(&mut self) -> Option<Cutoff> {
         let (at, cutoff) = self.guard.deadline()?;
-        if self.timer_at != Some(at) {
+        if self.timer_at.is_none_or(|armed| armed > at) {
             self.timer
                 .as_mut()
                 .reset(tokio::time::Instant::from_std(at));
             self.timer_at = Some(at);
         }
         Some(cutoff)
+    }
+
+    /// Whether the guard's deadline has passed, waking `cx` when it does; a timer that fired
+    /// before the real deadline is moved to it.
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> Option<Cutoff> {
+        loop {
+            let cutoff = self.arm_timer()?;
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            let (at, _) = self.guard.deadline()?;
+            if Instant::now() >= at {
+                return Some(cutoff);
+            }
+            // Early: the deadline moved since the timer was set.
+            self.timer_at = None;
+        }
     }
 }
 
@@ -217,11 +238,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientStream<S> {
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    return match this.arm_timer() {
-                        Some(cutoff) if this.timer.as_mut().poll(cx).is_ready() => {
-                            this.cut_off(cx, cutoff)
-                        }
-                        _ => Poll::Pending,
+                    return match this.timed_out(cx) {
+                        Some(cutoff) => this.cut_off(cx, cutoff),
+                        None => Poll::Pending,
                     };
                 }
             }
@@ -412,6 +431,33 @@ mod tests {
             let want = [head.as_slice(), body.as_slice(), b"tail"].concat();
             assert_eq!(sent, want, "limit {limit}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_idle_deadline_that_moves_later_is_kept_though_the_timer_is_not_reset() {
+        use tokio::io::AsyncReadExt;
+        let limits = HeadLimits {
+            idle: Duration::from_millis(300),
+            ..HeadLimits::default()
+        };
+        let (_client, server) = tokio::io::duplex(1 << 16);
+        let mut s = ClientStream::new(server, limits);
+        let start = Instant::now();
+        let mut buf = [0u8; 8];
+        // Arms the timer at start + 300 ms.
+        let first = tokio::time::timeout(Duration::from_millis(150), s.read(&mut buf)).await;
+        assert!(first.is_err(), "nothing to read yet");
+        // A response moves the idle deadline to about start + 450 ms; the timer stays.
+        let moved_to = Instant::now() + limits.idle;
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        s.flush().await.unwrap();
+        // Idle past the deadline: closed quietly (reads as the end), not before it.
+        assert_eq!(s.read(&mut buf).await.unwrap(), 0);
+        let closed = Instant::now();
+        assert!(closed >= moved_to, "closed {:?} early", moved_to - closed);
+        assert!(closed - start < Duration::from_secs(5));
     }
 
     #[tokio::test]
