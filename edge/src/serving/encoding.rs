@@ -3,27 +3,58 @@
 
 use gitdeploy_core::Encoding;
 
-/// The q-value the client gives `token` (0 when it does not accept it).
-fn quality(header: &str, token: &str) -> f32 {
-    let mut star = None;
-    for item in header.split(',') {
-        let mut parts = item.split(';');
-        let name = parts.next().unwrap_or("").trim();
-        let q = parts
-            .find_map(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .map(|v| v.trim().parse::<f32>().unwrap_or(0.0))
-            })
-            .unwrap_or(1.0);
-        if name.eq_ignore_ascii_case(token) {
-            return q;
+/// What an `Accept-Encoding` header says of the encodings a variant can have, read in one
+/// pass: each token's q-value where the header names it (its first mention counts), and `*`'s
+/// (its last mention). Items naming anything else are skipped without reading their q-value.
+#[derive(Default)]
+struct Qualities {
+    br: Option<f32>,
+    gzip: Option<f32>,
+    star: Option<f32>,
+}
+
+impl Qualities {
+    fn of(header: &str) -> Self {
+        let mut out = Qualities::default();
+        for item in header.split(',') {
+            let (name, params) = item.split_once(';').unwrap_or((item, ""));
+            let name = name.trim();
+            let slot = if name.eq_ignore_ascii_case(Encoding::Br.token()) {
+                if out.br.is_some() {
+                    continue;
+                }
+                &mut out.br
+            } else if name.eq_ignore_ascii_case(Encoding::Gzip.token()) {
+                if out.gzip.is_some() {
+                    continue;
+                }
+                &mut out.gzip
+            } else if name == "*" {
+                &mut out.star
+            } else {
+                continue;
+            };
+            let q = params
+                .split(';')
+                .find_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .map(|v| v.trim().parse::<f32>().unwrap_or(0.0))
+                })
+                .unwrap_or(1.0);
+            *slot = Some(q);
         }
-        if name == "*" {
-            star = Some(q);
-        }
+        out
     }
-    star.unwrap_or(0.0)
+
+    /// The q-value the client gives `enc` (0 when it does not accept it).
+    fn of_encoding(&self, enc: Encoding) -> f32 {
+        let named = match enc {
+            Encoding::Br => self.br,
+            Encoding::Gzip => self.gzip,
+        };
+        named.or(self.star).unwrap_or(0.0)
+    }
 }
 
 /// The best available encoding the client accepts, or `None` for identity.
@@ -32,9 +63,10 @@ pub fn choose(
     available: impl Iterator<Item = Encoding>,
 ) -> Option<Encoding> {
     let header = std::str::from_utf8(accept_encoding?).ok()?;
+    let qualities = Qualities::of(header);
     let mut best: Option<(Encoding, f32)> = None;
     for enc in available {
-        let q = quality(header, enc.token());
+        let q = qualities.of_encoding(enc);
         let better = match best {
             None => q > 0.0,
             Some((b, bq)) => q > bq || (q == bq && enc == Encoding::Br && b != Encoding::Br),
@@ -67,6 +99,11 @@ mod tests {
             (Some("BR"), &both[..], Some(Br)),
             (Some("br"), &[Gzip][..], None),
             (Some("gzip, br"), &[][..], None),
+            // A token's first mention counts; `*`'s last; other items are skipped whole.
+            (Some("br;q=0, br;q=1, gzip"), &both[..], Some(Gzip)),
+            (Some("*;q=0, *;q=0.5"), &both[..], Some(Br)),
+            (Some("deflate;q=abc, gzip ; q=0.9"), &both[..], Some(Gzip)),
+            (Some(" Gzip ;q=1, br;q=0.99"), &both[..], Some(Gzip)),
         ] {
             assert_eq!(
                 choose(header.map(str::as_bytes), available.iter().copied()),
