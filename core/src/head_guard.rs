@@ -159,6 +159,14 @@ impl HeadGuard {
         self.scan(data, now, true)
     }
 
+    /// [`Self::on_read`] by the reference scan, every byte of the head through the
+    /// byte-by-byte loop: what the tests and the `request_head` fuzz target hold the line
+    /// jumps to (same answers, same state).
+    #[doc(hidden)]
+    pub fn on_read_byte_by_byte(&mut self, data: &[u8], now: Instant) -> Result<(), Cutoff> {
+        self.scan(data, now, false)
+    }
+
     /// The scan; without `jump`, every byte of the head goes through the byte-by-byte loop
     /// (what the tests compare the line jumps with).
     fn scan(&mut self, data: &[u8], now: Instant, jump: bool) -> Result<(), Cutoff> {

@@ -1,5 +1,7 @@
-//! The request-head rules: the guard over arbitrary reads and writes never panics and holds
-//! its size cap; the host rule over arbitrary targets and Host headers never panics.
+//! The request-head rules: the guard over arbitrary reads and writes never panics, holds its
+//! size cap, and answers every read as the byte-by-byte reference scan does (the line and
+//! request-line runs are an optimisation of it); the host rule over arbitrary targets and Host
+//! headers never panics.
 #![no_main]
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let t0 = Instant::now();
     let mut guard = HeadGuard::new(limits, t0);
+    let mut reference = HeadGuard::new(limits, t0);
     // The first byte of each chunk says how long it is and whether a write follows it.
     let mut rest = data;
     // A head is never longer than everything read so far.
@@ -24,7 +27,11 @@ fuzz_target!(|data: &[u8]| {
         let (chunk, after) = tail.split_at(len);
         rest = after;
         total += chunk.len();
-        match guard.on_read(chunk, t0) {
+        let answer = guard.on_read(chunk, t0);
+        assert_eq!(answer, reference.on_read_byte_by_byte(chunk, t0));
+        assert_eq!(guard.in_head(), reference.in_head());
+        assert_eq!(guard.deadline(), reference.deadline());
+        match answer {
             Ok(()) => {}
             Err(Cutoff::HeadTooLarge) => {
                 assert!(total > limits.max_bytes, "{total}");
@@ -34,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
         }
         if control & 0x40 != 0 {
             guard.on_write(b"HTTP/1.1 200 OK\r\n", t0);
+            reference.on_write(b"HTTP/1.1 200 OK\r\n", t0);
         }
     }
     // The same bytes as a request target and two Host headers.
