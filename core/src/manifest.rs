@@ -203,7 +203,7 @@ impl Manifest {
             return r;
         }
         let rel = path.relative();
-        if self.rules.clean_urls && !path.is_directory() && self.files.contains_key(&rel) {
+        if self.rules.clean_urls && !path.is_directory() && self.files.contains_key(rel) {
             if let Some(stem) = rel.strip_suffix(".html") {
                 let location = match stem.strip_suffix("index") {
                     Some(dir) if dir.is_empty() || dir.ends_with('/') => {
@@ -214,11 +214,11 @@ impl Manifest {
                 return redirect(location, 308, query);
             }
         }
-        if let Some(found) = self.file_at(path, &rel) {
+        if let Some(found) = self.file_for(path) {
             return found;
         }
-        if !path.is_directory() && self.files.contains_key(&join(&rel, "index.html")) {
-            return redirect(format!("/{}/", encode_path(&rel)), 308, query);
+        if !path.is_directory() && self.files.contains_key(&join(rel, "index.html")) {
+            return redirect(format!("/{}/", encode_path(rel)), 308, query);
         }
         if let Some(r) = self.redirect_rules(path, query, false) {
             return r;
@@ -228,11 +228,7 @@ impl Manifest {
 
     /// The file a path names directly (no rules, no 404 handling).
     fn file_for(&self, path: &SitePath) -> Option<Resolution<'_>> {
-        self.file_at(path, &path.relative())
-    }
-
-    /// [`Self::file_for`] with `path`'s relative form `rel` already made.
-    fn file_at(&self, path: &SitePath, rel: &str) -> Option<Resolution<'_>> {
+        let rel = path.relative();
         let found = if path.is_directory() {
             self.file(&join(rel, "index.html"))
         } else {
@@ -258,7 +254,7 @@ impl Manifest {
         forced: bool,
     ) -> Option<Resolution<'_>> {
         for rule in self.rules.redirects.iter().filter(|r| r.force == forced) {
-            let Some(captures) = rule.from.matches(path.segments()) else {
+            let Some(captures) = rule.from.matches(path) else {
                 continue;
             };
             let target = rule.target(&captures, query);
@@ -289,7 +285,7 @@ impl Manifest {
                 .segments()
                 .last()
                 .is_some_and(|s| s.get(1..).is_some_and(|rest| rest.contains('.')));
-            (!path.is_directory() || !path.segments().is_empty())
+            (!path.is_directory() || path.segment_count() > 0)
                 .then_some(())
                 .filter(|_| !looks_like_file)
                 .and_then(|_| self.file("index.html"))
@@ -317,15 +313,15 @@ impl Manifest {
     }
 
     fn not_found_page(&self, path: &SitePath) -> Option<Resolution<'_>> {
-        let segments = path.segments();
+        let count = path.segment_count();
         // Directories to search, deepest first: for `/a/b/c` that is `a/b`, `a`, root.
         let depth = if path.is_directory() {
-            segments.len()
+            count
         } else {
-            segments.len().saturating_sub(1)
+            count.saturating_sub(1)
         };
         (0..=depth).rev().find_map(|n| {
-            self.file(&join(&segments[..n].join("/"), "404.html"))
+            self.file(&join(path.prefix(n), "404.html"))
                 .map(|(path, entry)| Resolution::File {
                     path,
                     entry,
@@ -342,7 +338,7 @@ impl Manifest {
         self.rules
             .headers
             .iter()
-            .filter(|rule| rule.path.matches(path.segments()).is_some())
+            .filter(|rule| rule.path.matches(path).is_some())
             .flat_map(|rule| rule.headers.iter())
     }
 }

@@ -39,9 +39,13 @@ pub enum PathError {
 }
 
 /// A validated, decoded site path: its segments, and whether it named a directory (`/`, `/docs/`).
+///
+/// Held as its relative form (`docs/a.html`, `""` for the root): a decoded segment never holds
+/// a `/` (an encoded one is refused), so the segments are that text split at `/`, and a
+/// request's path costs one allocation, not one per segment and another to join them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SitePath {
-    segments: Vec<String>,
+    relative: String,
     directory: bool,
 }
 
@@ -54,13 +58,13 @@ impl SitePath {
         let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
         if rest.is_empty() {
             return Ok(SitePath {
-                segments: Vec::new(),
+                relative: String::new(),
                 directory: true,
             });
         }
         let directory = rest.ends_with('/');
         let rest = rest.strip_suffix('/').unwrap_or(rest);
-        let mut segments = Vec::new();
+        let mut relative = String::with_capacity(rest.len());
         for raw_segment in rest.split('/') {
             if raw_segment.is_empty() {
                 return Err(PathError::EmptySegment);
@@ -80,17 +84,50 @@ impl SitePath {
             if segment == "." || segment == ".." {
                 return Err(PathError::DotSegment);
             }
-            segments.push(segment.into_owned());
+            if !relative.is_empty() {
+                relative.push('/');
+            }
+            relative.push_str(&segment);
         }
         Ok(SitePath {
-            segments,
+            relative,
             directory,
         })
     }
 
-    /// The decoded segments.
-    pub fn segments(&self) -> &[String] {
-        &self.segments
+    /// The decoded segments, in order (none for the root).
+    pub fn segments(&self) -> impl DoubleEndedIterator<Item = &str> + Clone {
+        self.relative.split('/').filter(|s| !s.is_empty())
+    }
+
+    /// How many segments there are.
+    pub fn segment_count(&self) -> usize {
+        match self.relative.is_empty() {
+            true => 0,
+            false => self.relative.bytes().filter(|&b| b == b'/').count() + 1,
+        }
+    }
+
+    /// The first `n` segments joined with `/` (all of them when there are fewer).
+    pub fn prefix(&self, n: usize) -> &str {
+        match n {
+            0 => "",
+            n => match self.relative.match_indices('/').nth(n - 1) {
+                Some((at, _)) => &self.relative[..at],
+                None => &self.relative,
+            },
+        }
+    }
+
+    /// The segments after the first `n`, joined with `/` (`""` when there are none).
+    pub fn suffix(&self, n: usize) -> &str {
+        match n {
+            0 => &self.relative,
+            n => match self.relative.match_indices('/').nth(n - 1) {
+                Some((at, _)) => &self.relative[at + 1..],
+                None => "",
+            },
+        }
     }
 
     /// True when the request named a directory (`/` or a trailing slash).
@@ -99,16 +136,16 @@ impl SitePath {
     }
 
     /// The path relative to the site root, segments joined with `/` (`""` for the root).
-    pub fn relative(&self) -> String {
-        self.segments.join("/")
+    pub fn relative(&self) -> &str {
+        &self.relative
     }
 }
 
 impl fmt::Display for SitePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("/")?;
-        f.write_str(&encode_path(&self.relative()))?;
-        if self.directory && !self.segments.is_empty() {
+        f.write_str(&encode_path(&self.relative))?;
+        if self.directory && !self.relative.is_empty() {
             f.write_str("/")?;
         }
         Ok(())
@@ -180,7 +217,7 @@ mod tests {
             ("/a%00b", Err(PathError::ControlChar)),
             ("/%ff", Err(PathError::BadEncoding)),
         ] {
-            let got = SitePath::parse(raw).map(|p| (p.relative(), p.is_directory()));
+            let got = SitePath::parse(raw).map(|p| (p.relative().to_owned(), p.is_directory()));
             let want = want.map(|(r, d)| (r.to_owned(), d));
             assert_eq!(got, want, "{raw:?}");
         }
@@ -188,6 +225,40 @@ mod tests {
             SitePath::parse(&format!("/{}", "a".repeat(MAX_PATH_LEN))),
             Err(PathError::TooLong)
         );
+    }
+
+    #[test]
+    fn segments_prefixes_and_suffixes() {
+        for (raw, segments, prefixes, suffixes) in [
+            ("/", vec![], vec![""], vec![""]),
+            (
+                "/a.html",
+                vec!["a.html"],
+                vec!["", "a.html"],
+                vec!["a.html", ""],
+            ),
+            (
+                "/docs/a%20b/c/",
+                vec!["docs", "a b", "c"],
+                vec!["", "docs", "docs/a b", "docs/a b/c"],
+                vec!["docs/a b/c", "a b/c", "c", ""],
+            ),
+        ] {
+            let p = SitePath::parse(raw).unwrap();
+            assert_eq!(p.segments().collect::<Vec<_>>(), segments, "{raw}");
+            assert_eq!(p.segment_count(), segments.len(), "{raw}");
+            assert_eq!(p.segments().next_back(), segments.last().copied(), "{raw}");
+            for (n, want) in prefixes.iter().enumerate() {
+                assert_eq!(p.prefix(n), *want, "{raw} prefix {n}");
+                assert_eq!(p.suffix(n), suffixes[n], "{raw} suffix {n}");
+            }
+            assert_eq!(
+                p.prefix(9),
+                p.relative(),
+                "{raw}: past the end is all of it"
+            );
+            assert_eq!(p.suffix(9), "", "{raw}");
+        }
     }
 
     #[test]
@@ -235,11 +306,11 @@ mod properties {
     fn confined(raw: &str) {
         let Ok(p) = SitePath::parse(raw) else { return };
         let id = DeploymentId::parse("k3f9q2m8x1ab").unwrap();
-        let key = ObjectLayout::new("pre").site_file(&id, &p.relative());
+        let key = ObjectLayout::new("pre").site_file(&id, p.relative());
         let rest = key
             .strip_prefix("pre/sites/k3f9q2m8x1ab/")
             .expect("key outside the site");
-        if !p.segments().is_empty() {
+        if p.segment_count() > 0 {
             for seg in rest.split('/') {
                 assert!(
                     !seg.is_empty() && seg != "." && seg != "..",

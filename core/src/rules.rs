@@ -14,7 +14,7 @@ use std::fmt;
 use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 
-use crate::path::encode_path;
+use crate::path::{encode_path, SitePath};
 
 /// Most redirect rules a site may have.
 pub const MAX_REDIRECTS: usize = 2000;
@@ -109,21 +109,22 @@ impl PathPattern {
         })
     }
 
-    /// Matches decoded request segments.
-    pub fn matches(&self, path: &[String]) -> Option<Captures> {
-        if path.len() < self.segments.len() || (!self.splat && path.len() != self.segments.len()) {
+    /// Matches a request's decoded segments.
+    pub fn matches(&self, path: &SitePath) -> Option<Captures> {
+        let count = path.segment_count();
+        if count < self.segments.len() || (!self.splat && count != self.segments.len()) {
             return None;
         }
         let mut captures = Captures::default();
-        for (seg, actual) in self.segments.iter().zip(path) {
+        for (seg, actual) in self.segments.iter().zip(path.segments()) {
             match seg {
                 Segment::Literal(l) if l == actual => {}
                 Segment::Literal(_) => return None,
-                Segment::Param(name) => captures.params.push((name.clone(), actual.clone())),
+                Segment::Param(name) => captures.params.push((name.clone(), actual.to_owned())),
             }
         }
         if self.splat {
-            captures.splat = Some(path[self.segments.len()..].join("/"));
+            captures.splat = Some(path.suffix(self.segments.len()).to_owned());
         }
         Some(captures)
     }
@@ -353,11 +354,8 @@ pub fn parse_headers(text: &str) -> (Vec<HeaderRule>, Vec<RuleError>) {
 mod tests {
     use super::*;
 
-    fn segs(path: &str) -> Vec<String> {
-        path.split('/')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect()
+    fn segs(path: &str) -> SitePath {
+        SitePath::parse(path).unwrap()
     }
 
     #[test]

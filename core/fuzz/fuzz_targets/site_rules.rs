@@ -2,15 +2,13 @@
 //! every rule it keeps can be matched and expanded.
 #![no_main]
 use gitdeploy_core::rules::{parse_headers, parse_redirects};
+use gitdeploy_core::SitePath;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let (redirects, _) = parse_redirects(&text);
-    let probe: Vec<String> = ["a", "b", "index.html"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let probe = SitePath::parse("/a/b/index.html").expect("a valid path");
     for rule in &redirects {
         if let Some(captures) = rule.from.matches(&probe) {
             let _ = rule.target(&captures, Some("q=1"));

@@ -224,7 +224,7 @@ impl SitesProxy {
             _ => match earlier.as_deref() {
                 None | Some([]) => None,
                 Some(earlier) => {
-                    skew::earlier_file(&self.manifests, earlier, &path.relative()).await
+                    skew::earlier_file(&self.manifests, earlier, path.relative()).await
                 }
             },
         };
