@@ -7,12 +7,12 @@
 
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use gitdeploy_core::{Encoding, FileEntry, Manifest};
-use http::header::HeaderValue;
+use http::header::{HeaderMap, HeaderValue};
 
 use crate::serving::{cache_control, conditional};
 
@@ -40,6 +40,22 @@ pub struct PreparedFile {
     etags: Vec<(Option<Encoding>, Option<HeaderValue>)>,
     /// `Cache-Control` when served as itself (a 404 page always revalidates).
     cache_control: &'static str,
+    /// The headers of its plain answers, made on first use by [`crate::respond`] (which alone
+    /// knows how): one per representation.
+    pub(crate) answers: OnceLock<Vec<PlainAnswer>>,
+}
+
+/// The headers of a file's plain answers in one representation: `200` with the whole body,
+/// and `304`, with no `_headers` rule, range or visitor protection involved. A request that
+/// gets one clones it (reference counts) instead of building it.
+#[derive(Debug)]
+pub struct PlainAnswer {
+    /// The representation (`None`: the file itself).
+    pub encoding: Option<Encoding>,
+    /// `200`'s headers.
+    pub ok: HeaderMap,
+    /// `304`'s headers.
+    pub not_modified: HeaderMap,
 }
 
 /// A header value of `text`, kept in shared bytes so each clone is a reference count.
@@ -68,6 +84,7 @@ impl PreparedManifest {
                     content_type: shared(&entry.content_type),
                     etags,
                     cache_control: cache_control::for_path(path),
+                    answers: OnceLock::new(),
                 };
                 (path.clone(), Arc::new(file))
             })

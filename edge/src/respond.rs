@@ -11,7 +11,7 @@ use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
-use crate::prepared::PreparedFile;
+use crate::prepared::{PlainAnswer, PreparedFile};
 use crate::serving::cache_control;
 
 /// A small HTML page for errors, never S3's XML.
@@ -199,13 +199,56 @@ impl FilePlan {
 
     /// The header of a `304 Not Modified` of this file.
     pub fn not_modified(&self) -> Result<ResponseHeader> {
-        let mut headers = HeaderMap::with_capacity(8);
-        self.write_common(&mut headers)?;
+        let headers = match self.plain_answer() {
+            Some(plain) => plain.not_modified.clone(),
+            None => self.not_modified_headers()?,
+        };
         response_header(304, headers)
     }
 
     /// The full header of a file response with a body.
     pub fn response(&self) -> Result<ResponseHeader> {
+        let headers = match self.plain_answer() {
+            Some(plain) => plain.ok.clone(),
+            None => self.response_headers()?,
+        };
+        response_header(self.response_status(), headers)
+    }
+
+    /// The file's prepared answer in this plan's representation, when the plan is a plain one
+    /// (`200` or `304` of the whole file, no `_headers` rule, no protection): made once per
+    /// file, the first time one is asked for, from the same builders as any other answer.
+    fn plain_answer(&self) -> Option<&PlainAnswer> {
+        if self.status != 200 || self.range.is_some() || !self.extra.is_empty() || self.private {
+            return None;
+        }
+        let answers = self.file.answers.get_or_init(|| {
+            let encodings =
+                std::iter::once(None).chain(self.entry().encodings.keys().copied().map(Some));
+            encodings
+                .filter_map(|encoding| {
+                    let plain = FilePlan {
+                        encoding,
+                        ..self.clone()
+                    };
+                    Some(PlainAnswer {
+                        encoding,
+                        ok: plain.response_headers().ok()?,
+                        not_modified: plain.not_modified_headers().ok()?,
+                    })
+                })
+                .collect()
+        });
+        answers.iter().find(|a| a.encoding == self.encoding)
+    }
+
+    fn not_modified_headers(&self) -> Result<HeaderMap> {
+        let mut headers = HeaderMap::with_capacity(8);
+        self.write_common(&mut headers)?;
+        Ok(headers)
+    }
+
+    fn response_headers(&self) -> Result<HeaderMap> {
         let mut headers = HeaderMap::with_capacity(12);
         self.write_common(&mut headers)?;
         if let Some(enc) = self.encoding {
@@ -220,7 +263,7 @@ impl FilePlan {
             headers.insert(header::CONTENT_RANGE, value(&range)?);
         }
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body_len()));
-        response_header(self.response_status(), headers)
+        Ok(headers)
     }
 }
 
@@ -239,4 +282,117 @@ pub fn upstream_failure(e: &pingora_error::Error) -> (u16, &'static str) {
         "The site is temporarily unavailable."
     };
     (status, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prepared::PreparedManifest;
+    use gitdeploy_core::{Manifest, Variant};
+
+    fn plan() -> FilePlan {
+        let mut entry = FileEntry {
+            size: 10,
+            etag: "\"js\"".into(),
+            content_type: "text/javascript".into(),
+            hash: None,
+            encodings: Default::default(),
+        };
+        entry.encodings.insert(
+            Encoding::Br,
+            Variant {
+                size: 4,
+                etag: "\"js-br\"".into(),
+                hash: None,
+            },
+        );
+        let manifest = PreparedManifest::new(Manifest {
+            version: gitdeploy_core::manifest::MANIFEST_VERSION,
+            deployment: "k3f9q2m8x1ab".into(),
+            project: None,
+            commit: None,
+            created_unix_ms: 1_700_000_000_000,
+            files: [("app.js".to_owned(), entry)].into(),
+            rules: Default::default(),
+        });
+        let (modified, text) = manifest.modified();
+        FilePlan {
+            file: manifest.file("app.js").unwrap().clone(),
+            status: 200,
+            encoding: None,
+            range: None,
+            modified: (modified, text.clone()),
+            extra: Vec::new(),
+            private: false,
+        }
+    }
+
+    fn header<'a>(resp: &'a ResponseHeader, name: &str) -> Option<&'a str> {
+        resp.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    #[test]
+    fn plain_answers_are_made_once_and_equal_built_ones() {
+        let identity = plan();
+        assert!(identity.file.answers.get().is_none());
+        let ok = identity.response().unwrap();
+        assert!(identity.file.answers.get().is_some(), "made on first use");
+        assert_eq!(ok.headers, identity.response_headers().unwrap());
+        assert_eq!(ok.status, 200);
+        assert_eq!(header(&ok, "content-length"), Some("10"));
+        assert_eq!(header(&ok, "etag"), Some("\"js\""));
+        let br = FilePlan {
+            encoding: Some(Encoding::Br),
+            ..identity.clone()
+        };
+        let ok_br = br.response().unwrap();
+        assert_eq!(ok_br.headers, br.response_headers().unwrap());
+        assert_eq!(header(&ok_br, "content-encoding"), Some("br"));
+        assert_eq!(header(&ok_br, "content-length"), Some("4"));
+        let not_modified = br.not_modified().unwrap();
+        assert_eq!(not_modified.status, 304);
+        assert_eq!(not_modified.headers, br.not_modified_headers().unwrap());
+        assert_eq!(header(&not_modified, "etag"), Some("\"js-br\""));
+        assert_eq!(header(&not_modified, "content-length"), None);
+    }
+
+    #[test]
+    fn answers_that_are_not_plain_are_built_each_time() {
+        let base = plan();
+        let range = FilePlan {
+            range: Some((2, 5)),
+            ..base.clone()
+        };
+        let partial = range.response().unwrap();
+        assert_eq!(partial.status, 206);
+        assert_eq!(header(&partial, "content-range"), Some("bytes 2-5/10"));
+        assert_eq!(header(&partial, "content-length"), Some("4"));
+        let private = FilePlan {
+            private: true,
+            ..base.clone()
+        };
+        let cache = private.not_modified().unwrap();
+        assert!(header(&cache, "cache-control")
+            .unwrap()
+            .starts_with("private"));
+        let ruled = FilePlan {
+            extra: vec![("x-frame-options".into(), "DENY".into())],
+            ..base.clone()
+        };
+        assert_eq!(
+            header(&ruled.response().unwrap(), "x-frame-options"),
+            Some("DENY")
+        );
+        let page = FilePlan {
+            status: 404,
+            ..base
+        };
+        let not_found = page.response().unwrap();
+        assert_eq!(not_found.status, 404);
+        assert_eq!(
+            header(&not_found, "cache-control"),
+            Some(cache_control::REVALIDATE)
+        );
+        assert!(page.file.answers.get().is_none(), "none of these made one");
+    }
 }
