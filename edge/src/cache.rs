@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::metrics::EdgeMetrics;
 use crate::origin::{OriginError, S3Origin};
-use crate::prepared::PreparedManifest;
+use crate::prepared::{AnswerBudget, PreparedManifest};
 use gitdeploy_api::EdgeView;
 
 /// Why a manifest could not be had.
@@ -33,9 +33,14 @@ pub enum ManifestError {
 /// Manifests by deployment id.
 pub struct ManifestCache {
     cache: Cache<DeploymentId, Arc<PreparedManifest>>,
+    /// What the cached manifests' files may hold in prepared answers, together.
+    answers: AnswerBudget,
     origin: Arc<S3Origin>,
     metrics: EdgeMetrics,
 }
+
+/// Bytes the files of all cached manifests may hold in prepared answers (about 4,000 files).
+const ANSWER_BUDGET_BYTES: usize = 16 << 20;
 
 impl ManifestCache {
     /// A cache holding up to `max_bytes` of manifests (estimated from their file lists).
@@ -46,6 +51,7 @@ impl ManifestCache {
             .build();
         ManifestCache {
             cache,
+            answers: AnswerBudget::new(ANSWER_BUDGET_BYTES),
             origin,
             metrics,
         }
@@ -107,7 +113,7 @@ impl ManifestCache {
                         .inc();
                     let bytes = fetched?.ok_or(ManifestError::Missing)?;
                     let manifest = Manifest::from_json(&bytes).map_err(ManifestError::Corrupt)?;
-                    Ok::<_, ManifestError>(Arc::new(PreparedManifest::new(manifest)))
+                    Ok::<_, ManifestError>(Arc::new(PreparedManifest::new(manifest, &self.answers)))
                 })
                 .await;
             let label = match (&result, loaded.into_inner()) {

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
@@ -42,7 +43,46 @@ pub struct PreparedFile {
     cache_control: &'static str,
     /// The headers of its plain answers, made on first use by [`crate::respond`] (which alone
     /// knows how): one per representation.
-    pub(crate) answers: OnceLock<Vec<PlainAnswer>>,
+    answers: OnceLock<Vec<PlainAnswer>>,
+    /// The bytes every cached manifest's answers draw from (see [`AnswerBudget`]).
+    budget: AnswerBudget,
+}
+
+/// What one file's plain answers are counted as: up to three representations, a `200` and a
+/// `304` header map each (about 1.5 KiB a representation, measured by their entries).
+const ANSWER_BYTES: usize = 4096;
+
+/// The bytes all files' plain answers may hold together, shared by every manifest of one
+/// cache: a file takes [`ANSWER_BYTES`] when it makes its answers and gives them back when its
+/// manifest leaves the cache. Once it is spent, answers are built per request, as before, so
+/// memory stays bounded however many files are asked for, and the manifests' own weight (what
+/// decides how many stay cached) is not inflated for files nobody requests.
+#[derive(Clone, Debug)]
+pub struct AnswerBudget(Arc<AtomicUsize>);
+
+impl AnswerBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        AnswerBudget(Arc::new(AtomicUsize::new(bytes)))
+    }
+
+    fn take(&self) -> bool {
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                n.checked_sub(ANSWER_BYTES)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        self.0.fetch_add(ANSWER_BYTES, Ordering::Relaxed);
+    }
+
+    /// Bytes left.
+    #[cfg(test)]
+    fn left(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// The headers of a file's plain answers in one representation: `200` with the whole body,
@@ -65,7 +105,7 @@ fn shared(text: &str) -> Option<HeaderValue> {
 
 impl PreparedManifest {
     /// Prepares every file of `manifest`.
-    pub fn new(manifest: Manifest) -> Self {
+    pub fn new(manifest: Manifest, budget: &AnswerBudget) -> Self {
         let files = manifest
             .files
             .iter()
@@ -85,6 +125,7 @@ impl PreparedManifest {
                     etags,
                     cache_control: cache_control::for_path(path),
                     answers: OnceLock::new(),
+                    budget: budget.clone(),
                 };
                 (path.clone(), Arc::new(file))
             })
@@ -110,13 +151,22 @@ impl PreparedManifest {
         (self.modified, &self.last_modified)
     }
 
-    /// Bytes held, estimated for the cache's weigher: the manifest and the prepared copy.
+    /// Bytes held, estimated for the cache's weigher: the manifest and the prepared copy
+    /// (plain answers are bounded apart, by their [`AnswerBudget`]).
     pub fn weight(&self) -> usize {
         self.manifest
             .files
             .iter()
             .map(|(k, v)| 2 * (k.len() + v.content_type.len() + v.etag.len()) + 256)
             .sum()
+    }
+}
+
+impl Drop for PreparedFile {
+    fn drop(&mut self) {
+        if self.answers.get().is_some() {
+            self.budget.give_back();
+        }
     }
 }
 
@@ -146,6 +196,33 @@ impl PreparedFile {
     /// `Cache-Control` when served as itself.
     pub fn cache_control(&self) -> &'static str {
         self.cache_control
+    }
+
+    /// Its plain answers, made by `make` the first time while the [`AnswerBudget`] lasts;
+    /// `None` when it is spent (the answer is then built each time).
+    pub fn plain_answers(&self, make: impl FnOnce() -> Vec<PlainAnswer>) -> Option<&[PlainAnswer]> {
+        if let Some(made) = self.answers.get() {
+            return Some(made);
+        }
+        if !self.budget.take() {
+            return None;
+        }
+        let mut made_here = false;
+        let answers = self.answers.get_or_init(|| {
+            made_here = true;
+            make()
+        });
+        if !made_here {
+            // Another request made them first: what this one took goes back.
+            self.budget.give_back();
+        }
+        Some(answers)
+    }
+
+    /// Whether its plain answers were made.
+    #[cfg(test)]
+    pub fn has_answers(&self) -> bool {
+        self.answers.get().is_some()
     }
 }
 
@@ -189,7 +266,7 @@ mod tests {
 
     #[test]
     fn each_file_carries_the_values_its_responses_repeat() {
-        let m = PreparedManifest::new(manifest());
+        let m = PreparedManifest::new(manifest(), &AnswerBudget::new(usize::MAX));
         let index = m.file("index.html").unwrap();
         assert_eq!(index.content_type().unwrap(), "text/html");
         assert_eq!(index.etag(None).unwrap(), "\"i\"");
@@ -208,5 +285,29 @@ mod tests {
         assert_eq!(modified, conditional::last_modified(1_700_000_000_123));
         assert_eq!(text, "Tue, 14 Nov 2023 22:13:20 GMT");
         assert_eq!(m.project, None, "derefs to the manifest");
+    }
+
+    #[test]
+    fn answers_draw_from_one_budget_and_give_it_back_with_their_manifest() {
+        let budget = AnswerBudget::new(2 * ANSWER_BYTES);
+        let first = PreparedManifest::new(manifest(), &budget);
+        let second = PreparedManifest::new(manifest(), &budget);
+        let made = |m: &PreparedManifest, path: &str| {
+            m.file(path).unwrap().plain_answers(Vec::new).is_some()
+        };
+        assert!(made(&first, "index.html"));
+        assert!(made(&first, "index.html"), "kept, nothing more taken");
+        assert!(made(&second, "bad.txt"));
+        assert_eq!(budget.left(), 0);
+        assert!(!made(&second, "index.html"), "spent: built per request");
+        drop(first);
+        assert_eq!(
+            budget.left(),
+            ANSWER_BYTES,
+            "the evicted manifest gave its share back"
+        );
+        assert!(made(&second, "index.html"));
+        drop(second);
+        assert_eq!(budget.left(), 2 * ANSWER_BYTES);
     }
 }

@@ -222,7 +222,7 @@ impl FilePlan {
         if self.status != 200 || self.range.is_some() || !self.extra.is_empty() || self.private {
             return None;
         }
-        let answers = self.file.answers.get_or_init(|| {
+        let answers = self.file.plain_answers(|| {
             let encodings =
                 std::iter::once(None).chain(self.entry().encodings.keys().copied().map(Some));
             encodings
@@ -238,7 +238,7 @@ impl FilePlan {
                     })
                 })
                 .collect()
-        });
+        })?;
         answers.iter().find(|a| a.encoding == self.encoding)
     }
 
@@ -287,7 +287,7 @@ pub fn upstream_failure(e: &pingora_error::Error) -> (u16, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prepared::PreparedManifest;
+    use crate::prepared::{AnswerBudget, PreparedManifest};
     use gitdeploy_core::{Manifest, Variant};
 
     fn plan() -> FilePlan {
@@ -306,15 +306,18 @@ mod tests {
                 hash: None,
             },
         );
-        let manifest = PreparedManifest::new(Manifest {
-            version: gitdeploy_core::manifest::MANIFEST_VERSION,
-            deployment: "k3f9q2m8x1ab".into(),
-            project: None,
-            commit: None,
-            created_unix_ms: 1_700_000_000_000,
-            files: [("app.js".to_owned(), entry)].into(),
-            rules: Default::default(),
-        });
+        let manifest = PreparedManifest::new(
+            Manifest {
+                version: gitdeploy_core::manifest::MANIFEST_VERSION,
+                deployment: "k3f9q2m8x1ab".into(),
+                project: None,
+                commit: None,
+                created_unix_ms: 1_700_000_000_000,
+                files: [("app.js".to_owned(), entry)].into(),
+                rules: Default::default(),
+            },
+            &AnswerBudget::new(usize::MAX),
+        );
         let (modified, text) = manifest.modified();
         FilePlan {
             file: manifest.file("app.js").unwrap().clone(),
@@ -334,9 +337,9 @@ mod tests {
     #[test]
     fn plain_answers_are_made_once_and_equal_built_ones() {
         let identity = plan();
-        assert!(identity.file.answers.get().is_none());
+        assert!(!identity.file.has_answers());
         let ok = identity.response().unwrap();
-        assert!(identity.file.answers.get().is_some(), "made on first use");
+        assert!(identity.file.has_answers(), "made on first use");
         assert_eq!(ok.headers, identity.response_headers().unwrap());
         assert_eq!(ok.status, 200);
         assert_eq!(header(&ok, "content-length"), Some("10"));
@@ -393,6 +396,6 @@ mod tests {
             header(&not_found, "cache-control"),
             Some(cache_control::REVALIDATE)
         );
-        assert!(page.file.answers.get().is_none(), "none of these made one");
+        assert!(!page.file.has_answers(), "none of these made one");
     }
 }
