@@ -434,7 +434,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_idle_deadline_that_moves_later_is_kept_though_the_timer_is_not_reset() {
+    async fn an_idle_deadline_that_moved_later_is_the_one_kept() {
+        // The timer is left at the earlier deadline when a response moves it later (see
+        // `arm_timer`): waking then must not cut the connection, only move the timer.
         use tokio::io::AsyncReadExt;
         let limits = HeadLimits {
             idle: Duration::from_millis(300),

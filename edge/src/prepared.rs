@@ -22,7 +22,8 @@ use crate::serving::{cache_control, conditional};
 #[derive(Debug)]
 pub struct PreparedManifest {
     manifest: Manifest,
-    files: HashMap<String, Arc<PreparedFile>>,
+    /// By site-relative path; the key is the file's own `path`, one allocation for both.
+    files: HashMap<Arc<str>, Arc<PreparedFile>>,
     modified: SystemTime,
     last_modified: HeaderValue,
 }
@@ -31,7 +32,7 @@ pub struct PreparedManifest {
 #[derive(Debug)]
 pub struct PreparedFile {
     /// Site-relative path.
-    pub path: String,
+    pub path: Arc<str>,
     /// Its manifest entry.
     pub entry: FileEntry,
     /// `Content-Type`; `None` when the manifest's text cannot be a header value (the
@@ -118,16 +119,17 @@ impl PreparedManifest {
                             .map(|(enc, v)| (Some(*enc), shared(&v.etag))),
                     )
                     .collect();
+                let path: Arc<str> = Arc::from(path.as_str());
                 let file = PreparedFile {
                     path: path.clone(),
                     entry: entry.clone(),
                     content_type: shared(&entry.content_type),
                     etags,
-                    cache_control: cache_control::for_path(path),
+                    cache_control: cache_control::for_path(&path),
                     answers: OnceLock::new(),
                     budget: budget.clone(),
                 };
-                (path.clone(), Arc::new(file))
+                (path, Arc::new(file))
             })
             .collect();
         let modified = conditional::last_modified(manifest.created_unix_ms);

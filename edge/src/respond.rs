@@ -155,7 +155,7 @@ impl FilePlan {
 
     /// Validators, type and caching headers (for 200, 206, 404 pages and 304): the values
     /// prepared with the manifest, cloned (a reference count each).
-    pub fn write_common(&self, headers: &mut HeaderMap) -> Result<()> {
+    fn write_common(&self, headers: &mut HeaderMap) -> Result<()> {
         let (content_type, etag) = match (self.file.content_type(), self.file.etag(self.encoding)) {
             (Some(t), Some(e)) => (t.clone(), e.clone()),
             _ => return Err(invalid_value()),
